@@ -1,0 +1,7 @@
+//! Sans-IO core of Agent Protocol v2.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod health;
+
+pub use health::HealthState;
