@@ -1,0 +1,312 @@
+//! What an agent can do, as announced in the handshake and in reverse registration
+//! (REFERENCE.md §2.4, §2.7).
+//!
+//! Every key is always sent (the reference's decoder has no defaults, D15), and on input every
+//! key is optional and takes its default, so a peer that omits one still connects.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Event kinds and their numeric codes in `supported_events` (PROTOCOL.md §2).
+///
+/// ```
+/// use agent_protocol_core::EventKind;
+/// assert_eq!(EventKind::Configure.code(), 8);
+/// assert_eq!(EventKind::from_code(0), Some(EventKind::Configure)); // the reference's other code
+/// assert_eq!(EventKind::from_code(0x10), None);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    /// 1
+    RequestHeaders,
+    /// 2
+    RequestBodyChunk,
+    /// 3
+    ResponseHeaders,
+    /// 4
+    ResponseBodyChunk,
+    /// 5
+    RequestComplete,
+    /// 6
+    WebSocketFrame,
+    /// 7
+    GuardrailInspect,
+    /// 8 (the reference proxy's decoder also uses 0, D5)
+    Configure,
+}
+
+impl EventKind {
+    /// Every kind in code order.
+    pub const ALL: [EventKind; 8] = [
+        Self::RequestHeaders,
+        Self::RequestBodyChunk,
+        Self::ResponseHeaders,
+        Self::ResponseBodyChunk,
+        Self::RequestComplete,
+        Self::WebSocketFrame,
+        Self::GuardrailInspect,
+        Self::Configure,
+    ];
+
+    /// The code we send (1..=8).
+    pub fn code(self) -> i32 {
+        match self {
+            Self::RequestHeaders => 1,
+            Self::RequestBodyChunk => 2,
+            Self::ResponseHeaders => 3,
+            Self::ResponseBodyChunk => 4,
+            Self::RequestComplete => 5,
+            Self::WebSocketFrame => 6,
+            Self::GuardrailInspect => 7,
+            Self::Configure => 8,
+        }
+    }
+
+    /// Parses a code; both 0 and 8 mean Configure; unknown codes give `None`.
+    pub fn from_code(code: i64) -> Option<Self> {
+        Some(match code {
+            1 => Self::RequestHeaders,
+            2 => Self::RequestBodyChunk,
+            3 => Self::ResponseHeaders,
+            4 => Self::ResponseBodyChunk,
+            5 => Self::RequestComplete,
+            6 => Self::WebSocketFrame,
+            7 => Self::GuardrailInspect,
+            0 | 8 => Self::Configure,
+            _ => return None,
+        })
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self.code() - 1)
+    }
+}
+
+/// A set of [`EventKind`]s, serialized as an array of codes. Unknown codes are dropped.
+///
+/// ```
+/// use agent_protocol_core::{EventKind, EventSet};
+/// let set: EventSet = serde_json::from_str("[1, 0, 99]").unwrap();
+/// assert!(set.contains(EventKind::Configure));
+/// assert_eq!(serde_json::to_string(&set).unwrap(), "[1,8]");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct EventSet(u8);
+
+impl EventSet {
+    /// No events.
+    pub const EMPTY: EventSet = EventSet(0);
+    /// All eight events.
+    pub const ALL: EventSet = EventSet(0xff);
+
+    /// Adds a kind.
+    pub fn insert(&mut self, kind: EventKind) {
+        self.0 |= kind.bit();
+    }
+
+    /// With a kind added.
+    pub fn with(mut self, kind: EventKind) -> Self {
+        self.insert(kind);
+        self
+    }
+
+    /// Whether `kind` is in the set.
+    pub fn contains(self, kind: EventKind) -> bool {
+        self.0 & kind.bit() != 0
+    }
+
+    /// Kinds in code order.
+    pub fn iter(self) -> impl Iterator<Item = EventKind> {
+        EventKind::ALL
+            .into_iter()
+            .filter(move |k| self.contains(*k))
+    }
+}
+
+impl FromIterator<EventKind> for EventSet {
+    fn from_iter<I: IntoIterator<Item = EventKind>>(iter: I) -> Self {
+        let mut s = EventSet::EMPTY;
+        for k in iter {
+            s.insert(k);
+        }
+        s
+    }
+}
+
+impl Serialize for EventSet {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter().map(EventKind::code))
+    }
+}
+
+impl<'de> Deserialize<'de> for EventSet {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let codes: Vec<i64> = Vec::deserialize(deserializer)?;
+        Ok(codes.into_iter().filter_map(EventKind::from_code).collect())
+    }
+}
+
+/// Feature flags (`UdsFeatures`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Features {
+    /// Accepts body chunk events.
+    pub streaming_body: bool,
+    /// Accepts WebSocket frames.
+    pub websocket: bool,
+    /// Answers guardrail inspections.
+    pub guardrails: bool,
+    /// Accepts Configure.
+    pub config_push: bool,
+    /// Sends MetricsReport.
+    pub metrics_export: bool,
+    /// How many requests it processes at once (informational).
+    pub concurrent_requests: u32,
+    /// Honours Cancel.
+    pub cancellation: bool,
+    /// Sends FlowControl.
+    pub flow_control: bool,
+    /// Sends HealthStatus.
+    pub health_reporting: bool,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Self {
+            streaming_body: false,
+            websocket: false,
+            guardrails: false,
+            config_push: false,
+            metrics_export: false,
+            concurrent_requests: 0,
+            cancellation: false,
+            flow_control: false,
+            health_reporting: false,
+        }
+    }
+}
+
+/// Limits the proxy must respect (`UdsLimits`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Largest body the agent accepts, in bytes (default 10 MiB).
+    pub max_body_size: u64,
+    /// Most requests in flight on one connection (default 100).
+    pub max_concurrency: u32,
+    /// Preferred body chunk size (default 64 KiB).
+    pub preferred_chunk_size: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_size: 10 * 1024 * 1024,
+            max_concurrency: 100,
+            preferred_chunk_size: 64 * 1024,
+        }
+    }
+}
+
+/// The agent's capabilities (`UdsCapabilities`).
+///
+/// ```
+/// use agent_protocol_core::{Capabilities, EventKind};
+/// let caps = Capabilities::new("waf-1", "WAF", "1.0.0")
+///     .with_event(EventKind::RequestBodyChunk)
+///     .with_max_concurrency(256);
+/// let json = serde_json::to_value(&caps).unwrap();
+/// assert_eq!(json["supported_events"], serde_json::json!([1, 2]));
+/// assert_eq!(json["limits"]["max_concurrency"], 256);
+/// // A peer that leaves keys out still parses (the reference would refuse it).
+/// let lenient: Capabilities = serde_json::from_str(r#"{"agent_id":"x"}"#).unwrap();
+/// assert_eq!(lenient.limits.max_concurrency, 100);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Capabilities {
+    /// Agent identifier.
+    pub agent_id: String,
+    /// Human-readable name.
+    pub name: String,
+    /// Agent version.
+    pub version: String,
+    /// Events the agent handles.
+    pub supported_events: EventSet,
+    /// Feature flags.
+    pub features: Features,
+    /// Limits.
+    pub limits: Limits,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            agent_id: String::new(),
+            name: String::new(),
+            version: String::new(),
+            supported_events: EventSet::EMPTY.with(EventKind::RequestHeaders),
+            features: Features::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Capabilities {
+    /// Capabilities handling request headers only, with default limits.
+    pub fn new(
+        agent_id: impl Into<String>,
+        name: impl Into<String>,
+        version: impl Into<String>,
+    ) -> Self {
+        Self {
+            agent_id: agent_id.into(),
+            name: name.into(),
+            version: version.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds an event kind, turning on the feature flag it implies.
+    pub fn with_event(mut self, kind: EventKind) -> Self {
+        self.supported_events.insert(kind);
+        match kind {
+            EventKind::RequestBodyChunk | EventKind::ResponseBodyChunk => {
+                self.features.streaming_body = true
+            }
+            EventKind::WebSocketFrame => self.features.websocket = true,
+            EventKind::GuardrailInspect => self.features.guardrails = true,
+            EventKind::Configure => self.features.config_push = true,
+            _ => {}
+        }
+        self
+    }
+
+    /// Adds every event kind.
+    pub fn with_all_events(mut self) -> Self {
+        for k in EventKind::ALL {
+            self = self.with_event(k);
+        }
+        self
+    }
+
+    /// Sets `limits.max_concurrency` and `features.concurrent_requests`.
+    pub fn with_max_concurrency(mut self, n: u32) -> Self {
+        self.limits.max_concurrency = n;
+        self.features.concurrent_requests = n;
+        self
+    }
+
+    /// Sets `limits.max_body_size`.
+    pub fn with_max_body_size(mut self, bytes: u64) -> Self {
+        self.limits.max_body_size = bytes;
+        self
+    }
+
+    /// Declares cancellation, flow-control and health reporting support.
+    pub fn with_control_features(mut self) -> Self {
+        self.features.cancellation = true;
+        self.features.flow_control = true;
+        self.features.health_reporting = true;
+        self
+    }
+}

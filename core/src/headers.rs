@@ -1,0 +1,292 @@
+//! HTTP headers as the protocol carries them: an object mapping each name to an array of values.
+//!
+//! [`Headers`] keeps entries in arrival order in one `Vec`, and each entry's values in a
+//! `SmallVec` whose first value is stored inline, so the common single-valued header costs two
+//! allocations (its name and its value) and no array. Converting to a flat list of
+//! `(name, value)` pairs moves the strings instead of cloning them.
+
+use std::fmt;
+
+use serde::de::{MapAccess, SeqAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use smallvec::SmallVec;
+
+/// The values of one header name; one value is stored inline.
+pub type HeaderValues = SmallVec<[String; 1]>;
+
+/// One header name with its values, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct HeaderEntry {
+    /// The name as received (case preserved; comparisons are case-insensitive).
+    pub name: String,
+    /// The values in order.
+    pub values: HeaderValues,
+}
+
+/// An ordered multi-map of HTTP headers.
+///
+/// ```
+/// use agent_protocol_core::Headers;
+/// let mut headers = Headers::new();
+/// headers.append("Accept", "text/html");
+/// headers.append("accept", "application/json");
+/// headers.append("host", "example.com");
+/// assert_eq!(headers.get("ACCEPT").unwrap().len(), 2);
+/// assert_eq!(headers.first("host"), Some("example.com"));
+/// let json = serde_json::to_string(&headers).unwrap();
+/// assert_eq!(json, r#"{"Accept":["text/html","application/json"],"host":["example.com"]}"#);
+/// // Flattening moves each string out; nothing is cloned.
+/// let flat: Vec<(String, String)> = headers.into_flat().collect();
+/// assert_eq!(flat.len(), 3);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Headers {
+    entries: Vec<HeaderEntry>,
+}
+
+impl Headers {
+    /// An empty header set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty header set with room for `names` distinct names.
+    pub fn with_capacity(names: usize) -> Self {
+        Self {
+            entries: Vec::with_capacity(names),
+        }
+    }
+
+    /// Number of distinct names.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there is no header at all.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Total number of values across all names.
+    pub fn value_count(&self) -> usize {
+        self.entries.iter().map(|e| e.values.len()).sum()
+    }
+
+    /// Adds a value, after any existing values of the same name (case-insensitive).
+    pub fn append(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into();
+        match self.position(&name) {
+            Some(i) => self.entries[i].values.push(value.into()),
+            None => self.entries.push(HeaderEntry {
+                name,
+                values: smallvec::smallvec![value.into()],
+            }),
+        }
+    }
+
+    /// Replaces every value of `name` with one value.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into();
+        match self.position(&name) {
+            Some(i) => {
+                let values = &mut self.entries[i].values;
+                values.clear();
+                values.push(value.into());
+            }
+            None => self.entries.push(HeaderEntry {
+                name,
+                values: smallvec::smallvec![value.into()],
+            }),
+        }
+    }
+
+    /// Removes a name and returns its values.
+    pub fn remove(&mut self, name: &str) -> Option<HeaderValues> {
+        let i = self.position(name)?;
+        Some(self.entries.remove(i).values)
+    }
+
+    /// The values of `name` (case-insensitive).
+    pub fn get(&self, name: &str) -> Option<&HeaderValues> {
+        self.position(name).map(|i| &self.entries[i].values)
+    }
+
+    /// The first value of `name`.
+    pub fn first(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| v.first()).map(String::as_str)
+    }
+
+    /// Entries in order.
+    pub fn entries(&self) -> &[HeaderEntry] {
+        &self.entries
+    }
+
+    /// Iterates `(name, value)` pairs without allocating.
+    pub fn iter_flat(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.entries
+            .iter()
+            .flat_map(|e| e.values.iter().map(move |v| (e.name.as_str(), v.as_str())))
+    }
+
+    /// Consumes the headers into `(name, value)` pairs. Each value string is moved; a name is
+    /// cloned only for its second and later values.
+    pub fn into_flat(self) -> impl Iterator<Item = (String, String)> {
+        self.entries.into_iter().flat_map(|entry| {
+            let HeaderEntry { name, values } = entry;
+            let n = values.len();
+            let mut name = Some(name);
+            values.into_iter().enumerate().map(move |(i, v)| {
+                let this = if i + 1 == n {
+                    name.take().unwrap_or_default()
+                } else {
+                    name.clone().unwrap_or_default()
+                };
+                (this, v)
+            })
+        })
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.entries
+            .iter()
+            .position(|e| e.name.eq_ignore_ascii_case(name))
+    }
+
+    /// Adds a whole entry, merging with an existing one of the same exact name. Decoding uses
+    /// exact-name matching: a wire map never repeats a key, and two keys that differ only in case
+    /// are kept apart as the sender wrote them (the reference's lower-casing lost values, D48).
+    fn push_decoded(&mut self, name: String, values: HeaderValues) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.name == name) {
+            e.values.extend(values);
+        } else {
+            self.entries.push(HeaderEntry { name, values });
+        }
+    }
+}
+
+impl<N: Into<String>, V: Into<String>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        let iter = iter.into_iter();
+        let mut headers = Headers::with_capacity(iter.size_hint().0);
+        for (n, v) in iter {
+            headers.append(n, v);
+        }
+        headers
+    }
+}
+
+impl Serialize for Headers {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.entries.len()))?;
+        for e in &self.entries {
+            map.serialize_entry(&e.name, e.values.as_slice())?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Headers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(HeadersVisitor)
+    }
+}
+
+struct HeadersVisitor;
+
+impl<'de> Visitor<'de> for HeadersVisitor {
+    type Value = Headers;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map of header names to arrays of strings")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Headers, A::Error> {
+        // Cap the hint: it comes from the peer.
+        let mut headers = Headers::with_capacity(map.size_hint().unwrap_or(0).min(128));
+        while let Some(name) = map.next_key::<String>()? {
+            let values: ValuesOrOne = map.next_value()?;
+            headers.push_decoded(name, values.0);
+        }
+        Ok(headers)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Headers, E> {
+        Ok(Headers::new())
+    }
+}
+
+/// Header values: an array of strings, or (leniently) a single string.
+struct ValuesOrOne(HeaderValues);
+
+impl<'de> Deserialize<'de> for ValuesOrOne {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ValuesOrOne;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of header values")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ValuesOrOne, A::Error> {
+                let mut values = HeaderValues::new();
+                while let Some(v) = seq.next_element::<String>()? {
+                    values.push(v);
+                }
+                Ok(ValuesOrOne(values))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ValuesOrOne, E> {
+                Ok(ValuesOrOne(smallvec::smallvec![v.to_owned()]))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ValuesOrOne, E> {
+                Ok(ValuesOrOne(smallvec::smallvec![v]))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_map_of_arrays_in_order() {
+        let h: Headers =
+            serde_json::from_str(r#"{"b":["1","2"],"a":["3"],"c":"lenient"}"#).unwrap();
+        let flat: Vec<_> = h.iter_flat().collect();
+        assert_eq!(flat, [("b", "1"), ("b", "2"), ("a", "3"), ("c", "lenient")]);
+    }
+
+    #[test]
+    fn names_differing_in_case_are_kept_apart_when_decoding() {
+        let h: Headers = serde_json::from_str(r#"{"X-A":["1"],"x-a":["2"]}"#).unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h.value_count(), 2);
+    }
+
+    #[test]
+    fn into_flat_keeps_every_value() {
+        let mut h = Headers::new();
+        h.append("a", "1");
+        h.append("a", "2");
+        h.append("b", "3");
+        let flat: Vec<_> = h.into_flat().collect();
+        assert_eq!(
+            flat,
+            [
+                ("a".to_string(), "1".to_string()),
+                ("a".to_string(), "2".to_string()),
+                ("b".to_string(), "3".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn insert_and_remove() {
+        let mut h: Headers = [("a", "1"), ("a", "2")].into_iter().collect();
+        h.insert("A", "x");
+        assert_eq!(h.get("a").unwrap().as_slice(), ["x".to_string()]);
+        assert_eq!(h.remove("a").unwrap().len(), 1);
+        assert!(h.is_empty());
+    }
+}
