@@ -1,0 +1,422 @@
+//! The UDS handshake (PROTOCOL.md §2): its two messages, encoding negotiation, and one state
+//! machine per role.
+//!
+//! The handshake is always JSON. The proxy offers encodings in preference order; the agent picks
+//! the first it supports (JSON when nothing matches); the proxy refuses an answer naming an
+//! encoding it did not offer. Both sides give up after a deadline that the caller drives with
+//! `handle_timeout(now)`.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+use crate::capabilities::Capabilities;
+use crate::encoding::{self, EncodeError, Encoding};
+use crate::frame::{Frame, FrameType};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Default handshake deadline (both roles).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// 0x01 from the proxy (`UdsHandshakeRequest`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HandshakeRequest {
+    /// Versions the proxy speaks.
+    pub supported_versions: Vec<u32>,
+    /// Proxy identifier.
+    pub proxy_id: String,
+    /// Proxy version.
+    pub proxy_version: String,
+    /// Agent configuration, if any.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+    /// Encodings offered, preferred first. Kept as text so an unknown name (say `"cbor"`) is
+    /// ignored instead of making the whole request unparsable (D14).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supported_encodings: Vec<String>,
+}
+
+/// 0x02 from the agent (`UdsHandshakeResponse`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HandshakeResponse {
+    /// Version the agent will speak.
+    pub protocol_version: u32,
+    /// The agent's capabilities (sent even on failure).
+    pub capabilities: Capabilities,
+    /// Whether the agent accepted.
+    pub success: bool,
+    /// Why not.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Chosen encoding name; missing means JSON.
+    #[serde(default = "json_name")]
+    pub encoding: String,
+}
+
+fn json_name() -> String {
+    Encoding::Json.as_str().to_owned()
+}
+
+/// The agent's choice: the first offered encoding it supports, else JSON.
+///
+/// ```
+/// use agent_protocol_core::{handshake::negotiate_encoding, Encoding};
+/// let offered = vec!["cbor".to_string(), "msgpack".into(), "json".into()];
+/// assert_eq!(negotiate_encoding(&offered, &[Encoding::Json, Encoding::MsgPack]), Encoding::MsgPack);
+/// assert_eq!(negotiate_encoding(&offered, &[Encoding::Json]), Encoding::Json);
+/// assert_eq!(negotiate_encoding(&[], &[Encoding::MsgPack]), Encoding::Json);
+/// ```
+pub fn negotiate_encoding(offered: &[String], supported: &[Encoding]) -> Encoding {
+    offered
+        .iter()
+        .filter_map(|name| Encoding::from_name(name))
+        .find(|e| *e == Encoding::Json || supported.contains(e))
+        .unwrap_or(Encoding::Json)
+}
+
+/// Why a handshake failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// No answer before the deadline.
+    #[error("handshake timed out after {0:?}")]
+    Timeout(Duration),
+    /// The first frame was of the wrong type.
+    #[error("expected {expected:?} as the first frame, got type 0x{got:02x}")]
+    UnexpectedFrame {
+        /// Expected type.
+        expected: FrameType,
+        /// Type byte received.
+        got: u8,
+    },
+    /// The handshake JSON did not parse.
+    #[error("malformed handshake: {0}")]
+    Malformed(String),
+    /// The peer refused.
+    #[error("handshake rejected by peer: {0}")]
+    Rejected(String),
+    /// The agent chose an encoding the proxy did not offer.
+    #[error("agent chose encoding {chosen:?}, which the proxy did not offer")]
+    EncodingNotOffered {
+        /// What the agent named.
+        chosen: String,
+    },
+    /// No common protocol version.
+    #[error("no common protocol version: peer supports {peer:?}, we speak {PROTOCOL_VERSION}")]
+    VersionMismatch {
+        /// Versions the peer listed.
+        peer: Vec<u32>,
+    },
+}
+
+/// What a successful handshake settled.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Negotiated {
+    /// Encoding for every later frame.
+    pub encoding: Encoding,
+    /// The agent's capabilities.
+    pub capabilities: Capabilities,
+    /// Version the agent announced.
+    pub protocol_version: u32,
+}
+
+/// Proxy-side handshake settings.
+#[derive(Clone, Debug)]
+pub struct ProxyHandshakeConfig {
+    /// Our identifier.
+    pub proxy_id: String,
+    /// Our version.
+    pub proxy_version: String,
+    /// Encodings to offer, preferred first.
+    pub encodings: SmallVec<[Encoding; 2]>,
+    /// Configuration passed to the agent in the handshake.
+    pub config: Option<serde_json::Value>,
+    /// Deadline for the agent's answer.
+    pub timeout: Duration,
+}
+
+impl Default for ProxyHandshakeConfig {
+    fn default() -> Self {
+        Self {
+            proxy_id: "agent-protocol-rs".to_owned(),
+            proxy_version: env!("CARGO_PKG_VERSION").to_owned(),
+            encodings: smallvec::smallvec![Encoding::MsgPack, Encoding::Json],
+            config: None,
+            timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// The proxy's side: sends 0x01 at creation, waits for 0x02.
+///
+/// ```
+/// use std::time::Instant;
+/// use agent_protocol_core::handshake::{ProxyHandshake, ProxyHandshakeConfig};
+/// let mut out = bytes::BytesMut::new();
+/// let hs = ProxyHandshake::start(&ProxyHandshakeConfig::default(), Instant::now(), &mut out).unwrap();
+/// assert_eq!(out[4], 0x01);
+/// assert!(hs.deadline() > Instant::now() - std::time::Duration::from_secs(1));
+/// ```
+#[derive(Debug)]
+pub struct ProxyHandshake {
+    offered: SmallVec<[Encoding; 2]>,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl ProxyHandshake {
+    /// Writes the request frame to `out` and starts the clock.
+    pub fn start(
+        config: &ProxyHandshakeConfig,
+        now: Instant,
+        out: &mut BytesMut,
+    ) -> Result<Self, EncodeError> {
+        let mut offered = config.encodings.clone();
+        if offered.is_empty() {
+            offered.push(Encoding::Json);
+        }
+        let request = HandshakeRequest {
+            supported_versions: vec![PROTOCOL_VERSION],
+            proxy_id: config.proxy_id.clone(),
+            proxy_version: config.proxy_version.clone(),
+            config: config.config.clone(),
+            supported_encodings: offered.iter().map(|e| e.as_str().to_owned()).collect(),
+        };
+        encoding::encode_frame(out, FrameType::HandshakeRequest, Encoding::Json, &request)?;
+        Ok(Self {
+            offered,
+            deadline: now + config.timeout,
+            timeout: config.timeout,
+        })
+    }
+
+    /// When the handshake gives up.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Checks the deadline.
+    pub fn handle_timeout(&self, now: Instant) -> Result<(), HandshakeError> {
+        if now >= self.deadline {
+            Err(HandshakeError::Timeout(self.timeout))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Processes the agent's first frame.
+    pub fn handle_frame(&self, frame: &Frame) -> Result<Negotiated, HandshakeError> {
+        if frame.frame_type != FrameType::HandshakeResponse {
+            return Err(HandshakeError::UnexpectedFrame {
+                expected: FrameType::HandshakeResponse,
+                got: frame.frame_type.as_byte(),
+            });
+        }
+        let response: HandshakeResponse = serde_json::from_slice(&frame.payload)
+            .map_err(|e| HandshakeError::Malformed(e.to_string()))?;
+        if !response.success {
+            return Err(HandshakeError::Rejected(
+                response
+                    .error
+                    .unwrap_or_else(|| "agent gave no reason".to_owned()),
+            ));
+        }
+        let encoding = Encoding::from_name(&response.encoding)
+            .filter(|e| self.offered.contains(e))
+            .ok_or(HandshakeError::EncodingNotOffered {
+                chosen: response.encoding.clone(),
+            })?;
+        Ok(Negotiated {
+            encoding,
+            capabilities: response.capabilities,
+            protocol_version: response.protocol_version,
+        })
+    }
+}
+
+/// Agent-side handshake settings.
+#[derive(Clone, Debug)]
+pub struct AgentHandshakeConfig {
+    /// What we announce.
+    pub capabilities: Capabilities,
+    /// Encodings we can speak (JSON is always among them).
+    pub encodings: SmallVec<[Encoding; 2]>,
+    /// Deadline for the proxy's request.
+    pub timeout: Duration,
+}
+
+impl Default for AgentHandshakeConfig {
+    fn default() -> Self {
+        Self {
+            capabilities: Capabilities::default(),
+            encodings: smallvec::smallvec![Encoding::MsgPack, Encoding::Json],
+            timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// The agent's side: waits for 0x01, answers 0x02.
+#[derive(Debug)]
+pub struct AgentHandshake {
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl AgentHandshake {
+    /// Starts waiting for the proxy's request.
+    pub fn new(config: &AgentHandshakeConfig, now: Instant) -> Self {
+        Self {
+            deadline: now + config.timeout,
+            timeout: config.timeout,
+        }
+    }
+
+    /// When the handshake gives up.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Checks the deadline.
+    pub fn handle_timeout(&self, now: Instant) -> Result<(), HandshakeError> {
+        if now >= self.deadline {
+            Err(HandshakeError::Timeout(self.timeout))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Processes the proxy's first frame and writes the answer to `out`. On a version mismatch
+    /// the answer is a refusal (written to `out`) and the error says so; the caller closes after
+    /// flushing. A frame of the wrong type or unparsable JSON gets no answer.
+    pub fn handle_frame(
+        &self,
+        config: &AgentHandshakeConfig,
+        frame: &Frame,
+        out: &mut BytesMut,
+    ) -> Result<(Negotiated, HandshakeRequest), HandshakeError> {
+        if frame.frame_type != FrameType::HandshakeRequest {
+            return Err(HandshakeError::UnexpectedFrame {
+                expected: FrameType::HandshakeRequest,
+                got: frame.frame_type.as_byte(),
+            });
+        }
+        let request: HandshakeRequest = serde_json::from_slice(&frame.payload)
+            .map_err(|e| HandshakeError::Malformed(e.to_string()))?;
+        let chosen = negotiate_encoding(&request.supported_encodings, &config.encodings);
+        let version_ok = request.supported_versions.contains(&PROTOCOL_VERSION);
+        let response = HandshakeResponse {
+            protocol_version: PROTOCOL_VERSION,
+            capabilities: config.capabilities.clone(),
+            success: version_ok,
+            error: (!version_ok).then(|| {
+                format!(
+                    "unsupported protocol versions {:?}; this agent speaks {PROTOCOL_VERSION}",
+                    request.supported_versions
+                )
+            }),
+            encoding: chosen.as_str().to_owned(),
+        };
+        encoding::encode_frame(out, FrameType::HandshakeResponse, Encoding::Json, &response)
+            .map_err(|e| HandshakeError::Malformed(e.to_string()))?;
+        if !version_ok {
+            return Err(HandshakeError::VersionMismatch {
+                peer: request.supported_versions,
+            });
+        }
+        Ok((
+            Negotiated {
+                encoding: chosen,
+                capabilities: config.capabilities.clone(),
+                protocol_version: PROTOCOL_VERSION,
+            },
+            request,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{Decoded, FrameDecoder};
+
+    fn one_frame(buf: &mut BytesMut) -> Frame {
+        match FrameDecoder::new().decode(buf).unwrap() {
+            Some(Decoded::Frame(f)) => f,
+            other => panic!("no frame: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn both_roles_agree_on_msgpack() {
+        let now = Instant::now();
+        let mut wire = BytesMut::new();
+        let proxy =
+            ProxyHandshake::start(&ProxyHandshakeConfig::default(), now, &mut wire).unwrap();
+        let agent_cfg = AgentHandshakeConfig::default();
+        let agent = AgentHandshake::new(&agent_cfg, now);
+        let req = one_frame(&mut wire);
+        let (agent_side, request) = agent.handle_frame(&agent_cfg, &req, &mut wire).unwrap();
+        assert_eq!(request.supported_encodings, ["msgpack", "json"]);
+        let resp = one_frame(&mut wire);
+        let proxy_side = proxy.handle_frame(&resp).unwrap();
+        assert_eq!(proxy_side.encoding, Encoding::MsgPack);
+        assert_eq!(agent_side.encoding, Encoding::MsgPack);
+    }
+
+    #[test]
+    fn proxy_refuses_an_encoding_it_did_not_offer() {
+        let now = Instant::now();
+        let mut wire = BytesMut::new();
+        let cfg = ProxyHandshakeConfig {
+            encodings: smallvec::smallvec![Encoding::Json],
+            ..Default::default()
+        };
+        let proxy = ProxyHandshake::start(&cfg, now, &mut wire).unwrap();
+        let body = br#"{"protocol_version":2,"capabilities":{},"success":true,"error":null,"encoding":"msgpack"}"#;
+        let frame = Frame {
+            frame_type: FrameType::HandshakeResponse,
+            payload: bytes::Bytes::from_static(body),
+        };
+        assert_eq!(
+            proxy.handle_frame(&frame),
+            Err(HandshakeError::EncodingNotOffered {
+                chosen: "msgpack".into()
+            })
+        );
+    }
+
+    #[test]
+    fn agent_refuses_version_1_with_an_answer() {
+        let now = Instant::now();
+        let cfg = AgentHandshakeConfig::default();
+        let agent = AgentHandshake::new(&cfg, now);
+        let frame = Frame {
+            frame_type: FrameType::HandshakeRequest,
+            payload: bytes::Bytes::from_static(
+                br#"{"supported_versions":[1],"proxy_id":"p","proxy_version":"0","supported_encodings":["cbor"]}"#,
+            ),
+        };
+        let mut out = BytesMut::new();
+        let err = agent.handle_frame(&cfg, &frame, &mut out).unwrap_err();
+        assert!(matches!(err, HandshakeError::VersionMismatch { .. }));
+        let answer: HandshakeResponse =
+            serde_json::from_slice(&one_frame(&mut out).payload).unwrap();
+        assert!(!answer.success);
+        assert!(answer.error.unwrap().contains("unsupported"));
+    }
+
+    #[test]
+    fn deadlines_fire() {
+        let now = Instant::now();
+        let mut out = BytesMut::new();
+        let p = ProxyHandshake::start(&ProxyHandshakeConfig::default(), now, &mut out).unwrap();
+        assert!(p.handle_timeout(now + Duration::from_secs(4)).is_ok());
+        assert!(matches!(
+            p.handle_timeout(now + Duration::from_secs(5)),
+            Err(HandshakeError::Timeout(_))
+        ));
+    }
+}
