@@ -146,7 +146,7 @@ impl<'de> Deserialize<'de> for EventSet {
 }
 
 /// Feature flags (`UdsFeatures`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Features {
     /// Accepts body chunk events.
@@ -167,22 +167,6 @@ pub struct Features {
     pub flow_control: bool,
     /// Sends HealthStatus.
     pub health_reporting: bool,
-}
-
-impl Default for Features {
-    fn default() -> Self {
-        Self {
-            streaming_body: false,
-            websocket: false,
-            guardrails: false,
-            config_push: false,
-            metrics_export: false,
-            concurrent_requests: 0,
-            cancellation: false,
-            flow_control: false,
-            health_reporting: false,
-        }
-    }
 }
 
 /// Limits the proxy must respect (`UdsLimits`).

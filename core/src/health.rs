@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 /// assert!(HealthState::Degraded.is_selectable());
 /// assert!(!HealthState::Unhealthy.is_selectable());
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthState {
     /// Serving normally (wire value 1).
