@@ -4,5 +4,7 @@
 
 pub mod frame;
 pub mod health;
+pub mod metrics;
+pub mod pool;
 
 pub use health::HealthState;
