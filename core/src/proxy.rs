@@ -927,6 +927,18 @@ impl ProxyConnection {
         }
     }
 
+    /// Moves all queued output into `into` without copying when `into` is empty (the two
+    /// buffers swap, so an adapter that writes from `into` and clears it recycles both
+    /// allocations); appends otherwise.
+    pub fn take_transmit(&mut self, into: &mut BytesMut) {
+        if into.is_empty() {
+            std::mem::swap(into, &mut self.out);
+        } else {
+            into.extend_from_slice(&self.out);
+            self.out.clear();
+        }
+    }
+
     /// Queued output, for adapters that write from it in place (then call
     /// [`ProxyConnection::advance_transmit`]); the buffer's memory is then reused.
     pub fn transmit_buffer(&self) -> &[u8] {

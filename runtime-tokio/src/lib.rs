@@ -1,0 +1,13 @@
+//! Agent Protocol v2 on tokio.
+//!
+//! A thin driver around [`agent_protocol_core`]: every protocol decision lives in the core's
+//! Sans-IO state machines; this crate owns sockets, tasks and timers.
+//!
+//! - [`client::AgentClient`]: one proxy->agent connection (UDS).
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod transport;
+
+pub use agent_protocol_core as core;
+pub use client::{AgentClient, ClientConfig, ClientError, CHANNEL_BUFFER_SIZE};
