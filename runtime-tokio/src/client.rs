@@ -261,19 +261,43 @@ impl AgentClient {
     }
 
     /// Wraps a stream whose setup happened elsewhere (a reverse connection after registration).
-    pub async fn from_established(
+    pub fn from_established(
         stream: Stream,
         config: ClientConfig,
         negotiated: Negotiated,
         control: Option<mpsc::Sender<ControlMessage>>,
-    ) -> Result<Self, ClientError> {
+    ) -> Self {
+        Self::start_established(stream, config, negotiated, control, None)
+    }
+
+    /// Like [`AgentClient::from_established`], but nothing is written and no request is taken
+    /// until the returned [`Gate`] is opened: the reverse listener hands the client to the pool
+    /// and only then writes the registration answer, which must precede every event on the wire.
+    pub fn from_established_gated(
+        stream: Stream,
+        config: ClientConfig,
+        negotiated: Negotiated,
+        control: Option<mpsc::Sender<ControlMessage>>,
+    ) -> (Self, Gate) {
+        let (tx, rx) = oneshot::channel();
+        let client = Self::start_established(stream, config, negotiated, control, Some(rx));
+        (client, Gate { tx })
+    }
+
+    fn start_established(
+        stream: Stream,
+        config: ClientConfig,
+        negotiated: Negotiated,
+        control: Option<mpsc::Sender<ControlMessage>>,
+        gate: Option<oneshot::Receiver<GateDecision>>,
+    ) -> Self {
         let request_timeout = config.connection.request_timeout;
         let mut conn =
             ProxyConnection::new_established(config.connection, negotiated.clone(), Instant::now());
         set_wall_clock(&mut conn);
         let (tx, rx) = mpsc::channel(CHANNEL_BUFFER_SIZE);
         let status = Arc::new(ConnectionStatus::new());
-        status.connected.store(true, Ordering::Release);
+        status.connected.store(gate.is_none(), Ordering::Release);
         let (read, write) = stream.into_split();
         let driver = Driver {
             conn,
@@ -283,13 +307,13 @@ impl AgentClient {
             control,
             ready: None,
         };
-        tokio::spawn(driver.run(read, write));
-        Ok(Self {
+        tokio::spawn(driver.run_gated(gate, read, write));
+        Self {
             tx,
             status,
             negotiated: Arc::new(negotiated),
             request_timeout,
-        })
+        }
     }
 
     async fn spawn(
@@ -441,6 +465,35 @@ impl Drop for AbandonGuard<'_> {
 
 type Reply = oneshot::Sender<Result<AgentResponse, ClientError>>;
 
+enum GateDecision {
+    Open(bytes::Bytes),
+    Refuse(bytes::Bytes),
+}
+
+/// Holds back a gated client (see [`AgentClient::from_established_gated`]).
+#[derive(Debug)]
+pub struct Gate {
+    tx: oneshot::Sender<GateDecision>,
+}
+
+impl std::fmt::Debug for GateDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GateDecision")
+    }
+}
+
+impl Gate {
+    /// Writes `preamble` (the registration answer) first, then lets traffic flow.
+    pub fn open(self, preamble: bytes::Bytes) {
+        let _ = self.tx.send(GateDecision::Open(preamble));
+    }
+
+    /// Writes `preamble` (a refusal) and closes the connection.
+    pub fn refuse(self, preamble: bytes::Bytes) {
+        let _ = self.tx.send(GateDecision::Refuse(preamble));
+    }
+}
+
 struct Driver {
     conn: ProxyConnection,
     rx: mpsc::Receiver<Command>,
@@ -451,6 +504,35 @@ struct Driver {
 }
 
 impl Driver {
+    async fn run_gated(
+        self,
+        gate: Option<oneshot::Receiver<GateDecision>>,
+        read: ReadHalf,
+        mut write: WriteHalf,
+    ) {
+        if let Some(gate) = gate {
+            match gate.await {
+                Ok(GateDecision::Open(preamble)) => {
+                    if write.write_all(&preamble).await.is_err() {
+                        return self.abandon(write).await;
+                    }
+                    self.status.connected.store(true, Ordering::Release);
+                }
+                Ok(GateDecision::Refuse(preamble)) => {
+                    let _ = write.write_all(&preamble).await;
+                    return self.abandon(write).await;
+                }
+                Err(_) => return self.abandon(write).await,
+            }
+        }
+        self.run(read, write).await
+    }
+
+    async fn abandon(mut self, write: WriteHalf) {
+        self.conn.close();
+        self.finish(write).await
+    }
+
     async fn run(mut self, mut read: ReadHalf, mut write: WriteHalf) {
         let mut read_buf = BytesMut::with_capacity(READ_CHUNK);
         let mut write_buf = BytesMut::new();
@@ -515,6 +597,10 @@ impl Driver {
             }
             self.publish_status();
         }
+        self.finish(write).await
+    }
+
+    async fn finish(mut self, mut write: WriteHalf) {
         self.dispatch_events();
         self.status.connected.store(false, Ordering::Release);
         self.status.in_flight.store(0, Ordering::Release);

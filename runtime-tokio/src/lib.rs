@@ -7,6 +7,8 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod reverse;
+pub mod server;
 pub mod transport;
 
 pub use agent_protocol_core as core;

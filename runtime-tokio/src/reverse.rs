@@ -1,0 +1,389 @@
+//! Reverse connections (PROTOCOL.md §7): the agent dials the proxy.
+//!
+//! - Proxy side, [`ReverseListener`]: accepts on a Unix socket or TCP, validates each agent's
+//!   registration with the core's [`ProxyRegistration`] (version, id, allow-list, token value in
+//!   constant time), hands the connection to an admission callback (normally the pool), and
+//!   writes the success answer only after it was admitted.
+//! - Agent side, [`ReverseConnector`]: dials, registers (with a token), then serves the same
+//!   [`AgentHandler`] as the UDS server over the connection, JSON encoded; it reconnects with
+//!   jittered exponential backoff until shut down.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_protocol_core::agent::{AgentConfig, AgentConnection};
+use agent_protocol_core::frame::{Decoded, Frame, FrameDecoder};
+use agent_protocol_core::handshake::{Negotiated, PROTOCOL_VERSION};
+use agent_protocol_core::pool::Backoff;
+use agent_protocol_core::registration::{
+    AgentRegistration, PendingRegistration, ProxyRegistration, RegistrationError,
+    RegistrationPolicy, RegistrationRequest, RegistrationResponse,
+};
+use agent_protocol_core::{Capabilities, Encoding};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::client::{AgentClient, ClientConfig};
+use crate::server::{serve_connection, shutdown_signal, AgentHandler, Listener, ServerHandle};
+use crate::transport::Stream;
+
+/// Where the proxy's reverse listener is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReverseTarget {
+    /// A Unix socket path.
+    Unix(std::path::PathBuf),
+    /// A TCP address (`host:port`).
+    Tcp(String),
+}
+
+impl ReverseTarget {
+    async fn connect(&self) -> io::Result<Stream> {
+        match self {
+            ReverseTarget::Unix(p) => Stream::connect_unix(p).await,
+            ReverseTarget::Tcp(addr) => {
+                let s = TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+        }
+    }
+}
+
+/// Reads frames until one complete frame is available; returns it and whatever followed it.
+async fn read_first_frame(stream: &mut Stream, deadline: Instant) -> io::Result<(Frame, BytesMut)> {
+    let mut decoder = FrameDecoder::new();
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(Decoded::Frame(f))) => return Ok((f, buf)),
+                Ok(Some(Decoded::Skipped { .. })) => continue,
+                Ok(None) => break,
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
+        let read = async {
+            match stream {
+                Stream::Unix(s) => s.read_buf(&mut buf).await,
+                Stream::Tcp(s) => s.read_buf(&mut buf).await,
+            }
+        };
+        let n = tokio::time::timeout_at(deadline.into(), read)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "registration timed out"))??;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed during registration",
+            ));
+        }
+    }
+}
+
+async fn write_all(stream: &mut Stream, bytes: &[u8]) -> io::Result<()> {
+    match stream {
+        Stream::Unix(s) => s.write_all(bytes).await,
+        Stream::Tcp(s) => s.write_all(bytes).await,
+    }
+}
+
+/// An agent that registered on a reverse connection, as handed to the admission callback.
+#[derive(Debug)]
+pub struct RegisteredAgent {
+    /// The agent's id.
+    pub agent_id: String,
+    /// What it announced.
+    pub capabilities: Capabilities,
+    /// Its metadata.
+    pub metadata: Option<serde_json::Value>,
+    /// The connection, ready for requests once admitted.
+    pub client: AgentClient,
+}
+
+/// Proxy-side listener for reverse connections.
+///
+/// ```no_run
+/// # async fn demo() -> std::io::Result<()> {
+/// use agent_protocol_tokio::reverse::ReverseListener;
+/// use agent_protocol_tokio::server::bind_unix_socket;
+/// use agent_protocol_core::registration::RegistrationPolicy;
+/// let policy = RegistrationPolicy { tokens: vec!["s3cret".into()], ..Default::default() };
+/// let listener = bind_unix_socket("/run/proxy-reverse.sock".as_ref(), 0o660)?;
+/// ReverseListener::new(policy, Default::default())
+///     .serve(listener.into(), |agent| {
+///         println!("{} registered", agent.agent_id);
+///         Ok(()) // normally: pool.add_reverse_connection(&agent.agent_id, agent.client)
+///     })
+///     .await
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ReverseListener {
+    policy: Arc<RegistrationPolicy>,
+    client_config: ClientConfig,
+    shutdown: watch::Sender<bool>,
+}
+
+impl ReverseListener {
+    /// A listener applying `policy`; admitted connections use `client_config`.
+    pub fn new(policy: RegistrationPolicy, client_config: ClientConfig) -> Self {
+        Self {
+            policy: Arc::new(policy),
+            client_config,
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    /// Stops accepting.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Accepts until [`ReverseListener::shutdown`]. `admit` decides whether the pool takes the
+    /// agent; an `Err(reason)` is sent to the agent as a refusal.
+    pub async fn serve<F>(&self, listener: Listener, admit: F) -> io::Result<()>
+    where
+        F: Fn(RegisteredAgent) -> Result<(), String> + Send + Sync + 'static,
+    {
+        let admit = Arc::new(admit);
+        let mut stop = self.shutdown.subscribe();
+        loop {
+            let stream = tokio::select! {
+                r = accept(&listener) => r,
+                _ = shutdown_signal(&mut stop) => return Ok(()),
+            };
+            match stream {
+                Ok(stream) => {
+                    let this = self.clone();
+                    let admit = admit.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = this.register(stream, &*admit).await {
+                            tracing::info!(error = %e, "reverse registration failed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reverse accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn register<F>(&self, mut stream: Stream, admit: &F) -> Result<(), RegistrationError>
+    where
+        F: Fn(RegisteredAgent) -> Result<(), String>,
+    {
+        let now = Instant::now();
+        let registration = ProxyRegistration::new(&self.policy, now);
+        let (frame, leftover) = read_first_frame(&mut stream, registration.deadline())
+            .await
+            .map_err(|e| RegistrationError::Malformed(e.to_string()))?;
+        let mut out = BytesMut::new();
+        let pending = match registration.handle_frame(&self.policy, &frame, &mut out) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = write_all(&mut stream, &out).await;
+                return Err(e);
+            }
+        };
+        if !leftover.is_empty() {
+            // The agent must wait for our answer before sending anything.
+            return Err(RegistrationError::Malformed(
+                "agent sent data before the registration answer".into(),
+            ));
+        }
+        let PendingRegistration { request } = pending.clone();
+        let negotiated = Negotiated {
+            encoding: Encoding::Json,
+            capabilities: request.capabilities.clone(),
+            protocol_version: PROTOCOL_VERSION,
+        };
+        let (client, gate) = AgentClient::from_established_gated(
+            stream,
+            self.client_config.clone(),
+            negotiated,
+            None,
+        );
+        let connection_id = format!("{}-{:x}", request.agent_id, crate::server::unix_ms());
+        let agent = RegisteredAgent {
+            agent_id: request.agent_id.clone(),
+            capabilities: request.capabilities,
+            metadata: request.metadata,
+            client,
+        };
+        let mut answer = BytesMut::new();
+        match admit(agent) {
+            Ok(()) => {
+                pending
+                    .accept(&self.policy, &connection_id, &mut answer)
+                    .map_err(|e| RegistrationError::Malformed(e.to_string()))?;
+                gate.open(answer.freeze());
+                Ok(())
+            }
+            Err(reason) => {
+                let err = pending
+                    .reject(&self.policy, &reason, &mut answer)
+                    .map_err(|e| RegistrationError::Malformed(e.to_string()))?;
+                gate.refuse(answer.freeze());
+                Err(err)
+            }
+        }
+    }
+}
+
+async fn accept(listener: &Listener) -> io::Result<Stream> {
+    listener.accept_stream().await
+}
+
+/// Agent-side settings for a reverse connection.
+#[derive(Clone, Debug)]
+pub struct ReverseAgentConfig {
+    /// The proxy's reverse listener.
+    pub target: ReverseTarget,
+    /// Our id.
+    pub agent_id: String,
+    /// Shared secret, if the proxy requires one.
+    pub auth_token: Option<String>,
+    /// What we announce.
+    pub capabilities: Capabilities,
+    /// Free-form metadata.
+    pub metadata: Option<serde_json::Value>,
+    /// Deadline for the registration answer.
+    pub registration_timeout: Duration,
+    /// Reconnection backoff.
+    pub backoff: Backoff,
+    /// Unanswered requests before new ones are refused.
+    pub max_in_flight: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+impl ReverseAgentConfig {
+    /// Settings for agent `agent_id` dialing `target`.
+    pub fn new(target: ReverseTarget, agent_id: impl Into<String>) -> Self {
+        let agent_id = agent_id.into();
+        Self {
+            target,
+            capabilities: Capabilities::new(
+                agent_id.clone(),
+                agent_id.clone(),
+                env!("CARGO_PKG_VERSION"),
+            )
+            .with_all_events()
+            .with_control_features(),
+            agent_id,
+            auth_token: None,
+            metadata: None,
+            registration_timeout: Duration::from_secs(10),
+            backoff: Backoff::default(),
+            max_in_flight: 4096,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Agent side of a reverse connection.
+pub struct ReverseConnector<H> {
+    handler: Arc<H>,
+    config: ReverseAgentConfig,
+    handle: ServerHandle,
+}
+
+impl<H: AgentHandler> ReverseConnector<H> {
+    /// A connector serving `handler`; `handle` (from an [`crate::server::AgentServer`] sharing
+    /// the handler, or a fresh one) carries pushes and shutdown.
+    pub fn new(handler: Arc<H>, config: ReverseAgentConfig, handle: ServerHandle) -> Self {
+        Self {
+            handler,
+            config,
+            handle,
+        }
+    }
+
+    /// Dials and registers once; on success serves the connection until it ends.
+    pub async fn connect_once(&self) -> Result<RegistrationResponse, RegistrationError> {
+        let mut stream = self
+            .config
+            .target
+            .connect()
+            .await
+            .map_err(|e| RegistrationError::Malformed(format!("connect failed: {e}")))?;
+        let request = RegistrationRequest {
+            protocol_version: PROTOCOL_VERSION,
+            agent_id: self.config.agent_id.clone(),
+            capabilities: self.config.capabilities.clone(),
+            auth_token: self.config.auth_token.clone(),
+            metadata: self.config.metadata.clone(),
+        };
+        let now = Instant::now();
+        let mut out = BytesMut::new();
+        let registration =
+            AgentRegistration::start(&request, self.config.registration_timeout, now, &mut out)
+                .map_err(|e| RegistrationError::Malformed(e.to_string()))?;
+        write_all(&mut stream, &out)
+            .await
+            .map_err(|e| RegistrationError::Malformed(e.to_string()))?;
+        let (frame, leftover) = read_first_frame(&mut stream, registration.deadline())
+            .await
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::TimedOut => {
+                    RegistrationError::Timeout(self.config.registration_timeout)
+                }
+                _ => RegistrationError::Malformed(e.to_string()),
+            })?;
+        let response = registration.handle_frame(&frame)?;
+        let mut conn = AgentConnection::new_established(
+            AgentConfig {
+                max_in_flight: self.config.max_in_flight,
+                ..AgentConfig::default()
+            },
+            Encoding::Json,
+        );
+        if !leftover.is_empty() {
+            conn.handle_input(Instant::now(), &leftover);
+        }
+        serve_connection(
+            stream,
+            conn,
+            self.handler.clone(),
+            self.handle.clone(),
+            self.config.drain_timeout,
+        )
+        .await;
+        Ok(response)
+    }
+
+    /// Keeps a registered connection up until shutdown, reconnecting with backoff.
+    pub async fn run(&self) {
+        let mut attempt = 0u32;
+        let mut stop = self.handle.shutdown_receiver();
+        loop {
+            let started = Instant::now();
+            let result = tokio::select! {
+                r = self.connect_once() => r,
+                _ = shutdown_signal(&mut stop) => return,
+            };
+            match result {
+                Ok(_) if started.elapsed() > Duration::from_secs(10) => attempt = 0,
+                Ok(_) => {}
+                Err(e) => tracing::info!(error = %e, "reverse connection attempt failed"),
+            }
+            let random = {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u32(attempt);
+                h.finish()
+            };
+            let delay = self.config.backoff.delay(attempt, random);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown_signal(&mut stop) => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,654 @@
+//! The agent side: [`AgentServer`] serves an [`AgentHandler`] on a Unix socket (and optionally
+//! TCP), many connections at once, and many requests per connection concurrently.
+//!
+//! Each connection is one task owning the core's [`AgentConnection`]. Handler futures run inside
+//! that task (a `FuturesUnordered`), so a request never crosses threads on its way from socket
+//! to handler to socket, and answers that complete together leave in one write. Cancel drops the
+//! handler's future and nothing is sent for it. Pings are answered by the core as soon as they
+//! are read, never behind a slow handler. A handler that burns CPU for long should move that
+//! work to `tokio::task::spawn_blocking` so it does not stall its connection's other requests.
+
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_protocol_core::agent::{AgentConfig, AgentConnection, AgentEvent, RequestId};
+use agent_protocol_core::handshake::AgentHandshakeConfig;
+use agent_protocol_core::{
+    AgentResponse, Capabilities, ConfigureEvent, Encoding, Event, FlowAction, FlowControl,
+    GuardrailInspectEvent, GuardrailResponse, HealthState, HealthStatus, MetricsReport,
+    RequestBodyChunkEvent, RequestCompleteEvent, RequestHeadersEvent, ResponseBodyChunkEvent,
+    ResponseHeadersEvent, WebSocketDecision, WebSocketFrameEvent,
+};
+use bytes::{Bytes, BytesMut};
+use futures_util::future::{AbortHandle, Abortable, FutureExt};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{broadcast, watch};
+
+use crate::transport::{ReadHalf, Stream, WriteHalf, READ_CHUNK};
+
+/// What an agent does with each event. Every method has a default that allows, so an agent
+/// implements only what it inspects.
+///
+/// ```
+/// use agent_protocol_tokio::server::AgentHandler;
+/// use agent_protocol_core::{AgentResponse, RequestHeadersEvent};
+///
+/// struct BlockAdmin;
+/// impl AgentHandler for BlockAdmin {
+///     async fn on_request_headers(&self, event: RequestHeadersEvent) -> AgentResponse {
+///         if event.uri.starts_with("/admin") {
+///             AgentResponse::block(403, "forbidden")
+///         } else {
+///             AgentResponse::allow()
+///         }
+///     }
+/// }
+/// ```
+pub trait AgentHandler: Send + Sync + 'static {
+    /// 0x10.
+    fn on_request_headers(
+        &self,
+        event: RequestHeadersEvent,
+    ) -> impl Future<Output = AgentResponse> + Send {
+        let _ = event;
+        async { AgentResponse::allow() }
+    }
+
+    /// 0x11.
+    fn on_request_body_chunk(
+        &self,
+        event: RequestBodyChunkEvent,
+    ) -> impl Future<Output = AgentResponse> + Send {
+        let _ = event;
+        async { AgentResponse::allow() }
+    }
+
+    /// 0x12.
+    fn on_response_headers(
+        &self,
+        event: ResponseHeadersEvent,
+    ) -> impl Future<Output = AgentResponse> + Send {
+        let _ = event;
+        async { AgentResponse::allow() }
+    }
+
+    /// 0x13.
+    fn on_response_body_chunk(
+        &self,
+        event: ResponseBodyChunkEvent,
+    ) -> impl Future<Output = AgentResponse> + Send {
+        let _ = event;
+        async { AgentResponse::allow() }
+    }
+
+    /// 0x14.
+    fn on_request_complete(
+        &self,
+        event: RequestCompleteEvent,
+    ) -> impl Future<Output = AgentResponse> + Send {
+        let _ = event;
+        async { AgentResponse::allow() }
+    }
+
+    /// 0x15. The default forwards the frame.
+    fn on_websocket_frame(
+        &self,
+        event: WebSocketFrameEvent,
+    ) -> impl Future<Output = AgentResponse> + Send {
+        let _ = event;
+        async {
+            let mut r = AgentResponse::allow();
+            r.websocket_decision = Some(WebSocketDecision::Allow);
+            r
+        }
+    }
+
+    /// 0x16. The default reports nothing detected.
+    fn on_guardrail_inspect(
+        &self,
+        event: GuardrailInspectEvent,
+    ) -> impl Future<Output = AgentResponse> + Send {
+        let _ = event;
+        async { AgentResponse::allow().with_guardrail(&GuardrailResponse::default()) }
+    }
+
+    /// 0x17. The default accepts the configuration.
+    fn on_configure(&self, event: ConfigureEvent) -> impl Future<Output = AgentResponse> + Send {
+        let _ = event;
+        async { AgentResponse::allow() }
+    }
+}
+
+/// Routes an event to its handler method. One `async fn`, so every request's future has the
+/// same type and no boxing is needed to run them side by side.
+async fn dispatch<H: AgentHandler>(
+    handler: Arc<H>,
+    id: RequestId,
+    event: Event,
+) -> (RequestId, AgentResponse) {
+    let response = match event {
+        Event::RequestHeaders(e) => handler.on_request_headers(e).await,
+        Event::RequestBodyChunk(e) => handler.on_request_body_chunk(e).await,
+        Event::ResponseHeaders(e) => handler.on_response_headers(e).await,
+        Event::ResponseBodyChunk(e) => handler.on_response_body_chunk(e).await,
+        Event::RequestComplete(e) => handler.on_request_complete(e).await,
+        Event::WebSocketFrame(e) => handler.on_websocket_frame(e).await,
+        Event::GuardrailInspect(e) => handler.on_guardrail_inspect(e).await,
+        Event::Configure(e) => handler.on_configure(e).await,
+    };
+    (id, response)
+}
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Capabilities announced in the handshake.
+    pub capabilities: Capabilities,
+    /// Encodings we accept (the proxy's first offered one among these wins).
+    pub encodings: Vec<Encoding>,
+    /// Handshake deadline.
+    pub handshake_timeout: Duration,
+    /// Unanswered requests per connection before new ones are refused (503).
+    pub max_in_flight: usize,
+    /// Mode of the socket file.
+    pub socket_mode: u32,
+    /// How long graceful shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            capabilities: Capabilities::new("agent", "agent", env!("CARGO_PKG_VERSION"))
+                .with_all_events()
+                .with_control_features(),
+            encodings: if cfg!(feature = "msgpack") {
+                vec![Encoding::MsgPack, Encoding::Json]
+            } else {
+                vec![Encoding::Json]
+            },
+            handshake_timeout: agent_protocol_core::handshake::DEFAULT_HANDSHAKE_TIMEOUT,
+            max_in_flight: 4096,
+            socket_mode: 0o660,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    fn agent_config(&self) -> AgentConfig {
+        let mut caps = self.capabilities.clone();
+        caps.features.cancellation = true;
+        caps.features.concurrent_requests = self.max_in_flight.min(u32::MAX as usize) as u32;
+        AgentConfig {
+            handshake: AgentHandshakeConfig {
+                capabilities: caps,
+                encodings: self.encodings.iter().copied().collect(),
+                timeout: self.handshake_timeout,
+            },
+            max_in_flight: self.max_in_flight,
+            ..AgentConfig::default()
+        }
+    }
+}
+
+/// Frames an agent pushes to every connected proxy.
+#[derive(Clone, Debug)]
+pub enum Push {
+    /// HealthStatus (0x30).
+    Health(HealthStatus),
+    /// FlowControl (0x33).
+    FlowControl(FlowControl),
+    /// MetricsReport (0x31).
+    Metrics(MetricsReport),
+}
+
+/// Handle to a running server: push control frames, observe, shut down.
+#[derive(Clone, Debug)]
+pub struct ServerHandle {
+    push: broadcast::Sender<Push>,
+    shutdown: watch::Sender<bool>,
+    connections: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
+    agent_id: String,
+}
+
+impl ServerHandle {
+    /// A handle not tied to an [`AgentServer`] (for a [`crate::reverse::ReverseConnector`]
+    /// used on its own).
+    pub fn new(agent_id: impl Into<String>) -> Self {
+        let (push, _) = broadcast::channel(64);
+        let (shutdown, _) = watch::channel(false);
+        Self {
+            push,
+            shutdown,
+            connections: Arc::new(AtomicUsize::new(0)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            agent_id: agent_id.into(),
+        }
+    }
+
+    pub(crate) fn shutdown_receiver(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Sends a frame to every connected proxy.
+    pub fn push(&self, message: Push) {
+        let _ = self.push.send(message);
+    }
+
+    /// Reports health to every connected proxy.
+    pub fn set_health(&self, state: HealthState, message: Option<String>) {
+        self.push(Push::Health(HealthStatus {
+            agent_id: self.agent_id.clone(),
+            state,
+            message,
+            timestamp_ms: unix_ms(),
+        }));
+    }
+
+    /// Asks every proxy to stop sending (connection-wide pause).
+    pub fn pause(&self) {
+        self.flow(FlowAction::Pause, None);
+    }
+
+    /// Lets every proxy send again.
+    pub fn resume(&self) {
+        self.flow(FlowAction::Resume, None);
+    }
+
+    fn flow(&self, action: FlowAction, buffer_available: Option<u64>) {
+        self.push(Push::FlowControl(FlowControl {
+            action,
+            correlation_id: None,
+            buffer_available,
+            timestamp_ms: unix_ms(),
+        }));
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Requests being processed, over all connections.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Starts graceful shutdown: stop accepting, finish in-flight requests, close.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// An agent server.
+///
+/// ```no_run
+/// # async fn demo() -> std::io::Result<()> {
+/// use agent_protocol_tokio::server::{AgentHandler, AgentServer, ServerConfig};
+/// struct AllowAll;
+/// impl AgentHandler for AllowAll {}
+/// let server = AgentServer::new(AllowAll, ServerConfig::default());
+/// let listener = server.bind_uds("/run/agent.sock")?;
+/// let handle = server.handle();
+/// tokio::spawn(async move { tokio::signal::ctrl_c().await.ok(); handle.shutdown(); });
+/// server.serve(listener).await
+/// # }
+/// ```
+pub struct AgentServer<H> {
+    handler: Arc<H>,
+    config: ServerConfig,
+    handle: ServerHandle,
+}
+
+/// A bound Unix socket whose file is removed when it is dropped.
+#[derive(Debug)]
+pub struct UdsListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl UdsListener {
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for UdsListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds a Unix socket at `path` with file mode `mode`. An existing socket file is removed
+/// only if nothing answers on it (a stale file); a live one is an `AddrInUse` error, and a
+/// non-socket file is left alone with an `AlreadyExists` error.
+pub fn bind_unix_socket(path: &Path, mode: u32) -> io::Result<UdsListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is served by another live process", path.display()),
+                ))
+            }
+            Err(_) => std::fs::remove_file(path)?,
+        }
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(UdsListener {
+        listener,
+        path: path.to_owned(),
+    })
+}
+
+/// Where a server accepts connections.
+#[derive(Debug)]
+pub enum Listener {
+    /// A Unix socket.
+    Unix(UdsListener),
+    /// A TCP socket (framed protocol, same as UDS).
+    Tcp(TcpListener),
+}
+
+impl From<UdsListener> for Listener {
+    fn from(l: UdsListener) -> Self {
+        Listener::Unix(l)
+    }
+}
+
+impl From<TcpListener> for Listener {
+    fn from(l: TcpListener) -> Self {
+        Listener::Tcp(l)
+    }
+}
+
+impl Listener {
+    pub(crate) async fn accept_stream(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Unix(l) => l.listener.accept().await.map(|(s, _)| Stream::Unix(s)),
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+        }
+    }
+}
+
+impl<H: AgentHandler> AgentServer<H> {
+    /// A server for `handler`.
+    pub fn new(handler: H, config: ServerConfig) -> Self {
+        Self::with_shared_handler(Arc::new(handler), config)
+    }
+
+    /// A server for a handler shared with other servers (e.g. UDS and reverse).
+    pub fn with_shared_handler(handler: Arc<H>, config: ServerConfig) -> Self {
+        let handle = ServerHandle::new(config.capabilities.agent_id.clone());
+        Self {
+            handler,
+            config,
+            handle,
+        }
+    }
+
+    /// Handle for pushing control frames and shutting down.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Binds the Unix socket with the configured mode (see [`bind_unix_socket`]).
+    pub fn bind_uds(&self, path: impl AsRef<Path>) -> io::Result<UdsListener> {
+        bind_unix_socket(path.as_ref(), self.config.socket_mode)
+    }
+
+    /// Serves one listener until shutdown.
+    pub async fn serve(&self, listener: impl Into<Listener>) -> io::Result<()> {
+        self.serve_all(vec![listener.into()]).await
+    }
+
+    /// Serves several listeners (say UDS and TCP) until shutdown, then drains in-flight requests
+    /// (up to `drain_timeout`) and returns; socket files are removed when the listeners drop.
+    pub async fn serve_all(&self, listeners: Vec<Listener>) -> io::Result<()> {
+        let mut shutdown = self.handle.shutdown.subscribe();
+        let mut tasks = tokio::task::JoinSet::new();
+        let listeners: Vec<Arc<Listener>> = listeners.into_iter().map(Arc::new).collect();
+        let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel::<Stream>(64);
+        for listener in &listeners {
+            let listener = listener.clone();
+            let conn_tx = conn_tx.clone();
+            let mut stop = self.handle.shutdown.subscribe();
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = listener.accept_stream() => match r {
+                            Ok(stream) => { if conn_tx.send(stream).await.is_err() { break; } }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "accept failed");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        },
+                        _ = shutdown_signal(&mut stop) => break,
+                    }
+                }
+            });
+        }
+        drop(conn_tx);
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                stream = conn_rx.recv() => match stream {
+                    Some(stream) => {
+                        let conn = AgentConnection::new(self.config.agent_config(), Instant::now());
+                        connections.spawn(serve_connection(
+                            stream,
+                            conn,
+                            self.handler.clone(),
+                            self.handle.clone(),
+                            self.config.drain_timeout,
+                        ));
+                    }
+                    None => break,
+                },
+                _ = shutdown_signal(&mut shutdown) => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        tasks.abort_all();
+        // Connections see the same shutdown signal and drain themselves.
+        while connections.join_next().await.is_some() {}
+        drop(listeners);
+        Ok(())
+    }
+}
+
+/// Serves one established-or-handshaking agent connection until it closes. Used by the UDS/TCP
+/// server and by the reverse connector.
+pub(crate) async fn serve_connection<H: AgentHandler>(
+    stream: Stream,
+    mut conn: AgentConnection,
+    handler: Arc<H>,
+    handle: ServerHandle,
+    drain_timeout: Duration,
+) {
+    handle.connections.fetch_add(1, Ordering::AcqRel);
+    let (read, write) = stream.into_split();
+    drive(&mut conn, read, write, handler, &handle, drain_timeout).await;
+    handle.connections.fetch_sub(1, Ordering::AcqRel);
+}
+
+async fn drive<H: AgentHandler>(
+    conn: &mut AgentConnection,
+    mut read: ReadHalf,
+    mut write: WriteHalf,
+    handler: Arc<H>,
+    handle: &ServerHandle,
+    drain_timeout: Duration,
+) {
+    let mut read_buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut write_buf = Bytes::new();
+    let mut running: FuturesUnordered<Abortable<_>> = FuturesUnordered::new();
+    let mut aborts: std::collections::HashMap<RequestId, AbortHandle> = Default::default();
+    let mut push_rx = handle.push.subscribe();
+    let mut shutdown = handle.shutdown.subscribe();
+    let mut draining: Option<Instant> = None;
+    let in_flight = &handle.in_flight;
+    loop {
+        while let Some(event) = conn.poll_event() {
+            match event {
+                AgentEvent::Request { id, event } => {
+                    let (abort, registration) = AbortHandle::new_pair();
+                    aborts.insert(id, abort);
+                    in_flight.fetch_add(1, Ordering::AcqRel);
+                    running.push(Abortable::new(
+                        dispatch(handler.clone(), id, event),
+                        registration,
+                    ));
+                }
+                AgentEvent::Cancelled { id, .. } => {
+                    if let Some(abort) = aborts.remove(&id) {
+                        abort.abort();
+                    }
+                }
+                AgentEvent::Closed(reason) => {
+                    tracing::debug!(%reason, "proxy connection closed");
+                }
+                other => tracing::debug!(?other, "agent connection event"),
+            }
+        }
+        if write_buf.is_empty() {
+            if let Some(bytes) = conn.poll_transmit() {
+                write_buf = bytes;
+            }
+        }
+        let closed = conn.is_closed();
+        if closed && write_buf.is_empty() {
+            break;
+        }
+        if let Some(since) = draining {
+            if running.is_empty() && write_buf.is_empty() {
+                conn.close();
+                break;
+            }
+            if since.elapsed() >= drain_timeout {
+                conn.close();
+                break;
+            }
+        }
+        let deadline = conn.poll_timeout();
+        if read_buf.capacity() - read_buf.len() < READ_CHUNK / 4 {
+            read_buf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            biased;
+            Some(done) = running.next(), if !running.is_empty() => {
+                let mut finish = |done: Result<(RequestId, AgentResponse), futures_util::future::Aborted>| {
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
+                    if let Ok((id, response)) = done {
+                        aborts.remove(&id);
+                        // UnknownRequest means it was cancelled meanwhile: nothing to send.
+                        let _ = conn.respond(id, response);
+                    }
+                };
+                finish(done);
+                // Collect everything else already finished so the answers share one write.
+                while let Some(Some(done)) = running.next().now_or_never() {
+                    finish(done);
+                }
+            }
+            r = read.read_buf(&mut read_buf), if !closed && draining.is_none() => {
+                let now = Instant::now();
+                match r {
+                    Ok(0) => conn.handle_eof(),
+                    Ok(_) => {
+                        std::mem::swap(&mut read_buf, conn.read_buffer());
+                        conn.process_input(now);
+                        std::mem::swap(&mut read_buf, conn.read_buffer());
+                    }
+                    Err(e) => conn.handle_io_error(e.to_string()),
+                }
+            }
+            r = write.write_buf(&mut write_buf), if !write_buf.is_empty() => {
+                if let Err(e) = r {
+                    conn.handle_io_error(e.to_string());
+                    write_buf = Bytes::new();
+                }
+            }
+            push = push_rx.recv(), if !closed => {
+                let result = match push {
+                    Ok(Push::Health(h)) => conn.send_health(&h),
+                    Ok(Push::FlowControl(f)) => conn.send_flow_control(&f),
+                    Ok(Push::Metrics(m)) => conn.send_metrics(&m),
+                    Err(_) => Ok(()),
+                };
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "could not push a control frame");
+                }
+            }
+            _ = shutdown_signal(&mut shutdown), if draining.is_none() => {
+                draining = Some(Instant::now());
+                let _ = conn.send_health(&HealthStatus {
+                    agent_id: handle.agent_id.clone(),
+                    state: HealthState::Draining,
+                    message: Some("shutting down".into()),
+                    timestamp_ms: unix_ms(),
+                });
+            }
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                conn.handle_timeout(Instant::now());
+            }
+            _ = tokio::time::sleep(Duration::from_millis(50)), if draining.is_some() => {}
+        }
+    }
+    // Whatever is still running is abandoned with the connection.
+    for (_, abort) in aborts.drain() {
+        abort.abort();
+    }
+    let leftover = running.len();
+    in_flight.fetch_sub(leftover, Ordering::AcqRel);
+    let _ = write.shutdown().await;
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves once shutdown is requested (or the handle is gone). The borrow of the watched
+/// value ends before any await, so the future stays `Send`.
+pub(crate) async fn shutdown_signal(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
