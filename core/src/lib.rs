@@ -2,9 +2,41 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
+pub mod body;
+pub mod body_sequence;
+pub mod capabilities;
+pub mod control;
+pub mod encoding;
+pub mod error;
+pub mod event;
 pub mod frame;
+pub mod handshake;
+pub mod headers;
 pub mod health;
 pub mod metrics;
+pub mod msgpack;
 pub mod pool;
+pub mod proxy;
+pub mod registration;
+pub mod response;
 
+pub use agent::{AgentConfig, AgentConnection, AgentEvent, RequestId, RespondError, SendError};
+pub use capabilities::{Capabilities, EventKind, EventSet, Features, Limits};
+pub use control::{
+    Cancel, CancelReason, ConfigUpdateRequest, ConfigUpdateResponse, ConfigUpdateType, FlowAction,
+    FlowControl, HealthStatus, MetricsReport, Ping,
+};
+pub use encoding::{DecodeError, EncodeError, Encoding};
+pub use error::{ConnectionError, Fault, RequestError, SubmitError};
+pub use event::{
+    BodyChunk, ConfigureEvent, Event, GuardrailInspectEvent, GuardrailInspectionType,
+    RequestBodyChunkEvent, RequestCompleteEvent, RequestHeadersEvent, RequestMetadata,
+    ResponseBodyChunkEvent, ResponseHeadersEvent, WebSocketFrameEvent, WebSocketOpcode,
+};
+pub use headers::{HeaderEntry, HeaderValues, Headers};
 pub use health::HealthState;
+pub use response::{
+    AgentResponse, AuditMetadata, BodyMutation, Decision, GuardrailDetection, GuardrailResponse,
+    GuardrailSeverity, HeaderOp, WebSocketDecision,
+};
