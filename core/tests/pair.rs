@@ -1,0 +1,390 @@
+//! A proxy connection wired to an agent connection in memory, with a simulated clock: the
+//! deterministic harness for whole-protocol behaviour (as quinn-proto's `Pair`).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use agent_protocol_core::agent::{AgentConfig, AgentConnection, AgentEvent};
+use agent_protocol_core::proxy::{ProxyConfig, ProxyConnection, ProxyEvent, RequestId};
+use agent_protocol_core::*;
+use bytes::Bytes;
+use proptest::prelude::*;
+
+/// The two ends, a clock, and what each side has reported.
+struct Pair {
+    now: Instant,
+    proxy: ProxyConnection,
+    agent: AgentConnection,
+    /// Requests the agent has received and not yet answered: agent id -> correlation id.
+    agent_pending: Vec<(agent_protocol_core::agent::RequestId, String)>,
+    outcomes: HashMap<RequestId, Result<AgentResponse, RequestError>>,
+    proxy_closed: Option<ConnectionError>,
+    agent_cancelled: Vec<String>,
+    /// When false, bytes are dropped on the floor (a dead wire).
+    wire_up: bool,
+}
+
+impl Pair {
+    fn new(proxy_encodings: &[Encoding], agent_encodings: &[Encoding]) -> Self {
+        let now = Instant::now();
+        let mut pcfg = ProxyConfig::default();
+        pcfg.handshake.encodings = proxy_encodings.iter().copied().collect();
+        let mut acfg = AgentConfig::default();
+        acfg.handshake.encodings = agent_encodings.iter().copied().collect();
+        acfg.handshake.capabilities =
+            Capabilities::new("pair-agent", "Pair", "1").with_all_events();
+        let mut pair = Pair {
+            now,
+            proxy: ProxyConnection::new(pcfg, now),
+            agent: AgentConnection::new(acfg, now),
+            agent_pending: Vec::new(),
+            outcomes: HashMap::new(),
+            proxy_closed: None,
+            agent_cancelled: Vec::new(),
+            wire_up: true,
+        };
+        pair.drive();
+        pair
+    }
+
+    /// Moves bytes both ways and collects events until nothing changes.
+    fn drive(&mut self) {
+        loop {
+            let mut moved = false;
+            if let Some(b) = self.proxy.poll_transmit() {
+                if self.wire_up {
+                    self.agent.handle_input(self.now, &b);
+                }
+                moved = true;
+            }
+            if let Some(b) = self.agent.poll_transmit() {
+                if self.wire_up {
+                    self.proxy.handle_input(self.now, &b);
+                }
+                moved = true;
+            }
+            while let Some(e) = self.proxy.poll_event() {
+                moved = true;
+                match e {
+                    ProxyEvent::Response { id, response, .. } => {
+                        assert!(
+                            self.outcomes.insert(id, Ok(response)).is_none(),
+                            "second outcome for {id}"
+                        );
+                    }
+                    ProxyEvent::Failed { id, error, .. } => {
+                        assert!(
+                            self.outcomes.insert(id, Err(error)).is_none(),
+                            "second outcome for {id}"
+                        );
+                    }
+                    ProxyEvent::Closed(e) => self.proxy_closed = Some(e),
+                    _ => {}
+                }
+            }
+            while let Some(e) = self.agent.poll_event() {
+                moved = true;
+                match e {
+                    AgentEvent::Request { id, event } => self
+                        .agent_pending
+                        .push((id, event.correlation_id().to_owned())),
+                    AgentEvent::Cancelled {
+                        id, correlation_id, ..
+                    } => {
+                        self.agent_pending.retain(|(i, _)| *i != id);
+                        self.agent_cancelled.push(correlation_id);
+                    }
+                    _ => {}
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.proxy.handle_timeout(self.now);
+        self.agent.handle_timeout(self.now);
+        self.drive();
+    }
+
+    fn submit(
+        &mut self,
+        event: Event,
+        timeout: Option<Duration>,
+    ) -> Result<RequestId, SubmitError> {
+        let r = self.proxy.send_event(self.now, event, timeout);
+        self.drive();
+        r
+    }
+
+    /// The agent answers its `index`-th pending request (modulo), echoing the id in a header op.
+    fn answer(&mut self, index: usize) -> bool {
+        if self.agent_pending.is_empty() {
+            return false;
+        }
+        let (id, cid) = self.agent_pending.remove(index % self.agent_pending.len());
+        let mut r = AgentResponse::allow();
+        r.request_headers.push(HeaderOp::Set {
+            name: "x-cid".into(),
+            value: cid,
+        });
+        self.agent.respond(id, r).unwrap();
+        self.drive();
+        true
+    }
+}
+
+fn headers(cid: &str) -> Event {
+    let meta = RequestMetadata {
+        correlation_id: cid.into(),
+        ..Default::default()
+    };
+    Event::RequestHeaders(RequestHeadersEvent::new(
+        meta,
+        "GET",
+        "/",
+        Headers::from_iter([("a", "b")]),
+    ))
+}
+
+fn chunk(cid: &str, index: u32, is_last: bool) -> Event {
+    Event::RequestBodyChunk(RequestBodyChunkEvent(BodyChunk {
+        correlation_id: cid.into(),
+        data: Bytes::from_static(b"chunk"),
+        is_last,
+        total_size: None,
+        chunk_index: index,
+        bytes_transferred: 0,
+    }))
+}
+
+#[test]
+fn handshake_negotiates_and_pipelined_requests_route_out_of_order() {
+    for (p, a, expect) in [
+        (
+            vec![Encoding::MsgPack, Encoding::Json],
+            vec![Encoding::MsgPack, Encoding::Json],
+            Encoding::MsgPack,
+        ),
+        (
+            vec![Encoding::MsgPack, Encoding::Json],
+            vec![Encoding::Json],
+            Encoding::Json,
+        ),
+        (
+            vec![Encoding::Json],
+            vec![Encoding::MsgPack, Encoding::Json],
+            Encoding::Json,
+        ),
+    ] {
+        let mut pair = Pair::new(&p, &a);
+        assert_eq!(pair.proxy.encoding(), expect);
+        assert_eq!(pair.agent.encoding(), Some(expect));
+        let ids: Vec<_> = (0..10)
+            .map(|i| pair.submit(headers(&format!("c{i}")), None).unwrap())
+            .collect();
+        assert_eq!(pair.agent_pending.len(), 10);
+        // Answer in a scrambled order.
+        for k in [7usize, 3, 5, 0, 1, 1, 0, 2, 0, 0] {
+            assert!(pair.answer(k));
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let r = pair.outcomes[id].as_ref().unwrap();
+            assert_eq!(
+                r.request_headers,
+                vec![HeaderOp::Set {
+                    name: "x-cid".into(),
+                    value: format!("c{i}")
+                }]
+            );
+        }
+        assert_eq!(pair.proxy.in_flight(), 0);
+        assert_eq!(pair.agent.in_flight(), 0);
+    }
+}
+
+#[test]
+fn timeouts_cancel_at_the_agent_and_leave_nothing_behind() {
+    let mut pair = Pair::new(&[Encoding::MsgPack], &[Encoding::MsgPack, Encoding::Json]);
+    let id = pair
+        .submit(headers("slow"), Some(Duration::from_millis(50)))
+        .unwrap();
+    pair.advance(Duration::from_millis(50));
+    assert!(matches!(pair.outcomes[&id], Err(RequestError::Timeout(_))));
+    assert_eq!(pair.agent_cancelled, vec!["slow".to_string()]);
+    assert!(pair.agent_pending.is_empty());
+    assert_eq!(pair.agent.in_flight(), 0);
+    assert_eq!(pair.proxy.in_flight(), 0);
+}
+
+#[test]
+fn cancel_and_pause_resume_through_the_agent() {
+    let mut pair = Pair::new(&[Encoding::Json], &[Encoding::Json]);
+    let id = pair.submit(headers("x"), None).unwrap();
+    assert!(pair.proxy.cancel(pair.now, "x", CancelReason::Manual));
+    pair.drive();
+    assert!(matches!(
+        pair.outcomes[&id],
+        Err(RequestError::Cancelled(CancelReason::Manual))
+    ));
+    assert_eq!(pair.agent.in_flight(), 0);
+
+    pair.agent
+        .send_flow_control(&FlowControl {
+            action: FlowAction::Pause,
+            correlation_id: None,
+            buffer_available: None,
+            timestamp_ms: 0,
+        })
+        .unwrap();
+    pair.drive();
+    assert!(matches!(
+        pair.submit(headers("y"), None),
+        Err(SubmitError::FlowControlPaused { .. })
+    ));
+    pair.agent
+        .send_flow_control(&FlowControl {
+            action: FlowAction::Resume,
+            correlation_id: None,
+            buffer_available: None,
+            timestamp_ms: 0,
+        })
+        .unwrap();
+    pair.drive();
+    let id = pair.submit(headers("y"), None).unwrap();
+    pair.answer(0);
+    assert!(pair.outcomes[&id].is_ok());
+}
+
+#[test]
+fn connection_loss_fails_everything_at_once() {
+    let mut pair = Pair::new(&[Encoding::MsgPack], &[Encoding::MsgPack]);
+    let ids: Vec<_> = (0..4)
+        .map(|i| pair.submit(headers(&format!("l{i}")), None).unwrap())
+        .collect();
+    pair.proxy.handle_eof();
+    pair.drive();
+    for id in ids {
+        assert!(matches!(
+            pair.outcomes[&id],
+            Err(RequestError::ConnectionClosed(ConnectionError::PeerClosed))
+        ));
+    }
+    assert_eq!(pair.proxy_closed, Some(ConnectionError::PeerClosed));
+}
+
+#[test]
+fn dead_wire_is_detected_by_ping() {
+    let mut pair = Pair::new(&[Encoding::Json], &[Encoding::Json]);
+    pair.wire_up = false;
+    let id = pair
+        .submit(headers("d"), Some(Duration::from_secs(60)))
+        .unwrap();
+    pair.advance(Duration::from_secs(10)); // ping sent, never arrives
+    pair.advance(Duration::from_secs(5)); // no sign of life: dead
+    assert!(matches!(
+        pair.outcomes[&id],
+        Err(RequestError::ConnectionClosed(
+            ConnectionError::PingTimeout(_)
+        ))
+    ));
+}
+
+#[test]
+fn body_stream_flows_through_the_pair() {
+    let mut pair = Pair::new(&[Encoding::MsgPack], &[Encoding::MsgPack]);
+    pair.submit(headers("b"), None).unwrap();
+    pair.answer(0);
+    for i in 0..3 {
+        let id = pair.submit(chunk("b", i, i == 2), None).unwrap();
+        pair.answer(0);
+        assert!(pair.outcomes[&id].is_ok());
+    }
+    assert!(matches!(
+        pair.submit(chunk("b", 3, true), None),
+        Err(SubmitError::BodyOutOfSequence(_))
+    ));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Submit { cid: u8, timeout_ms: Option<u16> },
+    Chunk { cid: u8, index: u8, last: bool },
+    Answer(usize),
+    Cancel(u8),
+    Advance(u16),
+    AgentPause,
+    AgentResume,
+    Garbage(Vec<u8>),
+    Eof,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u8..8, proptest::option::of(1u16..500)).prop_map(|(cid, timeout_ms)| Op::Submit { cid, timeout_ms }),
+        2 => (0u8..8, 0u8..4, any::<bool>()).prop_map(|(cid, index, last)| Op::Chunk { cid, index, last }),
+        6 => any::<usize>().prop_map(Op::Answer),
+        2 => (0u8..8).prop_map(Op::Cancel),
+        3 => (0u16..600).prop_map(Op::Advance),
+        1 => Just(Op::AgentPause),
+        1 => Just(Op::AgentResume),
+        1 => proptest::collection::vec(any::<u8>(), 0..16).prop_map(Op::Garbage),
+        1 => Just(Op::Eof),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever happens, every accepted request ends exactly once (the harness asserts no second
+    /// outcome), and once everything has settled nothing is left in flight on either side.
+    #[test]
+    fn every_request_ends_exactly_once(ops in proptest::collection::vec(op(), 1..80), msgpack in any::<bool>()) {
+        let enc = if msgpack { Encoding::MsgPack } else { Encoding::Json };
+        let mut pair = Pair::new(&[enc], &[enc]);
+        let mut accepted: HashSet<RequestId> = HashSet::new();
+        for op in ops {
+            match op {
+                Op::Submit { cid, timeout_ms } => {
+                    let t = timeout_ms.map(|ms| Duration::from_millis(ms.into()));
+                    if let Ok(id) = pair.submit(headers(&format!("c{cid}")), t) {
+                        prop_assert!(accepted.insert(id));
+                    }
+                }
+                Op::Chunk { cid, index, last } => {
+                    if let Ok(id) = pair.submit(chunk(&format!("c{cid}"), index.into(), last), None) {
+                        prop_assert!(accepted.insert(id));
+                    }
+                }
+                Op::Answer(i) => { pair.answer(i); }
+                Op::Cancel(cid) => { pair.proxy.cancel(pair.now, &format!("c{cid}"), CancelReason::Manual); pair.drive(); }
+                Op::Advance(ms) => pair.advance(Duration::from_millis(ms.into())),
+                Op::AgentPause | Op::AgentResume => {
+                    let action = if matches!(op, Op::AgentPause) { FlowAction::Pause } else { FlowAction::Resume };
+                    let _ = pair.agent.send_flow_control(&FlowControl { action, correlation_id: None, buffer_available: None, timestamp_ms: 0 });
+                    pair.drive();
+                }
+                Op::Garbage(bytes) => { pair.proxy.handle_input(pair.now, &bytes); pair.drive(); }
+                Op::Eof => { pair.proxy.handle_eof(); pair.drive(); }
+            }
+            prop_assert!(pair.proxy.in_flight() <= accepted.len());
+            // Every outcome belongs to an accepted request.
+            for id in pair.outcomes.keys() {
+                prop_assert!(accepted.contains(id));
+            }
+        }
+        // Let every deadline pass: all requests must have ended.
+        pair.advance(Duration::from_secs(31));
+        pair.advance(Duration::from_secs(31));
+        for id in &accepted {
+            prop_assert!(pair.outcomes.contains_key(id), "request {} never ended", id);
+        }
+        prop_assert_eq!(pair.proxy.in_flight(), 0);
+        // Body streams without RequestComplete are kept until their idle TTL (5 min).
+        pair.advance(Duration::from_secs(400));
+        prop_assert_eq!(pair.proxy.body_streams(), 0);
+    }
+}
