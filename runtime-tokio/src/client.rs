@@ -195,6 +195,9 @@ enum Command {
         correlation_id: String,
         reason: CancelReason,
     },
+    Ping {
+        reply: oneshot::Sender<Result<Duration, ClientError>>,
+    },
     Close,
 }
 
@@ -304,6 +307,7 @@ impl AgentClient {
             rx,
             status: status.clone(),
             waiters: Default::default(),
+            ping_waiter: None,
             control,
             ready: None,
         };
@@ -332,6 +336,7 @@ impl AgentClient {
             rx,
             status: status.clone(),
             waiters: Default::default(),
+            ping_waiter: None,
             control,
             ready: Some(ready_tx),
         };
@@ -432,6 +437,21 @@ impl AgentClient {
             .await;
     }
 
+    /// Sends a ping and waits for its pong: the round-trip time through the agent's event loop.
+    /// Fails if another ping is outstanding or no pong arrives within the request timeout.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Ping { reply })
+            .await
+            .map_err(|_| ClientError::Closed(ConnectionError::LocalClose))?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ClientError::Closed(ConnectionError::LocalClose)),
+            Err(_) => Err(ClientError::QueueTimeout(self.request_timeout)),
+        }
+    }
+
     /// Closes the connection; pending requests fail at once.
     pub async fn close(&self) {
         let _ = self.tx.send(Command::Close).await;
@@ -499,6 +519,7 @@ struct Driver {
     rx: mpsc::Receiver<Command>,
     status: Arc<ConnectionStatus>,
     waiters: std::collections::HashMap<RequestId, Reply>,
+    ping_waiter: Option<(u64, oneshot::Sender<Result<Duration, ClientError>>)>,
     control: Option<mpsc::Sender<ControlMessage>>,
     ready: Option<oneshot::Sender<Result<Negotiated, ConnectionError>>>,
 }
@@ -644,6 +665,14 @@ impl Driver {
             } => {
                 self.conn.cancel(now, &correlation_id, reason);
             }
+            Command::Ping { reply } => match self.conn.ping(now) {
+                Some(sequence) => self.ping_waiter = Some((sequence, reply)),
+                None => {
+                    let _ = reply.send(Err(ClientError::Closed(ConnectionError::Protocol(
+                        "a ping is already outstanding or the connection is not open".into(),
+                    ))));
+                }
+            },
             Command::Close => self.conn.close(),
         }
     }
@@ -675,7 +704,16 @@ impl Driver {
                         self.status.resumed.notify_waiters();
                     }
                 }
-                ProxyEvent::Health(_) | ProxyEvent::Pong { .. } => {}
+                ProxyEvent::Pong { sequence, rtt } => {
+                    if let Some((seq, reply)) = self.ping_waiter.take() {
+                        if seq == sequence {
+                            let _ = reply.send(Ok(rtt));
+                        } else {
+                            self.ping_waiter = Some((seq, reply));
+                        }
+                    }
+                }
+                ProxyEvent::Health(_) => {}
                 ProxyEvent::Metrics(report) => self.forward(ControlMessage::Metrics(report)),
                 ProxyEvent::ConfigUpdate(req) => self.forward(ControlMessage::ConfigUpdate(req)),
                 ProxyEvent::UnroutableResponse { correlation_id } => {
