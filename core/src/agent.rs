@@ -753,35 +753,7 @@ impl AgentConnection {
     }
 }
 
-/// The correlation id of an event payload that failed to decode:
-/// [`encoding::salvage_correlation_id`] first, then a generic read of the document that also
-/// copes with a wrongly typed `metadata` or with the reference's positional arrays (id first, or
-/// a metadata array whose first element is the id).
-fn salvage_correlation_id(encoding: Encoding, payload: &[u8]) -> Option<String> {
-    use serde_json::Value;
-    if let Some(id) = encoding::salvage_correlation_id(encoding, payload) {
-        return Some(id);
-    }
-    let doc: Value = match encoding::effective_encoding(encoding, payload) {
-        Encoding::Json => serde_json::from_slice(payload).ok()?,
-        Encoding::MsgPack => crate::msgpack::from_slice(payload).ok()?,
-    };
-    let id_of = |v: &Value| -> Option<String> {
-        match v {
-            Value::Object(m) => m.get("correlation_id"),
-            Value::Array(a) => a.first(),
-            _ => None,
-        }
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-    };
-    id_of(&doc).or_else(|| match &doc {
-        Value::Object(m) => m.get("metadata").and_then(id_of),
-        Value::Array(a) => a.first().and_then(id_of),
-        _ => None,
-    })
-}
+use encoding::salvage_correlation_id;
 
 #[cfg(test)]
 mod tests {

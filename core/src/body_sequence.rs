@@ -6,7 +6,7 @@
 //! declared `total_size` against what was actually sent. The table is bounded; finished streams
 //! stay only until [`BodySequencer::forget`] (RequestComplete, failure or cancel) or idle expiry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Which body.
@@ -86,6 +86,14 @@ pub struct BodySequencer {
     /// chunk); both directions share the entry.
     streams: HashMap<String, [Option<StreamState>; 2]>,
     capacity: usize,
+    /// Requests whose streams have all ended, oldest first: they only guard against chunks
+    /// after `is_last`, so they are the first to go when the table is full (entries may be
+    /// stale, i.e. already forgotten; they are skipped).
+    finished: VecDeque<String>,
+}
+
+fn all_finished(pair: &[Option<StreamState>; 2]) -> bool {
+    pair.iter().flatten().all(|s| s.finished) && pair.iter().any(Option::is_some)
 }
 
 fn slot(direction: Direction) -> usize {
@@ -105,6 +113,7 @@ impl BodySequencer {
         Self {
             streams: HashMap::new(),
             capacity,
+            finished: VecDeque::new(),
         }
     }
 
@@ -142,7 +151,7 @@ impl BodySequencer {
             }
             Some(s) => (s.next_index, s.bytes, s.total_size.or(total_size)),
             None => {
-                if entry.is_none() && self.streams.len() >= self.capacity {
+                if entry.is_none() && self.streams.len() >= self.capacity && !self.has_evictable() {
                     return Err(Err(TableFull(self.capacity)));
                 }
                 (0, 0, total_size)
@@ -189,6 +198,9 @@ impl BodySequencer {
             finished: false,
             last_activity: now,
         };
+        if !self.streams.contains_key(correlation_id) && self.streams.len() >= self.capacity {
+            self.evict_one_finished();
+        }
         let entry = match self.streams.get_mut(correlation_id) {
             Some(e) => e,
             None => self
@@ -202,15 +214,45 @@ impl BodySequencer {
         state.total_size = state.total_size.or(total_size);
         state.finished = is_last;
         state.last_activity = now;
+        if is_last && all_finished(entry) {
+            self.finished.push_back(correlation_id.to_owned());
+            // Forgotten streams leave stale names behind; sweep them once the queue outgrows the
+            // table (amortised O(1) per push) so it stays bounded.
+            if self.finished.len() > 2 * self.capacity.max(16) {
+                let streams = &self.streams;
+                self.finished
+                    .retain(|cid| streams.get(cid).is_some_and(all_finished));
+            }
+        }
+    }
+
+    fn has_evictable(&self) -> bool {
+        self.finished
+            .iter()
+            .any(|cid| self.streams.get(cid).is_some_and(all_finished))
+    }
+
+    fn evict_one_finished(&mut self) {
+        while let Some(cid) = self.finished.pop_front() {
+            if self.streams.get(&cid).is_some_and(all_finished) {
+                self.streams.remove(&cid);
+                return;
+            }
+        }
     }
 
     /// Drops both streams of a request.
     pub fn forget(&mut self, correlation_id: &str) {
         self.streams.remove(correlation_id);
+        if self.streams.is_empty() {
+            self.finished.clear();
+        }
     }
 
     /// Drops streams idle for longer than `ttl`; returns how many.
     pub fn expire(&mut self, now: Instant, ttl: Duration) -> usize {
+        let streams = &self.streams;
+        self.finished.retain(|cid| streams.contains_key(cid));
         let before = self.streams.len();
         self.streams.retain(|_, pair| {
             pair.iter()
@@ -265,6 +307,28 @@ mod tests {
         );
         s.forget("a");
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn finished_streams_make_room_for_new_ones() {
+        let mut s = BodySequencer::new(2);
+        let now = Instant::now();
+        s.commit("done", Direction::Request, 0, 1, true, None, now);
+        s.commit("open", Direction::Request, 0, 1, false, None, now);
+        // Full, but "done" only guards against late chunks: it gives way.
+        assert!(s
+            .check("new", Direction::Request, 0, 1, false, None, now)
+            .is_ok());
+        s.commit("new", Direction::Request, 0, 1, false, None, now);
+        assert_eq!(s.len(), 2);
+        assert!(s
+            .check("open", Direction::Request, 1, 1, false, None, now)
+            .is_ok());
+        // Now nothing is finished: a fourth stream does not fit.
+        assert_eq!(
+            s.check("more", Direction::Request, 0, 1, false, None, now),
+            Err(Err(TableFull(2)))
+        );
     }
 
     #[test]

@@ -323,34 +323,85 @@ impl<'de> Deserialize<'de> for HealthStatus {
 }
 
 /// A counter in a [`MetricsReport`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CounterMetric {
     /// Metric name.
     pub name: String,
     /// Help text, omitted when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
     /// Labels.
-    #[serde(default)]
     pub labels: HashMap<String, String>,
     /// Value.
     pub value: u64,
 }
 
 /// A gauge in a [`MetricsReport`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct GaugeMetric {
     /// Metric name.
     pub name: String,
     /// Help text, omitted when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
     /// Labels.
-    #[serde(default)]
     pub labels: HashMap<String, String>,
     /// Value.
     pub value: f64,
 }
+
+/// Turns the reference's positional metric arrays into maps. It leaves `help` out of the array
+/// when it is `None` (D2), so the array's length says which layout it is: `full` names every
+/// field in order, and the short form is `full` without `help`.
+fn metric_fields<E: serde::de::Error>(value: Value, full: &[&str]) -> Result<Value, E> {
+    match value {
+        Value::Array(items) => {
+            let names: Vec<&str> = if items.len() == full.len() {
+                full.to_vec()
+            } else if items.len() + 1 == full.len() {
+                full.iter().copied().filter(|n| *n != "help").collect()
+            } else {
+                return Err(E::custom(format_args!(
+                    "metric array has {} elements, expected {} or {}",
+                    items.len(),
+                    full.len() - 1,
+                    full.len()
+                )));
+            };
+            Ok(Value::Object(
+                names.into_iter().map(str::to_owned).zip(items).collect(),
+            ))
+        }
+        other => Ok(other),
+    }
+}
+
+macro_rules! metric_deserialize {
+    ($ty:ident, $wire:ident { $($field:ident : $fty:ty),* $(,)? }) => {
+        #[derive(Deserialize)]
+        struct $wire {
+            name: String,
+            #[serde(default)]
+            help: Option<String>,
+            #[serde(default)]
+            labels: HashMap<String, String>,
+            $($field: $fty,)*
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let full = ["name", "help", "labels", $(stringify!($field)),*];
+                let v = metric_fields::<D::Error>(Value::deserialize(d)?, &full)?;
+                let w: $wire = serde_json::from_value(v).map_err(D::Error::custom)?;
+                Ok($ty { name: w.name, help: w.help, labels: w.labels, $($field: w.$field,)* })
+            }
+        }
+    };
+}
+
+metric_deserialize!(CounterMetric, CounterWire { value: u64 });
+metric_deserialize!(GaugeMetric, GaugeWire { value: f64 });
+metric_deserialize!(HistogramMetric, HistogramWire { sum: f64, count: u64, buckets: Vec<HistogramBucket> });
 
 /// One cumulative histogram bucket; `le` is a number or `"+Inf"` on the wire.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -385,15 +436,14 @@ fn deserialize_le<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 }
 
 /// A histogram in a [`MetricsReport`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct HistogramMetric {
     /// Metric name.
     pub name: String,
     /// Help text, omitted when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
     /// Labels.
-    #[serde(default)]
     pub labels: HashMap<String, String>,
     /// Sum of observations.
     pub sum: f64,
@@ -504,4 +554,24 @@ pub struct ConfigUpdateResponse {
     pub error: Option<String>,
     /// When, in Unix milliseconds.
     pub timestamp_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortened_metric_arrays_decode() {
+        let r: MetricsReport = serde_json::from_str(
+            r#"["a",1,10,[["requests_total",{},42],["x","help",{"k":"v"},1]],[["g",{},3.0]],[["h",{},1.5,2,[[0.1,1],["+Inf",2]]]]]"#,
+        )
+        .unwrap();
+        assert_eq!(r.counters[0].value, 42);
+        assert_eq!(r.counters[0].help, None);
+        assert_eq!(r.counters[1].help.as_deref(), Some("help"));
+        assert_eq!(r.counters[1].labels["k"], "v");
+        assert_eq!(r.gauges[0].value, 3.0);
+        assert_eq!(r.histograms[0].buckets[1].le, f64::INFINITY);
+        assert!(serde_json::from_str::<CounterMetric>(r#"["x",1]"#).is_err());
+    }
 }

@@ -218,24 +218,129 @@ pub fn decode_event(
 
 /// Best-effort extraction of the correlation id of an event payload that failed to decode, so
 /// the agent can fail just that request (answering it with an error rather than an allow, D16).
+///
+/// Reads the document generically, without a schema: a top-level `correlation_id` string, else
+/// `metadata.correlation_id`; positional arrays (the reference's compact MessagePack) are read
+/// by their first element, recursively. Body bytes (`bin`) are skipped, never copied.
 pub fn salvage_correlation_id(encoding: Encoding, payload: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Meta {
-        correlation_id: String,
-    }
-    #[derive(Deserialize)]
-    struct Probe {
-        #[serde(default)]
-        correlation_id: Option<String>,
-        #[serde(default)]
-        metadata: Option<Meta>,
-    }
-    let probe: Probe = match effective_encoding(encoding, payload) {
+    let probe: IdProbe = match effective_encoding(encoding, payload) {
         Encoding::Json => serde_json::from_slice(payload).ok()?,
         Encoding::MsgPack => crate::msgpack::from_slice(payload).ok()?,
     };
-    probe
-        .correlation_id
-        .filter(|s| !s.is_empty())
-        .or(probe.metadata.map(|m| m.correlation_id))
+    probe.0.filter(|s| !s.is_empty())
+}
+
+/// Whatever id a value carries: itself if it is a string, its `correlation_id` (then its
+/// `metadata`'s) if it is a map, its first element if it is an array.
+struct IdProbe(Option<String>);
+
+impl<'de> Deserialize<'de> for IdProbe {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(IdVisitor)
+    }
+}
+
+struct IdVisitor;
+
+impl<'de> serde::de::Visitor<'de> for IdVisitor {
+    type Value = IdProbe;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any value")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IdProbe, E> {
+        Ok(IdProbe(Some(v.to_owned())))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<IdProbe, A::Error> {
+        let mut top = None;
+        let mut meta = None;
+        while let Some(key) = map.next_key::<crate::event::KeyName>()? {
+            match key.0.as_ref() {
+                "correlation_id" if top.is_none() => top = map.next_value::<IdProbe>()?.0,
+                "metadata" if meta.is_none() => meta = map.next_value::<IdProbe>()?.0,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(IdProbe(top.filter(|s| !s.is_empty()).or(meta)))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<IdProbe, A::Error> {
+        let first = seq.next_element::<IdProbe>()?.and_then(|p| p.0);
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(IdProbe(first))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<IdProbe, E> {
+        Ok(IdProbe(None))
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<IdProbe, E> {
+        Ok(IdProbe(None))
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<IdProbe, E> {
+        Ok(IdProbe(None))
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<IdProbe, E> {
+        Ok(IdProbe(None))
+    }
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<IdProbe, E> {
+        Ok(IdProbe(None))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<IdProbe, E> {
+        Ok(IdProbe(None))
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<IdProbe, E> {
+        Ok(IdProbe(None))
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<IdProbe, D::Error> {
+        IdProbe::deserialize(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salvage_reads_maps_metadata_and_positional_arrays() {
+        let cases: [(&[u8], Option<&str>); 5] = [
+            (br#"{"correlation_id":"a","status":"bad"}"#, Some("a")),
+            (
+                br#"{"metadata":{"correlation_id":"m"},"method":7}"#,
+                Some("m"),
+            ),
+            (br#"{"correlation_id":"x","metadata":7}"#, Some("x")),
+            (br#"["p","AAAA",true,1,2]"#, Some("p")),
+            (br#"{"nothing":1}"#, None),
+        ];
+        for (payload, want) in cases {
+            assert_eq!(
+                salvage_correlation_id(Encoding::Json, payload).as_deref(),
+                want
+            );
+        }
+        // The reference's compact metadata array inside a map, next to bin data, in MessagePack.
+        #[derive(Serialize)]
+        struct Compact {
+            data: bytes::Bytes,
+            metadata: (&'static str, &'static str),
+        }
+        let mp = rmp_serde::to_vec_named(&Compact {
+            data: bytes::Bytes::from_static(&[0, 0xff]),
+            metadata: ("c-meta", "req"),
+        })
+        .unwrap();
+        assert_eq!(
+            salvage_correlation_id(Encoding::MsgPack, &mp).as_deref(),
+            Some("c-meta")
+        );
+        let arr = rmp_serde::to_vec(&("c-mp", 5u8, true)).unwrap();
+        assert_eq!(
+            salvage_correlation_id(Encoding::MsgPack, &arr).as_deref(),
+            Some("c-mp")
+        );
+    }
 }
