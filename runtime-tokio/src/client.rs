@@ -185,6 +185,8 @@ impl ConnectionStatus {
     }
 }
 
+// `Send` is the common, hot variant; boxing its event would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Send {
         event: Event,
