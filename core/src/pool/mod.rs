@@ -12,6 +12,8 @@
 //!   went out ([`AffinityTable`]).
 //! - [`backoff`]: when to try reconnecting ([`Backoff`], [`ReconnectSchedule`]).
 //! - [`endpoint`]: what an endpoint string in the configuration means ([`Endpoint`]).
+//! - [`telemetry`]: the pool's connection gauges and the conversion of agent metric reports
+//!   ([`render_pool_gauges`], [`report_series`]).
 //!
 //! Nothing here reads the clock, sleeps, spawns or locks: time comes in as [`std::time::Instant`]
 //! and randomness as plain `u64` values. The types meant to be shared between threads without a
@@ -36,6 +38,7 @@ pub mod circuit_breaker;
 pub mod endpoint;
 pub mod flow_mode;
 pub mod selection;
+pub mod telemetry;
 
 pub use affinity::{AffinityFull, AffinityTable};
 pub use backoff::{Backoff, ReconnectSchedule};
@@ -45,6 +48,9 @@ pub use flow_mode::{FlowControlMode, FlowControlPolicy, FlowDecision};
 pub use selection::{
     CandidateInfo, CandidateSet, ErrorRate, IneligibleReason, LoadBalanceStrategy, SelectError,
     Selector,
+};
+pub use telemetry::{
+    circuit_state_value, render_pool_gauges, report_series, AgentGauges, ConnectionCounts,
 };
 
 /// `instant + duration`, but never panics: `Instant + Duration` panics on overflow, and durations
