@@ -4,12 +4,16 @@
 //! Sans-IO state machines; this crate owns sockets, tasks and timers.
 //!
 //! - [`client::AgentClient`]: one proxy->agent connection (UDS).
+//! - [`pool::AgentPool`]: several connections per agent, load balancing, affinity, flow
+//!   control, circuit breaking, reconnection and metrics.
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod pool;
 pub mod reverse;
 pub mod server;
 pub mod transport;
 
 pub use agent_protocol_core as core;
 pub use client::{AgentClient, ClientConfig, ClientError, CHANNEL_BUFFER_SIZE};
+pub use pool::{AgentPool, AgentPoolConfig, AgentStats, PoolError};
