@@ -174,6 +174,13 @@ impl ProxyHandshake {
         now: Instant,
         out: &mut BytesMut,
     ) -> Result<Self, EncodeError> {
+        let (hs, request) = Self::start_request(config, now);
+        encoding::encode_frame(out, FrameType::HandshakeRequest, Encoding::Json, &request)?;
+        Ok(hs)
+    }
+
+    /// Starts the clock and returns the request for a transport that frames it itself (gRPC).
+    pub fn start_request(config: &ProxyHandshakeConfig, now: Instant) -> (Self, HandshakeRequest) {
         let mut offered = config.encodings.clone();
         if offered.is_empty() {
             offered.push(Encoding::Json);
@@ -185,12 +192,12 @@ impl ProxyHandshake {
             config: config.config.clone(),
             supported_encodings: offered.iter().map(|e| e.as_str().to_owned()).collect(),
         };
-        encoding::encode_frame(out, FrameType::HandshakeRequest, Encoding::Json, &request)?;
-        Ok(Self {
+        let hs = Self {
             offered,
             deadline: now + config.timeout,
             timeout: config.timeout,
-        })
+        };
+        (hs, request)
     }
 
     /// When the handshake gives up.
@@ -217,6 +224,16 @@ impl ProxyHandshake {
         }
         let response: HandshakeResponse = serde_json::from_slice(&frame.payload)
             .map_err(|e| HandshakeError::Malformed(e.to_string()))?;
+        self.handle_response(response, true)
+    }
+
+    /// Processes the agent's answer. `check_encoding` is false on transports without payload
+    /// encodings (gRPC), where the answer's `encoding` is meaningless.
+    pub fn handle_response(
+        &self,
+        response: HandshakeResponse,
+        check_encoding: bool,
+    ) -> Result<Negotiated, HandshakeError> {
         if !response.success {
             return Err(HandshakeError::Rejected(
                 response
@@ -224,11 +241,15 @@ impl ProxyHandshake {
                     .unwrap_or_else(|| "agent gave no reason".to_owned()),
             ));
         }
-        let encoding = Encoding::from_name(&response.encoding)
-            .filter(|e| self.offered.contains(e))
-            .ok_or(HandshakeError::EncodingNotOffered {
-                chosen: response.encoding.clone(),
-            })?;
+        let encoding = if check_encoding {
+            Encoding::from_name(&response.encoding)
+                .filter(|e| self.offered.contains(e))
+                .ok_or(HandshakeError::EncodingNotOffered {
+                    chosen: response.encoding.clone(),
+                })?
+        } else {
+            Encoding::Json
+        };
         Ok(Negotiated {
             encoding,
             capabilities: response.capabilities,

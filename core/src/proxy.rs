@@ -157,6 +157,45 @@ pub enum ProxyEvent {
     Closed(ConnectionError),
 }
 
+/// A typed message from the agent, for transports that frame and encode messages themselves
+/// (gRPC); see [`ProxyConnection::handle_message`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Incoming {
+    /// The handshake answer.
+    Handshake(crate::handshake::HandshakeResponse),
+    /// An answer, with the correlation id the transport carries beside it.
+    Response {
+        /// The request it answers.
+        correlation_id: String,
+        /// The answer.
+        response: AgentResponse,
+    },
+    /// Health report.
+    Health(HealthStatus),
+    /// Flow-control signal.
+    FlowControl(FlowControl),
+    /// Metrics report.
+    Metrics(MetricsReport),
+    /// Configuration update request.
+    ConfigUpdate(ConfigUpdateRequest),
+    /// Answer to a ping.
+    Pong(Ping),
+}
+
+/// A typed message for the agent, drained with [`ProxyConnection::poll_message`] on
+/// message transports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outgoing {
+    /// The handshake request.
+    Handshake(crate::handshake::HandshakeRequest),
+    /// An event.
+    Event(Event),
+    /// A cancel.
+    Cancel(Cancel),
+    /// A ping.
+    Ping(Ping),
+}
+
 /// Non-fatal oddities, reported for logging and counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
@@ -270,6 +309,8 @@ pub struct ProxyConnection {
     stats: ProxyStats,
     closed_emitted: bool,
     close_reason: Option<ConnectionError>,
+    /// `Some` on message transports: what to send, typed, instead of bytes in `out`.
+    outgoing: Option<VecDeque<Outgoing>>,
 }
 
 impl ProxyConnection {
@@ -283,6 +324,23 @@ impl ProxyConnection {
             ))),
         }
         conn
+    }
+
+    /// A connection over a transport that frames and encodes messages itself (gRPC): the
+    /// handshake request is queued as [`Outgoing::Handshake`]; feed the agent's messages with
+    /// [`ProxyConnection::handle_message`] and drain ours with [`ProxyConnection::poll_message`].
+    /// Every other behaviour (deadlines, flow control, sequencing, ...) is the same.
+    pub fn new_messages(config: ProxyConfig, now: Instant) -> Self {
+        let mut conn = Self::blank(config, now);
+        let (hs, request) = ProxyHandshake::start_request(&conn.config.handshake, now);
+        conn.outgoing = Some(VecDeque::from([Outgoing::Handshake(request)]));
+        conn.state = State::Handshaking(hs);
+        conn
+    }
+
+    /// The next message to send on a message transport.
+    pub fn poll_message(&mut self) -> Option<Outgoing> {
+        self.outgoing.as_mut()?.pop_front()
     }
 
     /// A connection whose setup already happened elsewhere: a reverse connection after
@@ -319,6 +377,7 @@ impl ProxyConnection {
             stats: ProxyStats::default(),
             closed_emitted: false,
             close_reason: None,
+            outgoing: None,
         }
     }
 
@@ -470,49 +529,110 @@ impl ProxyConnection {
             }
             return;
         }
-        match frame.frame_type {
-            FrameType::AgentResponse => self.on_response(frame.payload),
-            FrameType::HealthStatus => {
-                if let Some(h) = self.decode_control::<HealthStatus>(&frame) {
-                    self.health = h.state;
-                    self.events.push_back(ProxyEvent::Health(h));
-                }
-            }
-            FrameType::FlowControl => {
-                if let Some(signal) = self.decode_control::<FlowControl>(&frame) {
-                    self.apply_flow_control(&signal);
-                    self.events.push_back(ProxyEvent::FlowControl(signal));
-                }
-            }
-            FrameType::MetricsReport => {
-                if let Some(m) = self.decode_control::<MetricsReport>(&frame) {
-                    self.events.push_back(ProxyEvent::Metrics(m));
-                }
-            }
+        let incoming = match frame.frame_type {
+            FrameType::AgentResponse => return self.on_response_payload(frame.payload),
+            FrameType::HealthStatus => self.decode_control(&frame).map(Incoming::Health),
+            FrameType::FlowControl => self.decode_control(&frame).map(Incoming::FlowControl),
+            FrameType::MetricsReport => self.decode_control(&frame).map(Incoming::Metrics),
             FrameType::ConfigUpdateRequest => {
-                if let Some(c) = self.decode_control::<ConfigUpdateRequest>(&frame) {
-                    self.events.push_back(ProxyEvent::ConfigUpdate(c));
-                }
+                self.decode_control(&frame).map(Incoming::ConfigUpdate)
             }
-            FrameType::Pong => {
-                if let Some(p) = self.decode_control::<Ping>(&frame) {
-                    if let Some((seq, sent)) = self.ping.outstanding {
-                        if seq == p.sequence {
-                            self.ping.outstanding = None;
-                            self.events.push_back(ProxyEvent::Pong {
-                                sequence: seq,
-                                rtt: now.saturating_duration_since(sent),
-                            });
-                        }
+            FrameType::Pong => self.decode_control(&frame).map(Incoming::Pong),
+            other => {
+                self.events
+                    .push_back(ProxyEvent::Notice(Notice::UnexpectedFrame {
+                        frame_type: other,
+                    }));
+                None
+            }
+        };
+        if let Some(incoming) = incoming {
+            self.handle_incoming(now, incoming);
+        }
+    }
+
+    /// Feeds one typed message from the agent: the input of a connection created with
+    /// [`ProxyConnection::new_messages`] (gRPC), whose transport does its own framing and
+    /// encoding. Framed connections decode their bytes into the same messages internally.
+    pub fn handle_message(&mut self, now: Instant, message: Incoming) {
+        self.ping.last_received = now;
+        if matches!(self.state, State::Closed) {
+            return;
+        }
+        if let State::Handshaking(hs) = &self.state {
+            match message {
+                Incoming::Handshake(response) => match hs.handle_response(response, false) {
+                    Ok(negotiated) => self.open(negotiated, true),
+                    Err(e) => self.close_with(ConnectionError::Handshake(e)),
+                },
+                _ => self.close_with(ConnectionError::Handshake(
+                    crate::handshake::HandshakeError::Malformed(
+                        "expected the handshake answer first".into(),
+                    ),
+                )),
+            }
+            return;
+        }
+        self.handle_incoming(now, message);
+    }
+
+    fn handle_incoming(&mut self, now: Instant, incoming: Incoming) {
+        match incoming {
+            Incoming::Handshake(_) => {
+                self.events
+                    .push_back(ProxyEvent::Notice(Notice::UnexpectedFrame {
+                        frame_type: FrameType::HandshakeResponse,
+                    }))
+            }
+            Incoming::Response {
+                correlation_id,
+                response,
+            } => self.route_response(&correlation_id, response),
+            Incoming::Health(h) => {
+                self.health = h.state;
+                self.events.push_back(ProxyEvent::Health(h));
+            }
+            Incoming::FlowControl(signal) => {
+                self.apply_flow_control(&signal);
+                self.events.push_back(ProxyEvent::FlowControl(signal));
+            }
+            Incoming::Metrics(m) => self.events.push_back(ProxyEvent::Metrics(m)),
+            Incoming::ConfigUpdate(c) => self.events.push_back(ProxyEvent::ConfigUpdate(c)),
+            Incoming::Pong(p) => {
+                if let Some((seq, sent)) = self.ping.outstanding {
+                    if seq == p.sequence {
+                        self.ping.outstanding = None;
+                        self.events.push_back(ProxyEvent::Pong {
+                            sequence: seq,
+                            rtt: now.saturating_duration_since(sent),
+                        });
                     }
                 }
             }
-            other => self
-                .events
-                .push_back(ProxyEvent::Notice(Notice::UnexpectedFrame {
-                    frame_type: other,
-                })),
         }
+    }
+
+    fn route_response(&mut self, correlation_id: &str, response: AgentResponse) {
+        match self.pending.remove_entry(correlation_id) {
+            Some(found) => self.deliver(found, response),
+            None => self.unroutable(correlation_id.to_owned()),
+        }
+    }
+
+    fn deliver(&mut self, (cid, p): (Arc<str>, Pending), response: AgentResponse) {
+        self.deadlines.remove(&(p.deadline, p.id));
+        self.stats.responses += 1;
+        self.events.push_back(ProxyEvent::Response {
+            id: p.id,
+            correlation_id: cid,
+            response,
+        });
+    }
+
+    fn unroutable(&mut self, correlation_id: String) {
+        self.stats.unroutable += 1;
+        self.events
+            .push_back(ProxyEvent::UnroutableResponse { correlation_id });
     }
 
     fn decode_control<'a, T: Deserialize<'a>>(&mut self, frame: &'a Frame) -> Option<T> {
@@ -530,27 +650,19 @@ impl ProxyConnection {
         }
     }
 
-    fn on_response(&mut self, payload: Bytes) {
+    fn on_response_payload(&mut self, payload: Bytes) {
         let decoded: Result<AgentResponse, DecodeError> =
             encoding::decode_payload(FrameType::AgentResponse, self.encoding, &payload);
         match decoded {
             Ok(response) => {
-                let cid = response.correlation_id().unwrap_or("");
-                match self.pending.remove_entry(cid) {
-                    Some((cid, p)) => {
-                        self.deadlines.remove(&(p.deadline, p.id));
-                        self.stats.responses += 1;
-                        self.events.push_back(ProxyEvent::Response {
-                            id: p.id,
-                            correlation_id: cid,
-                            response,
-                        });
-                    }
+                let found = self
+                    .pending
+                    .remove_entry(response.correlation_id().unwrap_or(""));
+                match found {
+                    Some(found) => self.deliver(found, response),
                     None => {
-                        self.stats.unroutable += 1;
-                        self.events.push_back(ProxyEvent::UnroutableResponse {
-                            correlation_id: cid.to_owned(),
-                        });
+                        let cid = response.correlation_id().unwrap_or("").to_owned();
+                        self.unroutable(cid);
                     }
                 }
             }
@@ -670,7 +782,9 @@ impl ProxyConnection {
             });
         }
         let body = self.admit_body(now, &mut event)?;
-        encoding::encode_event(&mut self.out, self.encoding, &event)?;
+        if self.outgoing.is_none() {
+            encoding::encode_event(&mut self.out, self.encoding, &event)?;
+        }
 
         // Committed: from here on the request is tracked and will end exactly once.
         if let Some((direction, index, len, is_last, total)) = body {
@@ -680,7 +794,14 @@ impl ProxyConnection {
             self.consume_credit(cid, len as u64);
         }
         let kind = event.kind();
-        let cid: Arc<str> = Arc::from(take_correlation_id(event));
+        let cid: Arc<str> = match self.outgoing.as_mut() {
+            Some(queue) => {
+                let cid = Arc::from(event.correlation_id());
+                queue.push_back(Outgoing::Event(event));
+                cid
+            }
+            None => Arc::from(take_correlation_id(event)),
+        };
         if kind == EventKind::RequestComplete {
             self.forget_request(&cid);
         }
@@ -814,8 +935,18 @@ impl ProxyConnection {
             reason,
             timestamp_ms: self.unix_ms(now),
         };
-        // Cannot fail for this plain struct; if it somehow did, the request still ends here.
-        let _ = encoding::encode_frame(&mut self.out, FrameType::Cancel, Encoding::Json, &cancel);
+        match self.outgoing.as_mut() {
+            Some(queue) => queue.push_back(Outgoing::Cancel(cancel)),
+            None => {
+                // Cannot fail for this plain struct; if it did, the request still ends here.
+                let _ = encoding::encode_frame(
+                    &mut self.out,
+                    FrameType::Cancel,
+                    Encoding::Json,
+                    &cancel,
+                );
+            }
+        }
     }
 
     /// Sends a ping now (JSON, as the reference proxy does). Returns its sequence number, or
@@ -829,7 +960,11 @@ impl ProxyConnection {
             sequence,
             timestamp_ms: self.unix_ms(now),
         };
-        encoding::encode_frame(&mut self.out, FrameType::Ping, Encoding::Json, &ping).ok()?;
+        match self.outgoing.as_mut() {
+            Some(queue) => queue.push_back(Outgoing::Ping(ping)),
+            None => encoding::encode_frame(&mut self.out, FrameType::Ping, Encoding::Json, &ping)
+                .ok()?,
+        }
         self.ping.next_sequence += 1;
         self.ping.outstanding = Some((sequence, now));
         Some(sequence)

@@ -520,3 +520,55 @@ fn handshake_failures_close_with_a_typed_error() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn message_transport_shares_every_behaviour() {
+    use agent_protocol_core::handshake::HandshakeResponse;
+    use agent_protocol_core::proxy::{Incoming, Outgoing};
+    let now = Instant::now();
+    let mut conn = ProxyConnection::new_messages(ProxyConfig::default(), now);
+    assert!(
+        conn.poll_transmit().is_none(),
+        "no bytes on a message transport"
+    );
+    assert!(matches!(conn.poll_message(), Some(Outgoing::Handshake(_))));
+    conn.handle_message(
+        now,
+        Incoming::Handshake(HandshakeResponse {
+            protocol_version: 2,
+            capabilities: Capabilities::default(),
+            success: true,
+            error: None,
+            encoding: String::new(),
+        }),
+    );
+    assert!(matches!(conn.poll_event(), Some(ProxyEvent::Connected(_))));
+    let a = conn.send_event(now, headers("a"), None).unwrap();
+    let b = conn
+        .send_event(now, headers("b"), Some(Duration::from_millis(10)))
+        .unwrap();
+    assert!(matches!(conn.poll_message(), Some(Outgoing::Event(e)) if e.correlation_id() == "a"));
+    assert!(matches!(conn.poll_message(), Some(Outgoing::Event(_))));
+    // The answer's id travels beside it; audit values stay exactly as the agent sent them.
+    let mut response = AgentResponse::allow();
+    response.audit.custom.insert("k".into(), json!("v"));
+    conn.handle_message(
+        now,
+        Incoming::Response {
+            correlation_id: "a".into(),
+            response: response.clone(),
+        },
+    );
+    match conn.poll_event() {
+        Some(ProxyEvent::Response {
+            id, response: r, ..
+        }) => {
+            assert_eq!(id, a);
+            assert_eq!(r, response);
+        }
+        other => panic!("{other:?}"),
+    }
+    conn.handle_timeout(now + Duration::from_millis(10));
+    assert!(matches!(conn.poll_event(), Some(ProxyEvent::Failed { id, .. }) if id == b));
+    assert!(matches!(conn.poll_message(), Some(Outgoing::Cancel(c)) if c.correlation_id == "b"));
+}
