@@ -159,6 +159,8 @@ pub enum ProxyEvent {
 
 /// A typed message from the agent, for transports that frame and encode messages themselves
 /// (gRPC); see [`ProxyConnection::handle_message`].
+// Responses and events dominate; boxing them would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Incoming {
     /// The handshake answer.
@@ -184,6 +186,7 @@ pub enum Incoming {
 
 /// A typed message for the agent, drained with [`ProxyConnection::poll_message`] on
 /// message transports.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outgoing {
     /// The handshake request.
