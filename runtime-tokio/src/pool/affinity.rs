@@ -79,16 +79,6 @@ impl ShardedAffinity {
         self.stripe(agent, cid).remove(agent, cid)
     }
 
-    /// Removes the entry only if it still points at `conn` (a later headers send for the same
-    /// id may have replaced it).
-    pub(crate) fn remove_if(&self, agent: u32, cid: &str, conn: ConnId) {
-        let mut t = self.stripe(agent, cid);
-        let now = Instant::now();
-        if t.get(agent, cid, now) == Some(conn) {
-            t.remove(agent, cid);
-        }
-    }
-
     pub(crate) fn expire(&self, now: Instant) -> usize {
         let mut n = 0;
         self.each(|t| n += t.expire(now));
@@ -126,9 +116,7 @@ mod tests {
         assert_eq!(t.len(), 200);
         assert_eq!(t.get(1, "c1", now), Some(1));
         assert_eq!(t.get(2, "c1", now), None);
-        t.remove_if(1, "c1", 99);
-        assert_eq!(t.get(1, "c1", now), Some(1));
-        t.remove_if(1, "c1", 1);
+        assert_eq!(t.remove(1, "c1"), Some(1));
         assert_eq!(t.get(1, "c1", now), None);
         let removed = t.remove_agent(0);
         assert_eq!(removed, 67);

@@ -298,29 +298,6 @@ fn deadline_after(start: Instant, timeout: Duration) -> Instant {
     }
 }
 
-/// Removes (or, for `only`, conditionally removes) an affinity entry when dropped, unless
-/// disarmed: the pin of a request whose headers failed, or of a completed request.
-struct AffinityGuard<'a> {
-    table: &'a ShardedAffinity,
-    agent: u32,
-    cid: &'a str,
-    only: Option<ConnId>,
-    armed: bool,
-}
-
-impl Drop for AffinityGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            match self.only {
-                Some(conn) => self.table.remove_if(self.agent, self.cid, conn),
-                None => {
-                    self.table.remove(self.agent, self.cid);
-                }
-            }
-        }
-    }
-}
-
 /// Counts a call in [`PoolInner::active`] until dropped.
 struct ActiveGuard<'a>(&'a PoolInner);
 
@@ -586,11 +563,12 @@ impl AgentPool {
         lock(&self.inner.config_updates_rx).take()
     }
 
-    /// Sends request headers; the chosen connection is remembered for the request's later
-    /// events (body chunks, response headers, completion) until
+    /// Sends request headers. When the agent answers, the connection is remembered for the
+    /// request's later events (body chunks, response headers, completion) until
     /// [`clear_correlation_affinity`](Self::clear_correlation_affinity),
-    /// [`send_request_complete`](Self::send_request_complete) or the affinity TTL. If the
-    /// request fails, the affinity is forgotten.
+    /// [`send_request_complete`](Self::send_request_complete),
+    /// [`cancel_request`](Self::cancel_request) or the affinity TTL. A request that fails,
+    /// times out or is abandoned leaves no affinity.
     pub async fn send_request_headers(
         &self,
         agent_id: &str,
@@ -1174,21 +1152,10 @@ impl PoolInner {
         deadline: Instant,
     ) -> (Result<AgentResponse, PoolError>, Verdict) {
         let route = Route::of(&event);
-        let cid: String = if route == Route::Select {
-            String::new()
-        } else {
-            event.correlation_id().to_owned()
-        };
-        let _forget = (route == Route::Complete).then(|| AffinityGuard {
-            table: &self.affinity,
-            agent: entry.index,
-            cid: &cid,
-            only: None,
-            armed: true,
-        });
         let retry = self.config.flow_control.mode == FlowControlMode::WaitAndRetry;
         loop {
-            let conn = match self.pick(entry, route, &cid, Instant::now()) {
+            let cid = event.correlation_id();
+            let conn = match self.pick(entry, route, cid, Instant::now()) {
                 Ok(c) => c,
                 Err(Pick::Blocked(blockers)) => {
                     match self
@@ -1222,13 +1189,16 @@ impl PoolInner {
                     return (Err(e), verdict);
                 }
             };
-            let mut pin = (route == Route::Bind).then(|| self.bind(entry, &cid, conn.id));
+            if route == Route::Complete {
+                // The pin has been used; forget it now, whatever the outcome (done before the
+                // event moves into the connection, so no copy of the id is needed).
+                self.affinity.remove(entry.index, cid);
+            }
             let result = if retry {
                 // Keep the event: a pause that races the selection means sending it again.
                 let r = send_on(&conn, event.clone(), deadline).await;
                 if let Err(e) = &r {
                     if e.is_flow_control() {
-                        drop(pin);
                         match self
                             .backpressure(
                                 entry,
@@ -1249,7 +1219,6 @@ impl PoolInner {
                 let r = send_on(&conn, event, deadline).await;
                 if let Err(e) = &r {
                     if e.is_flow_control() {
-                        drop(pin);
                         let outcome = match self
                             .backpressure(
                                 entry,
@@ -1271,30 +1240,30 @@ impl PoolInner {
                 }
                 r
             };
-            if result.is_ok() {
-                if let Some(p) = pin.as_mut() {
-                    p.armed = false;
+            if route == Route::Bind {
+                if let Ok(response) = &result {
+                    // The answer carries the request's id (it was routed by it), so the pin is
+                    // recorded only for headers the agent actually saw: a failed, timed-out or
+                    // abandoned request leaves no affinity behind, with no guard and no copy
+                    // of the id. A body chunk cannot overtake its headers on one connection
+                    // (the connection refuses a second pending event with the same id).
+                    if let Some(cid) = response.correlation_id() {
+                        self.bind(entry, cid, conn.id);
+                    }
                 }
             }
             return self.conclude(entry, &conn, result, submitted);
         }
     }
 
-    /// Pins `cid` to `conn`; the returned guard unpins it unless disarmed (on success).
-    fn bind<'a>(&'a self, entry: &AgentEntry, cid: &'a str, conn: ConnId) -> AffinityGuard<'a> {
-        let inserted = self
+    /// Pins `cid` to `conn` (counted when the table is full).
+    fn bind(&self, entry: &AgentEntry, cid: &str, conn: ConnId) {
+        if self
             .affinity
             .insert(entry.index, cid, conn, Instant::now())
-            .is_ok();
-        if !inserted {
+            .is_err()
+        {
             entry.metrics.record_affinity_rejection();
-        }
-        AffinityGuard {
-            table: &self.affinity,
-            agent: entry.index,
-            cid,
-            only: Some(conn),
-            armed: inserted,
         }
     }
 
