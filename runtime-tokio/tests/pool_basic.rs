@@ -224,8 +224,10 @@ async fn body_chunks_follow_their_headers() {
         .await
         .unwrap();
     agent.close_connection(victim);
+    // Either the pool still lists it as disconnected, or it already replaced it (the agent then
+    // accepted a fifth connection): both mean the pool has seen it die.
     eventually("pool notices the closed connection", WAIT, || {
-        stats(&pool, "aff").connected < 4
+        stats(&pool, "aff").connected < 4 || agent.accepted() > 4
     })
     .await;
     let err = pool

@@ -189,6 +189,11 @@ impl FakeAgent {
             .count()
     }
 
+    /// Connections accepted so far (ever).
+    pub fn accepted(&self) -> usize {
+        self.state.next_conn.load(Ordering::SeqCst)
+    }
+
     /// Ids of the open connections.
     pub fn live_ids(&self) -> Vec<usize> {
         self.state
