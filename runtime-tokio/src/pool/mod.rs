@@ -11,8 +11,9 @@
 //! - Every request ends exactly once by its deadline, computed once when the call starts and
 //!   covering queueing and flow-control waits; a connection that dies fails its requests at once
 //!   and is no longer selected (D10, D41).
-//! - In-flight gauges, breaker probes and affinities are held by guards, so a caller that drops
-//!   its future leaks nothing (D8, D26, D27).
+//! - In-flight gauges and breaker probes are held by guards, and an affinity is recorded only
+//!   once the agent answered the headers, so a caller that drops its future leaks nothing (D8,
+//!   D26, D27).
 //! - Body chunks follow the connection that carried their headers, keyed by (agent,
 //!   correlation id), and fail with [`PoolError::AffinityLost`] rather than go down a
 //!   connection that does not know their stream (D32).
