@@ -31,18 +31,19 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
+use crate::capabilities::EventKind;
 use crate::control::{
-    Cancel, CancelReason, ConfigUpdateRequest, FlowControl, HealthStatus, MetricsReport,
+    Cancel, CancelReason, ConfigUpdateRequest, FlowControl, HealthStatus, MetricsReport, Ping,
 };
 use crate::encoding::{self, DecodeError, EncodeError, Encoding};
 use crate::error::{ConnectionError, Fault};
-use crate::event::Event;
+use crate::event::{event_frame_type, Event};
 use crate::frame::{
     self, Decoded, Frame, FrameDecoder, FrameType, FRAME_HEADER_LEN, MAX_FRAME_LEN,
 };
 use crate::handshake::{
-    AgentHandshake, AgentHandshakeConfig, HandshakeError, HandshakeRequest, Negotiated,
-    PROTOCOL_VERSION,
+    AgentHandshake, AgentHandshakeConfig, HandshakeError, HandshakeRequest, HandshakeResponse,
+    Negotiated, PROTOCOL_VERSION,
 };
 use crate::response::{AgentResponse, Decision, WebSocketDecision};
 
@@ -55,6 +56,10 @@ pub const MALFORMED_EVENT_REASON: &str = "MALFORMED_EVENT";
 /// Reason code of the block sent for an event that arrived while
 /// [`AgentConfig::max_in_flight`] requests were unanswered.
 pub const AGENT_OVERLOADED_REASON: &str = "AGENT_OVERLOADED";
+
+/// Reason code of the block sent, on a message transport, for an event that arrived before the
+/// handshake (the reference drops such events silently and the proxy waits out its timeout, D19).
+pub const HANDSHAKE_REQUIRED_REASON: &str = "HANDSHAKE_REQUIRED";
 
 /// Informational events ([`AgentEvent::FrameSkipped`], [`AgentEvent::Ignored`],
 /// [`AgentEvent::MalformedEvent`], [`AgentEvent::MalformedControl`], [`AgentEvent::Overloaded`])
@@ -215,6 +220,61 @@ impl SendError {
     }
 }
 
+/// A typed message from the proxy, for transports that frame and encode messages themselves
+/// (gRPC); see [`AgentConnection::handle_message`].
+// Events dominate; boxing them would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentIncoming {
+    /// The proxy's handshake request.
+    Handshake(HandshakeRequest),
+    /// An event to answer.
+    Event(Event),
+    /// An event the transport could not turn into an [`Event`]. With a correlation id it is
+    /// answered fail-closed (block 500, [`MALFORMED_EVENT_REASON`]) as on framed transports;
+    /// without one the connection closes, so the proxy fails everything at once instead of
+    /// waiting out its timeouts.
+    MalformedEvent {
+        /// The correlation id, if the transport could read it.
+        correlation_id: Option<String>,
+        /// The kind of event it was.
+        kind: EventKind,
+        /// What was wrong.
+        error: String,
+    },
+    /// Cancel a request.
+    Cancel(Cancel),
+    /// A ping, answered at once with [`AgentOutgoing::Pong`].
+    Ping(Ping),
+}
+
+/// A typed message for the proxy, drained with [`AgentConnection::poll_message`] on message
+/// transports.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentOutgoing {
+    /// The handshake answer (a refusal is followed by the close).
+    Handshake(HandshakeResponse),
+    /// An answer. The correlation id travels beside the response, which is exactly what the
+    /// application gave [`AgentConnection::respond`]: nothing is added to `audit.custom`.
+    Response {
+        /// The request answered.
+        correlation_id: String,
+        /// The answer.
+        response: AgentResponse,
+    },
+    /// The answer to a ping: the ping's own sequence and timestamp.
+    Pong(Ping),
+    /// Health report.
+    Health(HealthStatus),
+    /// Flow-control signal.
+    FlowControl(FlowControl),
+    /// Metrics report.
+    Metrics(MetricsReport),
+    /// Configuration update request.
+    ConfigUpdate(ConfigUpdateRequest),
+}
+
 #[derive(Debug)]
 enum State {
     Handshaking(AgentHandshake),
@@ -227,6 +287,7 @@ enum State {
 enum FailClosed {
     Malformed,
     Overloaded,
+    HandshakeRequired,
 }
 
 /// The agent side of one connection.
@@ -290,6 +351,8 @@ pub struct AgentConnection {
     by_correlation: HashMap<String, SmallVec<[RequestId; 2]>>,
     next_id: RequestId,
     notices_dropped: u64,
+    /// `Some` on message transports: what to send, typed, instead of bytes in `out`.
+    outgoing: Option<VecDeque<AgentOutgoing>>,
 }
 
 impl AgentConnection {
@@ -330,13 +393,159 @@ impl AgentConnection {
             by_correlation: HashMap::new(),
             next_id: 0,
             notices_dropped: 0,
+            outgoing: None,
+        }
+    }
+
+    /// A connection over a transport that frames and encodes messages itself (gRPC): it waits
+    /// for [`AgentIncoming::Handshake`] until `now + config.handshake.timeout`. Feed the proxy's
+    /// messages with [`AgentConnection::handle_message`] and drain ours with
+    /// [`AgentConnection::poll_message`]; everything else (requests, answers in any order,
+    /// cancel, limits, fail-closed answers) behaves as on framed transports, except that answers
+    /// carry their correlation id beside the response instead of inside `audit.custom`.
+    ///
+    /// Unlike the reference (D19), an event that arrives before the handshake is answered at
+    /// once with a block (500, [`HANDSHAKE_REQUIRED_REASON`]) instead of being dropped.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use agent_protocol_core::agent::{AgentConfig, AgentConnection, AgentEvent, AgentIncoming, AgentOutgoing};
+    /// use agent_protocol_core::handshake::HandshakeRequest;
+    /// use agent_protocol_core::{AgentResponse, Event, RequestCompleteEvent};
+    ///
+    /// let now = Instant::now();
+    /// let mut agent = AgentConnection::new_messages(AgentConfig::default(), now);
+    /// agent.handle_message(now, AgentIncoming::Handshake(HandshakeRequest {
+    ///     supported_versions: vec![2],
+    ///     proxy_id: "proxy".into(),
+    ///     proxy_version: "1".into(),
+    ///     config: None,
+    ///     supported_encodings: vec![],
+    /// }));
+    /// assert!(matches!(agent.poll_message(), Some(AgentOutgoing::Handshake(h)) if h.success));
+    /// assert!(matches!(agent.poll_event(), Some(AgentEvent::Established { .. })));
+    ///
+    /// let event = Event::RequestComplete(RequestCompleteEvent { correlation_id: "c1".into(), ..Default::default() });
+    /// agent.handle_message(now, AgentIncoming::Event(event));
+    /// let Some(AgentEvent::Request { id, .. }) = agent.poll_event() else { panic!() };
+    /// agent.respond(id, AgentResponse::allow()).unwrap();
+    /// match agent.poll_message() {
+    ///     Some(AgentOutgoing::Response { correlation_id, response }) => {
+    ///         assert_eq!(correlation_id, "c1");
+    ///         assert!(response.audit.custom.is_empty()); // nothing injected
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// ```
+    pub fn new_messages(config: AgentConfig, now: Instant) -> Self {
+        let handshake = AgentHandshake::new(&config.handshake, now);
+        let mut conn = Self::with_state(config, State::Handshaking(handshake), None);
+        conn.outgoing = Some(VecDeque::new());
+        conn
+    }
+
+    /// Whether this connection runs on a message transport ([`AgentConnection::new_messages`]).
+    pub fn is_message_transport(&self) -> bool {
+        self.outgoing.is_some()
+    }
+
+    /// The next message to send on a message transport; always `None` on framed ones. Messages
+    /// queued before a close are still returned after it.
+    pub fn poll_message(&mut self) -> Option<AgentOutgoing> {
+        self.outgoing.as_mut()?.pop_front()
+    }
+
+    /// Feeds one typed message from the proxy: the input of a connection created with
+    /// [`AgentConnection::new_messages`]. On a framed connection the message is ignored (a
+    /// framed connection reads bytes). Ignored once the connection is closed.
+    pub fn handle_message(&mut self, now: Instant, message: AgentIncoming) {
+        if self.outgoing.is_none() || self.is_closed() {
+            return;
+        }
+        self.handle_timeout(now);
+        if self.is_closed() {
+            return;
+        }
+        match message {
+            AgentIncoming::Handshake(request) => {
+                let State::Handshaking(hs) = &self.state else {
+                    self.notice(AgentEvent::Ignored {
+                        frame_type: FrameType::HandshakeRequest,
+                    });
+                    return;
+                };
+                let (answer, outcome) = hs.handle_request(&self.config.handshake, request);
+                self.push_outgoing(AgentOutgoing::Handshake(answer));
+                match outcome {
+                    Ok((negotiated, request)) => {
+                        self.state = State::Established(negotiated.encoding);
+                        self.encoding = Some(negotiated.encoding);
+                        self.events.push_back(AgentEvent::Established {
+                            negotiated,
+                            proxy: Some(request),
+                        });
+                    }
+                    Err(e) => self.close_with(ConnectionError::Handshake(e)),
+                }
+            }
+            AgentIncoming::Event(event) => {
+                if matches!(self.state, State::Handshaking(_)) {
+                    let frame_type = event.frame_type();
+                    let correlation_id = event.correlation_id().to_owned();
+                    self.answer_fail_closed(
+                        Encoding::Json,
+                        frame_type,
+                        &correlation_id,
+                        FailClosed::HandshakeRequired,
+                    );
+                    return;
+                }
+                self.admit_event(Encoding::Json, event);
+            }
+            AgentIncoming::MalformedEvent {
+                correlation_id,
+                kind,
+                error,
+            } => {
+                let frame_type = event_frame_type(kind);
+                let error = DecodeError {
+                    frame_type,
+                    encoding: Encoding::Json,
+                    message: error,
+                };
+                match correlation_id {
+                    Some(correlation_id) => {
+                        let why = if matches!(self.state, State::Handshaking(_)) {
+                            FailClosed::HandshakeRequired
+                        } else {
+                            FailClosed::Malformed
+                        };
+                        if self.answer_fail_closed(Encoding::Json, frame_type, &correlation_id, why)
+                        {
+                            self.notice(AgentEvent::MalformedEvent {
+                                correlation_id,
+                                error,
+                            });
+                        }
+                    }
+                    None => self.close_with(ConnectionError::Malformed(error)),
+                }
+            }
+            AgentIncoming::Cancel(cancel) => self.apply_cancel(cancel),
+            AgentIncoming::Ping(ping) => self.push_outgoing(AgentOutgoing::Pong(ping)),
+        }
+    }
+
+    fn push_outgoing(&mut self, message: AgentOutgoing) {
+        if let Some(queue) = self.outgoing.as_mut() {
+            queue.push_back(message);
         }
     }
 
     /// Feeds bytes read from the socket, in any split, and processes every complete frame.
     /// Ignored once the connection is closed.
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
-        if self.is_closed() {
+        if self.is_closed() || self.outgoing.is_some() {
             return;
         }
         self.read_buf.extend_from_slice(data);
@@ -460,6 +669,14 @@ impl AgentConnection {
             State::Closed(reason) => return Err(RespondError::Closed(reason.clone())),
             State::Handshaking(_) => return Err(RespondError::UnknownRequest(id)),
         };
+        if self.outgoing.is_some() {
+            let correlation_id = self.forget(id).ok_or(RespondError::UnknownRequest(id))?;
+            self.push_outgoing(AgentOutgoing::Response {
+                correlation_id,
+                response,
+            });
+            return Ok(());
+        }
         let correlation_id = self
             .requests
             .get(&id)
@@ -470,36 +687,50 @@ impl AgentConnection {
         Ok(())
     }
 
-    /// Queues a 0x30 HealthStatus.
+    /// Queues a 0x30 HealthStatus ([`AgentOutgoing::Health`] on message transports).
     pub fn send_health(&mut self, status: &HealthStatus) -> Result<(), SendError> {
-        self.send(FrameType::HealthStatus, status)
+        self.send(FrameType::HealthStatus, status, || {
+            AgentOutgoing::Health(status.clone())
+        })
     }
 
-    /// Queues a 0x33 FlowControl.
+    /// Queues a 0x33 FlowControl ([`AgentOutgoing::FlowControl`] on message transports).
     pub fn send_flow_control(&mut self, signal: &FlowControl) -> Result<(), SendError> {
-        self.send(FrameType::FlowControl, signal)
+        self.send(FrameType::FlowControl, signal, || {
+            AgentOutgoing::FlowControl(signal.clone())
+        })
     }
 
-    /// Queues a 0x31 MetricsReport.
+    /// Queues a 0x31 MetricsReport ([`AgentOutgoing::Metrics`] on message transports).
     pub fn send_metrics(&mut self, report: &MetricsReport) -> Result<(), SendError> {
-        self.send(FrameType::MetricsReport, report)
+        self.send(FrameType::MetricsReport, report, || {
+            AgentOutgoing::Metrics(report.clone())
+        })
     }
 
-    /// Queues a 0x32 ConfigUpdateRequest.
+    /// Queues a 0x32 ConfigUpdateRequest ([`AgentOutgoing::ConfigUpdate`] on message
+    /// transports).
     pub fn send_config_update(&mut self, request: &ConfigUpdateRequest) -> Result<(), SendError> {
-        self.send(FrameType::ConfigUpdateRequest, request)
+        self.send(FrameType::ConfigUpdateRequest, request, || {
+            AgentOutgoing::ConfigUpdate(request.clone())
+        })
     }
 
     fn send<T: serde::Serialize>(
         &mut self,
         frame_type: FrameType,
         value: &T,
+        message: impl FnOnce() -> AgentOutgoing,
     ) -> Result<(), SendError> {
         let encoding = match &self.state {
             State::Established(encoding) => *encoding,
             State::Closed(reason) => return Err(SendError::Closed(reason.clone())),
             State::Handshaking(_) => return Err(SendError::NotEstablished),
         };
+        if let Some(queue) = self.outgoing.as_mut() {
+            queue.push_back(message());
+            return Ok(());
+        }
         encoding::encode_frame(&mut self.out, frame_type, encoding, value)?;
         Ok(())
     }
@@ -575,16 +806,16 @@ impl AgentConnection {
         }
     }
 
-    fn forget(&mut self, id: RequestId) {
-        let Some(correlation_id) = self.requests.remove(&id) else {
-            return;
-        };
+    /// Stops tracking `id`; returns its correlation id if it was tracked.
+    fn forget(&mut self, id: RequestId) -> Option<String> {
+        let correlation_id = self.requests.remove(&id)?;
         if let Some(ids) = self.by_correlation.get_mut(&correlation_id) {
             ids.retain(|other| *other != id);
             if ids.is_empty() {
                 self.by_correlation.remove(&correlation_id);
             }
         }
+        Some(correlation_id)
     }
 
     fn on_skipped(&mut self, type_byte: u8) {
@@ -641,32 +872,7 @@ impl AgentConnection {
     fn on_event(&mut self, encoding: Encoding, frame_type: FrameType, payload: &[u8]) {
         match encoding::decode_event(frame_type, encoding, payload) {
             None => self.notice(AgentEvent::Ignored { frame_type }),
-            Some(Ok(event)) => {
-                if self.requests.len() >= self.config.max_in_flight {
-                    let correlation_id = event.correlation_id().to_owned();
-                    if self.answer_fail_closed(
-                        encoding,
-                        frame_type,
-                        &correlation_id,
-                        FailClosed::Overloaded,
-                    ) {
-                        self.notice(AgentEvent::Overloaded {
-                            correlation_id,
-                            frame_type,
-                        });
-                    }
-                    return;
-                }
-                let id = self.next_id;
-                self.next_id = self.next_id.wrapping_add(1);
-                let correlation_id = event.correlation_id().to_owned();
-                self.by_correlation
-                    .entry(correlation_id.clone())
-                    .or_default()
-                    .push(id);
-                self.requests.insert(id, correlation_id);
-                self.events.push_back(AgentEvent::Request { id, event });
-            }
+            Some(Ok(event)) => self.admit_event(encoding, event),
             Some(Err(error)) => match salvage_correlation_id(encoding, payload) {
                 Some(correlation_id) => {
                     if self.answer_fail_closed(
@@ -686,6 +892,36 @@ impl AgentConnection {
                 None => self.close_with(ConnectionError::Malformed(error)),
             },
         }
+    }
+
+    /// Tracks a decoded event and hands it to the application, or answers it at once with an
+    /// overload block when [`AgentConfig::max_in_flight`] requests are unanswered.
+    fn admit_event(&mut self, encoding: Encoding, event: Event) {
+        if self.requests.len() >= self.config.max_in_flight {
+            let frame_type = event.frame_type();
+            let correlation_id = event.correlation_id().to_owned();
+            if self.answer_fail_closed(
+                encoding,
+                frame_type,
+                &correlation_id,
+                FailClosed::Overloaded,
+            ) {
+                self.notice(AgentEvent::Overloaded {
+                    correlation_id,
+                    frame_type,
+                });
+            }
+            return;
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let correlation_id = event.correlation_id().to_owned();
+        self.by_correlation
+            .entry(correlation_id.clone())
+            .or_default()
+            .push(id);
+        self.requests.insert(id, correlation_id);
+        self.events.push_back(AgentEvent::Request { id, event });
     }
 
     /// Writes a block for an event the application never sees. Returns false (and closes the
@@ -711,6 +947,12 @@ impl AgentConnection {
                 AGENT_OVERLOADED_REASON,
                 WS_CLOSE_OVERLOADED,
             ),
+            FailClosed::HandshakeRequired => (
+                500,
+                "event before the handshake",
+                HANDSHAKE_REQUIRED_REASON,
+                WS_CLOSE_MALFORMED,
+            ),
         };
         let mut response = AgentResponse::new(Decision::block(status, Some(body.to_owned())));
         response.audit.reason_codes.push(reason.to_owned());
@@ -720,6 +962,13 @@ impl AgentConnection {
                 code: ws_code,
                 reason: body.to_owned(),
             });
+        }
+        if self.outgoing.is_some() {
+            self.push_outgoing(AgentOutgoing::Response {
+                correlation_id: correlation_id.to_owned(),
+                response,
+            });
+            return true;
         }
         response.set_correlation_id(correlation_id);
         match encoding::encode_frame(&mut self.out, FrameType::AgentResponse, encoding, &response) {
@@ -735,20 +984,22 @@ impl AgentConnection {
 
     fn on_cancel(&mut self, encoding: Encoding, payload: &[u8]) {
         match encoding::decode_payload::<Cancel>(FrameType::Cancel, encoding, payload) {
-            Ok(cancel) => {
-                let Some(ids) = self.by_correlation.remove(&cancel.correlation_id) else {
-                    return; // already answered, or never seen: nothing to stop
-                };
-                for id in ids {
-                    self.requests.remove(&id);
-                    self.events.push_back(AgentEvent::Cancelled {
-                        id,
-                        correlation_id: cancel.correlation_id.clone(),
-                        reason: cancel.reason,
-                    });
-                }
-            }
+            Ok(cancel) => self.apply_cancel(cancel),
             Err(error) => self.notice(AgentEvent::MalformedControl { error }),
+        }
+    }
+
+    fn apply_cancel(&mut self, cancel: Cancel) {
+        let Some(ids) = self.by_correlation.remove(&cancel.correlation_id) else {
+            return; // already answered, or never seen: nothing to stop
+        };
+        for id in ids {
+            self.requests.remove(&id);
+            self.events.push_back(AgentEvent::Cancelled {
+                id,
+                correlation_id: cancel.correlation_id.clone(),
+                reason: cancel.reason,
+            });
         }
     }
 }
@@ -1925,5 +2176,316 @@ mod tests {
         Input(Piece),
         Respond(usize),
         Cancel(u8),
+    }
+
+    // ----- message transport mode (gRPC) ---------------------------------------------------
+
+    fn grpc_handshake(versions: &[u32]) -> AgentIncoming {
+        AgentIncoming::Handshake(HandshakeRequest {
+            supported_versions: versions.to_vec(),
+            proxy_id: "grpc-proxy".into(),
+            proxy_version: "0".into(),
+            config: Some(serde_json::json!({"k": 1})),
+            supported_encodings: vec!["msgpack".into(), "json".into()],
+        })
+    }
+
+    fn messages(conn: &mut AgentConnection) -> Vec<AgentOutgoing> {
+        std::iter::from_fn(|| conn.poll_message()).collect()
+    }
+
+    fn message_established(config: AgentConfig) -> AgentConnection {
+        let mut conn = AgentConnection::new_messages(config, t0());
+        assert!(conn.is_message_transport());
+        conn.handle_message(t0(), grpc_handshake(&[2, 1]));
+        let out = messages(&mut conn);
+        let [AgentOutgoing::Handshake(answer)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert!(answer.success);
+        // The nominal encoding of a message transport is JSON, whatever the proxy offered.
+        assert_eq!(answer.encoding, "json");
+        let evs = events(&mut conn);
+        assert!(
+            matches!(&evs[..], [AgentEvent::Established { proxy: Some(p), .. }] if p.proxy_id == "grpc-proxy"),
+            "{evs:?}"
+        );
+        conn
+    }
+
+    fn answered(out: &[AgentOutgoing]) -> Vec<(&str, &AgentResponse)> {
+        out.iter()
+            .map(|m| match m {
+                AgentOutgoing::Response {
+                    correlation_id,
+                    response,
+                } => (correlation_id.as_str(), response),
+                other => panic!("not a response: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn messages_every_event_is_answered_with_the_id_beside_and_audit_untouched() {
+        let mut conn = message_established(AgentConfig::default());
+        for event in every_event("m-1") {
+            conn.handle_message(t0(), AgentIncoming::Event(event));
+        }
+        let evs = events(&mut conn);
+        assert_eq!(evs.len(), 8);
+        assert_eq!(conn.in_flight(), 8);
+        // Answer in reverse order; the handler's own custom values are left exactly as set,
+        // including a `correlation_id` key that framed transports would overwrite.
+        for ev in evs.iter().rev() {
+            let AgentEvent::Request { id, event } = ev else {
+                panic!("{ev:?}")
+            };
+            let mut r = AgentResponse::block(403, "no");
+            r.audit
+                .custom
+                .insert(CORRELATION_KEY.into(), serde_json::json!("handler's own"));
+            r.audit.custom.insert(
+                "kind".into(),
+                serde_json::json!(format!("{:?}", event.kind())),
+            );
+            conn.respond(*id, r).unwrap();
+        }
+        let out = messages(&mut conn);
+        let got = answered(&out);
+        assert_eq!(got.len(), 8);
+        for (cid, r) in got {
+            assert_eq!(cid, "m-1");
+            assert_eq!(r.audit.custom[CORRELATION_KEY], "handler's own");
+            assert_eq!(r.audit.custom.len(), 2);
+        }
+        assert_eq!(conn.in_flight(), 0);
+        // Framed output stays empty on a message transport.
+        assert!(conn.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn messages_events_before_the_handshake_get_an_error_answer_not_silence() {
+        let mut conn = AgentConnection::new_messages(AgentConfig::default(), t0());
+        conn.handle_message(t0(), AgentIncoming::Event(complete("early")));
+        conn.handle_message(
+            t0(),
+            AgentIncoming::Ping(Ping {
+                sequence: 7,
+                timestamp_ms: 9,
+            }),
+        );
+        let out = messages(&mut conn);
+        assert_eq!(out.len(), 2);
+        let [(cid, r)] = &answered(&out[..1])[..] else {
+            panic!()
+        };
+        assert_eq!(*cid, "early");
+        assert_eq!(
+            r.decision,
+            Decision::block(500, Some("event before the handshake".into()))
+        );
+        assert_eq!(r.audit.reason_codes, [HANDSHAKE_REQUIRED_REASON]);
+        assert_eq!(
+            out[1],
+            AgentOutgoing::Pong(Ping {
+                sequence: 7,
+                timestamp_ms: 9
+            })
+        );
+        assert!(events(&mut conn).is_empty());
+        assert_eq!(conn.in_flight(), 0);
+        // The handshake is still accepted afterwards.
+        conn.handle_message(t0(), grpc_handshake(&[2]));
+        assert!(conn.is_established());
+    }
+
+    #[test]
+    fn messages_version_mismatch_is_refused_and_closes() {
+        let mut conn = AgentConnection::new_messages(AgentConfig::default(), t0());
+        conn.handle_message(t0(), grpc_handshake(&[1]));
+        let out = messages(&mut conn);
+        let [AgentOutgoing::Handshake(answer)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert!(!answer.success);
+        assert!(answer
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("unsupported"));
+        assert!(conn.is_closed());
+        assert!(matches!(
+            &events(&mut conn)[..],
+            [AgentEvent::Closed(ConnectionError::Handshake(
+                HandshakeError::VersionMismatch { .. }
+            ))]
+        ));
+        conn.handle_message(t0(), AgentIncoming::Event(complete("x")));
+        assert!(messages(&mut conn).is_empty());
+    }
+
+    #[test]
+    fn messages_handshake_deadline_and_second_handshake() {
+        let mut conn = AgentConnection::new_messages(AgentConfig::default(), t0());
+        let late = t0() + Duration::from_secs(6);
+        conn.handle_message(late, grpc_handshake(&[2]));
+        assert!(conn.is_closed());
+        assert!(messages(&mut conn).is_empty());
+
+        let mut conn = message_established(AgentConfig::default());
+        conn.handle_message(t0(), grpc_handshake(&[2]));
+        assert!(matches!(
+            &events(&mut conn)[..],
+            [AgentEvent::Ignored {
+                frame_type: FrameType::HandshakeRequest
+            }]
+        ));
+        assert!(messages(&mut conn).is_empty());
+        assert!(conn.is_established());
+    }
+
+    #[test]
+    fn messages_cancel_drops_the_request_and_its_answer() {
+        let mut conn = message_established(AgentConfig::default());
+        conn.handle_message(t0(), AgentIncoming::Event(complete("c1")));
+        conn.handle_message(t0(), AgentIncoming::Event(complete("c2")));
+        let evs = events(&mut conn);
+        conn.handle_message(
+            t0(),
+            AgentIncoming::Cancel(Cancel {
+                correlation_id: "c1".into(),
+                reason: CancelReason::Timeout,
+                timestamp_ms: 0,
+            }),
+        );
+        let AgentEvent::Request { id: first, .. } = evs[0] else {
+            panic!()
+        };
+        let AgentEvent::Request { id: second, .. } = evs[1] else {
+            panic!()
+        };
+        assert!(matches!(
+            &events(&mut conn)[..],
+            [AgentEvent::Cancelled { id, reason: CancelReason::Timeout, .. }] if *id == first
+        ));
+        assert!(matches!(
+            conn.respond(first, AgentResponse::allow()),
+            Err(RespondError::UnknownRequest(_))
+        ));
+        conn.respond(second, AgentResponse::allow()).unwrap();
+        let out = messages(&mut conn);
+        assert_eq!(
+            answered(&out).iter().map(|a| a.0).collect::<Vec<_>>(),
+            ["c2"]
+        );
+    }
+
+    #[test]
+    fn messages_malformed_events_fail_closed_or_close() {
+        let mut conn = message_established(AgentConfig::default());
+        conn.handle_message(
+            t0(),
+            AgentIncoming::MalformedEvent {
+                correlation_id: Some("bad".into()),
+                kind: EventKind::WebSocketFrame,
+                error: "status out of range".into(),
+            },
+        );
+        let out = messages(&mut conn);
+        let [(cid, r)] = &answered(&out)[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*cid, "bad");
+        assert_eq!(r.audit.reason_codes, [MALFORMED_EVENT_REASON]);
+        assert!(matches!(
+            r.websocket_decision,
+            Some(WebSocketDecision::Close { code: 1011, .. })
+        ));
+        assert!(matches!(
+            &events(&mut conn)[..],
+            [AgentEvent::MalformedEvent { correlation_id, error }]
+                if correlation_id == "bad" && error.frame_type == FrameType::WebSocketFrame
+        ));
+        conn.handle_message(
+            t0(),
+            AgentIncoming::MalformedEvent {
+                correlation_id: None,
+                kind: EventKind::RequestHeaders,
+                error: "no id".into(),
+            },
+        );
+        assert!(conn.is_closed());
+        assert!(matches!(
+            &events(&mut conn)[..],
+            [AgentEvent::Closed(ConnectionError::Malformed(_))]
+        ));
+    }
+
+    #[test]
+    fn messages_overload_and_control_messages() {
+        let config = AgentConfig {
+            max_in_flight: 1,
+            ..Default::default()
+        };
+        let mut conn = message_established(config);
+        conn.handle_message(t0(), AgentIncoming::Event(complete("a")));
+        conn.handle_message(t0(), AgentIncoming::Event(complete("b")));
+        let out = messages(&mut conn);
+        let [(cid, r)] = &answered(&out)[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*cid, "b");
+        assert_fail_closed_untagged(r, 503, AGENT_OVERLOADED_REASON);
+        events(&mut conn);
+
+        let health = HealthStatus {
+            agent_id: "a".into(),
+            state: HealthState::Degraded,
+            message: None,
+            timestamp_ms: 1,
+        };
+        let flow = FlowControl {
+            action: FlowAction::UpdateCapacity,
+            correlation_id: Some("a".into()),
+            buffer_available: Some(10),
+            timestamp_ms: 2,
+        };
+        let metrics = MetricsReport {
+            agent_id: "a".into(),
+            ..Default::default()
+        };
+        let update = ConfigUpdateRequest {
+            update_type: crate::ConfigUpdateType::RequestReload,
+            request_id: "r".into(),
+            timestamp_ms: 3,
+        };
+        conn.send_health(&health).unwrap();
+        conn.send_flow_control(&flow).unwrap();
+        conn.send_metrics(&metrics).unwrap();
+        conn.send_config_update(&update).unwrap();
+        assert_eq!(
+            messages(&mut conn),
+            [
+                AgentOutgoing::Health(health),
+                AgentOutgoing::FlowControl(flow),
+                AgentOutgoing::Metrics(metrics),
+                AgentOutgoing::ConfigUpdate(update),
+            ]
+        );
+        assert!(conn.poll_transmit().is_none());
+        // Framed input means nothing to a message connection, and messages nothing to a framed
+        // one.
+        conn.handle_input(t0(), &event_frame(Encoding::Json, &complete("z")));
+        assert!(events(&mut conn).is_empty());
+        let mut framed = established(Encoding::Json);
+        framed.handle_message(t0(), AgentIncoming::Event(complete("z")));
+        assert!(events(&mut framed).is_empty());
+        assert!(framed.poll_message().is_none());
+    }
+
+    fn assert_fail_closed_untagged(r: &AgentResponse, status: u16, reason: &str) {
+        assert!(matches!(r.decision, Decision::Block { status: s, .. } if s == status));
+        assert_eq!(r.audit.reason_codes, [reason]);
+        assert!(r.audit.custom.is_empty());
     }
 }

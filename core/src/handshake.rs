@@ -326,7 +326,36 @@ impl AgentHandshake {
         }
         let request: HandshakeRequest = serde_json::from_slice(&frame.payload)
             .map_err(|e| HandshakeError::Malformed(e.to_string()))?;
-        let chosen = negotiate_encoding(&request.supported_encodings, &config.encodings);
+        let (response, outcome) = Self::answer(config, request, &config.encodings);
+        encoding::encode_frame(out, FrameType::HandshakeResponse, Encoding::Json, &response)
+            .map_err(|e| HandshakeError::Malformed(e.to_string()))?;
+        outcome
+    }
+
+    /// Answers a request that a message transport (gRPC) delivered already decoded: the same
+    /// version check as [`AgentHandshake::handle_frame`], with JSON as the nominal encoding
+    /// (such transports encode messages themselves). The answer is returned in both cases: a
+    /// refusal on a version mismatch, to be sent before closing.
+    pub fn handle_request(
+        &self,
+        config: &AgentHandshakeConfig,
+        request: HandshakeRequest,
+    ) -> (
+        HandshakeResponse,
+        Result<(Negotiated, HandshakeRequest), HandshakeError>,
+    ) {
+        Self::answer(config, request, &[Encoding::Json])
+    }
+
+    fn answer(
+        config: &AgentHandshakeConfig,
+        request: HandshakeRequest,
+        encodings: &[Encoding],
+    ) -> (
+        HandshakeResponse,
+        Result<(Negotiated, HandshakeRequest), HandshakeError>,
+    ) {
+        let chosen = negotiate_encoding(&request.supported_encodings, encodings);
         let version_ok = request.supported_versions.contains(&PROTOCOL_VERSION);
         let response = HandshakeResponse {
             protocol_version: PROTOCOL_VERSION,
@@ -340,21 +369,20 @@ impl AgentHandshake {
             }),
             encoding: chosen.as_str().to_owned(),
         };
-        encoding::encode_frame(out, FrameType::HandshakeResponse, Encoding::Json, &response)
-            .map_err(|e| HandshakeError::Malformed(e.to_string()))?;
         if !version_ok {
-            return Err(HandshakeError::VersionMismatch {
-                peer: request.supported_versions,
-            });
+            return (
+                response,
+                Err(HandshakeError::VersionMismatch {
+                    peer: request.supported_versions,
+                }),
+            );
         }
-        Ok((
-            Negotiated {
-                encoding: chosen,
-                capabilities: config.capabilities.clone(),
-                protocol_version: PROTOCOL_VERSION,
-            },
-            request,
-        ))
+        let negotiated = Negotiated {
+            encoding: chosen,
+            capabilities: config.capabilities.clone(),
+            protocol_version: PROTOCOL_VERSION,
+        };
+        (response, Ok((negotiated, request)))
     }
 }
 

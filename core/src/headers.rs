@@ -85,6 +85,37 @@ impl Headers {
         }
     }
 
+    /// Adds a value after any existing values of exactly `name` (case-sensitive), moving both
+    /// strings in. Transports that carry headers as a flat list of `(name, value)` pairs (gRPC)
+    /// rebuild [`Headers`] with it, so names that differ only in case stay apart as the sender
+    /// wrote them and `into_flat` followed by `append_exact` gives back the same headers.
+    ///
+    /// ```
+    /// use agent_protocol_core::Headers;
+    /// let mut h = Headers::new();
+    /// for (n, v) in [("a", "1"), ("A", "2"), ("a", "3")] {
+    ///     h.append_exact(n.to_string(), v.to_string());
+    /// }
+    /// assert_eq!(h.len(), 2);
+    /// assert_eq!(h.entries()[0].values.as_slice(), ["1", "3"]);
+    /// ```
+    pub fn append_exact(&mut self, name: String, value: String) {
+        // Repeated names usually arrive together: look at the last entry first.
+        if let Some(last) = self.entries.last_mut() {
+            if last.name == name {
+                last.values.push(value);
+                return;
+            }
+        }
+        match self.entries.iter_mut().find(|e| e.name == name) {
+            Some(e) => e.values.push(value),
+            None => self.entries.push(HeaderEntry {
+                name,
+                values: smallvec::smallvec![value],
+            }),
+        }
+    }
+
     /// Replaces every value of `name` with one value.
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
         let name = name.into();

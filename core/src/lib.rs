@@ -21,7 +21,10 @@ pub mod proxy;
 pub mod registration;
 pub mod response;
 
-pub use agent::{AgentConfig, AgentConnection, AgentEvent, RequestId, RespondError, SendError};
+pub use agent::{
+    AgentConfig, AgentConnection, AgentEvent, AgentIncoming, AgentOutgoing, RequestId,
+    RespondError, SendError,
+};
 pub use capabilities::{Capabilities, EventKind, EventSet, Features, Limits};
 pub use control::{
     Cancel, CancelReason, ConfigUpdateRequest, ConfigUpdateResponse, ConfigUpdateType, FlowAction,

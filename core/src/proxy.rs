@@ -182,6 +182,15 @@ pub enum Incoming {
     ConfigUpdate(ConfigUpdateRequest),
     /// Answer to a ping.
     Pong(Ping),
+    /// An answer the transport could not decode, for the request with this correlation id:
+    /// that request fails with [`RequestError::MalformedResponse`] (an unknown id is counted as
+    /// unroutable). The connection lives on.
+    MalformedResponse {
+        /// The request it was for.
+        correlation_id: String,
+        /// What was wrong.
+        error: DecodeError,
+    },
 }
 
 /// A typed message for the agent, drained with [`ProxyConnection::poll_message`] on
@@ -599,6 +608,13 @@ impl ProxyConnection {
                 self.apply_flow_control(&signal);
                 self.events.push_back(ProxyEvent::FlowControl(signal));
             }
+            Incoming::MalformedResponse {
+                correlation_id,
+                error,
+            } => match self.pending.remove_entry(correlation_id.as_str()) {
+                Some((cid, p)) => self.fail_malformed(cid, p, error),
+                None => self.unroutable(correlation_id),
+            },
             Incoming::Metrics(m) => self.events.push_back(ProxyEvent::Metrics(m)),
             Incoming::ConfigUpdate(c) => self.events.push_back(ProxyEvent::ConfigUpdate(c)),
             Incoming::Pong(p) => {
@@ -675,20 +691,22 @@ impl ProxyConnection {
                 // request fails at once instead of waiting out its timeout).
                 let cid = salvage_response_id(self.encoding, &payload);
                 match cid.and_then(|c| self.pending.remove_entry(c.as_str())) {
-                    Some((cid, p)) => {
-                        self.deadlines.remove(&(p.deadline, p.id));
-                        self.forget_request(&cid);
-                        self.stats.failures += 1;
-                        self.events.push_back(ProxyEvent::Failed {
-                            id: p.id,
-                            correlation_id: cid,
-                            error: RequestError::MalformedResponse(error),
-                        });
-                    }
+                    Some((cid, p)) => self.fail_malformed(cid, p, error),
                     None => self.close_with(ConnectionError::Malformed(error)),
                 }
             }
         }
+    }
+
+    fn fail_malformed(&mut self, cid: Arc<str>, p: Pending, error: DecodeError) {
+        self.deadlines.remove(&(p.deadline, p.id));
+        self.forget_request(&cid);
+        self.stats.failures += 1;
+        self.events.push_back(ProxyEvent::Failed {
+            id: p.id,
+            correlation_id: cid,
+            error: RequestError::MalformedResponse(error),
+        });
     }
 
     fn apply_flow_control(&mut self, signal: &FlowControl) {

@@ -572,3 +572,56 @@ fn message_transport_shares_every_behaviour() {
     assert!(matches!(conn.poll_event(), Some(ProxyEvent::Failed { id, .. }) if id == b));
     assert!(matches!(conn.poll_message(), Some(Outgoing::Cancel(c)) if c.correlation_id == "b"));
 }
+
+#[test]
+fn message_transport_fails_one_request_for_an_undecodable_answer() {
+    use agent_protocol_core::encoding::DecodeError;
+    use agent_protocol_core::frame::FrameType;
+    use agent_protocol_core::handshake::HandshakeResponse;
+    use agent_protocol_core::proxy::Incoming;
+    let now = Instant::now();
+    let mut conn = ProxyConnection::new_messages(ProxyConfig::default(), now);
+    conn.handle_message(
+        now,
+        Incoming::Handshake(HandshakeResponse {
+            protocol_version: 2,
+            capabilities: Capabilities::default(),
+            success: true,
+            error: None,
+            encoding: String::new(),
+        }),
+    );
+    assert!(matches!(conn.poll_event(), Some(ProxyEvent::Connected(_))));
+    let a = conn.send_event(now, headers("a"), None).unwrap();
+    conn.send_event(now, headers("b"), None).unwrap();
+    let error = DecodeError {
+        frame_type: FrameType::AgentResponse,
+        encoding: Encoding::Json,
+        message: "block status 70000 out of range".into(),
+    };
+    for cid in ["a", "nobody"] {
+        conn.handle_message(
+            now,
+            Incoming::MalformedResponse {
+                correlation_id: cid.into(),
+                error: error.clone(),
+            },
+        );
+    }
+    match conn.poll_event() {
+        Some(ProxyEvent::Failed {
+            id,
+            error: RequestError::MalformedResponse(e),
+            ..
+        }) => {
+            assert_eq!(id, a);
+            assert_eq!(e, error);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        conn.poll_event(),
+        Some(ProxyEvent::UnroutableResponse { correlation_id }) if correlation_id == "nobody"
+    ));
+    assert_eq!(conn.in_flight(), 1, "the other request is still pending");
+}
