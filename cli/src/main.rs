@@ -206,7 +206,9 @@ async fn demo(requests: u64, concurrency: usize) -> Result<ExitCode> {
         ..Default::default()
     };
     let reverse_pool = AgentPool::new(pool_config(&[Encoding::Json], 4, Duration::from_secs(5)));
-    let reverse_listener = ReverseListener::new(policy, reverse_pool.config().client.clone());
+    let control_pool = reverse_pool.clone();
+    let reverse_listener = ReverseListener::new(policy, reverse_pool.config().client.clone())
+        .with_control(move |id| control_pool.control_sender(id));
     let rl = reverse_listener.clone();
     let admit_pool = reverse_pool.clone();
     let reverse_uds = bind_unix_socket(&reverse_sock, 0o660)?;

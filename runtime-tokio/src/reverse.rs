@@ -24,9 +24,9 @@ use agent_protocol_core::{Capabilities, Encoding};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use crate::client::{AgentClient, ClientConfig};
+use crate::client::{AgentClient, ClientConfig, ControlMessage};
 use crate::server::{serve_connection, shutdown_signal, AgentHandler, Listener, ServerHandle};
 use crate::transport::Stream;
 
@@ -120,11 +120,25 @@ pub struct RegisteredAgent {
 ///     .await
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ReverseListener {
     policy: Arc<RegistrationPolicy>,
     client_config: ClientConfig,
     shutdown: watch::Sender<bool>,
+    control: Option<ControlFactory>,
+}
+
+/// Gives each admitted agent's connection a channel for what the agent pushes (metrics,
+/// config-update requests), e.g. [`crate::pool::AgentPool::control_sender`].
+type ControlFactory = Arc<dyn Fn(&str) -> mpsc::Sender<ControlMessage> + Send + Sync>;
+
+impl std::fmt::Debug for ReverseListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReverseListener")
+            .field("policy", &self.policy)
+            .field("client_config", &self.client_config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ReverseListener {
@@ -134,7 +148,18 @@ impl ReverseListener {
             policy: Arc::new(policy),
             client_config,
             shutdown: watch::channel(false).0,
+            control: None,
         }
+    }
+
+    /// Routes what registered agents push (metrics, config updates) to the channel `factory`
+    /// returns for their id, e.g. `move |id| pool.control_sender(id)`.
+    pub fn with_control(
+        mut self,
+        factory: impl Fn(&str) -> mpsc::Sender<ControlMessage> + Send + Sync + 'static,
+    ) -> Self {
+        self.control = Some(Arc::new(factory));
+        self
     }
 
     /// Stops accepting.
@@ -202,11 +227,12 @@ impl ReverseListener {
             capabilities: request.capabilities.clone(),
             protocol_version: PROTOCOL_VERSION,
         };
+        let control = self.control.as_ref().map(|f| f(&request.agent_id));
         let (client, gate) = AgentClient::from_established_gated(
             stream,
             self.client_config.clone(),
             negotiated,
-            None,
+            control,
         );
         let connection_id = format!("{}-{:x}", request.agent_id, crate::server::unix_ms());
         let agent = RegisteredAgent {

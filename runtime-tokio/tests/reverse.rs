@@ -155,3 +155,73 @@ async fn wrong_token_unknown_agent_and_full_pool_are_refused() {
         "{full:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverse_agent_joins_the_pool_and_its_metrics_reach_it() {
+    use agent_protocol_core::control::{CounterMetric, MetricsReport};
+    use agent_protocol_tokio::pool::AgentPool;
+    use agent_protocol_tokio::server::Push;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reverse.sock");
+    let pool = AgentPool::new(Default::default());
+    let admit_pool = pool.clone();
+    let control_pool = pool.clone();
+    let rl = ReverseListener::new(RegistrationPolicy::default(), Default::default())
+        .with_control(move |id| control_pool.control_sender(id));
+    let uds = bind_unix_socket(&path, 0o660).unwrap();
+    let serving = rl.clone();
+    tokio::spawn(async move {
+        serving
+            .serve(uds.into(), move |agent: RegisteredAgent| {
+                admit_pool
+                    .add_reverse_connection(&agent.agent_id, agent.client)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+    });
+    let handle = ServerHandle::new("rev-1");
+    let mut cfg = ReverseAgentConfig::new(ReverseTarget::Unix(path), "rev-1");
+    cfg.auth_token = None;
+    let connector = ReverseConnector::new(Arc::new(Waf), cfg, handle.clone());
+    tokio::spawn(async move { connector.run().await });
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match pool
+                .send_request_headers(
+                    "rev-1",
+                    match headers("p1", "/attack") {
+                        Event::RequestHeaders(h) => h,
+                        _ => unreachable!(),
+                    },
+                )
+                .await
+            {
+                Ok(r) => return r,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(answer.decision.kind(), "block");
+    handle.push(Push::Metrics(MetricsReport {
+        agent_id: "someone-else".into(),
+        counters: vec![CounterMetric {
+            name: "waf_hits_total".into(),
+            help: None,
+            labels: Default::default(),
+            value: 3,
+        }],
+        ..Default::default()
+    }));
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !pool
+            .render_prometheus()
+            .contains("waf_hits_total{agent_id=\"rev-1\"} 3")
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("metrics not exported:\n{}", pool.render_prometheus()));
+}
