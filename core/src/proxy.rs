@@ -454,6 +454,11 @@ impl ProxyConnection {
         self.pending.len()
     }
 
+    /// The id of the request awaiting an answer under this correlation id, if any.
+    pub fn pending_id(&self, correlation_id: &str) -> Option<RequestId> {
+        self.pending.get(correlation_id).map(|p| p.id)
+    }
+
     /// Requests with tracked body state.
     pub fn body_streams(&self) -> usize {
         self.bodies.len()

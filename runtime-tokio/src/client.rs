@@ -200,6 +200,10 @@ enum Command {
     Ping {
         reply: oneshot::Sender<Result<Duration, ClientError>>,
     },
+    /// The caller stopped waiting for its request under this id.
+    Abandon {
+        correlation_id: String,
+    },
     Close,
 }
 
@@ -477,10 +481,7 @@ impl Drop for AbandonGuard<'_> {
     fn drop(&mut self) {
         if let Some(correlation_id) = self.correlation_id.take() {
             // Best effort: if the channel is full the request's deadline cleans up instead.
-            let _ = self.tx.try_send(Command::Cancel {
-                correlation_id,
-                reason: CancelReason::ClientDisconnect,
-            });
+            let _ = self.tx.try_send(Command::Abandon { correlation_id });
         }
     }
 }
@@ -675,6 +676,19 @@ impl Driver {
                     ))));
                 }
             },
+            Command::Abandon { correlation_id } => {
+                // Only if the request under this id is still the abandoned one: by now a new
+                // request (another caller's) may have taken the id over.
+                let abandoned = self
+                    .conn
+                    .pending_id(&correlation_id)
+                    .and_then(|id| self.waiters.get(&id))
+                    .is_some_and(|reply| reply.is_closed());
+                if abandoned {
+                    self.conn
+                        .cancel(now, &correlation_id, CancelReason::ClientDisconnect);
+                }
+            }
             Command::Close => self.conn.close(),
         }
     }

@@ -269,3 +269,29 @@ async fn refuses_to_replace_a_live_socket() {
     drop(l);
     assert!(!stale.exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_stops_waiting_cancels_its_request_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, handle, _server) = start(&dir).await;
+    let client = AgentClient::connect(&path, config(Encoding::Json))
+        .await
+        .unwrap();
+    let c2 = client.clone();
+    let abandoned = tokio::spawn(async move { c2.send(headers("gone", "/sleep/5000")).await });
+    while handle.in_flight() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    abandoned.abort();
+    // The agent is told: its handler future is dropped and the slot frees long before 5 s.
+    tokio::time::timeout(Duration::from_secs(2), async {
+        while handle.in_flight() != 0 || client.status().in_flight() != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("abandoned request cancelled");
+    // The same id can be used again right away.
+    let r = client.send(headers("gone", "/")).await.unwrap();
+    assert_eq!(r.correlation_id(), Some("gone"));
+}
