@@ -1,0 +1,162 @@
+//! The `agentctl` binary as users run it: real child processes, real sockets.
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn agentctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_agentctl"))
+}
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(dir: &std::path::Path, extra: &[&str]) -> (Serve, std::path::PathBuf) {
+    let sock = dir.join("waf.sock");
+    let child = agentctl()
+        .arg("serve")
+        .arg("--uds")
+        .arg(&sock)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "agentctl serve did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Serve(child), sock)
+}
+
+#[test]
+fn demo_runs_every_transport_and_exits_zero() {
+    let out = agentctl()
+        .args(["demo", "--requests", "400", "--concurrency", "8"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for transport in ["uds json", "uds msgpack", "reverse uds"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(transport))
+            .unwrap_or_else(|| panic!("no row for {transport}:\n{stdout}"));
+        let cols: Vec<&str> = row[22..].split_whitespace().collect();
+        assert_eq!(cols[0], "400", "{row}");
+        assert_eq!(cols[1], "0", "errors in {row}");
+        assert_ne!(cols[3], "0", "nothing blocked in {row}");
+    }
+}
+
+#[test]
+fn probe_and_bench_report_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_serve, sock) = serve(dir.path(), &[]);
+    let out = agentctl()
+        .arg("probe")
+        .arg(&sock)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let probe: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(probe["encoding"], "msgpack");
+    assert_eq!(probe["ping_us"].as_array().unwrap().len(), 3);
+    assert_eq!(probe["decision"], "allow");
+
+    for (encoding, body) in [("json", "0"), ("msgpack", "65536")] {
+        let out = agentctl()
+            .arg("bench")
+            .arg(format!("unix:{}", sock.display()))
+            .args([
+                "--requests",
+                "300",
+                "--concurrency",
+                "8",
+                "--encoding",
+                encoding,
+            ])
+            .args(["--body-bytes", body, "--chunk-bytes", "16384", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(b["requests"], 300);
+        assert_eq!(b["errors"], 0);
+        for key in ["seconds", "req_per_s", "p50_us", "p99_us", "p999_us"] {
+            assert!(b[key].is_number(), "{key} missing: {b}");
+        }
+        assert_eq!(b.get("mib_per_s").is_some(), body != "0", "{b}");
+    }
+}
+
+#[test]
+fn serve_applies_a_rules_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.json");
+    std::fs::File::create(&rules)
+        .unwrap()
+        .write_all(br#"{"rules":[{"id":"all","path_prefix":"/","action":"block","status":418}]}"#)
+        .unwrap();
+    let (_serve, sock) = serve(dir.path(), &["--rules", rules.to_str().unwrap()]);
+    let out = agentctl()
+        .arg("probe")
+        .arg(&sock)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let probe: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(probe["decision"], "block");
+    // bench fails (non-zero) when requests fail? Blocks are answers, not failures: exit 0.
+    let out = agentctl()
+        .arg("bench")
+        .arg(&sock)
+        .args(["--requests", "50", "--concurrency", "4", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(b["decisions"]["block"], 50);
+}
+
+#[test]
+fn failures_exit_non_zero_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nobody.sock");
+    let out = agentctl().arg("probe").arg(&missing).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect"), "{err}");
+    let bad_rules = dir.path().join("bad.json");
+    std::fs::write(&bad_rules, r#"{"rules":[{"id":"x","paht":"/"}]}"#).unwrap();
+    let out = agentctl()
+        .arg("serve")
+        .arg("--uds")
+        .arg(dir.path().join("s.sock"))
+        .arg("--rules")
+        .arg(&bad_rules)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("paht"));
+}
