@@ -427,9 +427,13 @@ fn deserialize_le<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         Value::String(s) => match s.as_str() {
             "+Inf" | "Inf" | "inf" | "+inf" => Ok(f64::INFINITY),
             "-Inf" | "-inf" => Ok(f64::NEG_INFINITY),
+            // `str::parse` also takes "NaN": refuse it, as JSON has no way to write it back
+            // (serde_json writes NaN as null, which is not a valid `le`).
             other => other
                 .parse()
-                .map_err(|_| D::Error::custom(format_args!("bad le {other:?}"))),
+                .ok()
+                .filter(|le: &f64| !le.is_nan())
+                .ok_or_else(|| D::Error::custom(format_args!("bad le {other:?}"))),
         },
         _ => Err(D::Error::custom("le must be a number or \"+Inf\"")),
     }
@@ -573,5 +577,22 @@ mod tests {
         assert_eq!(r.gauges[0].value, 3.0);
         assert_eq!(r.histograms[0].buckets[1].le, f64::INFINITY);
         assert!(serde_json::from_str::<CounterMetric>(r#"["x",1]"#).is_err());
+    }
+
+    #[test]
+    fn a_nan_bucket_bound_is_refused() {
+        // Reproduced with the codec_json fuzz target: "NaN" parsed, and the report re-encoded
+        // with `"le":null`, which does not decode.
+        for le in [r#""NaN""#, r#""nan""#, r#""-NaN""#] {
+            let json = format!(r#"{{"le":{le},"count":1}}"#);
+            assert!(
+                serde_json::from_str::<HistogramBucket>(&json).is_err(),
+                "{le}"
+            );
+        }
+        let b: HistogramBucket = serde_json::from_str(r#"{"le":"0.5","count":1}"#).unwrap();
+        assert_eq!(b.le, 0.5);
+        let b: HistogramBucket = serde_json::from_str(r#"{"le":"-Inf","count":1}"#).unwrap();
+        assert_eq!(b.le, f64::NEG_INFINITY);
     }
 }
