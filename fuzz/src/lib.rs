@@ -43,3 +43,6 @@ impl ReadSizes {
         })
     }
 }
+
+pub mod codec;
+pub mod wire;
