@@ -89,6 +89,9 @@ pub struct ClientConfig {
     pub connection: ProxyConfig,
     /// Deadline for establishing the socket.
     pub connect_timeout: Duration,
+    /// Settings used only for gRPC endpoints (TLS).
+    #[cfg(feature = "grpc")]
+    pub grpc: crate::grpc::GrpcOptions,
 }
 
 impl Default for ClientConfig {
@@ -103,6 +106,8 @@ impl Default for ClientConfig {
         Self {
             connection,
             connect_timeout: Duration::from_secs(5),
+            #[cfg(feature = "grpc")]
+            grpc: crate::grpc::GrpcOptions::default(),
         }
     }
 }
@@ -130,7 +135,7 @@ pub struct ConnectionStatus {
 }
 
 impl ConnectionStatus {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             connected: AtomicBool::new(false),
             paused: AtomicBool::new(false),
@@ -187,7 +192,7 @@ impl ConnectionStatus {
 
 // `Send` is the common, hot variant; boxing its event would cost an allocation per request.
 #[allow(clippy::large_enum_variant)]
-enum Command {
+pub(crate) enum Command {
     Send {
         event: Event,
         deadline: Instant,
@@ -236,25 +241,58 @@ impl std::fmt::Debug for Command {
 }
 
 impl AgentClient {
-    /// Connects to an agent's Unix socket (`unix:PATH`, an absolute path, or `*.sock`) and
-    /// completes the handshake, each within its deadline.
+    /// Connects to an agent and completes the handshake, each within its deadline: a Unix
+    /// socket (`unix:PATH`, an absolute path, or `*.sock`), or, with the `grpc` feature (on by
+    /// default), a gRPC agent at `host:port`, `http://host:port` or (feature `tls`, with
+    /// [`ClientConfig::grpc`] naming the CA) `https://host:port`.
     pub async fn connect(endpoint: &str, config: ClientConfig) -> Result<Self, ClientError> {
+        Self::connect_with_control(endpoint, config, None).await
+    }
+
+    /// Like [`AgentClient::connect`], forwarding the agent's metrics and config-update requests
+    /// to `control` (as the pool does).
+    pub async fn connect_with_control(
+        endpoint: &str,
+        config: ClientConfig,
+        control: Option<mpsc::Sender<ControlMessage>>,
+    ) -> Result<Self, ClientError> {
         let parsed = Endpoint::parse(endpoint).map_err(|e| ClientError::Connect {
             endpoint: endpoint.to_owned(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
         })?;
         let stream = match &parsed {
             Endpoint::Uds(_) => Stream::connect(&parsed, config.connect_timeout).await,
+            #[cfg(feature = "grpc")]
+            Endpoint::Grpc { .. } => {
+                return crate::grpc::client::connect(&parsed, config, control).await
+            }
+            #[cfg(not(feature = "grpc"))]
             Endpoint::Grpc { .. } => Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
-                "not a Unix socket endpoint (gRPC endpoints are served by the gRPC client)",
+                "gRPC endpoints need the `grpc` feature of agent-protocol-tokio",
             )),
         }
         .map_err(|source| ClientError::Connect {
             endpoint: endpoint.to_owned(),
             source,
         })?;
-        Self::handshake(stream, config, None).await
+        Self::handshake(stream, config, control).await
+    }
+
+    /// A client whose driver task was started elsewhere (the gRPC transport).
+    #[cfg(feature = "grpc")]
+    pub(crate) fn from_parts(
+        tx: mpsc::Sender<Command>,
+        status: Arc<ConnectionStatus>,
+        negotiated: Negotiated,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            tx,
+            status,
+            negotiated: Arc::new(negotiated),
+            request_timeout,
+        }
     }
 
     /// Runs the handshake over an already connected stream.
@@ -464,7 +502,7 @@ impl AgentClient {
     }
 }
 
-fn set_wall_clock(conn: &mut ProxyConnection) {
+pub(crate) fn set_wall_clock(conn: &mut ProxyConnection) {
     let unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -517,9 +555,11 @@ impl Gate {
     }
 }
 
-struct Driver {
-    conn: ProxyConnection,
-    rx: mpsc::Receiver<Command>,
+/// The state every transport's connection task keeps beside the core connection: callers'
+/// one-shots, the ping waiter, the control channel, and the status shared with the pool.
+pub(crate) struct Driver {
+    pub(crate) conn: ProxyConnection,
+    pub(crate) rx: mpsc::Receiver<Command>,
     status: Arc<ConnectionStatus>,
     waiters: std::collections::HashMap<RequestId, Reply>,
     ping_waiter: Option<(u64, oneshot::Sender<Result<Duration, ClientError>>)>,
@@ -528,6 +568,27 @@ struct Driver {
 }
 
 impl Driver {
+    /// A driver for a message-transport connection (gRPC); `ready` resolves when the
+    /// handshake completes or the connection closes first.
+    #[cfg(feature = "grpc")]
+    pub(crate) fn new(
+        conn: ProxyConnection,
+        rx: mpsc::Receiver<Command>,
+        status: Arc<ConnectionStatus>,
+        control: Option<mpsc::Sender<ControlMessage>>,
+        ready: oneshot::Sender<Result<Negotiated, ConnectionError>>,
+    ) -> Self {
+        Self {
+            conn,
+            rx,
+            status,
+            waiters: Default::default(),
+            ping_waiter: None,
+            control,
+            ready: Some(ready),
+        }
+    }
+
     async fn run_gated(
         self,
         gate: Option<oneshot::Receiver<GateDecision>>,
@@ -625,12 +686,17 @@ impl Driver {
     }
 
     async fn finish(mut self, mut write: WriteHalf) {
+        self.wind_down();
+        let _ = write.shutdown().await;
+    }
+
+    /// After the connection closed: deliver its last outcomes, mark it disconnected, and fail
+    /// callers still queued with a clear error rather than a dropped channel.
+    pub(crate) fn wind_down(&mut self) {
         self.dispatch_events();
         self.status.connected.store(false, Ordering::Release);
         self.status.in_flight.store(0, Ordering::Release);
         self.status.resumed.notify_waiters();
-        let _ = write.shutdown().await;
-        // Callers still queued get a clear error rather than a dropped channel.
         self.rx.close();
         while let Ok(cmd) = self.rx.try_recv() {
             if let Command::Send { reply, .. } = cmd {
@@ -639,7 +705,7 @@ impl Driver {
         }
     }
 
-    fn handle_command(&mut self, now: Instant, cmd: Command) {
+    pub(crate) fn handle_command(&mut self, now: Instant, cmd: Command) {
         match cmd {
             Command::Send {
                 event,
@@ -693,7 +759,7 @@ impl Driver {
         }
     }
 
-    fn dispatch_events(&mut self) {
+    pub(crate) fn dispatch_events(&mut self) {
         while let Some(event) = self.conn.poll_event() {
             match event {
                 ProxyEvent::Connected(negotiated) => {
@@ -753,7 +819,7 @@ impl Driver {
         }
     }
 
-    fn publish_status(&self) {
+    pub(crate) fn publish_status(&self) {
         let s = &self.status;
         s.in_flight
             .store(self.conn.in_flight() as u32, Ordering::Release);

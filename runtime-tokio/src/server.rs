@@ -128,7 +128,7 @@ pub trait AgentHandler: Send + Sync + 'static {
 
 /// Routes an event to its handler method. One `async fn`, so every request's future has the
 /// same type and no boxing is needed to run them side by side.
-async fn dispatch<H: AgentHandler>(
+pub(crate) async fn dispatch<H: AgentHandler>(
     handler: Arc<H>,
     id: RequestId,
     event: Event,
@@ -183,7 +183,7 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    fn agent_config(&self) -> AgentConfig {
+    pub(crate) fn agent_config(&self) -> AgentConfig {
         let mut caps = self.capabilities.clone();
         caps.features.cancellation = true;
         caps.features.concurrent_requests = self.max_in_flight.min(u32::MAX as usize) as u32;
@@ -213,11 +213,11 @@ pub enum Push {
 /// Handle to a running server: push control frames, observe, shut down.
 #[derive(Clone, Debug)]
 pub struct ServerHandle {
-    push: broadcast::Sender<Push>,
-    shutdown: watch::Sender<bool>,
-    connections: Arc<AtomicUsize>,
-    in_flight: Arc<AtomicUsize>,
-    agent_id: String,
+    pub(crate) push: broadcast::Sender<Push>,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) connections: Arc<AtomicUsize>,
+    pub(crate) in_flight: Arc<AtomicUsize>,
+    pub(crate) agent_id: String,
 }
 
 impl ServerHandle {
@@ -311,9 +311,9 @@ pub(crate) fn unix_ms() -> u64 {
 /// # }
 /// ```
 pub struct AgentServer<H> {
-    handler: Arc<H>,
-    config: ServerConfig,
-    handle: ServerHandle,
+    pub(crate) handler: Arc<H>,
+    pub(crate) config: ServerConfig,
+    pub(crate) handle: ServerHandle,
 }
 
 /// A bound Unix socket whose file is removed when it is dropped.

@@ -1,0 +1,78 @@
+//! The gRPC transport (`zentinel.agent.v2.AgentServiceV2`, PROTOCOL.md §8), on tonic.
+//!
+//! Both ends drive the same Sans-IO state machines as the UDS transport, in their message mode:
+//! the agent side an [`AgentConnection::new_messages`] per `ProcessStream`, the proxy side a
+//! [`ProxyConnection::new_messages`] inside an ordinary [`AgentClient`]. Deadlines, cancel, pings,
+//! flow control, health, limits and body sequencing therefore behave exactly as on UDS; only the
+//! framing differs (protobuf over HTTP/2, converted by [`agent_protocol_proto::convert`]).
+//!
+//! - Agent: [`AgentServer::serve_grpc`] serves the same [`AgentHandler`] as the UDS server
+//!   (requests processed concurrently on each stream, Cancel drops the handler's future, Ping is
+//!   answered at once, every event type answered, events before the handshake answered with an
+//!   error instead of dropped, D19). `ControlStream` answers config updates and streams what the
+//!   [`ServerHandle`] pushes; `ProcessEvent` answers any single event.
+//! - Proxy: [`AgentClient::connect`] takes `host:port`, `http://host:port` and (with the `tls`
+//!   feature) `https://host:port`; the pool opens such endpoints over gRPC.
+//! - Messages up to [`MAX_MESSAGE_SIZE`] (16 MiB) in both directions on both sides (tonic's
+//!   default receive limit is 4 MiB, D23).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use agent_protocol_tokio::client::{AgentClient, ClientConfig};
+//! use agent_protocol_tokio::server::{AgentHandler, AgentServer, ServerConfig};
+//!
+//! struct AllowAll;
+//! impl AgentHandler for AllowAll {}
+//!
+//! let server = AgentServer::new(AllowAll, ServerConfig::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:50051").await?;
+//! tokio::spawn(async move { server.serve_grpc(listener).await });
+//!
+//! let client = AgentClient::connect("127.0.0.1:50051", ClientConfig::default()).await?;
+//! println!("rtt {:?}", client.ping().await?);
+//! # Ok(()) }
+//! ```
+//!
+//! [`AgentConnection::new_messages`]: agent_protocol_core::AgentConnection::new_messages
+//! [`ProxyConnection::new_messages`]: agent_protocol_core::proxy::ProxyConnection::new_messages
+//! [`AgentClient`]: crate::client::AgentClient
+//! [`AgentClient::connect`]: crate::client::AgentClient::connect
+//! [`AgentServer::serve_grpc`]: crate::server::AgentServer::serve_grpc
+//! [`AgentHandler`]: crate::server::AgentHandler
+//! [`ServerHandle`]: crate::server::ServerHandle
+
+pub(crate) mod client;
+pub mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
+
+pub use agent_protocol_proto::MAX_MESSAGE_SIZE;
+pub use client::GrpcOptions;
+pub use server::GrpcService;
+
+use std::time::{Duration, Instant};
+
+/// HTTP/2 flow-control window per stream (both sides): large enough that a 1 MiB body in 64 KiB
+/// chunks flows without waiting for window updates.
+pub(crate) const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// HTTP/2 flow-control window per connection (both sides).
+pub(crate) const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+/// Messages buffered between a stream's driver task and tonic, per direction.
+pub(crate) const STREAM_BUFFER: usize = 64;
+
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn unix_ms() -> u64 {
+    crate::server::unix_ms()
+}
+
+/// A duration in whole milliseconds, saturating.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

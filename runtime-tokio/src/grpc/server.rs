@@ -1,0 +1,485 @@
+//! The agent side of the gRPC transport: a tonic `AgentServiceV2` serving an [`AgentHandler`].
+//!
+//! Each `ProcessStream` is one task owning a message-mode [`AgentConnection`]; handler futures
+//! run inside that task (a `FuturesUnordered`, as on UDS), so one stream carries many requests
+//! at once and answers leave in the order they finish. A Cancel drops the request's future and
+//! nothing is sent for it; a Ping is answered as soon as it is read.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_protocol_core::agent::{AgentConfig, AgentConnection, AgentEvent, RequestId};
+use agent_protocol_core::handshake::HandshakeRequest;
+use agent_protocol_core::{
+    AgentIncoming, AgentResponse, ConfigUpdateResponse, ConnectionError, HealthState, HealthStatus,
+};
+use agent_protocol_proto::convert::{self, ProxyMessage};
+use agent_protocol_proto::v2::agent_service_v2_server::{AgentServiceV2, AgentServiceV2Server};
+use agent_protocol_proto::v2::{self, AgentControl, AgentToProxy, ProxyControl, ProxyToAgent};
+use agent_protocol_proto::MAX_MESSAGE_SIZE;
+use futures_util::future::{AbortHandle, Abortable, FutureExt};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{millis, sleep_until, unix_ms, CONNECTION_WINDOW, STREAM_BUFFER, STREAM_WINDOW};
+use crate::server::{dispatch, shutdown_signal, AgentHandler, AgentServer, Push, ServerHandle};
+
+/// The tonic service behind [`AgentServer::serve_grpc`], for embedding in a tonic server of your
+/// own (see [`AgentServer::grpc_service`]).
+pub struct GrpcService<H> {
+    handler: Arc<H>,
+    config: Arc<AgentConfig>,
+    handle: ServerHandle,
+    drain_timeout: Duration,
+}
+
+impl<H> std::fmt::Debug for GrpcService<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcService")
+            .field("agent_id", &self.config.handshake.capabilities.agent_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: AgentHandler> AgentServer<H> {
+    /// The gRPC service for this server's handler, with 16 MiB message limits both ways. It
+    /// shares the handler and the [`ServerHandle`] with the UDS listeners, so health, flow
+    /// control and metrics pushed through the handle reach gRPC proxies too, and shutdown drains
+    /// gRPC streams as well.
+    pub fn grpc_service(&self) -> AgentServiceV2Server<GrpcService<H>> {
+        let service = GrpcService {
+            handler: self.handler.clone(),
+            config: Arc::new(self.config.agent_config()),
+            handle: self.handle.clone(),
+            drain_timeout: self.config.drain_timeout,
+        };
+        AgentServiceV2Server::new(service)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// Serves gRPC (plain HTTP/2) on `listener` until [`ServerHandle::shutdown`], then lets open
+    /// streams drain (up to the configured `drain_timeout`) and returns.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> std::io::Result<()> {
+    /// use agent_protocol_tokio::server::{AgentHandler, AgentServer, ServerConfig};
+    /// struct AllowAll;
+    /// impl AgentHandler for AllowAll {}
+    /// let server = AgentServer::new(AllowAll, ServerConfig::default());
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:50051").await?;
+    /// server.serve_grpc(listener).await
+    /// # }
+    /// ```
+    pub async fn serve_grpc(&self, listener: TcpListener) -> io::Result<()> {
+        self.serve_grpc_with(tonic::transport::Server::builder(), listener)
+            .await
+    }
+
+    /// Like [`AgentServer::serve_grpc`], with TLS: the server presents `tls`'s certificate, and
+    /// when `tls` names a client CA, proxies must present a certificate it signed (mTLS).
+    #[cfg(feature = "tls")]
+    pub async fn serve_grpc_tls(
+        &self,
+        listener: TcpListener,
+        tls: super::tls::ServerTls,
+    ) -> io::Result<()> {
+        let builder = tonic::transport::Server::builder()
+            .tls_config(tls.into_tonic())
+            .map_err(io::Error::other)?;
+        self.serve_grpc_with(builder, listener).await
+    }
+
+    async fn serve_grpc_with(
+        &self,
+        builder: tonic::transport::Server,
+        listener: TcpListener,
+    ) -> io::Result<()> {
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let builder = builder
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
+        let mut stop = self.handle.shutdown.subscribe();
+        let signal = async move { shutdown_signal(&mut stop).await };
+        let serve = builder.serve_with_incoming_shutdown(self.grpc_service(), incoming, signal);
+        // After the signal, tonic waits for connections to close; streams drain themselves
+        // within drain_timeout, and a proxy that keeps its connection open anyway is cut off.
+        let mut stop = self.handle.shutdown.subscribe();
+        let grace = self.config.drain_timeout + Duration::from_secs(1);
+        let cutoff = async move {
+            shutdown_signal(&mut stop).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            r = serve => r.map_err(io::Error::other),
+            _ = cutoff => Ok(()),
+        }
+    }
+}
+
+impl<H> GrpcService<H> {
+    fn connection(&self) -> AgentConnection {
+        AgentConnection::new_messages((*self.config).clone(), Instant::now())
+    }
+}
+
+#[tonic::async_trait]
+impl<H: AgentHandler> AgentServiceV2 for GrpcService<H> {
+    type ProcessStreamStream = ReceiverStream<Result<AgentToProxy, Status>>;
+
+    async fn process_stream(
+        &self,
+        request: Request<Streaming<ProxyToAgent>>,
+    ) -> Result<Response<Self::ProcessStreamStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let stream = StreamDriver {
+            conn: self.connection(),
+            handler: self.handler.clone(),
+            handle: self.handle.clone(),
+            drain_timeout: self.drain_timeout,
+            out: VecDeque::new(),
+        };
+        tokio::spawn(stream.run(inbound, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type ControlStreamStream = ReceiverStream<Result<ProxyControl, Status>>;
+
+    async fn control_stream(
+        &self,
+        request: Request<Streaming<AgentControl>>,
+    ) -> Result<Response<Self::ControlStreamStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(control_stream(inbound, tx, self.handle.clone()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn process_event(
+        &self,
+        request: Request<ProxyToAgent>,
+    ) -> Result<Response<AgentToProxy>, Status> {
+        let incoming = match ProxyMessage::from(request.into_inner()) {
+            ProxyMessage::Protocol(incoming) => incoming,
+            ProxyMessage::Unknown => {
+                return Err(Status::invalid_argument(
+                    "empty or unknown ProxyToAgent message",
+                ))
+            }
+        };
+        let mut conn = self.connection();
+        let now = Instant::now();
+        match incoming {
+            handshake @ AgentIncoming::Handshake(_) => conn.handle_message(now, handshake),
+            AgentIncoming::Cancel(_) => {
+                return Err(Status::invalid_argument(
+                    "cancel applies to requests in flight on ProcessStream",
+                ))
+            }
+            other => {
+                // A unary call needs no handshake (as in the reference): open one implicitly.
+                conn.handle_message(now, AgentIncoming::Handshake(implicit_handshake()));
+                let _ = conn.poll_message();
+                conn.handle_message(now, other);
+            }
+        }
+        let handle = &self.handle;
+        while let Some(event) = conn.poll_event() {
+            if let AgentEvent::Request { id, event } = event {
+                handle.in_flight.fetch_add(1, Ordering::AcqRel);
+                let _guard = InFlightGuard(handle);
+                let started = Instant::now();
+                let (id, response) = dispatch(self.handler.clone(), id, event).await;
+                let _ = conn.respond(id, response);
+                let mut answer = next_answer(&mut conn)
+                    .ok_or_else(|| Status::internal("the agent produced no answer"))?;
+                set_processing_time(&mut answer, started.elapsed());
+                return Ok(Response::new(answer));
+            }
+        }
+        next_answer(&mut conn)
+            .map(Response::new)
+            .ok_or_else(|| Status::invalid_argument("nothing to answer"))
+    }
+}
+
+/// What a unary event call is treated as having negotiated.
+fn implicit_handshake() -> HandshakeRequest {
+    HandshakeRequest {
+        supported_versions: vec![agent_protocol_core::handshake::PROTOCOL_VERSION],
+        proxy_id: "unary".into(),
+        proxy_version: String::new(),
+        config: None,
+        supported_encodings: Vec::new(),
+    }
+}
+
+fn next_answer(conn: &mut AgentConnection) -> Option<AgentToProxy> {
+    conn.poll_message()
+        .map(|m| convert::agent_outgoing_to_proto(m, unix_ms()))
+}
+
+fn set_processing_time(message: &mut AgentToProxy, elapsed: Duration) {
+    if let Some(v2::agent_to_proxy::Message::Response(r)) = message.message.as_mut() {
+        r.processing_time_ms = Some(millis(elapsed));
+    }
+}
+
+struct InFlightGuard<'a>(&'a ServerHandle);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+type Done = Result<(RequestId, AgentResponse, Instant), futures_util::future::Aborted>;
+
+/// One `ProcessStream`: the connection state machine, the handler futures, and the outbound
+/// queue towards tonic.
+struct StreamDriver<H> {
+    conn: AgentConnection,
+    handler: Arc<H>,
+    handle: ServerHandle,
+    drain_timeout: Duration,
+    /// Converted messages waiting for room in `tx`.
+    out: VecDeque<AgentToProxy>,
+}
+
+impl<H: AgentHandler> StreamDriver<H> {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<ProxyToAgent>,
+        tx: mpsc::Sender<Result<AgentToProxy, Status>>,
+    ) {
+        let handle = self.handle.clone();
+        handle.connections.fetch_add(1, Ordering::AcqRel);
+        let mut running = FuturesUnordered::new();
+        let mut aborts: HashMap<RequestId, AbortHandle> = HashMap::new();
+        let mut push_rx = handle.push.subscribe();
+        let mut shutdown = handle.shutdown.subscribe();
+        let mut draining: Option<Instant> = None;
+        let mut peer_gone = false;
+        loop {
+            while let Some(event) = self.conn.poll_event() {
+                match event {
+                    AgentEvent::Request { id, event } => {
+                        let (abort, registration) = AbortHandle::new_pair();
+                        aborts.insert(id, abort);
+                        handle.in_flight.fetch_add(1, Ordering::AcqRel);
+                        let handler = self.handler.clone();
+                        running.push(Abortable::new(
+                            async move {
+                                let started = Instant::now();
+                                let (id, response) = dispatch(handler, id, event).await;
+                                (id, response, started)
+                            },
+                            registration,
+                        ));
+                    }
+                    AgentEvent::Cancelled { id, .. } => {
+                        if let Some(abort) = aborts.remove(&id) {
+                            abort.abort();
+                        }
+                    }
+                    AgentEvent::Closed(reason) => {
+                        tracing::debug!(%reason, "gRPC ProcessStream closed");
+                    }
+                    other => tracing::debug!(?other, "gRPC ProcessStream event"),
+                }
+            }
+            self.collect_output(None);
+            let closed = self.conn.is_closed();
+            if peer_gone || (closed && self.out.is_empty()) {
+                break;
+            }
+            if let Some(since) = draining {
+                if (running.is_empty() && self.out.is_empty())
+                    || since.elapsed() >= self.drain_timeout
+                {
+                    self.conn.close();
+                    break;
+                }
+            }
+            let deadline = self.conn.poll_timeout();
+            tokio::select! {
+                biased;
+                Some(done) = running.next(), if !running.is_empty() => {
+                    self.finish(done, &mut aborts);
+                    // Everything else already finished goes out with it.
+                    while let Some(Some(done)) = running.next().now_or_never() {
+                        self.finish(done, &mut aborts);
+                    }
+                }
+                permit = tx.reserve(), if !self.out.is_empty() => match permit {
+                    Ok(permit) => {
+                        if let Some(message) = self.out.pop_front() {
+                            permit.send(Ok(message));
+                        }
+                        while !self.out.is_empty() {
+                            match tx.try_reserve() {
+                                Ok(permit) => {
+                                    if let Some(message) = self.out.pop_front() {
+                                        permit.send(Ok(message));
+                                    }
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(_) => peer_gone = true,
+                },
+                message = inbound.message(), if !closed && draining.is_none() => {
+                    let now = Instant::now();
+                    match message {
+                        Ok(Some(message)) => match ProxyMessage::from(message) {
+                            ProxyMessage::Protocol(incoming) => self.conn.handle_message(now, incoming),
+                            ProxyMessage::Unknown => {
+                                tracing::debug!("skipped a ProxyToAgent message of unknown type");
+                            }
+                        },
+                        Ok(None) => self.conn.handle_eof(),
+                        Err(status) => self.conn.handle_io_error(status.to_string()),
+                    }
+                }
+                push = push_rx.recv(), if !closed && self.conn.is_established() => {
+                    let result = match push {
+                        Ok(Push::Health(h)) => self.conn.send_health(&h),
+                        Ok(Push::FlowControl(f)) => self.conn.send_flow_control(&f),
+                        Ok(Push::Metrics(m)) => self.conn.send_metrics(&m),
+                        Err(_) => Ok(()),
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "could not push a control message");
+                    }
+                }
+                _ = shutdown_signal(&mut shutdown), if draining.is_none() => {
+                    draining = Some(Instant::now());
+                    if self.conn.is_established() {
+                        let _ = self.conn.send_health(&HealthStatus {
+                            agent_id: handle.agent_id.clone(),
+                            state: HealthState::Draining,
+                            message: Some("shutting down".into()),
+                            timestamp_ms: unix_ms(),
+                        });
+                    }
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    self.conn.handle_timeout(Instant::now());
+                }
+                _ = tx.closed() => peer_gone = true,
+                _ = tokio::time::sleep(Duration::from_millis(50)), if draining.is_some() => {}
+            }
+        }
+        // A protocol failure ends the stream with an error status, so the proxy sees why.
+        if !peer_gone {
+            if let Some(status) = self.conn.close_reason().and_then(close_status) {
+                let _ = tx.try_send(Err(status));
+            }
+        }
+        for (_, abort) in aborts.drain() {
+            abort.abort();
+        }
+        handle.in_flight.fetch_sub(running.len(), Ordering::AcqRel);
+        handle.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn finish(&mut self, done: Done, aborts: &mut HashMap<RequestId, AbortHandle>) {
+        self.handle.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let Ok((id, response, started)) = done else {
+            return; // cancelled: nothing is sent
+        };
+        aborts.remove(&id);
+        // UnknownRequest means it was cancelled meanwhile: nothing to send.
+        if self.conn.respond(id, response).is_ok() {
+            self.collect_output(Some(started.elapsed()));
+        }
+    }
+
+    /// Moves everything the connection queued into the outbound queue, converted. With
+    /// `answered`, the last message is the response just given and gets its processing time.
+    fn collect_output(&mut self, answered: Option<Duration>) {
+        let now_ms = unix_ms();
+        while let Some(message) = self.conn.poll_message() {
+            self.out
+                .push_back(convert::agent_outgoing_to_proto(message, now_ms));
+        }
+        if let (Some(elapsed), Some(last)) = (answered, self.out.back_mut()) {
+            set_processing_time(last, elapsed);
+        }
+    }
+}
+
+/// The gRPC status a stream ends with after the connection closed for this reason; `None` for
+/// an orderly end.
+fn close_status(reason: &ConnectionError) -> Option<Status> {
+    match reason {
+        ConnectionError::PeerClosed | ConnectionError::LocalClose | ConnectionError::Io(_) => None,
+        // The refusal itself was sent as a handshake answer.
+        ConnectionError::Handshake(
+            agent_protocol_core::handshake::HandshakeError::VersionMismatch { .. },
+        ) => None,
+        ConnectionError::Handshake(e) => Some(Status::failed_precondition(e.to_string())),
+        other => Some(Status::invalid_argument(other.to_string())),
+    }
+}
+
+/// `ControlStream`: what the handle pushes (health, metrics, flow control) goes out as
+/// `ProxyControl` extension messages; a `config_update` from the caller is answered with a
+/// `config_response` (refused: the handler has no hook for configuration updates); health,
+/// metrics and logs from the caller are logged. Unlike the reference (D22) nothing here can
+/// panic and no message of the wrong direction is sent.
+async fn control_stream(
+    mut inbound: Streaming<AgentControl>,
+    tx: mpsc::Sender<Result<ProxyControl, Status>>,
+    handle: ServerHandle,
+) {
+    use v2::agent_control::Message as In;
+    use v2::proxy_control::Message as Out;
+    let mut push_rx = handle.push.subscribe();
+    let mut shutdown = handle.shutdown.subscribe();
+    loop {
+        let out = tokio::select! {
+            message = inbound.message() => match message {
+                Ok(Some(AgentControl { message: Some(In::ConfigUpdate(request)) })) => {
+                    Out::ConfigResponse(ConfigUpdateResponse {
+                        request_id: request.request_id,
+                        accepted: false,
+                        error: Some("this agent does not take configuration updates over ControlStream; send a Configure event".into()),
+                        timestamp_ms: unix_ms(),
+                    }.into())
+                }
+                Ok(Some(AgentControl { message: Some(other) })) => {
+                    tracing::debug!(?other, "ControlStream message");
+                    continue;
+                }
+                Ok(Some(AgentControl { message: None })) => continue,
+                Ok(None) | Err(_) => break,
+            },
+            push = push_rx.recv() => match push {
+                Ok(Push::Health(h)) => Out::Health(h.into()),
+                Ok(Push::Metrics(m)) => Out::Metrics(m.into()),
+                Ok(Push::FlowControl(f)) => Out::FlowControl(f.into()),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            },
+            _ = shutdown_signal(&mut shutdown) => break,
+            _ = tx.closed() => break,
+        };
+        if tx
+            .send(Ok(ProxyControl { message: Some(out) }))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}
