@@ -86,9 +86,8 @@ pub enum PoolError {
         /// What is wrong with it.
         source: EndpointError,
     },
-    /// A gRPC endpoint (`host:port`, `http(s)://`): that transport is not available in this
-    /// crate yet.
-    #[error("gRPC transport not available yet (endpoint {endpoint})")]
+    /// A gRPC endpoint (`host:port`, `http(s)://`) in a build without the `grpc` feature.
+    #[error("gRPC transport not available in this build (endpoint {endpoint}; enable the `grpc` feature)")]
     GrpcUnavailable {
         /// The normalised endpoint.
         endpoint: String,

@@ -26,7 +26,8 @@
 //!   registrations for a new agent cannot both create it (D33); shutdown drains before it
 //!   closes (D39).
 //!
-//! Only Unix-socket agents are supported for now: gRPC endpoints are refused with
+//! Agents are reached over Unix sockets, or over gRPC (`host:port`, `http(s)://host:port`)
+//! with the `grpc` feature; without it gRPC endpoints are refused with
 //! [`PoolError::GrpcUnavailable`].
 
 mod affinity;
@@ -384,8 +385,9 @@ impl AgentPool {
     /// it concurrently, each within the connect and handshake timeouts.
     ///
     /// Endpoints: `unix:PATH`, an absolute path, or anything ending in `.sock` is a Unix socket;
-    /// `host:port` and `http(s)://host:port` are gRPC, refused for now with
-    /// [`PoolError::GrpcUnavailable`].
+    /// `host:port` and `http(s)://host:port` are gRPC (one HTTP/2 connection and one
+    /// `ProcessStream` per pool connection; `https` takes its TLS settings from
+    /// `client.grpc`), refused with [`PoolError::GrpcUnavailable`] without the `grpc` feature.
     ///
     /// Succeeds when at least one connection opened; the others are retried in the background
     /// with backoff. Fails with [`PoolError::AlreadyExists`] when the id is taken (remove the old
@@ -400,6 +402,7 @@ impl AgentPool {
             endpoint: endpoint.to_owned(),
             source,
         })?;
+        #[cfg(not(feature = "grpc"))]
         if let Endpoint::Grpc { uri, .. } = &parsed {
             return Err(PoolError::GrpcUnavailable {
                 endpoint: uri.clone(),
@@ -875,6 +878,23 @@ async fn open_client(
     endpoint: &Endpoint,
     config: &ClientConfig,
 ) -> Result<AgentClient, ClientError> {
+    #[cfg(feature = "grpc")]
+    if let Endpoint::Grpc { .. } = endpoint {
+        // Channel within the connect timeout, then the handshake within its own.
+        let control = control_channel(pool, agent);
+        let limit = config.connect_timeout + config.connection.handshake.timeout;
+        return match tokio::time::timeout(
+            limit + HANDSHAKE_GRACE,
+            crate::grpc::client::connect(endpoint, config.clone(), Some(control)),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Closed(ConnectionError::Handshake(
+                HandshakeError::Timeout(config.connection.handshake.timeout),
+            ))),
+        };
+    }
     let stream = Stream::connect(endpoint, config.connect_timeout)
         .await
         .map_err(|source| ClientError::Connect {
@@ -1195,6 +1215,11 @@ impl PoolInner {
                 // event moves into the connection, so no copy of the id is needed).
                 self.affinity.remove(entry.index, cid);
             }
+            // A gRPC answer carries its id beside the response (its audit values are exactly
+            // what the agent set), so headers sent over gRPC keep a copy of the id to pin.
+            let grpc_cid = (route == Route::Bind
+                && matches!(entry.origin, Origin::Outbound(Endpoint::Grpc { .. })))
+            .then(|| cid.to_owned());
             let result = if retry {
                 // Keep the event: a pause that races the selection means sending it again.
                 let r = send_on(&conn, event.clone(), deadline).await;
@@ -1248,7 +1273,9 @@ impl PoolInner {
                     // abandoned request leaves no affinity behind, with no guard and no copy
                     // of the id. A body chunk cannot overtake its headers on one connection
                     // (the connection refuses a second pending event with the same id).
-                    if let Some(cid) = response.correlation_id() {
+                    // On gRPC the id travels beside the answer; its audit values are the
+                    // agent's own.
+                    if let Some(cid) = grpc_cid.as_deref().or_else(|| response.correlation_id()) {
                         self.bind(entry, cid, conn.id);
                     }
                 }

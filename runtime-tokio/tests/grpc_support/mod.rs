@@ -199,9 +199,17 @@ impl AgentHandler for EchoAgent {
 
 /// An agent serving gRPC on 127.0.0.1 in its own task.
 pub async fn start_grpc(config: ServerConfig) -> (SocketAddr, ServerHandle, Arc<EchoAgent>) {
+    start_grpc_on("127.0.0.1:0".parse().unwrap(), config).await
+}
+
+/// An agent serving gRPC on `addr` in its own task.
+pub async fn start_grpc_on(
+    addr: SocketAddr,
+    config: ServerConfig,
+) -> (SocketAddr, ServerHandle, Arc<EchoAgent>) {
     let agent = Arc::new(EchoAgent::default());
     let server = AgentServer::with_shared_handler(agent.clone(), config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let handle = server.handle();
     tokio::spawn(async move { server.serve_grpc(listener).await });
@@ -219,15 +227,19 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     pub fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap())
+    }
+
+    pub fn start_on(addr: SocketAddr) -> Self {
         // Built and started on a thread of its own: a test's runtime cannot block on another.
-        std::thread::spawn(|| {
+        std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
                 .build()
                 .unwrap();
             let (addr, handle, agent) =
-                runtime.block_on(async { start_grpc(ServerConfig::default()).await });
+                runtime.block_on(async { start_grpc_on(addr, ServerConfig::default()).await });
             Self {
                 addr,
                 handle,
