@@ -14,6 +14,9 @@ pub const MAX_FRAME_LEN: u32 = 16 * 1024 * 1024;
 /// Largest payload that fits in a frame: `MAX_FRAME_LEN - 1` bytes (16,777,215).
 pub const MAX_PAYLOAD_LEN: usize = MAX_FRAME_LEN as usize - 1;
 
+/// Most the decoder reserves ahead of bytes that have not arrived yet.
+const RESERVE_STEP: usize = 256 * 1024;
+
 /// Bytes before the payload: four length bytes and the type byte.
 pub const FRAME_HEADER_LEN: usize = 5;
 
@@ -283,8 +286,11 @@ impl FrameDecoder {
             return self.decode(buf);
         };
         if buf.len() < FRAME_HEADER_LEN + payload_len {
-            // Reserve for the rest of this frame only now that its length passed the limit check.
-            buf.reserve(FRAME_HEADER_LEN + payload_len - buf.len());
+            // Make room for the rest of the frame, but only up to RESERVE_STEP at a time: a peer
+            // that announces 16 MiB and sends nothing more must not make us allocate 16 MiB per
+            // connection. A frame that really is large grows the buffer as its bytes arrive.
+            let missing = FRAME_HEADER_LEN + payload_len - buf.len();
+            buf.reserve(missing.min(RESERVE_STEP));
             return Ok(None);
         }
         buf.advance(FRAME_HEADER_LEN);
@@ -429,6 +435,12 @@ mod tests {
         let mut header = BytesMut::from(&MAX_FRAME_LEN.to_be_bytes()[..]);
         header.extend_from_slice(&[0x20]);
         assert_eq!(FrameDecoder::new().decode(&mut header), Ok(None));
+        // Announcing 16 MiB does not make the decoder allocate 16 MiB up front.
+        assert!(
+            header.capacity() <= RESERVE_STEP + 64,
+            "{}",
+            header.capacity()
+        );
     }
 
     #[test]
