@@ -76,7 +76,7 @@ enum Command {
     },
     /// Connect, handshake, print capabilities, encoding and round-trip times.
     Probe {
-        /// `PATH`, `unix:PATH`.
+        /// `PATH`, `unix:PATH`, or gRPC `host:port`, `http://host:port`.
         endpoint: String,
         /// One JSON object on stdout.
         #[arg(long)]
@@ -84,7 +84,7 @@ enum Command {
     },
     /// Closed-loop load through the pool with the browser-like 20-header request.
     Bench {
-        /// `PATH`, `unix:PATH`.
+        /// `PATH`, `unix:PATH`, or gRPC `host:port`, `http://host:port`.
         endpoint: String,
         /// Requests in flight.
         #[arg(long, default_value_t = 64)]
@@ -95,7 +95,7 @@ enum Command {
         /// Pool connections to the agent.
         #[arg(long, default_value_t = 4)]
         connections: usize,
-        /// Payload encoding.
+        /// Payload encoding (UDS; gRPC is always protobuf).
         #[arg(long, value_enum, default_value_t = BenchEncoding::Msgpack)]
         encoding: BenchEncoding,
         /// Body bytes per request (0: headers only).
@@ -220,6 +220,12 @@ async fn demo(requests: u64, concurrency: usize) -> Result<ExitCode> {
         })
         .await
     });
+    // The same agent over gRPC on loopback TCP.
+    let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let grpc_endpoint = grpc_listener.local_addr()?.to_string();
+    let s = server.clone();
+    let serving_grpc = tokio::spawn(async move { s.serve_grpc(grpc_listener).await });
+
     let reverse_handle = server.handle();
     let mut connectors = Vec::new();
     for _ in 0..4 {
@@ -233,13 +239,19 @@ async fn demo(requests: u64, concurrency: usize) -> Result<ExitCode> {
     let timeout = Duration::from_secs(5);
     let mut rows: Vec<Summary> = Vec::new();
     let mut failed = false;
-    let transports: [(&str, Option<Encoding>); 3] = [
-        ("uds json", Some(Encoding::Json)),
-        ("uds msgpack", Some(Encoding::MsgPack)),
-        ("reverse uds (json)", None),
+    let transports: [(&str, Option<Encoding>, bool); 4] = [
+        ("uds json", Some(Encoding::Json), false),
+        ("uds msgpack", Some(Encoding::MsgPack), false),
+        ("grpc", None, true),
+        ("reverse uds (json)", None, false),
     ];
-    for (name, encoding) in transports {
+    for (name, encoding, grpc) in transports {
         let (pool, agent_id) = match encoding {
+            _ if grpc => {
+                let pool = AgentPool::new(pool_config(&[Encoding::Json], 4, timeout));
+                pool.add_agent("waf", &grpc_endpoint).await?;
+                (pool, "waf")
+            }
             Some(enc) => {
                 let pool = AgentPool::new(pool_config(&[enc], 4, timeout));
                 pool.add_agent("waf", agent_sock.to_str().unwrap_or_default())
@@ -269,7 +281,7 @@ async fn demo(requests: u64, concurrency: usize) -> Result<ExitCode> {
             failed = true;
         }
         rows.push(summary);
-        if encoding.is_some() {
+        if encoding.is_some() || grpc {
             pool.shutdown(Duration::from_secs(1)).await;
         }
     }
@@ -287,6 +299,7 @@ async fn demo(requests: u64, concurrency: usize) -> Result<ExitCode> {
         c.abort();
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), serving_grpc).await;
     Ok(if failed {
         ExitCode::FAILURE
     } else {
@@ -334,9 +347,6 @@ async fn serve(
     rules: Option<PathBuf>,
     encoding: EncodingArg,
 ) -> Result<ExitCode> {
-    if grpc.is_some() {
-        return Err("--grpc: the gRPC transport is not available in this build yet".into());
-    }
     let rules = match rules {
         Some(path) => RuleSet::from_json(&std::fs::read_to_string(&path)?)
             .map_err(|e| format!("{}: {e}", path.display()))?,
@@ -355,18 +365,39 @@ async fn serve(
     if let Some(addr) = &tcp {
         listeners.push(Listener::from(tokio::net::TcpListener::bind(addr).await?));
     }
+    let grpc_listener = match &grpc {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("--grpc {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     eprintln!(
-        "agentctl: serving on {}{}; Ctrl-C to stop",
+        "agentctl: serving on {}{}{}; Ctrl-C to stop",
         uds.display(),
-        tcp.map(|a| format!(" and tcp {a}")).unwrap_or_default()
+        tcp.map(|a| format!(" and tcp {a}")).unwrap_or_default(),
+        grpc.map(|a| format!(" and grpc {a}")).unwrap_or_default()
     );
     let handle = server.handle();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         handle.shutdown();
     });
-    server.serve_all(listeners).await?;
+    match grpc_listener {
+        Some(grpc) => {
+            tokio::try_join!(server.serve_all(listeners), server.serve_grpc(grpc))?;
+        }
+        None => server.serve_all(listeners).await?,
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn is_grpc(endpoint: &str) -> bool {
+    matches!(
+        agent_protocol_core::pool::Endpoint::parse(endpoint),
+        Ok(agent_protocol_core::pool::Endpoint::Grpc { .. })
+    )
 }
 
 async fn probe(endpoint: &str, json: bool) -> Result<ExitCode> {
@@ -385,10 +416,17 @@ async fn probe(endpoint: &str, json: bool) -> Result<ExitCode> {
         .await?;
     let request = t0.elapsed();
     let caps = client.capabilities();
+    let grpc = is_grpc(endpoint);
+    let encoding = if grpc {
+        "protobuf"
+    } else {
+        client.encoding().as_str()
+    };
     if json {
         let out = serde_json::json!({
             "endpoint": endpoint,
-            "encoding": client.encoding().as_str(),
+            "transport": if grpc { "grpc" } else { "uds" },
+            "encoding": encoding,
             "protocol_version": client.negotiated().protocol_version,
             "capabilities": caps,
             "connect_us": connect.as_micros() as u64,
@@ -404,7 +442,7 @@ async fn probe(endpoint: &str, json: bool) -> Result<ExitCode> {
             caps.agent_id, caps.name, caps.version
         );
         println!("protocol:     {}", client.negotiated().protocol_version);
-        println!("encoding:     {}", client.encoding());
+        println!("encoding:     {encoding}");
         let events: Vec<String> = caps
             .supported_events
             .iter()
@@ -456,7 +494,11 @@ async fn bench(endpoint: &str, args: BenchArgs) -> Result<ExitCode> {
         timeout: args.timeout,
         id_prefix: format!("bench-{}", std::process::id()),
     };
-    let name = format!("{} c={}", args.encoding, args.concurrency);
+    let name = if is_grpc(endpoint) {
+        format!("grpc c={}", args.concurrency)
+    } else {
+        format!("{} c={}", args.encoding, args.concurrency)
+    };
     let progress = Progress::start(name.clone(), args.requests);
     let (rec, elapsed) = load::run(&pool, &spec, progress.counter()).await;
     progress.finish().await;

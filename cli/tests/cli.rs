@@ -48,7 +48,7 @@ fn demo_runs_every_transport_and_exits_zero() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for transport in ["uds json", "uds msgpack", "reverse uds"] {
+    for transport in ["uds json", "uds msgpack", "grpc", "reverse uds"] {
         let row = stdout
             .lines()
             .find(|l| l.starts_with(transport))
@@ -159,4 +159,55 @@ fn failures_exit_non_zero_with_a_clear_message() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("paht"));
+}
+
+#[test]
+fn serve_grpc_then_probe_and_bench_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    // A free port (released just before the agent binds it).
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (_serve, _sock) = serve(dir.path(), &["--grpc", &addr.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "gRPC listener did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = agentctl()
+        .arg("probe")
+        .arg(addr.to_string())
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let probe: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(probe["transport"], "grpc");
+    assert_eq!(probe["encoding"], "protobuf");
+    assert_eq!(probe["capabilities"]["agent_id"], "agentctl-waf");
+    assert_eq!(probe["ping_us"].as_array().unwrap().len(), 3);
+    assert_eq!(probe["decision"], "allow");
+
+    for body in ["0", "65536"] {
+        let out = agentctl()
+            .arg("bench")
+            .arg(format!("http://{addr}"))
+            .args(["--requests", "300", "--concurrency", "8"])
+            .args(["--body-bytes", body, "--chunk-bytes", "16384", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(b["requests"], 300);
+        assert_eq!(b["errors"], 0);
+    }
 }
