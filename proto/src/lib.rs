@@ -50,3 +50,6 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub const SERVICE_NAME: &str = "zentinel.agent.v2.AgentServiceV2";
 
 pub use convert::ConvertError;
+/// The protobuf runtime the generated messages use (for `prost::Message` methods such as
+/// `encode`, `decode` and `encoded_len` without a separate, version-matched dependency).
+pub use prost;

@@ -9,10 +9,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use agent_protocol_core::encoding::EncodeError;
+use agent_protocol_core::frame::PayloadTooLarge;
 use agent_protocol_core::handshake::HandshakeError;
 use agent_protocol_core::pool::Endpoint;
 use agent_protocol_core::proxy::{ConnectionState, ProxyConnection};
-use agent_protocol_core::ConnectionError;
+use agent_protocol_core::{ConnectionError, SubmitError};
 use agent_protocol_proto::convert::AgentMessage;
 use agent_protocol_proto::v2::agent_service_v2_client::AgentServiceV2Client;
 use agent_protocol_proto::v2::{self, AgentToProxy, ProxyToAgent};
@@ -24,9 +26,14 @@ use tonic::Streaming;
 
 use super::{sleep_until, CONNECTION_WINDOW, STREAM_BUFFER, STREAM_WINDOW};
 use crate::client::{
-    AgentClient, ClientConfig, ClientError, ConnectionStatus, ControlMessage, Driver,
+    AgentClient, ClientConfig, ClientError, Command, ConnectionStatus, ControlMessage, Driver,
     CHANNEL_BUFFER_SIZE,
 };
+
+/// Largest body (chunk data or WebSocket payload) one event may carry on gRPC: the message
+/// limit less room for the event's other fields. A larger one is refused before it is sent,
+/// since a message over the limit would end the whole stream (and every request on it).
+pub(crate) const MAX_BODY_PER_MESSAGE: usize = MAX_MESSAGE_SIZE - 64 * 1024;
 
 /// Settings that only gRPC endpoints use, in [`ClientConfig::grpc`].
 ///
@@ -242,11 +249,11 @@ async fn run(
             cmd = driver.rx.recv(), if commands_open => match cmd {
                 Some(cmd) => {
                     let now = Instant::now();
-                    driver.handle_command(now, cmd);
+                    handle_command(&mut driver, now, cmd);
                     // Drain the burst so it is converted and queued together.
                     for _ in 0..CHANNEL_BUFFER_SIZE {
                         match driver.rx.try_recv() {
-                            Ok(cmd) => driver.handle_command(now, cmd),
+                            Ok(cmd) => handle_command(&mut driver, now, cmd),
                             Err(_) => break,
                         }
                     }
@@ -267,6 +274,22 @@ async fn run(
     // closes its connection when the last handle to it is gone.
     drop(out_tx);
     drop(inbound);
+}
+
+/// Refuses an event whose body cannot fit in one gRPC message; passes everything else on.
+fn handle_command(driver: &mut Driver, now: Instant, cmd: Command) {
+    match cmd {
+        Command::Send { event, reply, .. } if event.body_len() > MAX_BODY_PER_MESSAGE => {
+            let too_large = PayloadTooLarge {
+                len: event.body_len(),
+                max: MAX_BODY_PER_MESSAGE,
+            };
+            let _ = reply.send(Err(ClientError::Rejected(SubmitError::Encode(
+                EncodeError::TooLarge(too_large),
+            ))));
+        }
+        cmd => driver.handle_command(now, cmd),
+    }
 }
 
 fn log_from_agent(log: &v2::LogMessage) {

@@ -223,8 +223,45 @@ fn implicit_handshake() -> HandshakeRequest {
 }
 
 fn next_answer(conn: &mut AgentConnection) -> Option<AgentToProxy> {
-    conn.poll_message()
-        .map(|m| convert::agent_outgoing_to_proto(m, unix_ms()))
+    let mut message = convert::agent_outgoing_to_proto(conn.poll_message()?, unix_ms());
+    bound_response(&mut message);
+    Some(message)
+}
+
+/// Reason code of the block that replaces an answer too large for one gRPC message.
+pub const RESPONSE_TOO_LARGE_REASON: &str = "RESPONSE_TOO_LARGE";
+
+/// An answer over the message limit would end the whole stream (every request on it): it is
+/// replaced by a block (500, [`RESPONSE_TOO_LARGE_REASON`]) for its request alone. Only answers
+/// carrying sizeable body mutations are measured.
+fn bound_response(message: &mut AgentToProxy) {
+    let Some(v2::agent_to_proxy::Message::Response(r)) = message.message.as_mut() else {
+        return;
+    };
+    let mutation_len = |m: &Option<v2::BodyMutation>| {
+        m.as_ref()
+            .and_then(|m| m.data.as_ref())
+            .map_or(0, |d| d.len())
+    };
+    let bulky = mutation_len(&r.request_body_mutation) + mutation_len(&r.response_body_mutation);
+    if bulky < 1024 * 1024 {
+        return;
+    }
+    use agent_protocol_proto::prost::Message as _;
+    if message.encoded_len() <= MAX_MESSAGE_SIZE {
+        return;
+    }
+    let Some(v2::agent_to_proxy::Message::Response(r)) = message.message.as_mut() else {
+        return;
+    };
+    tracing::warn!(correlation_id = %r.correlation_id, "answer exceeds the gRPC message limit; sending a block instead");
+    let mut block = AgentResponse::block(500, "agent response too large");
+    block
+        .audit
+        .reason_codes
+        .push(RESPONSE_TOO_LARGE_REASON.to_owned());
+    let correlation_id = std::mem::take(&mut r.correlation_id);
+    *r = convert::response_to_proto(correlation_id, block);
 }
 
 fn set_processing_time(message: &mut AgentToProxy, elapsed: Duration) {
@@ -409,8 +446,9 @@ impl<H: AgentHandler> StreamDriver<H> {
     fn collect_output(&mut self, answered: Option<Duration>) {
         let now_ms = unix_ms();
         while let Some(message) = self.conn.poll_message() {
-            self.out
-                .push_back(convert::agent_outgoing_to_proto(message, now_ms));
+            let mut message = convert::agent_outgoing_to_proto(message, now_ms);
+            bound_response(&mut message);
+            self.out.push_back(message);
         }
         if let (Some(elapsed), Some(last)) = (answered, self.out.back_mut()) {
             set_processing_time(last, elapsed);

@@ -98,6 +98,13 @@ impl AgentHandler for EchoAgent {
         if event.uri == "/hang" {
             std::future::pending::<()>().await;
         }
+        if event.uri == "/huge" {
+            // An answer over the 16 MiB message limit.
+            std::mem::forget(_guard);
+            let mut r = AgentResponse::allow();
+            r.request_body_mutation = Some(BodyMutation::replace(0, vec![b'x'; 17 << 20]));
+            return r;
+        }
         let decision = match event.uri.as_str() {
             "/block" => Decision::Block {
                 status: 451,
