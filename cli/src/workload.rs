@@ -116,7 +116,8 @@ impl Mix {
     /// Request number `i` (deterministic), with correlation id `cid`.
     pub fn request(&self, i: u64, cid: &str) -> Request {
         let admin = self.admin_every > 0 && i % self.admin_every == self.admin_every - 1;
-        let with_body = self.body_every > 0 && i % self.body_every == 0 && self.body_bytes > 0;
+        let with_body =
+            self.body_every > 0 && i.is_multiple_of(self.body_every) && self.body_bytes > 0;
         if admin {
             return Request {
                 headers: browser_headers(cid, "GET", "/admin/settings"),
