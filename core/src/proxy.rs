@@ -74,7 +74,8 @@ pub struct ProxyConfig {
     pub handshake: ProxyHandshakeConfig,
     /// Default per-request deadline, counted from submission.
     pub request_timeout: Duration,
-    /// Ping a connection after this long without hearing from the agent; `None` disables.
+    /// Ping a connection after this long without hearing from the agent; `None` (or zero)
+    /// disables.
     pub ping_interval: Option<Duration>,
     /// After a ping, how long to wait for any sign of life before declaring the peer dead.
     pub ping_timeout: Duration,
@@ -363,7 +364,14 @@ impl ProxyConnection {
         conn
     }
 
-    fn blank(config: ProxyConfig, now: Instant) -> Self {
+    fn blank(mut config: ProxyConfig, now: Instant) -> Self {
+        // A zero interval would ping (and, with a zero timeout, declare the peer dead) in the
+        // same instant: read it as "no pings", the only sensible meaning.
+        if config.ping_interval == Some(Duration::ZERO) {
+            config.ping_interval = None;
+        }
+        // Likewise a housekeeping period of zero would spin.
+        config.body_stream_ttl = config.body_stream_ttl.max(Duration::from_millis(4));
         Self {
             decoder: FrameDecoder::with_max_frame_len(config.max_frame_len),
             bodies: BodySequencer::new(config.max_body_streams),

@@ -625,3 +625,35 @@ fn message_transport_fails_one_request_for_an_undecodable_answer() {
     ));
     assert_eq!(conn.in_flight(), 1, "the other request is still pending");
 }
+
+#[test]
+fn a_zero_ping_interval_disables_pings() {
+    let now = Instant::now();
+    let config = ProxyConfig {
+        ping_interval: Some(Duration::ZERO),
+        ping_timeout: Duration::ZERO,
+        ..ProxyConfig::default()
+    };
+    let mut conn = ProxyConnection::new(config, now);
+    let answer =
+        json!({"protocol_version": 2, "capabilities": {}, "success": true, "encoding": "json"});
+    let mut wire = BytesMut::new();
+    encode_frame(
+        &mut wire,
+        FrameType::HandshakeResponse,
+        Encoding::Json,
+        &answer,
+    )
+    .unwrap();
+    conn.poll_transmit();
+    conn.handle_input(now, &wire);
+    assert!(matches!(conn.poll_event(), Some(ProxyEvent::Connected(_))));
+    assert_eq!(
+        conn.poll_timeout(),
+        None,
+        "nothing scheduled without requests or streams"
+    );
+    conn.handle_timeout(now + Duration::from_secs(3600));
+    assert!(conn.poll_transmit().is_none(), "no ping sent");
+    assert_eq!(conn.state(), ConnectionState::Open);
+}
