@@ -657,3 +657,45 @@ fn a_zero_ping_interval_disables_pings() {
     assert!(conn.poll_transmit().is_none(), "no ping sent");
     assert_eq!(conn.state(), ConnectionState::Open);
 }
+
+#[test]
+fn send_buffer_and_body_stream_caps_refuse_without_tracking() {
+    let now = Instant::now();
+    let config = ProxyConfig {
+        max_send_buffer: 64,
+        max_body_streams: 1,
+        ..ProxyConfig::default()
+    };
+    let mut conn = ProxyConnection::new(config, now);
+    let answer =
+        json!({"protocol_version": 2, "capabilities": {}, "success": true, "encoding": "json"});
+    let mut wire = BytesMut::new();
+    encode_frame(
+        &mut wire,
+        FrameType::HandshakeResponse,
+        Encoding::Json,
+        &answer,
+    )
+    .unwrap();
+    conn.poll_transmit();
+    conn.handle_input(now, &wire);
+    assert!(matches!(conn.poll_event(), Some(ProxyEvent::Connected(_))));
+
+    // One open body stream fills the table: a second request's first chunk is refused.
+    conn.send_event(now, chunk("s1", 0, b"x", false), None)
+        .unwrap();
+    conn.poll_transmit();
+    match conn.send_event(now, chunk("s2", 0, b"y", false), None) {
+        Err(e @ SubmitError::TooManyStreams(1)) => assert_eq!(e.fault(), Fault::Limit),
+        other => panic!("{other:?}"),
+    }
+    // Unsent output over 64 bytes refuses new events until it is written.
+    conn.send_event(now, headers("h0"), None).unwrap();
+    match conn.send_event(now, headers("h"), None) {
+        Err(e @ SubmitError::SendBufferFull { .. }) => assert_eq!(e.fault(), Fault::Limit),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(conn.in_flight(), 2, "refused submissions are not tracked");
+    conn.poll_transmit();
+    conn.send_event(now, headers("h"), None).unwrap();
+}
