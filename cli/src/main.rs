@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use agent_protocol_core::registration::RegistrationPolicy;
 use agent_protocol_core::Encoding;
 use agent_protocol_tokio::client::{AgentClient, ClientConfig};
+use agent_protocol_tokio::grpc::ServeGrpc;
 use agent_protocol_tokio::pool::{AgentPool, AgentPoolConfig};
 use agent_protocol_tokio::reverse::{
     ReverseAgentConfig, ReverseConnector, ReverseListener, ReverseTarget,
@@ -363,7 +364,7 @@ async fn serve(
     let server = AgentServer::new(RulesAgent::new(rules), config);
     let mut listeners = vec![Listener::from(server.bind_uds(&uds)?)];
     if let Some(addr) = &tcp {
-        listeners.push(Listener::from(tokio::net::TcpListener::bind(addr).await?));
+        listeners.push(Listener::tcp(tokio::net::TcpListener::bind(addr).await?));
     }
     let grpc_listener = match &grpc {
         Some(addr) => Some(

@@ -1,11 +1,12 @@
-//! Byte streams the protocol runs over: Unix sockets and TCP, split into owned halves so one
-//! task can read and write without a lock.
+//! Byte streams the protocol runs over on tokio: Unix sockets and TCP, split into owned halves
+//! so one task can read and write without a lock.
 
 use std::io;
-use std::path::Path;
-use std::time::Duration;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use agent_protocol_core::pool::Endpoint;
+use agent_protocol_driver::runtime::{ByteRead, ByteWrite, Connection};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
 
@@ -36,37 +37,52 @@ pub enum WriteHalf {
     Tcp(tcp::OwnedWriteHalf),
 }
 
-impl Stream {
-    /// Connects to a UDS path or a `host:port` TCP address, within `timeout`.
-    pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> io::Result<Stream> {
-        let fut = async {
-            match endpoint {
-                Endpoint::Uds(path) => UnixStream::connect(path).await.map(Stream::Unix),
-                Endpoint::Grpc { uri, .. } => {
-                    let addr = uri
-                        .trim_start_matches("http://")
-                        .trim_start_matches("https://");
-                    let s = TcpStream::connect(addr).await?;
-                    s.set_nodelay(true)?;
-                    Ok(Stream::Tcp(s))
-                }
-            }
-        };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("connect to {endpoint} timed out after {timeout:?}"),
-            )
-        })?
+/// Reads into `buf`'s spare capacity without zeroing it first: tokio's own `read_buf`, polled
+/// once (it keeps no state between polls, so a fresh one each time loses nothing).
+fn poll_read_into<T: AsyncRead + Unpin>(
+    io: &mut T,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    use std::future::Future;
+    use tokio::io::AsyncReadExt;
+    std::pin::pin!(io.read_buf(buf)).poll(cx)
+}
+
+macro_rules! both {
+    ($value:expr, $inner:ident => $body:expr) => {
+        match $value {
+            Self::Unix($inner) => $body,
+            Self::Tcp($inner) => $body,
+        }
+    };
+}
+
+impl ByteRead for Stream {
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        both!(self, s => poll_read_into(s, cx, buf))
+    }
+}
+
+impl ByteWrite for Stream {
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        both!(self, s => Pin::new(s).poll_write(cx, buf))
     }
 
-    /// Connects to a Unix socket path.
-    pub async fn connect_unix(path: impl AsRef<Path>) -> io::Result<Stream> {
-        UnixStream::connect(path).await.map(Stream::Unix)
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        both!(self, s => Pin::new(s).poll_shutdown(cx))
     }
+}
 
-    /// Splits into halves owned by the connection task.
-    pub fn into_split(self) -> (ReadHalf, WriteHalf) {
+impl Connection for Stream {
+    type ReadHalf = ReadHalf;
+    type WriteHalf = WriteHalf;
+
+    fn into_split(self) -> (ReadHalf, WriteHalf) {
         match self {
             Stream::Unix(s) => {
                 let (r, w) = s.into_split();
@@ -80,51 +96,22 @@ impl Stream {
     }
 }
 
-impl AsyncRead for ReadHalf {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        match self.get_mut() {
-            ReadHalf::Unix(r) => std::pin::Pin::new(r).poll_read(cx, buf),
-            ReadHalf::Tcp(r) => std::pin::Pin::new(r).poll_read(cx, buf),
-        }
+impl ByteRead for ReadHalf {
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        both!(self, s => poll_read_into(s, cx, buf))
     }
 }
 
-impl AsyncWrite for WriteHalf {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Unix(w) => std::pin::Pin::new(w).poll_write(cx, buf),
-            WriteHalf::Tcp(w) => std::pin::Pin::new(w).poll_write(cx, buf),
-        }
+impl ByteWrite for WriteHalf {
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        both!(self, s => Pin::new(s).poll_write(cx, buf))
     }
 
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Unix(w) => std::pin::Pin::new(w).poll_flush(cx),
-            WriteHalf::Tcp(w) => std::pin::Pin::new(w).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Unix(w) => std::pin::Pin::new(w).poll_shutdown(cx),
-            WriteHalf::Tcp(w) => std::pin::Pin::new(w).poll_shutdown(cx),
-        }
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        both!(self, s => Pin::new(s).poll_shutdown(cx))
     }
 }
-
-/// Reads at least this much per read call so many frames are decoded per syscall.
-pub(crate) const READ_CHUNK: usize = 64 * 1024;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use agent_protocol_tokio::client::{AgentClient, ClientConfig, ClientError};
 use agent_protocol_tokio::grpc::tls::{ClientTls, ServerTls};
+use agent_protocol_tokio::grpc::ServeGrpc;
 use agent_protocol_tokio::server::{AgentServer, ServerConfig};
 use grpc_support::{headers_event, EchoAgent};
 use rcgen::{
@@ -71,7 +72,7 @@ fn quick() -> ClientConfig {
 
 fn client_config(tls: ClientTls) -> ClientConfig {
     let mut config = quick();
-    config.grpc.tls = Some(tls);
+    config.transport.tls = Some(tls);
     config
 }
 

@@ -102,7 +102,7 @@ async fn registered_agent_serves_traffic_over_uds_and_tcp() {
     // TCP works the same way.
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap().to_string();
-    let (_rl, admitted) = listener_with(policy, tcp.into(), false);
+    let (_rl, admitted) = listener_with(policy, Listener::tcp(tcp), false);
     let agent = connector(ReverseTarget::Tcp(addr), "waf-1", Some("s3cret"));
     tokio::spawn(async move { agent.connect_once().await });
     let client = wait_admitted(&admitted).await;

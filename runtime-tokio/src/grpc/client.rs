@@ -9,12 +9,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use agent_protocol_core::encoding::EncodeError;
-use agent_protocol_core::frame::PayloadTooLarge;
 use agent_protocol_core::handshake::HandshakeError;
 use agent_protocol_core::pool::Endpoint;
 use agent_protocol_core::proxy::{ConnectionState, ProxyConnection};
-use agent_protocol_core::{ConnectionError, SubmitError};
+use agent_protocol_core::ConnectionError;
 use agent_protocol_proto::convert::AgentMessage;
 use agent_protocol_proto::v2::agent_service_v2_client::AgentServiceV2Client;
 use agent_protocol_proto::v2::{self, AgentToProxy, ProxyToAgent};
@@ -26,7 +24,7 @@ use tonic::Streaming;
 
 use super::{sleep_until, CONNECTION_WINDOW, STREAM_BUFFER, STREAM_WINDOW};
 use crate::client::{
-    AgentClient, ClientConfig, ClientError, Command, ConnectionStatus, ControlMessage, Driver,
+    AgentClient, ClientConfig, ClientDriver, ClientError, ConnectionStatus, ControlMessage,
     CHANNEL_BUFFER_SIZE,
 };
 
@@ -35,13 +33,13 @@ use crate::client::{
 /// since a message over the limit would end the whole stream (and every request on it).
 pub(crate) const MAX_BODY_PER_MESSAGE: usize = MAX_MESSAGE_SIZE - 64 * 1024;
 
-/// Settings that only gRPC endpoints use, in [`ClientConfig::grpc`].
+/// Settings that only gRPC endpoints use, in [`ClientConfig`]'s `transport` field.
 ///
 /// ```
 /// use agent_protocol_tokio::client::ClientConfig;
 /// let config = ClientConfig::default();
 /// # #[cfg(feature = "tls")]
-/// assert!(config.grpc.tls.is_none());
+/// assert!(config.transport.tls.is_none());
 /// # let _ = config;
 /// ```
 #[derive(Clone, Debug, Default)]
@@ -95,10 +93,10 @@ fn with_tls(
     config: &ClientConfig,
     endpoint: &Endpoint,
 ) -> Result<tonic::transport::Endpoint, ClientError> {
-    let Some(tls) = config.grpc.tls.clone() else {
+    let Some(tls) = config.transport.tls.clone() else {
         return Err(connect_error(
             endpoint,
-            "https endpoint without TLS settings (set ClientConfig::grpc.tls)",
+            "https endpoint without TLS settings (set ClientConfig::transport.tls)",
         ));
     };
     builder
@@ -175,7 +173,9 @@ async fn start(
     let (tx, rx) = mpsc::channel(CHANNEL_BUFFER_SIZE);
     let status = Arc::new(ConnectionStatus::new());
     let (ready_tx, ready_rx) = oneshot::channel();
-    let driver = Driver::new(conn, rx, status.clone(), control, ready_tx);
+    let mut driver = ClientDriver::new(conn, rx, status.clone(), control, ready_tx);
+    // A message over the limit would end the whole stream (and every request on it).
+    driver.set_max_event_body(MAX_BODY_PER_MESSAGE);
     tokio::spawn(run(driver, inbound, out_tx));
     // The core enforces the handshake deadline, so this resolves in bounded time.
     let negotiated = ready_rx
@@ -193,7 +193,7 @@ async fn start(
 /// The connection task: feeds the core what the stream brings, commands from callers, and the
 /// time; moves what the core queues onto the request stream.
 async fn run(
-    mut driver: Driver,
+    mut driver: ClientDriver,
     mut inbound: Streaming<AgentToProxy>,
     out_tx: mpsc::Sender<ProxyToAgent>,
 ) {
@@ -249,11 +249,11 @@ async fn run(
             cmd = driver.rx.recv(), if commands_open => match cmd {
                 Some(cmd) => {
                     let now = Instant::now();
-                    handle_command(&mut driver, now, cmd);
+                    driver.handle_command(now, cmd);
                     // Drain the burst so it is converted and queued together.
                     for _ in 0..CHANNEL_BUFFER_SIZE {
                         match driver.rx.try_recv() {
-                            Ok(cmd) => handle_command(&mut driver, now, cmd),
+                            Ok(cmd) => driver.handle_command(now, cmd),
                             Err(_) => break,
                         }
                     }
@@ -274,22 +274,6 @@ async fn run(
     // closes its connection when the last handle to it is gone.
     drop(out_tx);
     drop(inbound);
-}
-
-/// Refuses an event whose body cannot fit in one gRPC message; passes everything else on.
-fn handle_command(driver: &mut Driver, now: Instant, cmd: Command) {
-    match cmd {
-        Command::Send { event, reply, .. } if event.body_len() > MAX_BODY_PER_MESSAGE => {
-            let too_large = PayloadTooLarge {
-                len: event.body_len(),
-                max: MAX_BODY_PER_MESSAGE,
-            };
-            let _ = reply.send(Err(ClientError::Rejected(SubmitError::Encode(
-                EncodeError::TooLarge(too_large),
-            ))));
-        }
-        cmd => driver.handle_command(now, cmd),
-    }
 }
 
 fn log_from_agent(log: &v2::LogMessage) {

@@ -6,7 +6,7 @@
 //! flow control, health, limits and body sequencing therefore behave exactly as on UDS; only the
 //! framing differs (protobuf over HTTP/2, converted by [`agent_protocol_proto::convert`]).
 //!
-//! - Agent: [`AgentServer::serve_grpc`] serves the same [`AgentHandler`] as the UDS server
+//! - Agent: [`ServeGrpc::serve_grpc`] serves the same [`AgentHandler`] as the UDS server
 //!   (requests processed concurrently on each stream, Cancel drops the handler's future, Ping is
 //!   answered at once, every event type answered, events before the handshake answered with an
 //!   error instead of dropped, D19). `ControlStream` answers config updates and streams what the
@@ -19,6 +19,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use agent_protocol_tokio::client::{AgentClient, ClientConfig};
+//! use agent_protocol_tokio::grpc::ServeGrpc;
 //! use agent_protocol_tokio::server::{AgentHandler, AgentServer, ServerConfig};
 //!
 //! struct AllowAll;
@@ -37,7 +38,6 @@
 //! [`ProxyConnection::new_messages`]: agent_protocol_core::proxy::ProxyConnection::new_messages
 //! [`AgentClient`]: crate::client::AgentClient
 //! [`AgentClient::connect`]: crate::client::AgentClient::connect
-//! [`AgentServer::serve_grpc`]: crate::server::AgentServer::serve_grpc
 //! [`AgentHandler`]: crate::server::AgentHandler
 //! [`ServerHandle`]: crate::server::ServerHandle
 
@@ -48,7 +48,7 @@ pub mod tls;
 
 pub use agent_protocol_proto::MAX_MESSAGE_SIZE;
 pub use client::GrpcOptions;
-pub use server::GrpcService;
+pub use server::{GrpcService, ServeGrpc};
 
 use std::time::{Duration, Instant};
 
@@ -61,10 +61,7 @@ pub(crate) const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 pub(crate) const STREAM_BUFFER: usize = 64;
 
 pub(crate) async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
+    agent_protocol_driver::runtime::sleep_until_opt::<crate::Tokio>(deadline).await
 }
 
 /// Milliseconds since the Unix epoch, now.

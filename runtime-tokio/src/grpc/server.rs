@@ -6,8 +6,8 @@
 //! nothing is sent for it; a Ping is answered as soon as it is read.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,8 +31,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{millis, sleep_until, unix_ms, CONNECTION_WINDOW, STREAM_BUFFER, STREAM_WINDOW};
 use crate::server::{dispatch, shutdown_signal, AgentHandler, AgentServer, Push, ServerHandle};
 
-/// The tonic service behind [`AgentServer::serve_grpc`], for embedding in a tonic server of your
-/// own (see [`AgentServer::grpc_service`]).
+/// The tonic service behind [`ServeGrpc::serve_grpc`], for embedding in a tonic server of your
+/// own (see [`ServeGrpc::grpc_service`]).
 pub struct GrpcService<H> {
     handler: Arc<H>,
     config: Arc<AgentConfig>,
@@ -48,45 +48,59 @@ impl<H> std::fmt::Debug for GrpcService<H> {
     }
 }
 
-impl<H: AgentHandler> AgentServer<H> {
+/// gRPC serving for an [`AgentServer`] (tokio only: tonic needs it).
+///
+/// ```no_run
+/// # async fn demo() -> std::io::Result<()> {
+/// use agent_protocol_tokio::grpc::ServeGrpc;
+/// use agent_protocol_tokio::server::{AgentHandler, AgentServer, ServerConfig};
+/// struct AllowAll;
+/// impl AgentHandler for AllowAll {}
+/// let server = AgentServer::new(AllowAll, ServerConfig::default());
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:50051").await?;
+/// server.serve_grpc(listener).await
+/// # }
+/// ```
+pub trait ServeGrpc<H> {
     /// The gRPC service for this server's handler, with 16 MiB message limits both ways. It
     /// shares the handler and the [`ServerHandle`] with the UDS listeners, so health, flow
     /// control and metrics pushed through the handle reach gRPC proxies too, and shutdown drains
     /// gRPC streams as well.
-    pub fn grpc_service(&self) -> AgentServiceV2Server<GrpcService<H>> {
+    fn grpc_service(&self) -> AgentServiceV2Server<GrpcService<H>>;
+
+    /// Serves gRPC (plain HTTP/2) on `listener` until [`ServerHandle::shutdown`], then lets open
+    /// streams drain (up to the configured `drain_timeout`) and returns.
+    fn serve_grpc(&self, listener: TcpListener) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Like [`ServeGrpc::serve_grpc`], with TLS: the server presents `tls`'s certificate, and
+    /// when `tls` names a client CA, proxies must present a certificate it signed (mTLS).
+    #[cfg(feature = "tls")]
+    fn serve_grpc_tls(
+        &self,
+        listener: TcpListener,
+        tls: super::tls::ServerTls,
+    ) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl<H: AgentHandler> ServeGrpc<H> for AgentServer<H> {
+    fn grpc_service(&self) -> AgentServiceV2Server<GrpcService<H>> {
         let service = GrpcService {
-            handler: self.handler.clone(),
-            config: Arc::new(self.config.agent_config()),
-            handle: self.handle.clone(),
-            drain_timeout: self.config.drain_timeout,
+            handler: self.handler().clone(),
+            config: Arc::new(self.config().agent_config()),
+            handle: self.handle(),
+            drain_timeout: self.config().drain_timeout,
         };
         AgentServiceV2Server::new(service)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
     }
 
-    /// Serves gRPC (plain HTTP/2) on `listener` until [`ServerHandle::shutdown`], then lets open
-    /// streams drain (up to the configured `drain_timeout`) and returns.
-    ///
-    /// ```no_run
-    /// # async fn demo() -> std::io::Result<()> {
-    /// use agent_protocol_tokio::server::{AgentHandler, AgentServer, ServerConfig};
-    /// struct AllowAll;
-    /// impl AgentHandler for AllowAll {}
-    /// let server = AgentServer::new(AllowAll, ServerConfig::default());
-    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:50051").await?;
-    /// server.serve_grpc(listener).await
-    /// # }
-    /// ```
-    pub async fn serve_grpc(&self, listener: TcpListener) -> io::Result<()> {
-        self.serve_grpc_with(tonic::transport::Server::builder(), listener)
-            .await
+    async fn serve_grpc(&self, listener: TcpListener) -> io::Result<()> {
+        serve_grpc_with(self, tonic::transport::Server::builder(), listener).await
     }
 
-    /// Like [`AgentServer::serve_grpc`], with TLS: the server presents `tls`'s certificate, and
-    /// when `tls` names a client CA, proxies must present a certificate it signed (mTLS).
     #[cfg(feature = "tls")]
-    pub async fn serve_grpc_tls(
+    async fn serve_grpc_tls(
         &self,
         listener: TcpListener,
         tls: super::tls::ServerTls,
@@ -94,33 +108,34 @@ impl<H: AgentHandler> AgentServer<H> {
         let builder = tonic::transport::Server::builder()
             .tls_config(tls.into_tonic())
             .map_err(io::Error::other)?;
-        self.serve_grpc_with(builder, listener).await
+        serve_grpc_with(self, builder, listener).await
     }
+}
 
-    async fn serve_grpc_with(
-        &self,
-        builder: tonic::transport::Server,
-        listener: TcpListener,
-    ) -> io::Result<()> {
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let builder = builder
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW);
-        let mut stop = self.handle.shutdown.subscribe();
-        let signal = async move { shutdown_signal(&mut stop).await };
-        let serve = builder.serve_with_incoming_shutdown(self.grpc_service(), incoming, signal);
-        // After the signal, tonic waits for connections to close; streams drain themselves
-        // within drain_timeout, and a proxy that keeps its connection open anyway is cut off.
-        let mut stop = self.handle.shutdown.subscribe();
-        let grace = self.config.drain_timeout + Duration::from_secs(1);
-        let cutoff = async move {
-            shutdown_signal(&mut stop).await;
-            tokio::time::sleep(grace).await;
-        };
-        tokio::select! {
-            r = serve => r.map_err(io::Error::other),
-            _ = cutoff => Ok(()),
-        }
+async fn serve_grpc_with<H: AgentHandler>(
+    server: &AgentServer<H>,
+    builder: tonic::transport::Server,
+    listener: TcpListener,
+) -> io::Result<()> {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let builder = builder
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
+    let handle = server.handle();
+    let mut stop = handle.shutdown_receiver();
+    let signal = async move { shutdown_signal(&mut stop).await };
+    let serve = builder.serve_with_incoming_shutdown(server.grpc_service(), incoming, signal);
+    // After the signal, tonic waits for connections to close; streams drain themselves
+    // within drain_timeout, and a proxy that keeps its connection open anyway is cut off.
+    let mut stop = handle.shutdown_receiver();
+    let grace = server.config().drain_timeout + Duration::from_secs(1);
+    let cutoff = async move {
+        shutdown_signal(&mut stop).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = serve => r.map_err(io::Error::other),
+        _ = cutoff => Ok(()),
     }
 }
 
@@ -194,7 +209,7 @@ impl<H: AgentHandler> AgentServiceV2 for GrpcService<H> {
         let handle = &self.handle;
         while let Some(event) = conn.poll_event() {
             if let AgentEvent::Request { id, event } = event {
-                handle.in_flight.fetch_add(1, Ordering::AcqRel);
+                handle.requests_started(1);
                 let _guard = InFlightGuard(handle);
                 let started = Instant::now();
                 let (id, response) = dispatch(self.handler.clone(), id, event).await;
@@ -274,7 +289,7 @@ struct InFlightGuard<'a>(&'a ServerHandle);
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.requests_finished(1);
     }
 }
 
@@ -298,11 +313,11 @@ impl<H: AgentHandler> StreamDriver<H> {
         tx: mpsc::Sender<Result<AgentToProxy, Status>>,
     ) {
         let handle = self.handle.clone();
-        handle.connections.fetch_add(1, Ordering::AcqRel);
+        handle.connection_opened();
         let mut running = FuturesUnordered::new();
         let mut aborts: HashMap<RequestId, AbortHandle> = HashMap::new();
-        let mut push_rx = handle.push.subscribe();
-        let mut shutdown = handle.shutdown.subscribe();
+        let mut push_rx = handle.subscribe_pushes();
+        let mut shutdown = handle.shutdown_receiver();
         let mut draining: Option<Instant> = None;
         let mut peer_gone = false;
         loop {
@@ -311,7 +326,7 @@ impl<H: AgentHandler> StreamDriver<H> {
                     AgentEvent::Request { id, event } => {
                         let (abort, registration) = AbortHandle::new_pair();
                         aborts.insert(id, abort);
-                        handle.in_flight.fetch_add(1, Ordering::AcqRel);
+                        handle.requests_started(1);
                         let handler = self.handler.clone();
                         running.push(Abortable::new(
                             async move {
@@ -402,7 +417,7 @@ impl<H: AgentHandler> StreamDriver<H> {
                     draining = Some(Instant::now());
                     if self.conn.is_established() {
                         let _ = self.conn.send_health(&HealthStatus {
-                            agent_id: handle.agent_id.clone(),
+                            agent_id: handle.agent_id().to_owned(),
                             state: HealthState::Draining,
                             message: Some("shutting down".into()),
                             timestamp_ms: unix_ms(),
@@ -425,12 +440,12 @@ impl<H: AgentHandler> StreamDriver<H> {
         for (_, abort) in aborts.drain() {
             abort.abort();
         }
-        handle.in_flight.fetch_sub(running.len(), Ordering::AcqRel);
-        handle.connections.fetch_sub(1, Ordering::AcqRel);
+        handle.requests_finished(running.len());
+        handle.connection_closed();
     }
 
     fn finish(&mut self, done: Done, aborts: &mut HashMap<RequestId, AbortHandle>) {
-        self.handle.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.handle.requests_finished(1);
         let Ok((id, response, started)) = done else {
             return; // cancelled: nothing is sent
         };
@@ -482,8 +497,8 @@ async fn control_stream(
 ) {
     use v2::agent_control::Message as In;
     use v2::proxy_control::Message as Out;
-    let mut push_rx = handle.push.subscribe();
-    let mut shutdown = handle.shutdown.subscribe();
+    let mut push_rx = handle.subscribe_pushes();
+    let mut shutdown = handle.shutdown_receiver();
     loop {
         let out = tokio::select! {
             message = inbound.message() => match message {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_protocol_core::*;
+use agent_protocol_tokio::grpc::ServeGrpc;
 use agent_protocol_tokio::server::{AgentHandler, AgentServer, ServerConfig, ServerHandle};
 use serde_json::json;
 

@@ -22,13 +22,11 @@ use agent_protocol_core::registration::{
 };
 use agent_protocol_core::{Capabilities, Encoding};
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::client::{AgentClient, ClientConfig, ControlMessage};
+use crate::runtime::{self, Runtime};
 use crate::server::{serve_connection, shutdown_signal, AgentHandler, Listener, ServerHandle};
-use crate::transport::Stream;
 
 /// Where the proxy's reverse listener is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,20 +38,19 @@ pub enum ReverseTarget {
 }
 
 impl ReverseTarget {
-    async fn connect(&self) -> io::Result<Stream> {
+    async fn connect<R: Runtime>(&self) -> io::Result<R::Stream> {
         match self {
-            ReverseTarget::Unix(p) => Stream::connect_unix(p).await,
-            ReverseTarget::Tcp(addr) => {
-                let s = TcpStream::connect(addr).await?;
-                s.set_nodelay(true)?;
-                Ok(Stream::Tcp(s))
-            }
+            ReverseTarget::Unix(p) => R::connect_unix(p).await,
+            ReverseTarget::Tcp(addr) => R::connect_tcp(addr).await,
         }
     }
 }
 
 /// Reads frames until one complete frame is available; returns it and whatever followed it.
-async fn read_first_frame(stream: &mut Stream, deadline: Instant) -> io::Result<(Frame, BytesMut)> {
+async fn read_first_frame<R: Runtime>(
+    stream: &mut R::Stream,
+    deadline: Instant,
+) -> io::Result<(Frame, BytesMut)> {
     let mut decoder = FrameDecoder::new();
     let mut buf = BytesMut::with_capacity(4096);
     loop {
@@ -65,13 +62,7 @@ async fn read_first_frame(stream: &mut Stream, deadline: Instant) -> io::Result<
                 Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
             }
         }
-        let read = async {
-            match stream {
-                Stream::Unix(s) => s.read_buf(&mut buf).await,
-                Stream::Tcp(s) => s.read_buf(&mut buf).await,
-            }
-        };
-        let n = tokio::time::timeout_at(deadline.into(), read)
+        let n = runtime::timeout_at::<R, _>(deadline, runtime::read_buf(stream, &mut buf))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "registration timed out"))??;
         if n == 0 {
@@ -83,16 +74,9 @@ async fn read_first_frame(stream: &mut Stream, deadline: Instant) -> io::Result<
     }
 }
 
-async fn write_all(stream: &mut Stream, bytes: &[u8]) -> io::Result<()> {
-    match stream {
-        Stream::Unix(s) => s.write_all(bytes).await,
-        Stream::Tcp(s) => s.write_all(bytes).await,
-    }
-}
-
 /// An agent that registered on a reverse connection, as handed to the admission callback.
 #[derive(Debug)]
-pub struct RegisteredAgent {
+pub struct RegisteredAgent<R: Runtime> {
     /// The agent's id.
     pub agent_id: String,
     /// What it announced.
@@ -100,7 +84,7 @@ pub struct RegisteredAgent {
     /// Its metadata.
     pub metadata: Option<serde_json::Value>,
     /// The connection, ready for requests once admitted.
-    pub client: AgentClient,
+    pub client: AgentClient<R>,
 }
 
 /// Proxy-side listener for reverse connections.
@@ -121,9 +105,9 @@ pub struct RegisteredAgent {
 /// # }
 /// ```
 #[derive(Clone)]
-pub struct ReverseListener {
+pub struct ReverseListener<R: Runtime> {
     policy: Arc<RegistrationPolicy>,
-    client_config: ClientConfig,
+    client_config: ClientConfig<R>,
     shutdown: watch::Sender<bool>,
     control: Option<ControlFactory>,
 }
@@ -132,7 +116,7 @@ pub struct ReverseListener {
 /// config-update requests), e.g. [`crate::pool::AgentPool::control_sender`].
 type ControlFactory = Arc<dyn Fn(&str) -> mpsc::Sender<ControlMessage> + Send + Sync>;
 
-impl std::fmt::Debug for ReverseListener {
+impl<R: Runtime> std::fmt::Debug for ReverseListener<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReverseListener")
             .field("policy", &self.policy)
@@ -141,9 +125,9 @@ impl std::fmt::Debug for ReverseListener {
     }
 }
 
-impl ReverseListener {
+impl<R: Runtime> ReverseListener<R> {
     /// A listener applying `policy`; admitted connections use `client_config`.
-    pub fn new(policy: RegistrationPolicy, client_config: ClientConfig) -> Self {
+    pub fn new(policy: RegistrationPolicy, client_config: ClientConfig<R>) -> Self {
         Self {
             policy: Arc::new(policy),
             client_config,
@@ -169,22 +153,22 @@ impl ReverseListener {
 
     /// Accepts until [`ReverseListener::shutdown`]. `admit` decides whether the pool takes the
     /// agent; an `Err(reason)` is sent to the agent as a refusal.
-    pub async fn serve<F>(&self, listener: Listener, admit: F) -> io::Result<()>
+    pub async fn serve<F>(&self, listener: Listener<R>, admit: F) -> io::Result<()>
     where
-        F: Fn(RegisteredAgent) -> Result<(), String> + Send + Sync + 'static,
+        F: Fn(RegisteredAgent<R>) -> Result<(), String> + Send + Sync + 'static,
     {
         let admit = Arc::new(admit);
         let mut stop = self.shutdown.subscribe();
         loop {
             let stream = tokio::select! {
-                r = accept(&listener) => r,
+                r = listener.accept_stream() => r,
                 _ = shutdown_signal(&mut stop) => return Ok(()),
             };
             match stream {
                 Ok(stream) => {
                     let this = self.clone();
                     let admit = admit.clone();
-                    tokio::spawn(async move {
+                    R::spawn(async move {
                         if let Err(e) = this.register(stream, &*admit).await {
                             tracing::info!(error = %e, "reverse registration failed");
                         }
@@ -192,26 +176,26 @@ impl ReverseListener {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "reverse accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    runtime::sleep::<R>(Duration::from_millis(50)).await;
                 }
             }
         }
     }
 
-    async fn register<F>(&self, mut stream: Stream, admit: &F) -> Result<(), RegistrationError>
+    async fn register<F>(&self, mut stream: R::Stream, admit: &F) -> Result<(), RegistrationError>
     where
-        F: Fn(RegisteredAgent) -> Result<(), String>,
+        F: Fn(RegisteredAgent<R>) -> Result<(), String>,
     {
         let now = Instant::now();
         let registration = ProxyRegistration::new(&self.policy, now);
-        let (frame, leftover) = read_first_frame(&mut stream, registration.deadline())
+        let (frame, leftover) = read_first_frame::<R>(&mut stream, registration.deadline())
             .await
             .map_err(|e| RegistrationError::Malformed(e.to_string()))?;
         let mut out = BytesMut::new();
         let pending = match registration.handle_frame(&self.policy, &frame, &mut out) {
             Ok(p) => p,
             Err(e) => {
-                let _ = write_all(&mut stream, &out).await;
+                let _ = runtime::write_all(&mut stream, &out).await;
                 return Err(e);
             }
         };
@@ -259,10 +243,6 @@ impl ReverseListener {
             }
         }
     }
-}
-
-async fn accept(listener: &Listener) -> io::Result<Stream> {
-    listener.accept_stream().await
 }
 
 /// Agent-side settings for a reverse connection.
@@ -313,13 +293,14 @@ impl ReverseAgentConfig {
 }
 
 /// Agent side of a reverse connection.
-pub struct ReverseConnector<H> {
+pub struct ReverseConnector<H, R: Runtime> {
     handler: Arc<H>,
     config: ReverseAgentConfig,
     handle: ServerHandle,
+    runtime: std::marker::PhantomData<R>,
 }
 
-impl<H: AgentHandler> ReverseConnector<H> {
+impl<H: AgentHandler, R: Runtime> ReverseConnector<H, R> {
     /// A connector serving `handler`; `handle` (from an [`crate::server::AgentServer`] sharing
     /// the handler, or a fresh one) carries pushes and shutdown.
     pub fn new(handler: Arc<H>, config: ReverseAgentConfig, handle: ServerHandle) -> Self {
@@ -327,6 +308,7 @@ impl<H: AgentHandler> ReverseConnector<H> {
             handler,
             config,
             handle,
+            runtime: std::marker::PhantomData,
         }
     }
 
@@ -335,7 +317,7 @@ impl<H: AgentHandler> ReverseConnector<H> {
         let mut stream = self
             .config
             .target
-            .connect()
+            .connect::<R>()
             .await
             .map_err(|e| RegistrationError::Malformed(format!("connect failed: {e}")))?;
         let request = RegistrationRequest {
@@ -350,10 +332,10 @@ impl<H: AgentHandler> ReverseConnector<H> {
         let registration =
             AgentRegistration::start(&request, self.config.registration_timeout, now, &mut out)
                 .map_err(|e| RegistrationError::Malformed(e.to_string()))?;
-        write_all(&mut stream, &out)
+        runtime::write_all(&mut stream, &out)
             .await
             .map_err(|e| RegistrationError::Malformed(e.to_string()))?;
-        let (frame, leftover) = read_first_frame(&mut stream, registration.deadline())
+        let (frame, leftover) = read_first_frame::<R>(&mut stream, registration.deadline())
             .await
             .map_err(|e| match e.kind() {
                 io::ErrorKind::TimedOut => {
@@ -372,7 +354,7 @@ impl<H: AgentHandler> ReverseConnector<H> {
         if !leftover.is_empty() {
             conn.handle_input(Instant::now(), &leftover);
         }
-        serve_connection(
+        serve_connection::<H, R>(
             stream,
             conn,
             self.handler.clone(),
@@ -407,7 +389,7 @@ impl<H: AgentHandler> ReverseConnector<H> {
             let delay = self.config.backoff.delay(attempt, random);
             attempt = attempt.saturating_add(1);
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = runtime::sleep::<R>(delay) => {}
                 _ = shutdown_signal(&mut stop) => return,
             }
         }

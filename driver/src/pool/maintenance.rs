@@ -17,6 +17,7 @@ use tokio::sync::{watch, Notify};
 use super::entry::{lock, AgentEntry, Origin, PooledConnection};
 use super::{deadline_after, open_client, random_u64, wait_for, PoolInner};
 use crate::client::ClientConfig;
+use crate::runtime::{self, Runtime};
 
 /// A retired (idle) connection is closed no sooner than this after leaving the list, so a
 /// request that selected it just before is counted in its pending gauge by then.
@@ -26,8 +27,8 @@ const RETIRE_GRACE: Duration = Duration::from_millis(50);
 const MIN_GAP: Duration = Duration::from_millis(5);
 
 /// The task body: runs one pass on every tick, on every wake-up, and when a reconnection is due.
-pub(super) async fn run(
-    pool: Weak<PoolInner>,
+pub(super) async fn run<R: Runtime>(
+    pool: Weak<PoolInner<R>>,
     mut stop: watch::Receiver<bool>,
     wake: Arc<Notify>,
     tick: Duration,
@@ -39,7 +40,7 @@ pub(super) async fn run(
             // A change (shutdown) or an error (the pool was dropped) both end the task.
             _ = stop.changed() => break,
             _ = wake.notified() => {}
-            _ = tokio::time::sleep_until(next_wake.into()) => {}
+            _ = R::sleep_until(next_wake) => {}
         }
         let Some(pool) = pool.upgrade() else { break };
         let now = Instant::now();
@@ -56,7 +57,7 @@ pub(super) async fn run(
     tracing::debug!("agent pool maintenance stopped");
 }
 
-impl PoolInner {
+impl<R: Runtime> PoolInner<R> {
     /// One pass over every agent. `full` on the periodic tick (expiry, decay, idle cleanup);
     /// every pass prunes dead connections and starts due reconnections. Returns the earliest
     /// time a reconnection becomes due.
@@ -155,11 +156,11 @@ impl PoolInner {
             }
         }
         for c in retire {
-            tokio::spawn(retire_connection(c, self.config.request_timeout));
+            R::spawn(retire_connection::<R>(c, self.config.request_timeout));
         }
         if let Some(endpoint) = endpoint {
             for slot in due {
-                tokio::spawn(reconnect(
+                R::spawn(reconnect(
                     self.weak.clone(),
                     entry.clone(),
                     endpoint.clone(),
@@ -174,12 +175,12 @@ impl PoolInner {
 
 /// Reopens one slot; on failure the slot's schedule sets the next attempt (jittered backoff,
 /// no limit).
-async fn reconnect(
-    pool: Weak<PoolInner>,
+async fn reconnect<R: Runtime>(
+    pool: Weak<PoolInner<R>>,
     entry: Arc<AgentEntry>,
     endpoint: Endpoint,
     slot: usize,
-    config: ClientConfig,
+    config: ClientConfig<R>,
 ) {
     let result = open_client(pool.clone(), entry.id.clone(), &endpoint, &config).await;
     let Some(pool) = pool.upgrade() else {
@@ -229,9 +230,9 @@ async fn reconnect(
 }
 
 /// Closes an idle connection once nothing is pending on it.
-async fn retire_connection(conn: Arc<PooledConnection>, max_wait: Duration) {
-    tokio::time::sleep(RETIRE_GRACE).await;
-    wait_for(
+async fn retire_connection<R: Runtime>(conn: Arc<PooledConnection>, max_wait: Duration) {
+    runtime::sleep::<R>(RETIRE_GRACE).await;
+    wait_for::<R>(
         || conn.pending() == 0,
         deadline_after(Instant::now(), max_wait),
     )

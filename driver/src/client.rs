@@ -19,10 +19,12 @@ use agent_protocol_core::{
     Event, FlowAction, HealthState, MetricsReport, RequestError, SubmitError,
 };
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::transport::{ReadHalf, Stream, WriteHalf, READ_CHUNK};
+use crate::runtime::{self, ByteWrite, Connection, Runtime};
+
+/// Reads at least this much per read call so many frames are decoded per syscall.
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
 
 /// Capacity of every caller->connection channel, the same on every transport.
 pub const CHANNEL_BUFFER_SIZE: usize = 64;
@@ -84,17 +86,16 @@ impl ClientError {
 
 /// Client settings.
 #[derive(Clone, Debug)]
-pub struct ClientConfig {
+pub struct ClientConfig<R: Runtime> {
     /// The core connection's settings (handshake, request timeout, pings, caps).
     pub connection: ProxyConfig,
     /// Deadline for establishing the socket.
     pub connect_timeout: Duration,
-    /// Settings used only for gRPC endpoints (TLS).
-    #[cfg(feature = "grpc")]
-    pub grpc: crate::grpc::GrpcOptions,
+    /// Settings only the runtime's extra transports use (on tokio: gRPC and its TLS).
+    pub transport: R::TransportOptions,
 }
 
-impl Default for ClientConfig {
+impl<R: Runtime> Default for ClientConfig<R> {
     fn default() -> Self {
         let mut connection = ProxyConfig::default();
         if !cfg!(feature = "msgpack") {
@@ -106,8 +107,7 @@ impl Default for ClientConfig {
         Self {
             connection,
             connect_timeout: Duration::from_secs(5),
-            #[cfg(feature = "grpc")]
-            grpc: crate::grpc::GrpcOptions::default(),
+            transport: R::TransportOptions::default(),
         }
     }
 }
@@ -135,7 +135,14 @@ pub struct ConnectionStatus {
 }
 
 impl ConnectionStatus {
-    pub(crate) fn new() -> Self {
+    /// A fresh status: not connected, healthy, nothing in flight.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Default for ConnectionStatus {
+    fn default() -> Self {
         Self {
             connected: AtomicBool::new(false),
             paused: AtomicBool::new(false),
@@ -147,7 +154,9 @@ impl ConnectionStatus {
             resumed: Notify::new(),
         }
     }
+}
 
+impl ConnectionStatus {
     /// Whether the connection is open.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
@@ -190,9 +199,13 @@ impl ConnectionStatus {
     }
 }
 
+/// A caller's request to a connection task, queued on the client's channel. Opaque: a
+/// transport's connection task passes it to [`ClientDriver::handle_command`].
+pub struct Command(CommandKind);
+
 // `Send` is the common, hot variant; boxing its event would cost an allocation per request.
 #[allow(clippy::large_enum_variant)]
-pub(crate) enum Command {
+enum CommandKind {
     Send {
         event: Event,
         deadline: Instant,
@@ -227,7 +240,15 @@ pub(crate) enum Command {
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
-pub struct AgentClient {
+pub struct AgentClient<R: Runtime> {
+    handle: ClientHandle,
+    runtime: std::marker::PhantomData<R>,
+}
+
+/// What an [`AgentClient`] holds, without the runtime type: the pool keeps these, and names the
+/// runtime only where a timer is needed.
+#[derive(Clone, Debug)]
+pub(crate) struct ClientHandle {
     tx: mpsc::Sender<Command>,
     status: Arc<ConnectionStatus>,
     negotiated: Arc<Negotiated>,
@@ -240,12 +261,13 @@ impl std::fmt::Debug for Command {
     }
 }
 
-impl AgentClient {
+impl<R: Runtime> AgentClient<R> {
     /// Connects to an agent and completes the handshake, each within its deadline: a Unix
-    /// socket (`unix:PATH`, an absolute path, or `*.sock`), or, with the `grpc` feature (on by
-    /// default), a gRPC agent at `host:port`, `http://host:port` or (feature `tls`, with
-    /// [`ClientConfig::grpc`] naming the CA) `https://host:port`.
-    pub async fn connect(endpoint: &str, config: ClientConfig) -> Result<Self, ClientError> {
+    /// socket (`unix:PATH`, an absolute path, or `*.sock`), or an endpoint the runtime adapter
+    /// opens itself (on tokio with the `grpc` feature: a gRPC agent at `host:port`,
+    /// `http://host:port` or, with TLS settings in [`ClientConfig::transport`],
+    /// `https://host:port`).
+    pub async fn connect(endpoint: &str, config: ClientConfig<R>) -> Result<Self, ClientError> {
         Self::connect_with_control(endpoint, config, None).await
     }
 
@@ -253,52 +275,64 @@ impl AgentClient {
     /// to `control` (as the pool does).
     pub async fn connect_with_control(
         endpoint: &str,
-        config: ClientConfig,
+        config: ClientConfig<R>,
         control: Option<mpsc::Sender<ControlMessage>>,
     ) -> Result<Self, ClientError> {
         let parsed = Endpoint::parse(endpoint).map_err(|e| ClientError::Connect {
             endpoint: endpoint.to_owned(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
         })?;
-        let stream = match &parsed {
-            Endpoint::Uds(_) => Stream::connect(&parsed, config.connect_timeout).await,
-            #[cfg(feature = "grpc")]
-            Endpoint::Grpc { .. } => {
-                return crate::grpc::client::connect(&parsed, config, control).await
-            }
-            #[cfg(not(feature = "grpc"))]
-            Endpoint::Grpc { .. } => Err(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "gRPC endpoints need the `grpc` feature of agent-protocol-tokio",
-            )),
-        }
-        .map_err(|source| ClientError::Connect {
-            endpoint: endpoint.to_owned(),
-            source,
-        })?;
+        Self::connect_endpoint(&parsed, config, control).await
+    }
+
+    /// Like [`AgentClient::connect_with_control`], for an endpoint already parsed.
+    pub async fn connect_endpoint(
+        endpoint: &Endpoint,
+        config: ClientConfig<R>,
+        control: Option<mpsc::Sender<ControlMessage>>,
+    ) -> Result<Self, ClientError> {
+        let Endpoint::Uds(path) = endpoint else {
+            return R::connect_other(endpoint, config, control).await;
+        };
+        let timeout = config.connect_timeout;
+        let stream = runtime::timeout_at::<R, _>(Instant::now() + timeout, R::connect_unix(path))
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connect timed out after {timeout:?}"),
+                ))
+            })
+            .map_err(|source| ClientError::Connect {
+                endpoint: endpoint.to_string(),
+                source,
+            })?;
         Self::handshake(stream, config, control).await
     }
 
-    /// A client whose driver task was started elsewhere (the gRPC transport).
-    #[cfg(feature = "grpc")]
-    pub(crate) fn from_parts(
+    /// A client whose connection task was started elsewhere: a transport this crate does not
+    /// know (gRPC) runs a [`ClientDriver`] fed from `tx`'s receiver and hands the rest here.
+    pub fn from_parts(
         tx: mpsc::Sender<Command>,
         status: Arc<ConnectionStatus>,
         negotiated: Negotiated,
         request_timeout: Duration,
     ) -> Self {
         Self {
-            tx,
-            status,
-            negotiated: Arc::new(negotiated),
-            request_timeout,
+            handle: ClientHandle {
+                tx,
+                status,
+                negotiated: Arc::new(negotiated),
+                request_timeout,
+            },
+            runtime: std::marker::PhantomData,
         }
     }
 
     /// Runs the handshake over an already connected stream.
     pub async fn handshake(
-        stream: Stream,
-        config: ClientConfig,
+        stream: R::Stream,
+        config: ClientConfig<R>,
         control: Option<mpsc::Sender<ControlMessage>>,
     ) -> Result<Self, ClientError> {
         let now = Instant::now();
@@ -309,8 +343,8 @@ impl AgentClient {
 
     /// Wraps a stream whose setup happened elsewhere (a reverse connection after registration).
     pub fn from_established(
-        stream: Stream,
-        config: ClientConfig,
+        stream: R::Stream,
+        config: ClientConfig<R>,
         negotiated: Negotiated,
         control: Option<mpsc::Sender<ControlMessage>>,
     ) -> Self {
@@ -321,8 +355,8 @@ impl AgentClient {
     /// until the returned [`Gate`] is opened: the reverse listener hands the client to the pool
     /// and only then writes the registration answer, which must precede every event on the wire.
     pub fn from_established_gated(
-        stream: Stream,
-        config: ClientConfig,
+        stream: R::Stream,
+        config: ClientConfig<R>,
         negotiated: Negotiated,
         control: Option<mpsc::Sender<ControlMessage>>,
     ) -> (Self, Gate) {
@@ -332,8 +366,8 @@ impl AgentClient {
     }
 
     fn start_established(
-        stream: Stream,
-        config: ClientConfig,
+        stream: R::Stream,
+        config: ClientConfig<R>,
         negotiated: Negotiated,
         control: Option<mpsc::Sender<ControlMessage>>,
         gate: Option<oneshot::Receiver<GateDecision>>,
@@ -346,26 +380,13 @@ impl AgentClient {
         let status = Arc::new(ConnectionStatus::new());
         status.connected.store(gate.is_none(), Ordering::Release);
         let (read, write) = stream.into_split();
-        let driver = Driver {
-            conn,
-            rx,
-            status: status.clone(),
-            waiters: Default::default(),
-            ping_waiter: None,
-            control,
-            ready: None,
-        };
-        tokio::spawn(driver.run_gated(gate, read, write));
-        Self {
-            tx,
-            status,
-            negotiated: Arc::new(negotiated),
-            request_timeout,
-        }
+        let driver = ClientDriver::build(conn, rx, status.clone(), control, None);
+        R::spawn(driver.run_gated::<R>(gate, read, write));
+        Self::from_parts(tx, status, negotiated, request_timeout)
     }
 
     async fn spawn(
-        stream: Stream,
+        stream: R::Stream,
         mut conn: ProxyConnection,
         request_timeout: Duration,
         control: Option<mpsc::Sender<ControlMessage>>,
@@ -375,57 +396,45 @@ impl AgentClient {
         let status = Arc::new(ConnectionStatus::new());
         let (ready_tx, ready_rx) = oneshot::channel();
         let (read, write) = stream.into_split();
-        let driver = Driver {
-            conn,
-            rx,
-            status: status.clone(),
-            waiters: Default::default(),
-            ping_waiter: None,
-            control,
-            ready: Some(ready_tx),
-        };
-        tokio::spawn(driver.run(read, write));
+        let driver = ClientDriver::build(conn, rx, status.clone(), control, Some(ready_tx));
+        R::spawn(driver.run::<R>(read, write));
         // The core enforces the handshake deadline, so this resolves in bounded time.
         let negotiated = ready_rx
             .await
             .map_err(|_| ClientError::Closed(ConnectionError::LocalClose))?
             .map_err(ClientError::Closed)?;
-        Ok(Self {
-            tx,
-            status,
-            negotiated: Arc::new(negotiated),
-            request_timeout,
-        })
+        Ok(Self::from_parts(tx, status, negotiated, request_timeout))
     }
 
     /// What the handshake settled.
     pub fn negotiated(&self) -> &Negotiated {
-        &self.negotiated
+        &self.handle.negotiated
     }
 
     /// The agent's capabilities.
     pub fn capabilities(&self) -> &Capabilities {
-        &self.negotiated.capabilities
+        &self.handle.negotiated.capabilities
     }
 
     /// The negotiated encoding.
     pub fn encoding(&self) -> Encoding {
-        self.negotiated.encoding
+        self.handle.negotiated.encoding
     }
 
     /// Live status (health, pause, in-flight).
     pub fn status(&self) -> &Arc<ConnectionStatus> {
-        &self.status
+        &self.handle.status
     }
 
     /// Whether the connection is open.
     pub fn is_connected(&self) -> bool {
-        self.status.is_connected() && !self.tx.is_closed()
+        self.handle.is_connected()
     }
 
     /// Sends an event and waits for the agent's answer, within the configured request timeout.
     pub async fn send(&self, event: Event) -> Result<AgentResponse, ClientError> {
-        self.send_with_timeout(event, self.request_timeout).await
+        self.send_with_timeout(event, self.handle.request_timeout)
+            .await
     }
 
     /// Sends an event with its own timeout.
@@ -443,19 +452,66 @@ impl AgentClient {
         event: Event,
         deadline: Instant,
     ) -> Result<AgentResponse, ClientError> {
+        self.handle.send_until::<R>(event, deadline).await
+    }
+
+    /// Cancels a pending request; the agent is told and the caller gets `Cancelled` at once.
+    pub async fn cancel(&self, correlation_id: &str, reason: CancelReason) {
+        self.handle.cancel(correlation_id, reason).await
+    }
+
+    /// Sends a ping and waits for its pong: the round-trip time through the agent's event loop.
+    /// Fails if another ping is outstanding or no pong arrives within the request timeout.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        self.handle.ping::<R>().await
+    }
+
+    /// Closes the connection; pending requests fail at once.
+    pub async fn close(&self) {
+        self.handle.close().await
+    }
+
+    pub(crate) fn into_handle(self) -> ClientHandle {
+        self.handle
+    }
+}
+
+impl ClientHandle {
+    pub(crate) fn status(&self) -> &Arc<ConnectionStatus> {
+        &self.status
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.status.is_connected() && !self.tx.is_closed()
+    }
+
+    pub(crate) async fn send_until<R: Runtime>(
+        &self,
+        event: Event,
+        deadline: Instant,
+    ) -> Result<AgentResponse, ClientError> {
         self.status.touch();
         let (reply, rx) = oneshot::channel();
         let correlation_id = event.correlation_id().to_owned();
-        let submit = self.tx.send(Command::Send {
+        let command = Command(CommandKind::Send {
             event,
             deadline,
             reply,
         });
-        let started = Instant::now();
-        match tokio::time::timeout_at(deadline.into(), submit).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(ClientError::Closed(ConnectionError::LocalClose)),
-            Err(_) => return Err(ClientError::QueueTimeout(deadline - started)),
+        // The channel almost always has room: only a full one needs a timer.
+        match self.tx.try_send(command) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(ClientError::Closed(ConnectionError::LocalClose))
+            }
+            Err(mpsc::error::TrySendError::Full(command)) => {
+                let started = Instant::now();
+                match runtime::timeout_at::<R, _>(deadline, self.tx.send(command)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(ClientError::Closed(ConnectionError::LocalClose)),
+                    Err(_) => return Err(ClientError::QueueTimeout(deadline - started)),
+                }
+            }
         }
         // If the caller stops waiting, tell the connection so the agent stops working on it and
         // the in-flight slot frees now rather than at the deadline.
@@ -470,39 +526,37 @@ impl AgentClient {
         outcome
     }
 
-    /// Cancels a pending request; the agent is told and the caller gets `Cancelled` at once.
-    pub async fn cancel(&self, correlation_id: &str, reason: CancelReason) {
+    pub(crate) async fn cancel(&self, correlation_id: &str, reason: CancelReason) {
         let _ = self
             .tx
-            .send(Command::Cancel {
+            .send(Command(CommandKind::Cancel {
                 correlation_id: correlation_id.to_owned(),
                 reason,
-            })
+            }))
             .await;
     }
 
-    /// Sends a ping and waits for its pong: the round-trip time through the agent's event loop.
-    /// Fails if another ping is outstanding or no pong arrives within the request timeout.
-    pub async fn ping(&self) -> Result<Duration, ClientError> {
+    pub(crate) async fn ping<R: Runtime>(&self) -> Result<Duration, ClientError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Ping { reply })
+            .send(Command(CommandKind::Ping { reply }))
             .await
             .map_err(|_| ClientError::Closed(ConnectionError::LocalClose))?;
-        match tokio::time::timeout(self.request_timeout, rx).await {
+        match runtime::timeout_at::<R, _>(Instant::now() + self.request_timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(ClientError::Closed(ConnectionError::LocalClose)),
             Err(_) => Err(ClientError::QueueTimeout(self.request_timeout)),
         }
     }
 
-    /// Closes the connection; pending requests fail at once.
-    pub async fn close(&self) {
-        let _ = self.tx.send(Command::Close).await;
+    pub(crate) async fn close(&self) {
+        let _ = self.tx.send(Command(CommandKind::Close)).await;
     }
 }
 
-pub(crate) fn set_wall_clock(conn: &mut ProxyConnection) {
+/// Tells the core the wall-clock time (Unix milliseconds) that corresponds to `Instant::now()`,
+/// for the timestamps it writes into events.
+pub fn set_wall_clock(conn: &mut ProxyConnection) {
     let unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -519,7 +573,9 @@ impl Drop for AbandonGuard<'_> {
     fn drop(&mut self) {
         if let Some(correlation_id) = self.correlation_id.take() {
             // Best effort: if the channel is full the request's deadline cleans up instead.
-            let _ = self.tx.try_send(Command::Abandon { correlation_id });
+            let _ = self
+                .tx
+                .try_send(Command(CommandKind::Abandon { correlation_id }));
         }
     }
 }
@@ -555,28 +611,54 @@ impl Gate {
     }
 }
 
-/// The state every transport's connection task keeps beside the core connection: callers'
-/// one-shots, the ping waiter, the control channel, and the status shared with the pool.
-pub(crate) struct Driver {
-    pub(crate) conn: ProxyConnection,
-    pub(crate) rx: mpsc::Receiver<Command>,
+/// The state a connection task keeps beside the core connection: callers' one-shots, the ping
+/// waiter, the control channel, and the status shared with the pool.
+///
+/// [`AgentClient`] runs one over a byte stream. A transport that carries messages instead
+/// (gRPC) runs its own loop around one: feed `conn`, pass each [`Command`] from the client's
+/// channel to [`ClientDriver::handle_command`], call [`ClientDriver::dispatch_events`] and
+/// [`ClientDriver::publish_status`] after each step and [`ClientDriver::wind_down`] at the end.
+pub struct ClientDriver {
+    /// The core connection.
+    pub conn: ProxyConnection,
+    /// Commands from the [`AgentClient`] handles.
+    pub rx: mpsc::Receiver<Command>,
     status: Arc<ConnectionStatus>,
     waiters: std::collections::HashMap<RequestId, Reply>,
     ping_waiter: Option<(u64, oneshot::Sender<Result<Duration, ClientError>>)>,
     control: Option<mpsc::Sender<ControlMessage>>,
     ready: Option<oneshot::Sender<Result<Negotiated, ConnectionError>>>,
+    max_event_body: usize,
 }
 
-impl Driver {
-    /// A driver for a message-transport connection (gRPC); `ready` resolves when the
-    /// handshake completes or the connection closes first.
-    #[cfg(feature = "grpc")]
-    pub(crate) fn new(
+impl std::fmt::Debug for ClientDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientDriver")
+            .field("state", &self.conn.state())
+            .field("waiters", &self.waiters.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientDriver {
+    /// A driver for a message-transport connection; `ready` resolves when the handshake
+    /// completes or the connection closes first.
+    pub fn new(
         conn: ProxyConnection,
         rx: mpsc::Receiver<Command>,
         status: Arc<ConnectionStatus>,
         control: Option<mpsc::Sender<ControlMessage>>,
         ready: oneshot::Sender<Result<Negotiated, ConnectionError>>,
+    ) -> Self {
+        Self::build(conn, rx, status, control, Some(ready))
+    }
+
+    fn build(
+        conn: ProxyConnection,
+        rx: mpsc::Receiver<Command>,
+        status: Arc<ConnectionStatus>,
+        control: Option<mpsc::Sender<ControlMessage>>,
+        ready: Option<oneshot::Sender<Result<Negotiated, ConnectionError>>>,
     ) -> Self {
         Self {
             conn,
@@ -585,40 +667,51 @@ impl Driver {
             waiters: Default::default(),
             ping_waiter: None,
             control,
-            ready: Some(ready),
+            ready,
+            max_event_body: usize::MAX,
         }
     }
 
-    async fn run_gated(
+    /// Refuses, before sending, events whose body is longer than `max` bytes (a transport
+    /// whose messages have a size limit: one over it would end the whole stream).
+    pub fn set_max_event_body(&mut self, max: usize) {
+        self.max_event_body = max;
+    }
+
+    async fn run_gated<R: Runtime>(
         self,
         gate: Option<oneshot::Receiver<GateDecision>>,
-        read: ReadHalf,
-        mut write: WriteHalf,
+        read: <R::Stream as Connection>::ReadHalf,
+        mut write: <R::Stream as Connection>::WriteHalf,
     ) {
         if let Some(gate) = gate {
             match gate.await {
                 Ok(GateDecision::Open(preamble)) => {
-                    if write.write_all(&preamble).await.is_err() {
+                    if runtime::write_all(&mut write, &preamble).await.is_err() {
                         return self.abandon(write).await;
                     }
                     self.status.connected.store(true, Ordering::Release);
                 }
                 Ok(GateDecision::Refuse(preamble)) => {
-                    let _ = write.write_all(&preamble).await;
+                    let _ = runtime::write_all(&mut write, &preamble).await;
                     return self.abandon(write).await;
                 }
                 Err(_) => return self.abandon(write).await,
             }
         }
-        self.run(read, write).await
+        self.run::<R>(read, write).await
     }
 
-    async fn abandon(mut self, write: WriteHalf) {
+    async fn abandon<W: ByteWrite>(mut self, write: W) {
         self.conn.close();
         self.finish(write).await
     }
 
-    async fn run(mut self, mut read: ReadHalf, mut write: WriteHalf) {
+    async fn run<R: Runtime>(
+        mut self,
+        mut read: <R::Stream as Connection>::ReadHalf,
+        mut write: <R::Stream as Connection>::WriteHalf,
+    ) {
         let mut read_buf = BytesMut::with_capacity(READ_CHUNK);
         let mut write_buf = BytesMut::new();
         let mut commands_open = true;
@@ -637,7 +730,7 @@ impl Driver {
             }
             tokio::select! {
                 biased;
-                r = read.read_buf(&mut read_buf), if !closed => {
+                r = runtime::read_buf(&mut read, &mut read_buf), if !closed => {
                     let now = Instant::now();
                     match r {
                         Ok(0) => self.conn.handle_eof(),
@@ -649,7 +742,7 @@ impl Driver {
                         Err(e) => self.conn.handle_io_error(e.to_string()),
                     }
                 }
-                r = write.write_buf(&mut write_buf), if !write_buf.is_empty() => {
+                r = runtime::write_buf(&mut write, &mut write_buf), if !write_buf.is_empty() => {
                     if let Err(e) = r {
                         self.conn.handle_io_error(e.to_string());
                         write_buf.clear();
@@ -676,7 +769,7 @@ impl Driver {
                         }
                     }
                 }
-                _ = sleep_until(deadline), if deadline.is_some() && !closed => {
+                _ = runtime::sleep_until_opt::<R>(deadline), if deadline.is_some() && !closed => {
                     self.conn.handle_timeout(Instant::now());
                 }
             }
@@ -685,29 +778,39 @@ impl Driver {
         self.finish(write).await
     }
 
-    async fn finish(mut self, mut write: WriteHalf) {
+    async fn finish<W: ByteWrite>(mut self, mut write: W) {
         self.wind_down();
-        let _ = write.shutdown().await;
+        let _ = runtime::shutdown(&mut write).await;
     }
 
     /// After the connection closed: deliver its last outcomes, mark it disconnected, and fail
     /// callers still queued with a clear error rather than a dropped channel.
-    pub(crate) fn wind_down(&mut self) {
+    pub fn wind_down(&mut self) {
         self.dispatch_events();
         self.status.connected.store(false, Ordering::Release);
         self.status.in_flight.store(0, Ordering::Release);
         self.status.resumed.notify_waiters();
         self.rx.close();
         while let Ok(cmd) = self.rx.try_recv() {
-            if let Command::Send { reply, .. } = cmd {
+            if let CommandKind::Send { reply, .. } = cmd.0 {
                 let _ = reply.send(Err(ClientError::Closed(ConnectionError::LocalClose)));
             }
         }
     }
 
-    pub(crate) fn handle_command(&mut self, now: Instant, cmd: Command) {
-        match cmd {
-            Command::Send {
+    /// Carries out one caller's command on the core connection.
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) {
+        match cmd.0 {
+            CommandKind::Send { event, reply, .. } if event.body_len() > self.max_event_body => {
+                let too_large = agent_protocol_core::frame::PayloadTooLarge {
+                    len: event.body_len(),
+                    max: self.max_event_body,
+                };
+                let _ = reply.send(Err(ClientError::Rejected(SubmitError::Encode(
+                    agent_protocol_core::encoding::EncodeError::TooLarge(too_large),
+                ))));
+            }
+            CommandKind::Send {
                 event,
                 deadline,
                 reply,
@@ -728,13 +831,13 @@ impl Driver {
                     }
                 }
             }
-            Command::Cancel {
+            CommandKind::Cancel {
                 correlation_id,
                 reason,
             } => {
                 self.conn.cancel(now, &correlation_id, reason);
             }
-            Command::Ping { reply } => match self.conn.ping(now) {
+            CommandKind::Ping { reply } => match self.conn.ping(now) {
                 Some(sequence) => self.ping_waiter = Some((sequence, reply)),
                 None => {
                     let _ = reply.send(Err(ClientError::Closed(ConnectionError::Protocol(
@@ -742,7 +845,7 @@ impl Driver {
                     ))));
                 }
             },
-            Command::Abandon { correlation_id } => {
+            CommandKind::Abandon { correlation_id } => {
                 // Only if the request under this id is still the abandoned one: by now a new
                 // request (another caller's) may have taken the id over.
                 let abandoned = self
@@ -755,11 +858,13 @@ impl Driver {
                         .cancel(now, &correlation_id, CancelReason::ClientDisconnect);
                 }
             }
-            Command::Close => self.conn.close(),
+            CommandKind::Close => self.conn.close(),
         }
     }
 
-    pub(crate) fn dispatch_events(&mut self) {
+    /// Delivers what the core produced: answers and failures to their callers, health and
+    /// pause state to the shared status, metrics and config requests to the control channel.
+    pub fn dispatch_events(&mut self) {
         while let Some(event) = self.conn.poll_event() {
             match event {
                 ProxyEvent::Connected(negotiated) => {
@@ -819,7 +924,8 @@ impl Driver {
         }
     }
 
-    pub(crate) fn publish_status(&self) {
+    /// Copies in-flight count, pause, health and limits into the status the pool reads.
+    pub fn publish_status(&self) {
         let s = &self.status;
         s.in_flight
             .store(self.conn.in_flight() as u32, Ordering::Release);
@@ -828,12 +934,5 @@ impl Driver {
             .store(self.conn.health().as_u8(), Ordering::Release);
         s.in_flight_limit
             .store(self.conn.in_flight_limit(), Ordering::Release);
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
     }
 }

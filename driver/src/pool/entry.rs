@@ -12,7 +12,7 @@ use agent_protocol_core::pool::{
 use arc_swap::ArcSwap;
 
 use super::affinity::ConnId;
-use crate::client::AgentClient;
+use crate::client::ClientHandle;
 
 /// How the agent's connections come to be.
 #[derive(Debug)]
@@ -200,7 +200,7 @@ impl Drop for BreakerPermit<'_> {
 pub(crate) struct PooledConnection {
     pub(crate) id: ConnId,
     pub(crate) slot: usize,
-    pub(crate) client: AgentClient,
+    pub(crate) client: ClientHandle,
     pub(crate) errors: ErrorRate,
     /// Requests the pool has handed to this connection and not yet seen end, queued ones
     /// included (the connection's own count only covers those it has accepted).
@@ -217,7 +217,7 @@ pub(crate) struct PooledConnection {
 const NEVER_CONNECTED_GRACE: Duration = Duration::from_secs(10);
 
 impl PooledConnection {
-    pub(crate) fn new(id: ConnId, slot: usize, client: AgentClient) -> Self {
+    pub(crate) fn new(id: ConnId, slot: usize, client: ClientHandle) -> Self {
         Self {
             id,
             slot,

@@ -26,9 +26,9 @@
 //!   registrations for a new agent cannot both create it (D33); shutdown drains before it
 //!   closes (D39).
 //!
-//! Agents are reached over Unix sockets, or over gRPC (`host:port`, `http(s)://host:port`)
-//! with the `grpc` feature; without it gRPC endpoints are refused with
-//! [`PoolError::GrpcUnavailable`].
+//! Agents are reached over Unix sockets, or over what the runtime adapter opens itself (gRPC
+//! at `host:port`, `http(s)://host:port` on tokio with the `grpc` feature); other endpoints are
+//! refused with [`PoolError::GrpcUnavailable`].
 
 mod affinity;
 mod config;
@@ -64,7 +64,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use self::affinity::{ConnId, ShardedAffinity};
 use self::entry::{lock, AgentEntry, Candidates, Origin, PooledConnection};
 use crate::client::{AgentClient, ClientConfig, ClientError, ControlMessage};
-use crate::transport::Stream;
+use crate::runtime::{self, Runtime};
 
 pub use self::config::AgentPoolConfig;
 pub use self::error::PoolError;
@@ -154,12 +154,19 @@ pub struct AgentStats {
 /// pool.shutdown(Duration::from_secs(5)).await;
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
-pub struct AgentPool {
-    inner: Arc<PoolInner>,
+pub struct AgentPool<R: Runtime> {
+    inner: Arc<PoolInner<R>>,
 }
 
-impl std::fmt::Debug for AgentPool {
+impl<R: Runtime> Clone for AgentPool<R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<R: Runtime> std::fmt::Debug for AgentPool<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentPool")
             .field("agents", &self.agent_ids())
@@ -168,9 +175,9 @@ impl std::fmt::Debug for AgentPool {
     }
 }
 
-pub(crate) struct PoolInner {
-    config: AgentPoolConfig,
-    client_config: ClientConfig,
+pub(crate) struct PoolInner<R: Runtime> {
+    config: AgentPoolConfig<R>,
+    client_config: ClientConfig<R>,
     agents: ArcSwap<HashMap<String, Arc<AgentEntry>>>,
     /// Serialises the rare writers of `agents` and holds ids being added. Never taken on the
     /// request path.
@@ -189,7 +196,7 @@ pub(crate) struct PoolInner {
     wake: Arc<Notify>,
     /// Dropped (or set) to stop the maintenance task.
     stop: watch::Sender<bool>,
-    weak: Weak<PoolInner>,
+    weak: Weak<PoolInner<R>>,
 }
 
 /// How an event picks its connection.
@@ -301,33 +308,34 @@ fn deadline_after(start: Instant, timeout: Duration) -> Instant {
 }
 
 /// Counts a call in [`PoolInner::active`] until dropped.
-struct ActiveGuard<'a>(&'a PoolInner);
+struct ActiveGuard<'a, R: Runtime>(&'a PoolInner<R>);
 
-impl Drop for ActiveGuard<'_> {
+impl<R: Runtime> Drop for ActiveGuard<'_, R> {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// An id held in the writer set while [`AgentPool::add_agent`] connects.
-struct Reservation<'a> {
-    inner: &'a PoolInner,
+struct Reservation<'a, R: Runtime> {
+    inner: &'a PoolInner<R>,
     id: String,
 }
 
-impl Drop for Reservation<'_> {
+impl<R: Runtime> Drop for Reservation<'_, R> {
     fn drop(&mut self) {
         lock(&self.inner.writer).remove(&self.id);
     }
 }
 
-impl AgentPool {
+impl<R: Runtime> AgentPool<R> {
     /// A pool with no agents; starts the maintenance task.
     ///
     /// # Panics
     ///
-    /// When called outside a Tokio runtime (like [`tokio::spawn`]).
-    pub fn new(config: AgentPoolConfig) -> Self {
+    /// When the runtime cannot spawn here (tokio: outside a Tokio runtime, like
+    /// `tokio::spawn`).
+    pub fn new(config: AgentPoolConfig<R>) -> Self {
         let (updates_tx, updates_rx) = mpsc::channel(CONFIG_UPDATE_BUFFER);
         let (stop_tx, stop_rx) = watch::channel(false);
         let wake = Arc::new(Notify::new());
@@ -350,7 +358,7 @@ impl AgentPool {
             weak: weak.clone(),
             config,
         });
-        tokio::spawn(maintenance::run(
+        R::spawn(maintenance::run(
             Arc::downgrade(&inner),
             stop_rx,
             wake,
@@ -360,7 +368,7 @@ impl AgentPool {
     }
 
     /// The configuration the pool was built with.
-    pub fn config(&self) -> &AgentPoolConfig {
+    pub fn config(&self) -> &AgentPoolConfig<R> {
         &self.inner.config
     }
 
@@ -387,7 +395,8 @@ impl AgentPool {
     /// Endpoints: `unix:PATH`, an absolute path, or anything ending in `.sock` is a Unix socket;
     /// `host:port` and `http(s)://host:port` are gRPC (one HTTP/2 connection and one
     /// `ProcessStream` per pool connection; `https` takes its TLS settings from
-    /// `client.grpc`), refused with [`PoolError::GrpcUnavailable`] without the `grpc` feature.
+    /// `client.transport`) on tokio with the `grpc` feature; refused with
+    /// [`PoolError::GrpcUnavailable`] where the runtime adapter cannot open them.
     ///
     /// Succeeds when at least one connection opened; the others are retried in the background
     /// with backoff. Fails with [`PoolError::AlreadyExists`] when the id is taken (remove the old
@@ -402,11 +411,12 @@ impl AgentPool {
             endpoint: endpoint.to_owned(),
             source,
         })?;
-        #[cfg(not(feature = "grpc"))]
         if let Endpoint::Grpc { uri, .. } = &parsed {
-            return Err(PoolError::GrpcUnavailable {
-                endpoint: uri.clone(),
-            });
+            if !R::opens_grpc() {
+                return Err(PoolError::GrpcUnavailable {
+                    endpoint: uri.clone(),
+                });
+            }
         }
         let _reservation = inner.reserve(agent_id)?;
         let n = inner.config.per_agent();
@@ -480,7 +490,7 @@ impl AgentPool {
         inner.affinity.remove_agent(entry.index);
         lock(&inner.agent_metrics).remove_agent(agent_id);
         let metrics = entry.metrics.clone();
-        wait_for(
+        wait_for::<R>(
             || metrics.in_flight() == 0,
             deadline_after(Instant::now(), inner.config.request_timeout),
         )
@@ -505,7 +515,7 @@ impl AgentPool {
     pub fn add_reverse_connection(
         &self,
         agent_id: &str,
-        client: AgentClient,
+        client: AgentClient<R>,
     ) -> Result<(), PoolError> {
         let inner = &self.inner;
         if inner.is_closing() {
@@ -805,7 +815,7 @@ impl AgentPool {
     pub async fn shutdown(&self, drain_timeout: Duration) {
         let inner = &self.inner;
         inner.closing.store(true, Ordering::SeqCst);
-        wait_for(
+        wait_for::<R>(
             || inner.active.load(Ordering::SeqCst) == 0,
             deadline_after(Instant::now(), drain_timeout),
         )
@@ -852,9 +862,9 @@ fn agent_stats(e: &AgentEntry) -> AgentStats {
 }
 
 /// Polls `done` until it holds or `deadline` passes.
-async fn wait_for(done: impl Fn() -> bool, deadline: Instant) {
+async fn wait_for<R: Runtime>(done: impl Fn() -> bool, deadline: Instant) {
     while !done() && Instant::now() < deadline {
-        tokio::time::sleep(DRAIN_POLL.min(deadline.saturating_duration_since(Instant::now())))
+        runtime::sleep::<R>(DRAIN_POLL.min(deadline.saturating_duration_since(Instant::now())))
             .await;
     }
 }
@@ -872,54 +882,32 @@ async fn close_all(entry: &AgentEntry) {
 
 /// Opens one outbound connection: socket within the connect timeout, then the handshake within
 /// its own timeout, with a control channel feeding the pool.
-async fn open_client(
-    pool: Weak<PoolInner>,
+async fn open_client<R: Runtime>(
+    pool: Weak<PoolInner<R>>,
     agent: Arc<str>,
     endpoint: &Endpoint,
-    config: &ClientConfig,
-) -> Result<AgentClient, ClientError> {
-    #[cfg(feature = "grpc")]
-    if let Endpoint::Grpc { .. } = endpoint {
-        // Channel within the connect timeout, then the handshake within its own.
-        let control = control_channel(pool, agent);
-        let limit = config.connect_timeout + config.connection.handshake.timeout;
-        return match tokio::time::timeout(
-            limit + HANDSHAKE_GRACE,
-            crate::grpc::client::connect(endpoint, config.clone(), Some(control)),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(ClientError::Closed(ConnectionError::Handshake(
-                HandshakeError::Timeout(config.connection.handshake.timeout),
-            ))),
-        };
-    }
-    let stream = Stream::connect(endpoint, config.connect_timeout)
-        .await
-        .map_err(|source| ClientError::Connect {
-            endpoint: endpoint.to_string(),
-            source,
-        })?;
+    config: &ClientConfig<R>,
+) -> Result<AgentClient<R>, ClientError> {
+    // Socket (or channel) within the connect timeout, then the handshake within its own; the
+    // outer limit only guards against a transport that ignores them.
     let control = control_channel(pool, agent);
-    let limit = config.connection.handshake.timeout;
-    match tokio::time::timeout(
-        limit + HANDSHAKE_GRACE,
-        AgentClient::handshake(stream, config.clone(), Some(control)),
-    )
-    .await
-    {
+    let limit = config.connect_timeout + config.connection.handshake.timeout;
+    let open = AgentClient::connect_endpoint(endpoint, config.clone(), Some(control));
+    match runtime::timeout_at::<R, _>(Instant::now() + limit + HANDSHAKE_GRACE, open).await {
         Ok(r) => r,
         Err(_) => Err(ClientError::Closed(ConnectionError::Handshake(
-            HandshakeError::Timeout(limit),
+            HandshakeError::Timeout(config.connection.handshake.timeout),
         ))),
     }
 }
 
 /// A bounded control channel whose messages are attributed to `agent`.
-fn control_channel(pool: Weak<PoolInner>, agent: Arc<str>) -> mpsc::Sender<ControlMessage> {
+fn control_channel<R: Runtime>(
+    pool: Weak<PoolInner<R>>,
+    agent: Arc<str>,
+) -> mpsc::Sender<ControlMessage> {
     let (tx, mut rx) = mpsc::channel::<ControlMessage>(CONTROL_BUFFER);
-    tokio::spawn(async move {
+    R::spawn(async move {
         while let Some(message) = rx.recv().await {
             let Some(pool) = pool.upgrade() else { break };
             pool.on_control(&agent, message);
@@ -932,7 +920,11 @@ fn control_channel(pool: Weak<PoolInner>, agent: Arc<str>) -> mpsc::Sender<Contr
 /// [`RESUME_RECHECK`] elapses. With `check_status`, returns at once when a blocker is already
 /// unpaused; the waiters are registered before that check, so a resume in between is not
 /// missed.
-async fn wait_for_resume(blockers: &[Arc<PooledConnection>], until: Instant, check_status: bool) {
+async fn wait_for_resume<R: Runtime>(
+    blockers: &[Arc<PooledConnection>],
+    until: Instant,
+    check_status: bool,
+) {
     type Waiter<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
     let mut waiters: Vec<Waiter<'_>> = blockers
         .iter()
@@ -954,15 +946,15 @@ async fn wait_for_resume(blockers: &[Arc<PooledConnection>], until: Instant, che
             Poll::Pending
         }
     });
-    let _ = tokio::time::timeout_at(slice.into(), wait).await;
+    let _ = runtime::timeout_at::<R, _>(slice, wait).await;
 }
 
-impl PoolInner {
+impl<R: Runtime> PoolInner<R> {
     fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
     }
 
-    fn enter(&self) -> Result<ActiveGuard<'_>, PoolError> {
+    fn enter(&self) -> Result<ActiveGuard<'_, R>, PoolError> {
         self.active.fetch_add(1, Ordering::SeqCst);
         let guard = ActiveGuard(self);
         if self.closing.load(Ordering::SeqCst) {
@@ -987,12 +979,12 @@ impl PoolInner {
         )
     }
 
-    fn wrap(&self, slot: usize, client: AgentClient) -> Arc<PooledConnection> {
+    fn wrap(&self, slot: usize, client: AgentClient<R>) -> Arc<PooledConnection> {
         let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        Arc::new(PooledConnection::new(id, slot, client))
+        Arc::new(PooledConnection::new(id, slot, client.into_handle()))
     }
 
-    fn reserve(&self, agent_id: &str) -> Result<Reservation<'_>, PoolError> {
+    fn reserve(&self, agent_id: &str) -> Result<Reservation<'_, R>, PoolError> {
         let mut writer = lock(&self.writer);
         if writer.contains(agent_id) || self.agents.load().contains_key(agent_id) {
             return Err(PoolError::AlreadyExists(agent_id.to_owned()));
@@ -1157,7 +1149,7 @@ impl PoolInner {
                 if until <= now {
                     return reject();
                 }
-                wait_for_resume(blockers, until, check_status).await;
+                wait_for_resume::<R>(blockers, until, check_status).await;
                 Flow::Retry
             }
         }
@@ -1222,7 +1214,7 @@ impl PoolInner {
             .then(|| cid.to_owned());
             let result = if retry {
                 // Keep the event: a pause that races the selection means sending it again.
-                let r = send_on(&conn, event.clone(), deadline).await;
+                let r = send_on::<R>(&conn, event.clone(), deadline).await;
                 if let Err(e) = &r {
                     if e.is_flow_control() {
                         match self
@@ -1242,7 +1234,7 @@ impl PoolInner {
                 }
                 r
             } else {
-                let r = send_on(&conn, event, deadline).await;
+                let r = send_on::<R>(&conn, event, deadline).await;
                 if let Err(e) = &r {
                     if e.is_flow_control() {
                         let outcome = match self
@@ -1348,11 +1340,11 @@ impl PoolInner {
 }
 
 /// Sends on one connection, counted in its pending gauge for the duration.
-async fn send_on(
+async fn send_on<R: Runtime>(
     conn: &PooledConnection,
     event: Event,
     deadline: Instant,
 ) -> Result<AgentResponse, ClientError> {
     let _pending = conn.begin();
-    conn.client.send_until(event, deadline).await
+    conn.client.send_until::<R>(event, deadline).await
 }

@@ -6,7 +6,8 @@
 //! to handler to socket, and answers that complete together leave in one write. Cancel drops the
 //! handler's future and nothing is sent for it. Pings are answered by the core as soon as they
 //! are read, never behind a slow handler. A handler that burns CPU for long should move that
-//! work to `tokio::task::spawn_blocking` so it does not stall its connection's other requests.
+//! work to a blocking thread (`tokio::task::spawn_blocking`, `blocking::unblock`) so it does not
+//! stall its connection's other requests.
 
 use std::future::Future;
 use std::io;
@@ -27,11 +28,10 @@ use agent_protocol_core::{
 use bytes::{Bytes, BytesMut};
 use futures_util::future::{AbortHandle, Abortable, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::transport::{ReadHalf, Stream, WriteHalf, READ_CHUNK};
+use crate::client::READ_CHUNK;
+use crate::runtime::{self, ByteRead, ByteWrite, Connection, Runtime};
 
 /// What an agent does with each event. Every method has a default that allows, so an agent
 /// implements only what it inspects.
@@ -128,7 +128,7 @@ pub trait AgentHandler: Send + Sync + 'static {
 
 /// Routes an event to its handler method. One `async fn`, so every request's future has the
 /// same type and no boxing is needed to run them side by side.
-pub(crate) async fn dispatch<H: AgentHandler>(
+pub async fn dispatch<H: AgentHandler>(
     handler: Arc<H>,
     id: RequestId,
     event: Event,
@@ -183,7 +183,8 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    pub(crate) fn agent_config(&self) -> AgentConfig {
+    /// The core agent connection's settings these server settings imply.
+    pub fn agent_config(&self) -> AgentConfig {
         let mut caps = self.capabilities.clone();
         caps.features.cancellation = true;
         caps.features.concurrent_requests = self.max_in_flight.min(u32::MAX as usize) as u32;
@@ -213,11 +214,11 @@ pub enum Push {
 /// Handle to a running server: push control frames, observe, shut down.
 #[derive(Clone, Debug)]
 pub struct ServerHandle {
-    pub(crate) push: broadcast::Sender<Push>,
-    pub(crate) shutdown: watch::Sender<bool>,
-    pub(crate) connections: Arc<AtomicUsize>,
-    pub(crate) in_flight: Arc<AtomicUsize>,
-    pub(crate) agent_id: String,
+    push: broadcast::Sender<Push>,
+    shutdown: watch::Sender<bool>,
+    connections: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
+    agent_id: String,
 }
 
 impl ServerHandle {
@@ -235,8 +236,41 @@ impl ServerHandle {
         }
     }
 
-    pub(crate) fn shutdown_receiver(&self) -> watch::Receiver<bool> {
+    /// Watches for shutdown (see [`shutdown_signal`]); for transports served outside this crate.
+    pub fn shutdown_receiver(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+
+    /// Receives every frame pushed from now on; for transports served outside this crate.
+    pub fn subscribe_pushes(&self) -> broadcast::Receiver<Push> {
+        self.push.subscribe()
+    }
+
+    /// The agent id health reports carry.
+    pub fn agent_id(&self) -> &str {
+        &self.agent_id
+    }
+
+    /// Counts a connection opened by a transport served outside this crate (see
+    /// [`ServerHandle::connections`]); pair with [`ServerHandle::connection_closed`].
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts a connection closed.
+    pub fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Counts `n` requests handed to the handler (see [`ServerHandle::in_flight`]); pair with
+    /// [`ServerHandle::requests_finished`].
+    pub fn requests_started(&self, n: usize) {
+        self.in_flight.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Counts `n` requests answered or abandoned.
+    pub fn requests_finished(&self, n: usize) {
+        self.in_flight.fetch_sub(n, Ordering::AcqRel);
     }
 
     /// Sends a frame to every connected proxy.
@@ -289,7 +323,8 @@ impl ServerHandle {
     }
 }
 
-pub(crate) fn unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch, now (the timestamps of pushed frames).
+pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -310,27 +345,28 @@ pub(crate) fn unix_ms() -> u64 {
 /// server.serve(listener).await
 /// # }
 /// ```
-pub struct AgentServer<H> {
-    pub(crate) handler: Arc<H>,
-    pub(crate) config: ServerConfig,
-    pub(crate) handle: ServerHandle,
+pub struct AgentServer<H, R: Runtime> {
+    handler: Arc<H>,
+    config: ServerConfig,
+    handle: ServerHandle,
+    runtime: std::marker::PhantomData<R>,
 }
 
 /// A bound Unix socket whose file is removed when it is dropped.
 #[derive(Debug)]
-pub struct UdsListener {
-    listener: UnixListener,
+pub struct UdsListener<R: Runtime> {
+    listener: R::UnixListener,
     path: PathBuf,
 }
 
-impl UdsListener {
+impl<R: Runtime> UdsListener<R> {
     /// The socket path.
     pub fn path(&self) -> &Path {
         &self.path
     }
 }
 
-impl Drop for UdsListener {
+impl<R: Runtime> Drop for UdsListener<R> {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
@@ -339,7 +375,7 @@ impl Drop for UdsListener {
 /// Binds a Unix socket at `path` with file mode `mode`. An existing socket file is removed
 /// only if nothing answers on it (a stale file); a live one is an `AddrInUse` error, and a
 /// non-socket file is left alone with an `AlreadyExists` error.
-pub fn bind_unix_socket(path: &Path, mode: u32) -> io::Result<UdsListener> {
+pub fn bind_unix_socket<R: Runtime>(path: &Path, mode: u32) -> io::Result<UdsListener<R>> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -358,8 +394,10 @@ pub fn bind_unix_socket(path: &Path, mode: u32) -> io::Result<UdsListener> {
             Err(_) => std::fs::remove_file(path)?,
         }
     }
-    let listener = UnixListener::bind(path)?;
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    listener.set_nonblocking(true)?;
+    let listener = R::unix_listener(listener)?;
     Ok(UdsListener {
         listener,
         path: path.to_owned(),
@@ -368,39 +406,35 @@ pub fn bind_unix_socket(path: &Path, mode: u32) -> io::Result<UdsListener> {
 
 /// Where a server accepts connections.
 #[derive(Debug)]
-pub enum Listener {
+pub enum Listener<R: Runtime> {
     /// A Unix socket.
-    Unix(UdsListener),
+    Unix(UdsListener<R>),
     /// A TCP socket (framed protocol, same as UDS).
-    Tcp(TcpListener),
+    Tcp(R::TcpListener),
 }
 
-impl From<UdsListener> for Listener {
-    fn from(l: UdsListener) -> Self {
+impl<R: Runtime> From<UdsListener<R>> for Listener<R> {
+    fn from(l: UdsListener<R>) -> Self {
         Listener::Unix(l)
     }
 }
 
-impl From<TcpListener> for Listener {
-    fn from(l: TcpListener) -> Self {
-        Listener::Tcp(l)
+impl<R: Runtime> Listener<R> {
+    /// A TCP listener bound with the runtime's own type (say `tokio::net::TcpListener`).
+    pub fn tcp(listener: R::TcpListener) -> Self {
+        Listener::Tcp(listener)
     }
-}
 
-impl Listener {
-    pub(crate) async fn accept_stream(&self) -> io::Result<Stream> {
+    /// Accepts one connection.
+    pub async fn accept_stream(&self) -> io::Result<R::Stream> {
         match self {
-            Listener::Unix(l) => l.listener.accept().await.map(|(s, _)| Stream::Unix(s)),
-            Listener::Tcp(l) => {
-                let (s, _) = l.accept().await?;
-                s.set_nodelay(true)?;
-                Ok(Stream::Tcp(s))
-            }
+            Listener::Unix(l) => R::accept_unix(&l.listener).await,
+            Listener::Tcp(l) => R::accept_tcp(l).await,
         }
     }
 }
 
-impl<H: AgentHandler> AgentServer<H> {
+impl<H: AgentHandler, R: Runtime> AgentServer<H, R> {
     /// A server for `handler`.
     pub fn new(handler: H, config: ServerConfig) -> Self {
         Self::with_shared_handler(Arc::new(handler), config)
@@ -413,7 +447,18 @@ impl<H: AgentHandler> AgentServer<H> {
             handler,
             config,
             handle,
+            runtime: std::marker::PhantomData,
         }
+    }
+
+    /// The handler.
+    pub fn handler(&self) -> &Arc<H> {
+        &self.handler
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
     }
 
     /// Handle for pushing control frames and shutting down.
@@ -422,65 +467,61 @@ impl<H: AgentHandler> AgentServer<H> {
     }
 
     /// Binds the Unix socket with the configured mode (see [`bind_unix_socket`]).
-    pub fn bind_uds(&self, path: impl AsRef<Path>) -> io::Result<UdsListener> {
+    pub fn bind_uds(&self, path: impl AsRef<Path>) -> io::Result<UdsListener<R>> {
         bind_unix_socket(path.as_ref(), self.config.socket_mode)
     }
 
     /// Serves one listener until shutdown.
-    pub async fn serve(&self, listener: impl Into<Listener>) -> io::Result<()> {
+    pub async fn serve(&self, listener: impl Into<Listener<R>>) -> io::Result<()> {
         self.serve_all(vec![listener.into()]).await
     }
 
     /// Serves several listeners (say UDS and TCP) until shutdown, then drains in-flight requests
     /// (up to `drain_timeout`) and returns; socket files are removed when the listeners drop.
-    pub async fn serve_all(&self, listeners: Vec<Listener>) -> io::Result<()> {
+    pub async fn serve_all(&self, listeners: Vec<Listener<R>>) -> io::Result<()> {
         let mut shutdown = self.handle.shutdown.subscribe();
-        let mut tasks = tokio::task::JoinSet::new();
-        let listeners: Vec<Arc<Listener>> = listeners.into_iter().map(Arc::new).collect();
-        let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel::<Stream>(64);
-        for listener in &listeners {
-            let listener = listener.clone();
-            let conn_tx = conn_tx.clone();
-            let mut stop = self.handle.shutdown.subscribe();
-            tasks.spawn(async move {
-                loop {
-                    tokio::select! {
-                        r = listener.accept_stream() => match r {
-                            Ok(stream) => { if conn_tx.send(stream).await.is_err() { break; } }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "accept failed");
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                        },
-                        _ = shutdown_signal(&mut stop) => break,
-                    }
-                }
-            });
-        }
-        drop(conn_tx);
-        let mut connections = tokio::task::JoinSet::new();
+        // Every listener's accept is polled in this task; a finished one is re-armed.
+        let accept = |index: usize| {
+            let listener = &listeners[index];
+            async move { (index, listener.accept_stream().await) }
+        };
+        let mut accepting: FuturesUnordered<_> = (0..listeners.len()).map(accept).collect();
+        // Each connection task holds a sender; the channel closes when the last one ends.
+        let (alive, mut all_ended) = mpsc::channel::<()>(1);
         loop {
             tokio::select! {
-                stream = conn_rx.recv() => match stream {
-                    Some(stream) => {
-                        let conn = AgentConnection::new(self.config.agent_config(), Instant::now());
-                        connections.spawn(serve_connection(
-                            stream,
-                            conn,
-                            self.handler.clone(),
-                            self.handle.clone(),
-                            self.config.drain_timeout,
-                        ));
+                Some((index, accepted)) = accepting.next() => {
+                    match accepted {
+                        Ok(stream) => {
+                            let conn = AgentConnection::new(self.config.agent_config(), Instant::now());
+                            let task = serve_connection::<H, R>(
+                                stream,
+                                conn,
+                                self.handler.clone(),
+                                self.handle.clone(),
+                                self.config.drain_timeout,
+                            );
+                            let alive = alive.clone();
+                            R::spawn(async move {
+                                task.await;
+                                drop(alive);
+                            });
+                        }
+                        Err(e) => {
+                            // Out of descriptors, say: back off instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            runtime::sleep::<R>(Duration::from_millis(50)).await;
+                        }
                     }
-                    None => break,
-                },
+                    accepting.push(accept(index));
+                }
                 _ = shutdown_signal(&mut shutdown) => break,
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         }
-        tasks.abort_all();
+        drop(accepting);
+        drop(alive);
         // Connections see the same shutdown signal and drain themselves.
-        while connections.join_next().await.is_some() {}
+        let _ = all_ended.recv().await;
         drop(listeners);
         Ok(())
     }
@@ -488,23 +529,23 @@ impl<H: AgentHandler> AgentServer<H> {
 
 /// Serves one established-or-handshaking agent connection until it closes. Used by the UDS/TCP
 /// server and by the reverse connector.
-pub(crate) async fn serve_connection<H: AgentHandler>(
-    stream: Stream,
+pub(crate) async fn serve_connection<H: AgentHandler, R: Runtime>(
+    stream: R::Stream,
     mut conn: AgentConnection,
     handler: Arc<H>,
     handle: ServerHandle,
     drain_timeout: Duration,
 ) {
-    handle.connections.fetch_add(1, Ordering::AcqRel);
+    handle.connection_opened();
     let (read, write) = stream.into_split();
-    drive(&mut conn, read, write, handler, &handle, drain_timeout).await;
-    handle.connections.fetch_sub(1, Ordering::AcqRel);
+    drive::<H, R>(&mut conn, read, write, handler, &handle, drain_timeout).await;
+    handle.connection_closed();
 }
 
-async fn drive<H: AgentHandler>(
+async fn drive<H: AgentHandler, R: Runtime>(
     conn: &mut AgentConnection,
-    mut read: ReadHalf,
-    mut write: WriteHalf,
+    mut read: impl ByteRead,
+    mut write: impl ByteWrite,
     handler: Arc<H>,
     handle: &ServerHandle,
     drain_timeout: Duration,
@@ -580,7 +621,7 @@ async fn drive<H: AgentHandler>(
                     finish(done);
                 }
             }
-            r = read.read_buf(&mut read_buf), if !closed && draining.is_none() => {
+            r = runtime::read_buf(&mut read, &mut read_buf), if !closed && draining.is_none() => {
                 let now = Instant::now();
                 match r {
                     Ok(0) => conn.handle_eof(),
@@ -592,7 +633,7 @@ async fn drive<H: AgentHandler>(
                     Err(e) => conn.handle_io_error(e.to_string()),
                 }
             }
-            r = write.write_buf(&mut write_buf), if !write_buf.is_empty() => {
+            r = runtime::write_buf(&mut write, &mut write_buf), if !write_buf.is_empty() => {
                 if let Err(e) = r {
                     conn.handle_io_error(e.to_string());
                     write_buf = Bytes::new();
@@ -618,10 +659,10 @@ async fn drive<H: AgentHandler>(
                     timestamp_ms: unix_ms(),
                 });
             }
-            _ = sleep_until(deadline), if deadline.is_some() => {
+            _ = runtime::sleep_until_opt::<R>(deadline), if deadline.is_some() => {
                 conn.handle_timeout(Instant::now());
             }
-            _ = tokio::time::sleep(Duration::from_millis(50)), if draining.is_some() => {}
+            _ = runtime::sleep::<R>(Duration::from_millis(50)), if draining.is_some() => {}
         }
     }
     // Whatever is still running is abandoned with the connection.
@@ -630,19 +671,12 @@ async fn drive<H: AgentHandler>(
     }
     let leftover = running.len();
     in_flight.fetch_sub(leftover, Ordering::AcqRel);
-    let _ = write.shutdown().await;
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
+    let _ = runtime::shutdown(&mut write).await;
 }
 
 /// Resolves once shutdown is requested (or the handle is gone). The borrow of the watched
 /// value ends before any await, so the future stays `Send`.
-pub(crate) async fn shutdown_signal(rx: &mut watch::Receiver<bool>) {
+pub async fn shutdown_signal(rx: &mut watch::Receiver<bool>) {
     loop {
         if *rx.borrow_and_update() {
             return;

@@ -8,6 +8,7 @@ use agent_protocol_core::pool::{
 };
 
 use crate::client::ClientConfig;
+use crate::runtime::Runtime;
 
 /// Settings of an [`AgentPool`](super::AgentPool).
 ///
@@ -29,7 +30,7 @@ use crate::client::ClientConfig;
 /// assert_eq!(AgentPoolConfig::default().connections_per_agent, 4);
 /// ```
 #[derive(Clone, Debug)]
-pub struct AgentPoolConfig {
+pub struct AgentPoolConfig<R: Runtime> {
     /// Connections [`add_agent`](super::AgentPool::add_agent) opens per agent, the number the
     /// maintenance task keeps open, and the cap for reverse connections. 0 reads as 1.
     pub connections_per_agent: usize,
@@ -43,7 +44,7 @@ pub struct AgentPoolConfig {
     pub request_timeout: Duration,
     /// Per-connection settings: handshake (proxy id, encodings offered, handshake timeout,
     /// configuration passed to the agent), pings, in-flight and buffer caps.
-    pub client: ClientConfig,
+    pub client: ClientConfig<R>,
     /// Delay between reconnection attempts of a connection slot: exponential with jitter, no
     /// attempt limit (the pool never gives up on a configured agent).
     pub reconnect: Backoff,
@@ -68,7 +69,7 @@ pub struct AgentPoolConfig {
     pub metrics_prefix: String,
 }
 
-impl Default for AgentPoolConfig {
+impl<R: Runtime> Default for AgentPoolConfig<R> {
     fn default() -> Self {
         Self {
             connections_per_agent: 4,
@@ -88,7 +89,7 @@ impl Default for AgentPoolConfig {
     }
 }
 
-impl AgentPoolConfig {
+impl<R: Runtime> AgentPoolConfig<R> {
     /// The connection count actually used (at least 1).
     pub(crate) fn per_agent(&self) -> usize {
         self.connections_per_agent.max(1)
@@ -100,7 +101,7 @@ impl AgentPoolConfig {
     }
 
     /// The client settings with the pool's own timeouts applied.
-    pub(crate) fn client_config(&self) -> ClientConfig {
+    pub(crate) fn client_config(&self) -> ClientConfig<R> {
         let mut c = self.client.clone();
         c.connect_timeout = self.connect_timeout;
         c.connection.request_timeout = self.request_timeout;
