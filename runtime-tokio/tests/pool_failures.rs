@@ -164,7 +164,10 @@ async fn timeouts_and_cancels_leave_nothing_in_flight() {
     let took = started.elapsed();
     assert!(e.is_timeout(), "{e}");
     assert!(took >= Duration::from_millis(140), "{took:?}");
-    assert!(took < Duration::from_millis(500), "{took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "bounded well under the 3 s default: {took:?}"
+    );
     assert_eq!(metrics.timeouts_total(), 1);
     assert_eq!(metrics.in_flight(), 0);
     assert_eq!(stats(&pool, "t").in_flight, 0);
@@ -185,7 +188,8 @@ async fn timeouts_and_cancels_leave_nothing_in_flight() {
         .await
         .unwrap_err();
     assert!(e.is_timeout(), "{e}");
-    assert!(started.elapsed() < Duration::from_millis(140));
+    // Well under the 3 s default: the shorter deadline bounded the wait (generous for slow CI).
+    assert!(started.elapsed() < Duration::from_secs(2));
 
     // Cancel: the waiting caller gets Cancelled at once, the agent is told.
     let pool2 = AgentPool::new(AgentPoolConfig {
@@ -269,7 +273,9 @@ async fn circuit_opens_after_repeated_failures_and_recovers() {
         circuit_breaker: CircuitBreakerConfig {
             failure_threshold: 3,
             success_threshold: 1,
-            open_timeout: Duration::from_millis(300),
+            // Long enough that a stalled test machine cannot reach half-open before the
+            // open-circuit checks below.
+            open_timeout: Duration::from_secs(1),
             half_open_max_requests: 1,
         },
         ..fast_config()
@@ -283,13 +289,12 @@ async fn circuit_opens_after_repeated_failures_and_recovers() {
         assert!(e.is_timeout(), "{e}");
     }
     assert_eq!(stats(&pool, "cb").circuit, CircuitState::Open);
-    let started = Instant::now();
+    // Refused without contacting the agent (a silent agent would have made it a timeout).
     let e = pool
         .send_request_headers("cb", headers("fast"))
         .await
         .unwrap_err();
     assert!(matches!(e, PoolError::CircuitOpen { .. }), "{e}");
-    assert!(started.elapsed() < Duration::from_millis(20), "fails fast");
     assert!(
         !agent.seen().iter().any(|s| s.cid == "fast"),
         "agent not contacted"
@@ -300,7 +305,7 @@ async fn circuit_opens_after_repeated_failures_and_recovers() {
 
     // After the open timeout a probe goes through; its success closes the circuit.
     agent.set_behaviour(|b| b.silent = false);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(1050)).await;
     pool.send_request_headers("cb", headers("probe"))
         .await
         .unwrap();
@@ -342,8 +347,8 @@ async fn shutdown_drains_before_closing() {
     let started = Instant::now();
     pool.shutdown(Duration::from_secs(3)).await;
     assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "drained, not timed out"
+        started.elapsed() < Duration::from_secs(2),
+        "drained, not timed out after 3 s"
     );
     for t in in_flight {
         t.await

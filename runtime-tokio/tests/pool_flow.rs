@@ -99,8 +99,8 @@ async fn pause_wait_and_retry_succeeds_after_resume() {
     r.unwrap();
     assert!(took >= Duration::from_millis(140), "{took:?}");
     assert!(
-        took < Duration::from_secs(1),
-        "released by the resume: {took:?}"
+        took < Duration::from_secs(2),
+        "released by the resume, not the 3 s limit: {took:?}"
     );
     assert_eq!(agent.seen().len(), 1);
     assert_eq!(
@@ -121,7 +121,7 @@ async fn pause_wait_and_retry_gives_up_after_max_wait() {
     let took = started.elapsed();
     assert!(matches!(e, PoolError::FlowControlPaused { .. }), "{e}");
     assert!(
-        took >= Duration::from_millis(140) && took < Duration::from_secs(1),
+        took >= Duration::from_millis(140) && took < Duration::from_secs(2),
         "{took:?}"
     );
     assert!(agent.seen().is_empty());
@@ -139,7 +139,8 @@ async fn pause_wait_and_retry_gives_up_after_max_wait() {
         .await
         .unwrap_err();
     assert!(e.is_flow_control(), "{e}");
-    assert!(started.elapsed() < Duration::from_millis(140));
+    // Well under the 3 s default: the shorter deadline bounded the wait (generous for slow CI).
+    assert!(started.elapsed() < Duration::from_secs(2));
 }
 
 #[tokio::test]

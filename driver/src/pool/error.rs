@@ -86,8 +86,9 @@ pub enum PoolError {
         /// What is wrong with it.
         source: EndpointError,
     },
-    /// A gRPC endpoint (`host:port`, `http(s)://`) in a build without the `grpc` feature.
-    #[error("gRPC transport not available in this build (endpoint {endpoint}; enable the `grpc` feature)")]
+    /// A gRPC endpoint (`host:port`, `http(s)://`) the runtime adapter cannot open: gRPC needs
+    /// agent-protocol-tokio with its `grpc` feature (on by default).
+    #[error("gRPC transport not available (endpoint {endpoint}): gRPC needs agent-protocol-tokio with its `grpc` feature")]
     GrpcUnavailable {
         /// The normalised endpoint.
         endpoint: String,
