@@ -1,12 +1,13 @@
-//! Closed-loop load through an [`AgentPool`]: `concurrency` workers each send the next request
-//! as soon as their previous one finished.
+//! Closed-loop load through an [`AgentPool`] on any runtime: `concurrency` workers (tasks of
+//! that runtime) each send the next request as soon as their previous one finished.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_protocol_core::{AgentResponse, Decision};
-use agent_protocol_tokio::pool::{AgentPool, PoolError};
+use agent_protocol_driver::pool::{AgentPool, PoolError};
+use agent_protocol_driver::Runtime;
 
 use crate::report::Recorder;
 use crate::workload::Mix;
@@ -39,20 +40,22 @@ fn decision_kind(r: &AgentResponse) -> &'static str {
 
 /// Runs the load; returns the merged recorder and the wall time. `progress` counts finished
 /// requests.
-pub async fn run(
-    pool: &AgentPool,
+pub async fn run<R: Runtime>(
+    pool: &AgentPool<R>,
     spec: &LoadSpec,
     progress: Arc<AtomicU64>,
 ) -> (Recorder, Duration) {
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let mut workers = tokio::task::JoinSet::new();
+    let mut workers = Vec::with_capacity(spec.concurrency.max(1));
     for _ in 0..spec.concurrency.max(1) {
         let pool = pool.clone();
         let spec = spec.clone();
         let next = next.clone();
         let progress = progress.clone();
-        workers.spawn(async move {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        workers.push(finished);
+        R::spawn(async move {
             let mut rec = Recorder::default();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -70,12 +73,12 @@ pub async fn run(
                 }
                 progress.fetch_add(1, Ordering::Relaxed);
             }
-            rec
+            let _ = done.send(rec);
         });
     }
     let mut total = Recorder::default();
-    while let Some(r) = workers.join_next().await {
-        if let Ok(r) = r {
+    for finished in workers {
+        if let Ok(r) = finished.await {
             total.merge(r);
         }
     }
@@ -84,8 +87,8 @@ pub async fn run(
 
 /// Sends one request's headers and, unless already decided, its body chunks. The decision is
 /// the first non-allow answer, or allow.
-async fn one_request(
-    pool: &AgentPool,
+async fn one_request<R: Runtime>(
+    pool: &AgentPool<R>,
     spec: &LoadSpec,
     cid: &str,
     request: crate::workload::Request,

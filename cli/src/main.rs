@@ -5,15 +5,18 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agent_protocol_async_std::AsyncStd;
 use agent_protocol_core::registration::RegistrationPolicy;
 use agent_protocol_core::Encoding;
+use agent_protocol_driver::Runtime;
 use agent_protocol_tokio::client::{AgentClient, ClientConfig};
 use agent_protocol_tokio::grpc::ServeGrpc;
-use agent_protocol_tokio::pool::{AgentPool, AgentPoolConfig};
+use agent_protocol_tokio::pool::AgentPool;
 use agent_protocol_tokio::reverse::{
     ReverseAgentConfig, ReverseConnector, ReverseListener, ReverseTarget,
 };
 use agent_protocol_tokio::server::{bind_unix_socket, AgentServer, Listener, ServerConfig};
+use agent_protocol_tokio::Tokio;
 use agentctl::load::{self, LoadSpec};
 use agentctl::report::{print_table, Progress, Summary};
 use agentctl::rules::{RuleSet, RulesAgent};
@@ -36,6 +39,15 @@ enum EncodingArg {
     Auto,
     Json,
     Msgpack,
+}
+
+/// Which runtime adapter runs the pool (bench) or the agent server (serve).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum RuntimeArg {
+    /// agent-protocol-tokio.
+    Tokio,
+    /// agent-protocol-async-std (async-io and async-global-executor; no gRPC).
+    AsyncStd,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -74,6 +86,9 @@ enum Command {
         /// Encodings to accept.
         #[arg(long, value_enum, default_value_t = EncodingArg::Auto)]
         encoding: EncodingArg,
+        /// Runtime adapter serving the agent (gRPC needs tokio).
+        #[arg(long, value_enum, default_value_t = RuntimeArg::Tokio)]
+        runtime: RuntimeArg,
     },
     /// Connect, handshake, print capabilities, encoding and round-trip times.
     Probe {
@@ -111,6 +126,9 @@ enum Command {
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
+        /// Runtime adapter running the pool and the load workers (gRPC needs tokio).
+        #[arg(long, value_enum, default_value_t = RuntimeArg::Tokio)]
+        runtime: RuntimeArg,
     },
 }
 
@@ -128,7 +146,8 @@ async fn main() -> ExitCode {
             grpc,
             rules,
             encoding,
-        } => serve(uds, tcp, grpc, rules, encoding).await,
+            runtime,
+        } => serve(uds, tcp, grpc, rules, encoding, runtime).await,
         Command::Probe { endpoint, json } => probe(&endpoint, json).await,
         Command::Bench {
             endpoint,
@@ -140,6 +159,7 @@ async fn main() -> ExitCode {
             chunk_bytes,
             timeout_ms,
             json,
+            runtime,
         } => {
             let encoding = match encoding {
                 BenchEncoding::Json => Encoding::Json,
@@ -157,6 +177,7 @@ async fn main() -> ExitCode {
                     timeout: Duration::from_millis(timeout_ms),
                     json,
                 },
+                runtime,
             )
             .await
         }
@@ -172,8 +193,12 @@ async fn main() -> ExitCode {
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-fn pool_config(encodings: &[Encoding], connections: usize, timeout: Duration) -> AgentPoolConfig {
-    let mut config = AgentPoolConfig {
+fn pool_config<R: Runtime>(
+    encodings: &[Encoding],
+    connections: usize,
+    timeout: Duration,
+) -> agent_protocol_driver::pool::AgentPoolConfig<R> {
+    let mut config = agent_protocol_driver::pool::AgentPoolConfig {
         connections_per_agent: connections,
         request_timeout: timeout,
         ..Default::default()
@@ -265,27 +290,44 @@ async fn demo(requests: u64, concurrency: usize) -> Result<ExitCode> {
                 (reverse_pool.clone(), "waf-reverse")
             }
         };
-        let spec = LoadSpec {
-            agent_id: agent_id.to_owned(),
-            requests,
-            concurrency,
-            mix: Mix::default(),
-            timeout,
-            id_prefix: name.replace(' ', "-"),
-        };
-        let progress = Progress::start(name.to_owned(), requests);
-        let (rec, elapsed) = load::run(&pool, &spec, progress.counter()).await;
-        progress.finish().await;
-        let summary = rec.summary(name, elapsed);
-        let blocked = summary.decisions.get("block").copied().unwrap_or(0);
-        if summary.errors > 0 || summary.requests != requests || blocked == 0 {
-            failed = true;
-        }
+        let summary = demo_row(&pool, agent_id, name, requests, concurrency, timeout).await;
+        failed |= !summary_ok(&summary, requests);
         rows.push(summary);
         if encoding.is_some() || grpc {
             pool.shutdown(Duration::from_secs(1)).await;
         }
     }
+
+    // The same agent and workload with both ends on the async-std adapter (async-io sockets and
+    // timers, async-global-executor tasks): same protocol code, another runtime.
+    let as_sock = dir.join("waf-async-std.sock");
+    let as_server = Arc::new(
+        agent_protocol_async_std::server::AgentServer::with_shared_handler(
+            agent.clone(),
+            ServerConfig::default(),
+        ),
+    );
+    let as_listener = as_server.bind_uds(&as_sock)?;
+    let s = as_server.clone();
+    let (as_done, as_serving) = tokio::sync::oneshot::channel();
+    AsyncStd::spawn(async move {
+        let _ = as_done.send(s.serve(as_listener).await);
+    });
+    let as_pool = agent_protocol_async_std::pool::AgentPool::new(pool_config(
+        &[Encoding::MsgPack],
+        4,
+        timeout,
+    ));
+    as_pool
+        .add_agent("waf", as_sock.to_str().unwrap_or_default())
+        .await?;
+    let name = "async-std uds msgpack";
+    let summary = demo_row(&as_pool, "waf", name, requests, concurrency, timeout).await;
+    failed |= !summary_ok(&summary, requests);
+    rows.push(summary);
+    as_pool.shutdown(Duration::from_secs(1)).await;
+    as_server.handle().shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(5), as_serving).await;
     println!();
     print_table(&mut std::io::stdout(), &rows)?;
     println!(
@@ -306,6 +348,35 @@ async fn demo(requests: u64, concurrency: usize) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Runs the demo workload through `pool` (on its own runtime's tasks) and summarises it.
+async fn demo_row<R: Runtime>(
+    pool: &agent_protocol_driver::pool::AgentPool<R>,
+    agent_id: &str,
+    name: &str,
+    requests: u64,
+    concurrency: usize,
+    timeout: Duration,
+) -> Summary {
+    let spec = LoadSpec {
+        agent_id: agent_id.to_owned(),
+        requests,
+        concurrency,
+        mix: Mix::default(),
+        timeout,
+        id_prefix: name.replace(' ', "-"),
+    };
+    let progress = Progress::start(name.to_owned(), requests);
+    let (rec, elapsed) = load::run(pool, &spec, progress.counter()).await;
+    progress.finish().await;
+    rec.summary(name, elapsed)
+}
+
+/// Every request answered, none failed, and the rules blocked some (the demo mix has attacks).
+fn summary_ok(summary: &Summary, requests: u64) -> bool {
+    let blocked = summary.decisions.get("block").copied().unwrap_or(0);
+    summary.errors == 0 && summary.requests == requests && blocked > 0
 }
 
 async fn wait_for_connections(
@@ -347,6 +418,7 @@ async fn serve(
     grpc: Option<String>,
     rules: Option<PathBuf>,
     encoding: EncodingArg,
+    runtime: RuntimeArg,
 ) -> Result<ExitCode> {
     let rules = match rules {
         Some(path) => RuleSet::from_json(&std::fs::read_to_string(&path)?)
@@ -361,6 +433,12 @@ async fn serve(
         EncodingArg::Json => vec![Encoding::Json],
         EncodingArg::Msgpack => vec![Encoding::MsgPack, Encoding::Json],
     };
+    if runtime == RuntimeArg::AsyncStd {
+        if grpc.is_some() {
+            return Err("--grpc needs --runtime tokio (gRPC is tokio-only)".into());
+        }
+        return serve_async_std(uds, tcp, RulesAgent::new(rules), config).await;
+    }
     let server = AgentServer::new(RulesAgent::new(rules), config);
     let mut listeners = vec![Listener::from(server.bind_uds(&uds)?)];
     if let Some(addr) = &tcp {
@@ -391,6 +469,41 @@ async fn serve(
         }
         None => server.serve_all(listeners).await?,
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `serve --runtime async-std`: the same agent on the async-std adapter. The server runs on
+/// async-io and async-global-executor; tokio only waits for Ctrl-C.
+async fn serve_async_std(
+    uds: PathBuf,
+    tcp: Option<String>,
+    agent: RulesAgent,
+    config: ServerConfig,
+) -> Result<ExitCode> {
+    use agent_protocol_async_std::server::{AgentServer, Listener};
+    let server = AgentServer::new(agent, config);
+    let mut listeners = vec![Listener::from(server.bind_uds(&uds)?)];
+    if let Some(addr) = &tcp {
+        let addr: std::net::SocketAddr = addr.parse().map_err(|e| format!("--tcp {addr}: {e}"))?;
+        listeners.push(Listener::tcp(
+            async_io::Async::<std::net::TcpListener>::bind(addr)?,
+        ));
+    }
+    eprintln!(
+        "agentctl: serving on {}{} (async-std adapter); Ctrl-C to stop",
+        uds.display(),
+        tcp.map(|a| format!(" and tcp {a}")).unwrap_or_default(),
+    );
+    let handle = server.handle();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        handle.shutdown();
+    });
+    let (done, served) = tokio::sync::oneshot::channel();
+    AsyncStd::spawn(async move {
+        let _ = done.send(server.serve_all(listeners).await);
+    });
+    served.await.map_err(|_| "server task ended early")??;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -473,8 +586,21 @@ struct BenchArgs {
     json: bool,
 }
 
-async fn bench(endpoint: &str, args: BenchArgs) -> Result<ExitCode> {
-    let pool = AgentPool::new(pool_config(
+async fn bench(endpoint: &str, args: BenchArgs, runtime: RuntimeArg) -> Result<ExitCode> {
+    match runtime {
+        RuntimeArg::Tokio => bench_on::<Tokio>(endpoint, args).await,
+        RuntimeArg::AsyncStd if is_grpc(endpoint) => {
+            Err("gRPC endpoints need --runtime tokio (gRPC is tokio-only)".into())
+        }
+        // The pool's connection tasks and the load workers are async-std tasks; this (tokio)
+        // task only waits for the result.
+        RuntimeArg::AsyncStd => bench_on::<AsyncStd>(endpoint, args).await,
+    }
+}
+
+/// Closed-loop load through a pool of runtime `R`.
+async fn bench_on<R: Runtime>(endpoint: &str, args: BenchArgs) -> Result<ExitCode> {
+    let pool = agent_protocol_driver::pool::AgentPool::<R>::new(pool_config(
         &[args.encoding],
         args.connections,
         args.timeout,
@@ -495,10 +621,15 @@ async fn bench(endpoint: &str, args: BenchArgs) -> Result<ExitCode> {
         timeout: args.timeout,
         id_prefix: format!("bench-{}", std::process::id()),
     };
+    // "Tokio" / "AsyncStd": which adapter ran the pool, for side-by-side runs.
+    let runtime = std::any::type_name::<R>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("?");
     let name = if is_grpc(endpoint) {
-        format!("grpc c={}", args.concurrency)
+        format!("grpc c={} {runtime}", args.concurrency)
     } else {
-        format!("{} c={}", args.encoding, args.concurrency)
+        format!("{} c={} {runtime}", args.encoding, args.concurrency)
     };
     let progress = Progress::start(name.clone(), args.requests);
     let (rec, elapsed) = load::run(&pool, &spec, progress.counter()).await;

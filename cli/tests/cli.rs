@@ -48,7 +48,13 @@ fn demo_runs_every_transport_and_exits_zero() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for transport in ["uds json", "uds msgpack", "grpc", "reverse uds"] {
+    for transport in [
+        "uds json",
+        "uds msgpack",
+        "grpc",
+        "reverse uds",
+        "async-std uds msgpack",
+    ] {
         let row = stdout
             .lines()
             .find(|l| l.starts_with(transport))
@@ -210,4 +216,41 @@ fn serve_grpc_then_probe_and_bench_over_grpc() {
         assert_eq!(b["requests"], 300);
         assert_eq!(b["errors"], 0);
     }
+}
+
+#[test]
+fn async_std_agent_and_pools_of_both_runtimes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.json");
+    std::fs::File::create(&rules)
+        .unwrap()
+        .write_all(br#"{"rules":[{"id":"all","path_prefix":"/","action":"block","status":418}]}"#)
+        .unwrap();
+    let rules = rules.to_str().unwrap().to_owned();
+    let (_serve, sock) = serve(dir.path(), &["--runtime", "async-std", "--rules", &rules]);
+    for runtime in ["tokio", "async-std"] {
+        for encoding in ["json", "msgpack"] {
+            let out = agentctl()
+                .arg("bench")
+                .arg(&sock)
+                .args(["--requests", "200", "--concurrency", "8"])
+                .args(["--encoding", encoding, "--runtime", runtime, "--json"])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{runtime} {encoding}: {stderr}");
+            let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(b["requests"], 200, "{b}");
+            assert_eq!(b["errors"], 0, "{b}");
+            // The async-std agent applied the rules file to every request.
+            assert_eq!(b["decisions"]["block"], 200, "{b}");
+        }
+    }
+    // gRPC is tokio-only: asking for it on async-std is a clear error, not a hang.
+    let out = agentctl()
+        .args(["bench", "127.0.0.1:1", "--runtime", "async-std"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokio"));
 }
