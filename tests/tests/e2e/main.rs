@@ -1,0 +1,76 @@
+//! End-to-end scenarios over real sockets, written once against the runtime-generic drivers
+//! (`agent-protocol-driver`) and run on both adapters: every scenario is an
+//! `async fn name<R: Harness>()` and [`on_both_runtimes!`] turns it into two tests,
+//! `module::name::tokio` (agent-protocol-tokio, a multi-thread tokio runtime) and
+//! `module::name::async_std` (agent-protocol-async-std, under async-std's executor).
+//!
+//! Scenarios use only runtime-neutral tools ([`Runtime::spawn`], [`support::sleep`],
+//! [`support::timeout`], [`support::spawn`]) so the same code exercises both adapters.
+
+use std::future::Future;
+
+use agent_protocol_async_std::AsyncStd;
+use agent_protocol_driver::Runtime;
+use agent_protocol_tokio::Tokio;
+
+mod support;
+
+// Agents (handlers) shared by the scenarios.
+mod agents;
+// The proxy-side pool against a scripted fake agent (pool_support).
+mod pool_basic;
+mod pool_failures;
+mod pool_flow;
+mod pool_support;
+// AgentClient <-> AgentServer, and reverse connections.
+mod client_server;
+mod reverse;
+
+/// A runtime the scenarios can run on: the adapter's [`Runtime`] plus a way to block on a
+/// future with that runtime's executor.
+pub trait Harness: Runtime {
+    /// Runs `future` to completion on this runtime.
+    fn block_on<F: Future>(future: F) -> F::Output;
+}
+
+impl Harness for Tokio {
+    fn block_on<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+            .block_on(future)
+    }
+}
+
+impl Harness for AsyncStd {
+    fn block_on<F: Future>(future: F) -> F::Output {
+        async_std::task::block_on(future)
+    }
+}
+
+/// `on_both_runtimes!(a, b, ...)`: for each generic scenario `a::<R>()` in the current module,
+/// a module `a` with the tests `tokio` and `async_std`.
+#[macro_export]
+macro_rules! on_both_runtimes {
+    ($($scenario:ident),* $(,)?) => {
+        $(
+            mod $scenario {
+                #[test]
+                fn tokio() {
+                    <agent_protocol_tokio::Tokio as $crate::Harness>::block_on(
+                        super::$scenario::<agent_protocol_tokio::Tokio>(),
+                    )
+                }
+
+                #[test]
+                fn async_std() {
+                    <agent_protocol_async_std::AsyncStd as $crate::Harness>::block_on(
+                        super::$scenario::<agent_protocol_async_std::AsyncStd>(),
+                    )
+                }
+            }
+        )*
+    };
+}
