@@ -128,9 +128,9 @@ pub struct AgentStats {
 
 /// A pool of connections to agents.
 ///
-/// Cheap to clone (all clones share one pool). Must be created inside a Tokio runtime: it
-/// starts its own maintenance task, which stops on [`shutdown`](Self::shutdown) or when the last
-/// clone is dropped.
+/// Cheap to clone (all clones share one pool). Must be created where its runtime can spawn (on
+/// tokio: inside a Tokio runtime): it starts its own maintenance task, which stops on
+/// [`shutdown`](Self::shutdown) or when the last clone is dropped.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -565,7 +565,7 @@ impl<R: Runtime> AgentPool<R> {
     /// report claims) and rendered by [`render_prometheus`](Self::render_prometheus), and
     /// config-update requests go to [`take_config_updates`](Self::take_config_updates). Spawns
     /// a small task that ends when the connection drops the sender, so it must be called
-    /// inside a Tokio runtime.
+    /// where the pool's runtime can spawn (on tokio: inside a Tokio runtime).
     pub fn control_sender(&self, agent_id: &str) -> mpsc::Sender<ControlMessage> {
         control_channel(self.inner.weak.clone(), Arc::from(agent_id))
     }
