@@ -31,6 +31,10 @@ mod reverse;
 pub trait Harness: Runtime {
     /// Runs `future` to completion on this runtime.
     fn block_on<F: Future>(future: F) -> F::Output;
+
+    /// Takes over a bound std TCP listener as this runtime's [`Runtime::TcpListener`] (whose
+    /// type differs per runtime); call it inside [`Harness::block_on`].
+    fn tcp_listener(listener: std::net::TcpListener) -> std::io::Result<Self::TcpListener>;
 }
 
 impl Harness for Tokio {
@@ -42,11 +46,20 @@ impl Harness for Tokio {
             .expect("tokio runtime")
             .block_on(future)
     }
+
+    fn tcp_listener(listener: std::net::TcpListener) -> std::io::Result<Self::TcpListener> {
+        listener.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(listener)
+    }
 }
 
 impl Harness for AsyncStd {
     fn block_on<F: Future>(future: F) -> F::Output {
         async_std::task::block_on(future)
+    }
+
+    fn tcp_listener(listener: std::net::TcpListener) -> std::io::Result<Self::TcpListener> {
+        async_io::Async::new(listener)
     }
 }
 
