@@ -125,6 +125,8 @@ pub enum ControlMessage {
 #[derive(Debug)]
 pub struct ConnectionStatus {
     connected: AtomicBool,
+    /// Set together with `connected` the first time, never cleared.
+    was_connected: AtomicBool,
     paused: AtomicBool,
     health: AtomicU8,
     in_flight: AtomicU32,
@@ -145,6 +147,7 @@ impl Default for ConnectionStatus {
     fn default() -> Self {
         Self {
             connected: AtomicBool::new(false),
+            was_connected: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             health: AtomicU8::new(HealthState::Healthy.as_u8()),
             in_flight: AtomicU32::new(0),
@@ -160,6 +163,21 @@ impl ConnectionStatus {
     /// Whether the connection is open.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection was ever open (handshake done, or a reverse connection's
+    /// registration answered): a connection that is not open but was is dead, not starting.
+    pub fn was_connected(&self) -> bool {
+        self.was_connected.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_connected(&self) {
+        self.was_connected.store(true, Ordering::Release);
+        self.connected.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn mark_disconnected(&self) {
+        self.connected.store(false, Ordering::Release);
     }
 
     /// Whether the agent paused it.
@@ -378,7 +396,9 @@ impl<R: Runtime> AgentClient<R> {
         set_wall_clock(&mut conn);
         let (tx, rx) = mpsc::channel(CHANNEL_BUFFER_SIZE);
         let status = Arc::new(ConnectionStatus::new());
-        status.connected.store(gate.is_none(), Ordering::Release);
+        if gate.is_none() {
+            status.mark_connected();
+        }
         let (read, write) = stream.into_split();
         let driver = ClientDriver::build(conn, rx, status.clone(), control, None);
         R::spawn(driver.run_gated::<R>(gate, read, write));
@@ -477,6 +497,24 @@ impl<R: Runtime> AgentClient<R> {
 }
 
 impl ClientHandle {
+    /// A handle whose connection task is `rx`'s owner (or nobody), for unit tests of the pool.
+    #[cfg(test)]
+    pub(crate) fn detached(status: Arc<ConnectionStatus>) -> (Self, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(1);
+        let negotiated = Negotiated {
+            encoding: Encoding::Json,
+            capabilities: Capabilities::new("test", "test", "0"),
+            protocol_version: agent_protocol_core::handshake::PROTOCOL_VERSION,
+        };
+        let handle = ClientHandle {
+            tx,
+            status,
+            negotiated: Arc::new(negotiated),
+            request_timeout: Duration::from_secs(1),
+        };
+        (handle, rx)
+    }
+
     pub(crate) fn status(&self) -> &Arc<ConnectionStatus> {
         &self.status
     }
@@ -690,7 +728,7 @@ impl ClientDriver {
                     if runtime::write_all(&mut write, &preamble).await.is_err() {
                         return self.abandon(write).await;
                     }
-                    self.status.connected.store(true, Ordering::Release);
+                    self.status.mark_connected();
                 }
                 Ok(GateDecision::Refuse(preamble)) => {
                     let _ = runtime::write_all(&mut write, &preamble).await;
@@ -787,7 +825,7 @@ impl ClientDriver {
     /// callers still queued with a clear error rather than a dropped channel.
     pub fn wind_down(&mut self) {
         self.dispatch_events();
-        self.status.connected.store(false, Ordering::Release);
+        self.status.mark_disconnected();
         self.status.in_flight.store(0, Ordering::Release);
         self.status.resumed.notify_waiters();
         self.rx.close();
@@ -868,7 +906,7 @@ impl ClientDriver {
         while let Some(event) = self.conn.poll_event() {
             match event {
                 ProxyEvent::Connected(negotiated) => {
-                    self.status.connected.store(true, Ordering::Release);
+                    self.status.mark_connected();
                     if let Some(ready) = self.ready.take() {
                         let _ = ready.send(Ok(negotiated));
                     }

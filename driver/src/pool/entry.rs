@@ -207,8 +207,6 @@ pub(crate) struct PooledConnection {
     pending: AtomicU32,
     /// Pause state at the last maintenance look, to count pause/resume transitions.
     seen_paused: AtomicBool,
-    /// Seen connected at least once (a gated reverse connection starts out not connected).
-    seen_connected: AtomicBool,
     created: Instant,
 }
 
@@ -225,19 +223,19 @@ impl PooledConnection {
             errors: ErrorRate::new(),
             pending: AtomicU32::new(0),
             seen_paused: AtomicBool::new(false),
-            seen_connected: AtomicBool::new(false),
             created: Instant::now(),
         }
     }
 
-    /// Whether the connection is over: not connected, and either it was connected before or
-    /// it never got there within [`NEVER_CONNECTED_GRACE`].
+    /// Whether the connection is over: not connected, and either it was connected before (the
+    /// connection itself records that, so a connection that opened and died between two
+    /// maintenance passes is not mistaken for one still starting) or it never got there within
+    /// [`NEVER_CONNECTED_GRACE`].
     pub(crate) fn is_dead(&self, now: Instant) -> bool {
         if self.is_connected() {
-            self.seen_connected.store(true, Ordering::Relaxed);
             return false;
         }
-        self.seen_connected.load(Ordering::Relaxed)
+        self.client.status().was_connected()
             || now.saturating_duration_since(self.created) >= NEVER_CONNECTED_GRACE
     }
 
@@ -309,5 +307,45 @@ impl CandidateSet for Candidates<'_> {
         self.0
             .get(index)
             .map_or(CandidateInfo::UNAVAILABLE, |c| c.candidate())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{ClientHandle, ConnectionStatus};
+
+    /// A pooled connection and the receiving end of its command channel (kept alive: a
+    /// closed channel means a closed connection).
+    fn pooled(
+        status: &Arc<ConnectionStatus>,
+    ) -> (
+        PooledConnection,
+        tokio::sync::mpsc::Receiver<crate::client::Command>,
+    ) {
+        let (handle, rx) = ClientHandle::detached(status.clone());
+        (PooledConnection::new(1, 0, handle), rx)
+    }
+
+    #[test]
+    fn a_connection_that_opened_and_died_unobserved_is_dead_at_once() {
+        // The pool never looked at it while it was open: the connection itself remembers.
+        let status = Arc::new(ConnectionStatus::new());
+        status.mark_connected();
+        let (conn, _commands) = pooled(&status);
+        status.mark_disconnected();
+        assert!(conn.is_dead(Instant::now()));
+    }
+
+    #[test]
+    fn a_connection_still_starting_gets_its_grace() {
+        // A gated reverse connection: not connected yet, never was.
+        let status = Arc::new(ConnectionStatus::new());
+        let (conn, _commands) = pooled(&status);
+        let now = Instant::now();
+        assert!(!conn.is_dead(now));
+        assert!(conn.is_dead(now + NEVER_CONNECTED_GRACE));
+        status.mark_connected();
+        assert!(!conn.is_dead(now + NEVER_CONNECTED_GRACE));
     }
 }
