@@ -25,6 +25,8 @@ mod pool_support;
 // AgentClient <-> AgentServer, and reverse connections.
 mod client_server;
 mod reverse;
+// A tokio side against an async-std side, in one test.
+mod cross_runtime;
 
 /// A runtime the scenarios can run on: the adapter's [`Runtime`] plus a way to block on a
 /// future with that runtime's executor.
