@@ -31,6 +31,14 @@
 //! gRPC is tokio-only (it is built on tonic): a gRPC endpoint given to [`pool::AgentPool`] or
 //! [`client::AgentClient`] is refused with a clear error. Use `agent-protocol-tokio` for gRPC.
 //!
+//! # Performance
+//!
+//! Under concurrent load this adapter matches the tokio one (BENCHMARKS.md). One request at a
+//! time it is 10-20 µs slower per round trip, because async-global-executor hands a woken task
+//! to whichever of its threads is free, so the caller and the connection task keep crossing
+//! threads. With `ASYNC_GLOBAL_EXECUTOR_THREADS=1` (read when the executor starts) that gap
+//! mostly closes, at the cost of running all connection tasks on one thread.
+//!
 //! ```no_run
 //! use agent_protocol_async_std::core::{
 //!     AgentResponse, Headers, RequestHeadersEvent, RequestMetadata,
