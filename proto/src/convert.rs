@@ -1,6 +1,6 @@
 //! Conversions between the core's wire types and the generated protobuf messages.
 //!
-//! Core to proto is infallible and consumes its input: strings, maps and body [`Bytes`] are
+//! Core to proto is infallible and consumes its input: strings, maps and body [`Bytes`](bytes::Bytes) are
 //! moved, never copied (headers through [`Headers::into_flat`], which clones a name only for its
 //! second and later values). Proto to core checks what protobuf cannot express (a status code or
 //! port above `u16::MAX`, a missing decision, JSON text that does not parse) and fails with a

@@ -26,7 +26,7 @@ pub use client::{AgentClient, ClientConfig, ClientError, CHANNEL_BUFFER_SIZE};
 pub use pool::{AgentPool, AgentPoolConfig, AgentStats, PoolError};
 pub use runtime::Tokio;
 
-/// [`AgentClient`](client::AgentClient): one proxy->agent connection (see
+/// [`AgentClient`]: one proxy->agent connection (see
 /// [`agent_protocol_driver::client`]).
 pub mod client {
     pub use agent_protocol_driver::client::{
