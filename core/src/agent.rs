@@ -45,6 +45,7 @@ use crate::handshake::{
     AgentHandshake, AgentHandshakeConfig, HandshakeError, HandshakeRequest, HandshakeResponse,
     Negotiated, PROTOCOL_VERSION,
 };
+use crate::limits::HeaderLimits;
 use crate::response::{AgentResponse, Decision, WebSocketDecision};
 
 /// Default bound on requests tracked at once ([`AgentConfig::max_in_flight`]).
@@ -56,6 +57,10 @@ pub const MALFORMED_EVENT_REASON: &str = "MALFORMED_EVENT";
 /// Reason code of the block sent for an event that arrived while
 /// [`AgentConfig::max_in_flight`] requests were unanswered.
 pub const AGENT_OVERLOADED_REASON: &str = "AGENT_OVERLOADED";
+
+/// Reason code of the block (status 431) sent for an event whose headers go over
+/// [`AgentConfig::header_limits`]; the application never sees the event.
+pub const HEADER_LIMIT_REASON: &str = "HEADER_LIMIT_EXCEEDED";
 
 /// Reason code of the block sent, on a message transport, for an event that arrived before the
 /// handshake (the reference drops such events silently and the proxy waits out its timeout, D19).
@@ -85,6 +90,9 @@ pub struct AgentConfig {
     /// Largest number of unanswered requests tracked at once. An event beyond it is answered
     /// immediately with a block (503, [`AGENT_OVERLOADED_REASON`]). Zero refuses every event.
     pub max_in_flight: usize,
+    /// Header values and bytes one event may carry, checked while it is decoded; an event over
+    /// them is answered with a block (431, [`HEADER_LIMIT_REASON`]).
+    pub header_limits: HeaderLimits,
 }
 
 impl Default for AgentConfig {
@@ -93,6 +101,7 @@ impl Default for AgentConfig {
             handshake: AgentHandshakeConfig::default(),
             max_frame_len: MAX_FRAME_LEN,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            header_limits: HeaderLimits::default(),
         }
     }
 }
@@ -132,9 +141,10 @@ pub enum AgentEvent {
         /// Why the proxy cancelled.
         reason: CancelReason,
     },
-    /// An event payload could not be decoded but its correlation id could. The connection has
-    /// **already** answered it fail-closed (block 500, [`MALFORMED_EVENT_REASON`]); nothing is
-    /// left to do but log it.
+    /// An event payload could not be decoded (or went over [`AgentConfig::header_limits`], or
+    /// had an empty correlation id) but its correlation id could be read. The connection has
+    /// **already** answered it fail-closed (block 500, [`MALFORMED_EVENT_REASON`], or 431,
+    /// [`HEADER_LIMIT_REASON`], when `error.limit` is set); nothing is left to do but log it.
     MalformedEvent {
         /// The salvaged correlation id.
         correlation_id: String,
@@ -288,6 +298,7 @@ enum FailClosed {
     Malformed,
     Overloaded,
     HandshakeRequired,
+    HeaderLimit,
 }
 
 /// The agent side of one connection.
@@ -500,6 +511,20 @@ impl AgentConnection {
                     );
                     return;
                 }
+                // The transport decoded the headers itself: hold them to the same limits a
+                // framed connection applies while decoding, with the same answer.
+                let (count, bytes) = event.header_load();
+                if let Err(limit) = self.config.header_limits.check(count, bytes) {
+                    let error = DecodeError {
+                        frame_type: event.frame_type(),
+                        encoding: Encoding::Json,
+                        message: limit.to_string(),
+                        limit: Some(limit),
+                    };
+                    let correlation_id = event.correlation_id().to_owned();
+                    self.refuse_event(Encoding::Json, correlation_id, error);
+                    return;
+                }
                 self.admit_event(Encoding::Json, event);
             }
             AgentIncoming::MalformedEvent {
@@ -512,6 +537,7 @@ impl AgentConnection {
                     frame_type,
                     encoding: Encoding::Json,
                     message: error,
+                    limit: None,
                 };
                 match correlation_id {
                     Some(correlation_id) => {
@@ -870,23 +896,12 @@ impl AgentConnection {
     }
 
     fn on_event(&mut self, encoding: Encoding, frame_type: FrameType, payload: &[u8]) {
-        match encoding::decode_event(frame_type, encoding, payload) {
+        let limits = &self.config.header_limits;
+        match encoding::decode_event_with_limits(frame_type, encoding, payload, limits) {
             None => self.notice(AgentEvent::Ignored { frame_type }),
             Some(Ok(event)) => self.admit_event(encoding, event),
             Some(Err(error)) => match salvage_correlation_id(encoding, payload) {
-                Some(correlation_id) => {
-                    if self.answer_fail_closed(
-                        encoding,
-                        frame_type,
-                        &correlation_id,
-                        FailClosed::Malformed,
-                    ) {
-                        self.notice(AgentEvent::MalformedEvent {
-                            correlation_id,
-                            error,
-                        });
-                    }
-                }
+                Some(correlation_id) => self.refuse_event(encoding, correlation_id, error),
                 // Nothing to answer: the proxy would wait out its timeout for this request.
                 // Closing makes it fail everything on this connection at once instead.
                 None => self.close_with(ConnectionError::Malformed(error)),
@@ -894,9 +909,37 @@ impl AgentConnection {
         }
     }
 
+    /// Answers an event the application will not see (undecodable, or over a header limit)
+    /// with a block, and reports it.
+    fn refuse_event(&mut self, encoding: Encoding, correlation_id: String, error: DecodeError) {
+        let why = if error.limit.is_some() {
+            FailClosed::HeaderLimit
+        } else {
+            FailClosed::Malformed
+        };
+        if self.answer_fail_closed(encoding, error.frame_type, &correlation_id, why) {
+            self.notice(AgentEvent::MalformedEvent {
+                correlation_id,
+                error,
+            });
+        }
+    }
+
     /// Tracks a decoded event and hands it to the application, or answers it at once with an
     /// overload block when [`AgentConfig::max_in_flight`] requests are unanswered.
     fn admit_event(&mut self, encoding: Encoding, event: Event) {
+        if event.correlation_id().is_empty() {
+            // An answer to it could not be routed, and our proxy never sends one: malformed.
+            // (gRPC cannot tell an empty id from a missing one, so this is reachable there.)
+            let error = DecodeError {
+                frame_type: event.frame_type(),
+                encoding,
+                message: "event without a correlation id".into(),
+                limit: None,
+            };
+            self.refuse_event(encoding, String::new(), error);
+            return;
+        }
         if self.requests.len() >= self.config.max_in_flight {
             let frame_type = event.frame_type();
             let correlation_id = event.correlation_id().to_owned();
@@ -951,6 +994,12 @@ impl AgentConnection {
                 500,
                 "event before the handshake",
                 HANDSHAKE_REQUIRED_REASON,
+                WS_CLOSE_MALFORMED,
+            ),
+            FailClosed::HeaderLimit => (
+                431,
+                "request header fields too large",
+                HEADER_LIMIT_REASON,
                 WS_CLOSE_MALFORMED,
             ),
         };

@@ -17,6 +17,7 @@ use crate::event::{
     RequestHeadersEvent, ResponseBodyChunkEvent, ResponseHeadersEvent, WebSocketFrameEvent,
 };
 use crate::frame::{FrameType, FrameWriter, PayloadTooLarge};
+use crate::limits::{self, HeaderLimits, LimitExceeded};
 
 /// A payload encoding.
 ///
@@ -90,6 +91,9 @@ pub struct DecodeError {
     pub encoding: Encoding,
     /// What was wrong.
     pub message: String,
+    /// Set when decoding stopped because the message went over a header limit (the payload may
+    /// be otherwise well formed).
+    pub limit: Option<LimitExceeded>,
 }
 
 /// Appends one frame carrying `value` in `encoding` to `out`. On error `out` is unchanged.
@@ -145,6 +149,36 @@ pub fn decode_payload<'a, T: Deserialize<'a>>(
         frame_type,
         encoding: effective,
         message,
+        limit: None,
+    })
+}
+
+/// Decodes an event payload: the top level may repeat `correlation_id` with the same value
+/// (see [`crate::repeated_id`]), and header maps are held to `limits` as they are read.
+fn decode_event_payload<'a, T: Deserialize<'a>>(
+    frame_type: FrameType,
+    encoding: Encoding,
+    payload: &'a [u8],
+    header_limits: &HeaderLimits,
+) -> Result<T, DecodeError> {
+    let effective = effective_encoding(encoding, payload);
+    let (result, limit) = limits::decode_with(header_limits, || match effective {
+        Encoding::Json => {
+            let mut de = serde_json::Deserializer::from_slice(payload);
+            crate::repeated_id::deserialize(&mut de)
+                .and_then(|value| de.end().map(|()| value))
+                .map_err(|e| e.to_string())
+        }
+        Encoding::MsgPack => {
+            crate::msgpack::from_slice_with(payload, |de| crate::repeated_id::deserialize(de))
+                .map_err(|e| e.to_string())
+        }
+    });
+    result.map_err(|message| DecodeError {
+        frame_type,
+        encoding: effective,
+        message,
+        limit,
     })
 }
 
@@ -176,38 +210,66 @@ pub fn encode_event(
     }
 }
 
-/// Decodes an event frame. `None` if `frame_type` is not an event type.
+/// Decodes an event frame with the default [`HeaderLimits`]. `None` if `frame_type` is not an
+/// event type.
+///
+/// Both encodings reach the same decision on the same logical event: a repeated field is an
+/// error (except an identical repeated top-level `correlation_id`, which the reference proxy
+/// sends), a repeated header name merges its values, `null` where a map is required is an error.
+///
+/// ```
+/// use agent_protocol_core::encoding::decode_event;
+/// use agent_protocol_core::frame::FrameType;
+/// use agent_protocol_core::Encoding;
+///
+/// let json = br#"{"correlation_id":"c","status":200,"headers":{"x":["1"],"x":["2"]}}"#;
+/// let event = decode_event(FrameType::ResponseHeaders, Encoding::Json, json).unwrap().unwrap();
+/// let agent_protocol_core::Event::ResponseHeaders(e) = event else { unreachable!() };
+/// assert_eq!(e.headers.get("x").unwrap().as_slice(), ["1", "2"]);
+/// ```
 pub fn decode_event(
     frame_type: FrameType,
     encoding: Encoding,
     payload: &[u8],
 ) -> Option<Result<Event, DecodeError>> {
+    decode_event_with_limits(frame_type, encoding, payload, &HeaderLimits::default())
+}
+
+/// [`decode_event`] with explicit header limits.
+pub fn decode_event_with_limits(
+    frame_type: FrameType,
+    encoding: Encoding,
+    payload: &[u8],
+    limits: &HeaderLimits,
+) -> Option<Result<Event, DecodeError>> {
     let p = payload;
     let e = encoding;
     let ty = frame_type;
+    let l = limits;
     let event = match frame_type {
         FrameType::RequestHeaders => {
-            decode_payload::<RequestHeadersEvent>(ty, e, p).map(Event::RequestHeaders)
+            decode_event_payload::<RequestHeadersEvent>(ty, e, p, l).map(Event::RequestHeaders)
         }
         FrameType::RequestBodyChunk => {
-            decode_payload::<RequestBodyChunkEvent>(ty, e, p).map(Event::RequestBodyChunk)
+            decode_event_payload::<RequestBodyChunkEvent>(ty, e, p, l).map(Event::RequestBodyChunk)
         }
         FrameType::ResponseHeaders => {
-            decode_payload::<ResponseHeadersEvent>(ty, e, p).map(Event::ResponseHeaders)
+            decode_event_payload::<ResponseHeadersEvent>(ty, e, p, l).map(Event::ResponseHeaders)
         }
-        FrameType::ResponseBodyChunk => {
-            decode_payload::<ResponseBodyChunkEvent>(ty, e, p).map(Event::ResponseBodyChunk)
-        }
+        FrameType::ResponseBodyChunk => decode_event_payload::<ResponseBodyChunkEvent>(ty, e, p, l)
+            .map(Event::ResponseBodyChunk),
         FrameType::RequestComplete => {
-            decode_payload::<RequestCompleteEvent>(ty, e, p).map(Event::RequestComplete)
+            decode_event_payload::<RequestCompleteEvent>(ty, e, p, l).map(Event::RequestComplete)
         }
         FrameType::WebSocketFrame => {
-            decode_payload::<WebSocketFrameEvent>(ty, e, p).map(Event::WebSocketFrame)
+            decode_event_payload::<WebSocketFrameEvent>(ty, e, p, l).map(Event::WebSocketFrame)
         }
         FrameType::GuardrailInspect => {
-            decode_payload::<GuardrailInspectEvent>(ty, e, p).map(Event::GuardrailInspect)
+            decode_event_payload::<GuardrailInspectEvent>(ty, e, p, l).map(Event::GuardrailInspect)
         }
-        FrameType::Configure => decode_payload::<ConfigureEvent>(ty, e, p).map(Event::Configure),
+        FrameType::Configure => {
+            decode_event_payload::<ConfigureEvent>(ty, e, p, l).map(Event::Configure)
+        }
         _ => return None,
     };
     Some(event.map(|mut ev| {
@@ -217,7 +279,7 @@ pub fn decode_event(
 }
 
 /// Best-effort extraction of the correlation id of an event payload that failed to decode, so
-/// the agent can fail just that request (answering it with an error rather than an allow, D16).
+/// the agent can fail just that request (answering it with a block, never an allow).
 ///
 /// Reads the document generically, without a schema: a top-level `correlation_id` string, else
 /// `metadata.correlation_id`; positional arrays (the reference's compact MessagePack) are read

@@ -206,9 +206,9 @@ impl<'de> Deserialize<'de> for BodyBytes {
 }
 
 /// Decodes body chunks in every form the reference emits: the string form (map with one
-/// counter key), the binary JSON form (map with both counters, one null), MessagePack maps with a
-/// duplicated `correlation_id` (D1), and the binary MessagePack arrays whose length depends on
-/// which optional fields were present (D3).
+/// counter key), the binary JSON form (map with both counters, one null), and the binary
+/// MessagePack arrays whose length depends on which optional fields were present (the reference
+/// leaves absent options out, so later fields slide down a slot).
 struct ChunkVisitor {
     counter_key: &'static str,
 }
@@ -224,26 +224,33 @@ impl<'de> Visitor<'de> for ChunkVisitor {
         let mut cid: Option<String> = None;
         let mut data: Option<Bytes> = None;
         let mut is_last: Option<bool> = None;
-        let mut total_size: Option<u64> = None;
-        let mut chunk_index: u32 = 0;
-        let mut counter: Option<u64> = None;
+        let mut total_size: Option<Option<u64>> = None;
+        let mut chunk_index: Option<u32> = None;
+        let mut counter: Option<Option<u64>> = None;
+        /// A repeated field is an error, as for every derived struct (and as serde_json would
+        /// decide): the one repetition the reference sends is handled by `repeated_id`.
+        fn once<T, E: de::Error>(slot: &mut Option<T>, name: &'static str, v: T) -> Result<(), E> {
+            if slot.replace(v).is_some() {
+                return Err(E::duplicate_field(name));
+            }
+            Ok(())
+        }
         while let Some(key) = map.next_key::<KeyName>()? {
             match key.0.as_ref() {
-                "correlation_id" => {
-                    let v: String = map.next_value()?;
-                    if cid.as_deref().is_none_or(str::is_empty) {
-                        cid = Some(v);
-                    }
-                }
-                "data" => data = Some(map.next_value::<BodyBytes>()?.0),
-                "is_last" => is_last = Some(map.next_value()?),
-                "total_size" => total_size = map.next_value()?,
-                "chunk_index" => chunk_index = map.next_value::<Option<u32>>()?.unwrap_or(0),
-                k if k == self.counter_key => {
-                    if let Some(v) = map.next_value::<Option<u64>>()? {
-                        counter = Some(v);
-                    }
-                }
+                "correlation_id" => once(&mut cid, "correlation_id", map.next_value()?)?,
+                "data" => once(&mut data, "data", map.next_value::<BodyBytes>()?.0)?,
+                "is_last" => once(&mut is_last, "is_last", map.next_value()?)?,
+                "total_size" => once(&mut total_size, "total_size", map.next_value()?)?,
+                "chunk_index" => once(
+                    &mut chunk_index,
+                    "chunk_index",
+                    map.next_value::<Option<u32>>()?.unwrap_or(0),
+                )?,
+                k if k == self.counter_key => once(
+                    &mut counter,
+                    self.counter_key,
+                    map.next_value::<Option<u64>>()?,
+                )?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -253,9 +260,9 @@ impl<'de> Visitor<'de> for ChunkVisitor {
             correlation_id: cid.ok_or_else(|| de::Error::missing_field("correlation_id"))?,
             data: data.ok_or_else(|| de::Error::missing_field("data"))?,
             is_last: is_last.ok_or_else(|| de::Error::missing_field("is_last"))?,
-            total_size,
-            chunk_index,
-            bytes_transferred: counter.unwrap_or(0),
+            total_size: total_size.flatten(),
+            chunk_index: chunk_index.unwrap_or(0),
+            bytes_transferred: counter.flatten().unwrap_or(0),
         })
     }
 
@@ -557,6 +564,30 @@ impl Event {
         }
     }
 
+    /// The header values this event carries and the bytes of their names and values, as
+    /// [`HeaderLimits`](crate::limits::HeaderLimits) counts them.
+    ///
+    /// ```
+    /// use agent_protocol_core::{Event, Headers, ResponseHeadersEvent};
+    /// let mut headers = Headers::new();
+    /// headers.append("set-cookie", "a=1");
+    /// headers.append("set-cookie", "b=2");
+    /// let event = Event::ResponseHeaders(ResponseHeadersEvent { headers, ..Default::default() });
+    /// // Two values; the name counts once per entry, as on the wire.
+    /// assert_eq!(event.header_load(), (2, "set-cookie".len() + 6));
+    /// ```
+    pub fn header_load(&self) -> (usize, usize) {
+        let headers = match self {
+            Self::RequestHeaders(e) => &e.headers,
+            Self::ResponseHeaders(e) => &e.headers,
+            _ => return (0, 0),
+        };
+        headers.entries().iter().fold((0, 0), |(count, bytes), e| {
+            let values: usize = e.values.iter().map(String::len).sum();
+            (count + e.values.len(), bytes + e.name.len() + values)
+        })
+    }
+
     /// The event's kind.
     pub fn kind(&self) -> EventKind {
         match self {
@@ -658,9 +689,23 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_correlation_id_keys_are_tolerated_by_the_chunk_decoder() {
-        let j = r#"{"correlation_id":"a","correlation_id":"a","data":"","is_last":true}"#;
-        let e: RequestBodyChunkEvent = serde_json::from_str(j).unwrap();
-        assert_eq!(e.0.correlation_id, "a");
+    fn repeated_chunk_fields_are_refused_except_an_identical_top_level_id() {
+        use crate::encoding::decode_event;
+        use crate::frame::FrameType;
+        use crate::Encoding;
+        let same = br#"{"correlation_id":"a","correlation_id":"a","data":"","is_last":true}"#;
+        let e = decode_event(FrameType::RequestBodyChunk, Encoding::Json, same).unwrap();
+        assert_eq!(e.unwrap().correlation_id(), "a");
+        // Outside the event decoder (which allows that one repetition) even that is refused.
+        assert!(serde_json::from_slice::<RequestBodyChunkEvent>(same).is_err());
+        for bad in [
+            &br#"{"correlation_id":"a","correlation_id":"b","data":"","is_last":true}"#[..],
+            br#"{"correlation_id":"a","data":"","data":"aGk=","is_last":true}"#,
+            br#"{"correlation_id":"a","data":"","is_last":true,"is_last":false}"#,
+            br#"{"correlation_id":"a","data":"","is_last":true,"chunk_index":1,"chunk_index":2}"#,
+        ] {
+            let got = decode_event(FrameType::RequestBodyChunk, Encoding::Json, bad).unwrap();
+            assert!(got.is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

@@ -4,8 +4,15 @@
 //! `SmallVec` whose first value is stored inline, so the common single-valued header costs two
 //! allocations (its name and its value) and no array. Converting to a flat list of
 //! `(name, value)` pairs moves the strings instead of cloning them.
+//!
+//! Building headers from the wire (decoding, [`Headers::append_exact`]) merges repeated names
+//! in time linear in the number of headers, however many distinct names a peer sends: past
+//! [`INDEXED_FROM`] names an exact-name hash index takes over from the linear scan. Decoding
+//! counts every value against the [`HeaderLimits`](crate::limits::HeaderLimits) of the message.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 
 use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -24,6 +31,10 @@ pub struct HeaderEntry {
     pub values: HeaderValues,
 }
 
+/// Past this many distinct names, exact-name lookups while building headers go through a hash
+/// index rather than a scan, so that merging stays linear in the input.
+pub const INDEXED_FROM: usize = 16;
+
 /// An ordered multi-map of HTTP headers.
 ///
 /// ```
@@ -40,9 +51,42 @@ pub struct HeaderEntry {
 /// let flat: Vec<(String, String)> = headers.into_flat().collect();
 /// assert_eq!(flat.len(), 3);
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Headers {
     entries: Vec<HeaderEntry>,
+    /// Exact name -> position, kept while names are appended by exact match and there are more
+    /// than [`INDEXED_FROM`] of them; dropped by any other change (rebuilt when needed).
+    index: Option<Box<NameIndex>>,
+}
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
+    }
+}
+
+impl Eq for Headers {}
+
+/// Positions of entries by a keyed hash of their exact name. Keyed with a per-process random
+/// key, so a peer cannot choose names that collide; a collision is still handled (by a scan).
+#[derive(Clone, Debug, Default)]
+struct NameIndex {
+    hasher: RandomState,
+    positions: HashMap<u64, usize>,
+}
+
+impl NameIndex {
+    fn build(entries: &[HeaderEntry]) -> Box<Self> {
+        let mut index = Box::new(NameIndex {
+            hasher: RandomState::new(),
+            positions: HashMap::with_capacity(entries.len() * 2),
+        });
+        for (i, e) in entries.iter().enumerate() {
+            let h = index.hasher.hash_one(e.name.as_str());
+            index.positions.entry(h).or_insert(i);
+        }
+        index
+    }
 }
 
 impl Headers {
@@ -55,6 +99,7 @@ impl Headers {
     pub fn with_capacity(names: usize) -> Self {
         Self {
             entries: Vec::with_capacity(names),
+            index: None,
         }
     }
 
@@ -76,6 +121,7 @@ impl Headers {
     /// Adds a value, after any existing values of the same name (case-insensitive).
     pub fn append(&mut self, name: impl Into<String>, value: impl Into<String>) {
         let name = name.into();
+        self.index = None;
         match self.position(&name) {
             Some(i) => self.entries[i].values.push(value.into()),
             None => self.entries.push(HeaderEntry {
@@ -100,25 +146,13 @@ impl Headers {
     /// assert_eq!(h.entries()[0].values.as_slice(), ["1", "3"]);
     /// ```
     pub fn append_exact(&mut self, name: String, value: String) {
-        // Repeated names usually arrive together: look at the last entry first.
-        if let Some(last) = self.entries.last_mut() {
-            if last.name == name {
-                last.values.push(value);
-                return;
-            }
-        }
-        match self.entries.iter_mut().find(|e| e.name == name) {
-            Some(e) => e.values.push(value),
-            None => self.entries.push(HeaderEntry {
-                name,
-                values: smallvec::smallvec![value],
-            }),
-        }
+        self.push_exact(name, smallvec::smallvec![value]);
     }
 
     /// Replaces every value of `name` with one value.
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
         let name = name.into();
+        self.index = None;
         match self.position(&name) {
             Some(i) => {
                 let values = &mut self.entries[i].values;
@@ -135,6 +169,7 @@ impl Headers {
     /// Removes a name and returns its values.
     pub fn remove(&mut self, name: &str) -> Option<HeaderValues> {
         let i = self.position(name)?;
+        self.index = None;
         Some(self.entries.remove(i).values)
     }
 
@@ -184,14 +219,45 @@ impl Headers {
             .position(|e| e.name.eq_ignore_ascii_case(name))
     }
 
-    /// Adds a whole entry, merging with an existing one of the same exact name. Decoding uses
-    /// exact-name matching: a wire map never repeats a key, and two keys that differ only in case
-    /// are kept apart as the sender wrote them (the reference's lower-casing lost values, D48).
-    fn push_decoded(&mut self, name: String, values: HeaderValues) {
-        if let Some(e) = self.entries.iter_mut().find(|e| e.name == name) {
-            e.values.extend(values);
+    /// Adds values after any existing values of exactly `name`. Decoding and
+    /// [`Headers::append_exact`] come through here: two names that differ only in case are kept
+    /// apart as the sender wrote them (lower-casing them would lose which value came with which
+    /// spelling). Amortised constant time per call, whatever the number of names.
+    fn push_exact(&mut self, name: String, values: HeaderValues) {
+        // Repeated names usually arrive together: look at the last entry first.
+        if let Some(last) = self.entries.last_mut() {
+            if last.name == name {
+                last.values.extend(values);
+                return;
+            }
+        }
+        let found = if self.entries.len() <= INDEXED_FROM {
+            self.entries.iter().position(|e| e.name == name)
         } else {
-            self.entries.push(HeaderEntry { name, values });
+            self.indexed_position(&name)
+        };
+        match found {
+            Some(i) => self.entries[i].values.extend(values),
+            None => {
+                if let Some(index) = &mut self.index {
+                    let h = index.hasher.hash_one(name.as_str());
+                    index.positions.entry(h).or_insert(self.entries.len());
+                }
+                self.entries.push(HeaderEntry { name, values });
+            }
+        }
+    }
+
+    /// The position of exactly `name`, through the index (built on first use).
+    fn indexed_position(&mut self, name: &str) -> Option<usize> {
+        let entries = &self.entries;
+        let index = self.index.get_or_insert_with(|| NameIndex::build(entries));
+        let &i = index.positions.get(&index.hasher.hash_one(name))?;
+        if entries[i].name == name {
+            Some(i)
+        } else {
+            // Two names with one 64-bit keyed hash: practically never; stay correct anyway.
+            entries.iter().position(|e| e.name == name)
         }
     }
 }
@@ -237,15 +303,17 @@ impl<'de> Visitor<'de> for HeadersVisitor {
         // browser request so the list does not grow four times on the way to 20 headers.
         let mut headers = Headers::with_capacity(map.size_hint().unwrap_or(24).min(128));
         while let Some(name) = map.next_key::<String>()? {
+            charge(0, name.len())?;
             let values: ValuesOrOne = map.next_value()?;
-            headers.push_decoded(name, values.0);
+            headers.push_exact(name, values.0);
         }
         Ok(headers)
     }
+}
 
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Headers, E> {
-        Ok(Headers::new())
-    }
+/// Counts header values and bytes against the limits of the message being decoded.
+fn charge<E: serde::de::Error>(values: usize, bytes: usize) -> Result<(), E> {
+    crate::limits::charge(values, bytes).map_err(E::custom)
 }
 
 /// Header values: an array of strings, or (leniently) a single string.
@@ -262,14 +330,17 @@ impl<'de> Deserialize<'de> for ValuesOrOne {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ValuesOrOne, A::Error> {
                 let mut values = HeaderValues::new();
                 while let Some(v) = seq.next_element::<String>()? {
+                    charge(1, v.len())?;
                     values.push(v);
                 }
                 Ok(ValuesOrOne(values))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ValuesOrOne, E> {
+                charge(1, v.len())?;
                 Ok(ValuesOrOne(smallvec::smallvec![v.to_owned()]))
             }
             fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ValuesOrOne, E> {
+                charge(1, v.len())?;
                 Ok(ValuesOrOne(smallvec::smallvec![v]))
             }
         }

@@ -14,11 +14,13 @@ pub mod frame;
 pub mod handshake;
 pub mod headers;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod msgpack;
 pub mod pool;
 pub mod proxy;
 pub mod registration;
+pub mod repeated_id;
 pub mod response;
 
 pub use agent::{

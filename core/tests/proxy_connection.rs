@@ -598,6 +598,7 @@ fn message_transport_fails_one_request_for_an_undecodable_answer() {
         frame_type: FrameType::AgentResponse,
         encoding: Encoding::Json,
         message: "block status 70000 out of range".into(),
+        limit: None,
     };
     for cid in ["a", "nobody"] {
         conn.handle_message(

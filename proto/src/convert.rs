@@ -1385,6 +1385,7 @@ impl From<v2::AgentToProxy> for AgentMessage {
                             frame_type: FrameType::AgentResponse,
                             encoding: Encoding::Json,
                             message: format!("protobuf: {e}"),
+                            limit: None,
                         },
                     }),
                     None => Err(e),

@@ -1,1 +1,4 @@
-//! Cross-crate tests live in `tests/`; this library is intentionally empty.
+//! Test support shared by this crate's tests and the fuzz targets.
+
+pub mod differential;
+pub mod strategies;

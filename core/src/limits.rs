@@ -1,0 +1,187 @@
+//! Per-message header limits, enforced while a message is decoded.
+//!
+//! A frame may be 16 MiB, and a header costs a decoder far more memory than its bytes on the
+//! wire: the 5 MessagePack bytes of `{"a": ["b"]}` become two heap strings and a table entry,
+//! well over a hundred bytes. So the count of header values and the bytes of header names and
+//! values in one message are capped, and the cap is checked *as the headers are read*: decoding
+//! stops at the first header past the limit, before the rest is allocated, and the message is
+//! refused with [`LimitExceeded`]. An agent answers such an event fail-closed (status 431,
+//! [`crate::agent::HEADER_LIMIT_REASON`]) without handing it to the application.
+//!
+//! The defaults are generous for real traffic: [`DEFAULT_MAX_HEADER_COUNT`] values (Node.js's
+//! default `maxHeadersCount`) and [`DEFAULT_MAX_HEADER_BYTES`] (Go's default `MaxHeaderBytes`);
+//! common servers refuse far less (nginx: 32 KiB of request headers by default).
+//!
+//! ```
+//! use agent_protocol_core::encoding::decode_event_with_limits;
+//! use agent_protocol_core::frame::FrameType;
+//! use agent_protocol_core::limits::{HeaderLimits, LimitExceeded};
+//! use agent_protocol_core::Encoding;
+//!
+//! let payload = br#"{"correlation_id":"c","status":200,"headers":{"a":["1","2"],"b":["3"]}}"#;
+//! let tight = HeaderLimits { max_count: 2, ..HeaderLimits::default() };
+//! let err = decode_event_with_limits(FrameType::ResponseHeaders, Encoding::Json, payload, &tight)
+//!     .unwrap()
+//!     .unwrap_err();
+//! assert_eq!(err.limit, Some(LimitExceeded::HeaderCount { max: 2 }));
+//! ```
+
+use std::cell::Cell;
+
+/// Default [`HeaderLimits::max_count`]: header values in one message.
+pub const DEFAULT_MAX_HEADER_COUNT: usize = 2000;
+
+/// Default [`HeaderLimits::max_bytes`]: bytes of header names and values in one message.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 1024 * 1024;
+
+/// How many headers one message may carry. Every header map of the message counts (request and
+/// response headers, a block decision's headers): names and values both count towards
+/// `max_bytes`, each value counts once towards `max_count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderLimits {
+    /// Header values in one message.
+    pub max_count: usize,
+    /// Bytes of header names and values in one message.
+    pub max_bytes: usize,
+}
+
+impl Default for HeaderLimits {
+    fn default() -> Self {
+        Self {
+            max_count: DEFAULT_MAX_HEADER_COUNT,
+            max_bytes: DEFAULT_MAX_HEADER_BYTES,
+        }
+    }
+}
+
+impl HeaderLimits {
+    /// No limit at all (for trusted input, such as a message this process encoded).
+    pub const UNLIMITED: Self = Self {
+        max_count: usize::MAX,
+        max_bytes: usize::MAX,
+    };
+
+    /// Checks headers already decoded (by a transport that decodes them itself, such as gRPC)
+    /// against the limits: `count` values and `bytes` bytes of names and values.
+    pub fn check(&self, count: usize, bytes: usize) -> Result<(), LimitExceeded> {
+        if count > self.max_count {
+            Err(LimitExceeded::HeaderCount {
+                max: self.max_count,
+            })
+        } else if bytes > self.max_bytes {
+            Err(LimitExceeded::HeaderBytes {
+                max: self.max_bytes,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A message went over a [`HeaderLimits`] bound. The peer's fault; the message is refused whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitExceeded {
+    /// More header values than [`HeaderLimits::max_count`].
+    #[error("more than {max} header values in one message")]
+    HeaderCount {
+        /// The limit.
+        max: usize,
+    },
+    /// More bytes of header names and values than [`HeaderLimits::max_bytes`].
+    #[error("more than {max} bytes of header names and values in one message")]
+    HeaderBytes {
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// What the message being decoded on this thread may still spend, and whether it overspent.
+#[derive(Clone, Copy)]
+struct Budget {
+    limits: HeaderLimits,
+    count: usize,
+    bytes: usize,
+    exceeded: Option<LimitExceeded>,
+}
+
+thread_local! {
+    // serde gives a visitor no context, so the budget of the message being decoded lives here,
+    // for the duration of one synchronous `decode_with` call on this thread.
+    static BUDGET: Cell<Option<Budget>> = const { Cell::new(None) };
+}
+
+/// Runs `decode` with `limits` applying to every header map it reads; returns its result and
+/// the limit it went over, if any. Nested calls each get their own budget.
+pub(crate) fn decode_with<R>(
+    limits: &HeaderLimits,
+    decode: impl FnOnce() -> R,
+) -> (R, Option<LimitExceeded>) {
+    struct Restore(Option<Budget>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BUDGET.set(self.0.take());
+        }
+    }
+    let outer = BUDGET.replace(Some(Budget {
+        limits: *limits,
+        count: 0,
+        bytes: 0,
+        exceeded: None,
+    }));
+    let _restore = Restore(outer);
+    let result = decode();
+    let exceeded = BUDGET.get().and_then(|b| b.exceeded);
+    (result, exceeded)
+}
+
+/// Charges one header value (`values` of them, really) and `bytes` bytes to the message being
+/// decoded. Outside [`decode_with`] nothing is counted.
+pub(crate) fn charge(values: usize, bytes: usize) -> Result<(), LimitExceeded> {
+    let Some(mut budget) = BUDGET.get() else {
+        return Ok(());
+    };
+    budget.count = budget.count.saturating_add(values);
+    budget.bytes = budget.bytes.saturating_add(bytes);
+    let verdict = budget.limits.check(budget.count, budget.bytes);
+    if let Err(limit) = verdict {
+        budget.exceeded.get_or_insert(limit);
+    }
+    BUDGET.set(Some(budget));
+    verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charges_count_only_inside_a_scope_and_scopes_nest() {
+        assert_eq!(charge(usize::MAX, usize::MAX), Ok(()));
+        let tight = HeaderLimits {
+            max_count: 2,
+            max_bytes: 10,
+        };
+        let ((), over) = decode_with(&tight, || {
+            assert_eq!(charge(1, 4), Ok(()));
+            let ((), inner) = decode_with(&HeaderLimits::UNLIMITED, || {
+                assert_eq!(charge(100, 100), Ok(()));
+            });
+            assert_eq!(inner, None);
+            assert_eq!(charge(1, 4), Ok(()));
+            assert_eq!(charge(0, 3), Err(LimitExceeded::HeaderBytes { max: 10 }));
+            assert_eq!(charge(1, 0), Err(LimitExceeded::HeaderCount { max: 2 }));
+        });
+        assert_eq!(over, Some(LimitExceeded::HeaderBytes { max: 10 }));
+        assert_eq!(charge(usize::MAX, 1), Ok(()));
+    }
+
+    #[test]
+    fn a_panic_inside_the_scope_restores_the_outer_budget() {
+        let result = std::panic::catch_unwind(|| {
+            decode_with(&HeaderLimits::default(), || panic!("decoder bug"));
+        });
+        assert!(result.is_err());
+        assert_eq!(charge(usize::MAX, usize::MAX), Ok(()));
+    }
+}

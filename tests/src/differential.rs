@@ -1,0 +1,396 @@
+//! Differential decoding: one logical message, written in JSON and in MessagePack, must get the
+//! same decision from both decoders: both refuse it, or both accept it and produce equal values.
+//!
+//! A [`Logical`] is a message as a tree, before any encoding: maps are lists of entries, so a key
+//! can repeat, and `nil` can stand anywhere. [`Logical::to_json`] and [`Logical::to_msgpack`]
+//! write it faithfully (repeated keys and all), body bytes as base64 text in JSON and as `bin`
+//! in MessagePack, as the protocol carries them. [`decide`] decodes both and compares.
+//!
+//! The property test (`tests/codec_differential.rs`) builds logical messages from valid ones and
+//! mutates them (repeated keys with equal or different values, nils, repeated header names,
+//! single-string header values, positional arrays, dropped and retyped fields); the fuzz target
+//! (`fuzz/fuzz_targets/codec_differential.rs`) reads them from arbitrary MessagePack.
+
+use std::fmt::Write as _;
+
+use agent_protocol_core::encoding::{decode_event_with_limits, decode_payload, DecodeError};
+use agent_protocol_core::frame::FrameType;
+use agent_protocol_core::limits::HeaderLimits;
+use agent_protocol_core::{AgentResponse, Encoding, Event};
+use base64::Engine;
+
+/// Deepest tree [`Logical::from_msgpack`] builds. Both decoders refuse far deeper input, but not
+/// at exactly the same depth (serde_json counts its recursion its own way), so the comparison
+/// stays below both limits.
+pub const MAX_LOGICAL_DEPTH: usize = 48;
+
+/// A message before encoding.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Logical {
+    /// `null` / `nil`.
+    Nil,
+    /// A boolean.
+    Bool(bool),
+    /// A non-negative integer.
+    UInt(u64),
+    /// A negative integer.
+    Int(i64),
+    /// A finite float.
+    Float(f64),
+    /// Text.
+    Str(String),
+    /// Body bytes: base64 text in JSON, `bin` in MessagePack.
+    Bytes(Vec<u8>),
+    /// An array.
+    Array(Vec<Logical>),
+    /// A map, entries in order; keys may repeat.
+    Map(Vec<(String, Logical)>),
+}
+
+/// Map keys whose values are body bytes (base64 in JSON, `bin` in MessagePack).
+const BODY_KEYS: &[&str] = &["data"];
+
+impl Logical {
+    /// The logical form of a JSON document, keys in order and repeated as they are; strings
+    /// under body keys are base64 and become [`Logical::Bytes`].
+    pub fn from_json(json: &[u8]) -> Result<Logical, serde_json::Error> {
+        let mut value: Logical = serde_json::from_slice(json)?;
+        value.decode_bodies(None);
+        Ok(value)
+    }
+
+    fn decode_bodies(&mut self, key: Option<&str>) {
+        match self {
+            Logical::Str(s) if key.is_some_and(|k| BODY_KEYS.contains(&k)) => {
+                if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(s.as_bytes()) {
+                    *self = Logical::Bytes(bytes);
+                }
+            }
+            Logical::Array(items) => items.iter_mut().for_each(|v| v.decode_bodies(None)),
+            Logical::Map(entries) => entries
+                .iter_mut()
+                .for_each(|(k, v)| v.decode_bodies(Some(k))),
+            _ => {}
+        }
+    }
+
+    /// Reads one MessagePack value as a logical tree, or `None` if it has no faithful JSON twin
+    /// (an ext, a non-string key, text that is not UTF-8, `bin` outside a body key, a float that
+    /// is not finite, nesting deeper than [`MAX_LOGICAL_DEPTH`], trailing bytes).
+    pub fn from_msgpack(mut input: &[u8]) -> Option<Logical> {
+        let value = read_msgpack(&mut input, None, 0)?;
+        input.is_empty().then_some(value)
+    }
+
+    /// The JSON text of this tree, keys repeated as they are.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = String::new();
+        self.write_json(&mut out);
+        out.into_bytes()
+    }
+
+    fn write_json(&self, out: &mut String) {
+        match self {
+            Logical::Nil => out.push_str("null"),
+            Logical::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Logical::UInt(u) => write!(out, "{u}").unwrap(),
+            Logical::Int(i) => write!(out, "{i}").unwrap(),
+            Logical::Float(f) => out.push_str(&serde_json::to_string(f).unwrap()),
+            Logical::Str(s) => out.push_str(&serde_json::to_string(s).unwrap()),
+            Logical::Bytes(b) => {
+                let text = base64::engine::general_purpose::STANDARD.encode(b);
+                out.push_str(&serde_json::to_string(&text).unwrap());
+            }
+            Logical::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    item.write_json(out);
+                }
+                out.push(']');
+            }
+            Logical::Map(entries) => {
+                out.push('{');
+                for (i, (k, v)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::to_string(k).unwrap());
+                    out.push(':');
+                    v.write_json(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+
+    /// The MessagePack bytes of this tree, keys repeated as they are.
+    pub fn to_msgpack(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_msgpack(&mut out);
+        out
+    }
+
+    fn write_msgpack(&self, out: &mut Vec<u8>) {
+        use rmp::encode;
+        match self {
+            Logical::Nil => encode::write_nil(out).unwrap(),
+            Logical::Bool(b) => encode::write_bool(out, *b).unwrap(),
+            Logical::UInt(u) => {
+                encode::write_uint(out, *u).unwrap();
+            }
+            Logical::Int(i) => {
+                encode::write_sint(out, *i).unwrap();
+            }
+            Logical::Float(f) => encode::write_f64(out, *f).unwrap(),
+            Logical::Str(s) => encode::write_str(out, s).unwrap(),
+            Logical::Bytes(b) => encode::write_bin(out, b).unwrap(),
+            Logical::Array(items) => {
+                encode::write_array_len(out, items.len() as u32).unwrap();
+                for item in items {
+                    item.write_msgpack(out);
+                }
+            }
+            Logical::Map(entries) => {
+                encode::write_map_len(out, entries.len() as u32).unwrap();
+                for (k, v) in entries {
+                    encode::write_str(out, k).unwrap();
+                    v.write_msgpack(out);
+                }
+            }
+        }
+    }
+}
+
+fn read_msgpack(input: &mut &[u8], key: Option<&str>, depth: usize) -> Option<Logical> {
+    use rmp::Marker;
+    if depth > MAX_LOGICAL_DEPTH {
+        return None;
+    }
+    let (&first, rest) = input.split_first()?;
+    *input = rest;
+    fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if input.len() < n {
+            return None;
+        }
+        let (head, tail) = input.split_at(n);
+        *input = tail;
+        Some(head)
+    }
+    fn be(input: &mut &[u8], n: usize) -> Option<u64> {
+        Some(
+            take(input, n)?
+                .iter()
+                .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+        )
+    }
+    let text = |bytes: &[u8]| std::str::from_utf8(bytes).ok().map(str::to_owned);
+    let value = match Marker::from_u8(first) {
+        Marker::Null => Logical::Nil,
+        Marker::True => Logical::Bool(true),
+        Marker::False => Logical::Bool(false),
+        Marker::FixPos(v) => Logical::UInt(u64::from(v)),
+        Marker::FixNeg(v) => Logical::Int(i64::from(v)),
+        Marker::U8 => Logical::UInt(be(input, 1)?),
+        Marker::U16 => Logical::UInt(be(input, 2)?),
+        Marker::U32 => Logical::UInt(be(input, 4)?),
+        Marker::U64 => Logical::UInt(be(input, 8)?),
+        Marker::I8 => signed(be(input, 1)? as u8 as i8 as i64),
+        Marker::I16 => signed(be(input, 2)? as u16 as i16 as i64),
+        Marker::I32 => signed(be(input, 4)? as u32 as i32 as i64),
+        Marker::I64 => signed(be(input, 8)? as i64),
+        Marker::F32 => finite(f64::from(f32::from_bits(be(input, 4)? as u32)))?,
+        Marker::F64 => finite(f64::from_bits(be(input, 8)?))?,
+        Marker::FixStr(n) => Logical::Str(text(take(input, usize::from(n))?)?),
+        Marker::Str8 | Marker::Str16 | Marker::Str32 => {
+            let width = match Marker::from_u8(first) {
+                Marker::Str8 => 1,
+                Marker::Str16 => 2,
+                _ => 4,
+            };
+            let n = be(input, width)? as usize;
+            Logical::Str(text(take(input, n)?)?)
+        }
+        Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => {
+            if !key.is_some_and(|k| BODY_KEYS.contains(&k)) {
+                return None;
+            }
+            let width = match Marker::from_u8(first) {
+                Marker::Bin8 => 1,
+                Marker::Bin16 => 2,
+                _ => 4,
+            };
+            let n = be(input, width)? as usize;
+            Logical::Bytes(take(input, n)?.to_vec())
+        }
+        Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => {
+            let n = match Marker::from_u8(first) {
+                Marker::FixArray(n) => usize::from(n),
+                Marker::Array16 => be(input, 2)? as usize,
+                _ => be(input, 4)? as usize,
+            };
+            if n > input.len() {
+                return None;
+            }
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                items.push(read_msgpack(input, None, depth + 1)?);
+            }
+            Logical::Array(items)
+        }
+        Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => {
+            let n = match Marker::from_u8(first) {
+                Marker::FixMap(n) => usize::from(n),
+                Marker::Map16 => be(input, 2)? as usize,
+                _ => be(input, 4)? as usize,
+            };
+            if n > input.len() / 2 {
+                return None;
+            }
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                let Logical::Str(k) = read_msgpack(input, None, depth + 1)? else {
+                    return None;
+                };
+                let v = read_msgpack(input, Some(&k), depth + 1)?;
+                entries.push((k, v));
+            }
+            Logical::Map(entries)
+        }
+        _ => return None,
+    };
+    Some(value)
+}
+
+impl<'de> serde::Deserialize<'de> for Logical {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Logical;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Logical, E> {
+                Ok(Logical::Nil)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Logical, E> {
+                Ok(Logical::Bool(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Logical, E> {
+                Ok(Logical::UInt(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Logical, E> {
+                Ok(signed(v))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Logical, E> {
+                Ok(Logical::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Logical, E> {
+                Ok(Logical::Str(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Logical, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Logical::Array(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Logical, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Logical>()? {
+                    entries.push(entry);
+                }
+                Ok(Logical::Map(entries))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn signed(v: i64) -> Logical {
+    match u64::try_from(v) {
+        Ok(u) => Logical::UInt(u),
+        Err(_) => Logical::Int(v),
+    }
+}
+
+fn finite(f: f64) -> Option<Logical> {
+    f.is_finite().then_some(Logical::Float(f))
+}
+
+/// What both decoders made of one logical message.
+#[derive(Debug, PartialEq)]
+pub enum Decision<T> {
+    /// Both refused it; `limit` is whether a header limit was the reason.
+    Refused {
+        /// Both stopped at a header limit.
+        limit: bool,
+    },
+    /// Both accepted it, with equal values.
+    Accepted(T),
+}
+
+/// The two decoders disagreed.
+#[derive(Debug)]
+pub struct Mismatch {
+    /// The JSON text decoded.
+    pub json: String,
+    /// The MessagePack bytes decoded.
+    pub msgpack: Vec<u8>,
+    /// What each produced.
+    pub detail: String,
+}
+
+/// Decodes `message` as an event of `frame_type` in both encodings (with `limits`) and compares.
+pub fn decide_event(
+    frame_type: FrameType,
+    message: &Logical,
+    limits: &HeaderLimits,
+) -> Result<Decision<Event>, Mismatch> {
+    let decode = |encoding, payload: &[u8]| {
+        decode_event_with_limits(frame_type, encoding, payload, limits)
+            .expect("an event frame type")
+    };
+    compare(message, decode)
+}
+
+/// Decodes `message` as an AgentResponse (what the proxy reads from an agent) in both
+/// encodings and compares.
+pub fn decide_response(message: &Logical) -> Result<Decision<AgentResponse>, Mismatch> {
+    compare(message, |encoding, payload: &[u8]| {
+        decode_payload::<AgentResponse>(FrameType::AgentResponse, encoding, payload)
+    })
+}
+
+fn compare<T: PartialEq + std::fmt::Debug>(
+    message: &Logical,
+    decode: impl Fn(Encoding, &[u8]) -> Result<T, DecodeError>,
+) -> Result<Decision<T>, Mismatch> {
+    let json = message.to_json();
+    let msgpack = message.to_msgpack();
+    // A MessagePack payload starting with `{` is read as JSON (the reference sends some control
+    // frames as JSON in MessagePack sessions); no map or array starts so, so the logical
+    // messages worth comparing never do.
+    let from_json = decode(Encoding::Json, &json);
+    let from_msgpack = decode(Encoding::MsgPack, &msgpack);
+    let mismatch = |detail: String| Mismatch {
+        json: String::from_utf8_lossy(&json).into_owned(),
+        msgpack: msgpack.clone(),
+        detail,
+    };
+    match (from_json, from_msgpack) {
+        (Ok(a), Ok(b)) if a == b => Ok(Decision::Accepted(a)),
+        (Err(a), Err(b)) if a.limit.is_some() == b.limit.is_some() => Ok(Decision::Refused {
+            limit: a.limit.is_some(),
+        }),
+        (a, b) => Err(mismatch(format!("JSON: {a:?}\nMessagePack: {b:?}"))),
+    }
+}
