@@ -9,7 +9,8 @@
 //! The property test (`tests/codec_differential.rs`) builds logical messages from valid ones and
 //! mutates them (repeated keys with equal or different values, nils, repeated header names,
 //! single-string header values, positional arrays, dropped and retyped fields); the fuzz target
-//! (`fuzz/fuzz_targets/codec_differential.rs`) reads them from arbitrary MessagePack.
+//! (`fuzz/fuzz_targets/codec_differential.rs`) mutates them with fuzzer-chosen [`Mutation`]s and
+//! also reads them from arbitrary MessagePack.
 
 use std::fmt::Write as _;
 
@@ -324,6 +325,193 @@ fn signed(v: i64) -> Logical {
 
 fn finite(f: f64) -> Option<Logical> {
     f.is_finite().then_some(Logical::Float(f))
+}
+
+// ----- mutations ---------------------------------------------------------------------------
+
+/// One change to a logical message. Indices pick a node (or a map, or an entry) modulo the
+/// number there is, so every generated mutation applies somewhere.
+#[derive(Clone, Debug)]
+pub enum Mutation {
+    /// Repeat a map entry right after itself, with the same value or a different one.
+    RepeatKey {
+        map: usize,
+        entry: usize,
+        same: bool,
+    },
+    /// Repeat the top-level `correlation_id` (the reference proxy's shape when `same`).
+    RepeatTopId { same: bool },
+    /// Replace a node with `nil`.
+    Nil { node: usize },
+    /// Remove a map entry.
+    Drop { map: usize, entry: usize },
+    /// Replace an array with its first element (a header value list becomes a lone string).
+    Unwrap { array: usize },
+    /// Replace a map with the array of its values (a struct by position).
+    ToArray { map: usize },
+    /// Replace a node with a value of another type.
+    Retype { node: usize, to: u8 },
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Any,
+    Map,
+    Array,
+}
+
+fn matches(kind: Kind, node: &Logical) -> bool {
+    match kind {
+        Kind::Any => true,
+        Kind::Map => matches!(node, Logical::Map(_)),
+        Kind::Array => matches!(node, Logical::Array(_)),
+    }
+}
+
+fn count(node: &Logical, kind: Kind) -> usize {
+    let own = usize::from(matches(kind, node));
+    own + match node {
+        Logical::Array(items) => items.iter().map(|n| count(n, kind)).sum(),
+        Logical::Map(entries) => entries.iter().map(|(_, n)| count(n, kind)).sum(),
+        _ => 0,
+    }
+}
+
+/// Applies `f` to the `target`-th node of `kind` in pre-order.
+fn visit(node: &mut Logical, kind: Kind, target: &mut usize, f: &mut dyn FnMut(&mut Logical)) {
+    if matches(kind, node) {
+        if *target == 0 {
+            f(node);
+            *target = usize::MAX;
+            return;
+        }
+        *target -= 1;
+    }
+    match node {
+        Logical::Array(items) => {
+            for n in items {
+                visit(n, kind, target, f);
+            }
+        }
+        Logical::Map(entries) => {
+            for (_, n) in entries {
+                visit(n, kind, target, f);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn at(root: &mut Logical, kind: Kind, index: usize, mut f: impl FnMut(&mut Logical)) {
+    let n = count(root, kind);
+    if n > 0 {
+        let mut target = index % n;
+        visit(root, kind, &mut target, &mut f);
+    }
+}
+
+/// A value of the same type that differs from `v`.
+fn differ(v: &Logical) -> Logical {
+    match v {
+        Logical::Nil => Logical::Str("x".into()),
+        Logical::Bool(b) => Logical::Bool(!b),
+        Logical::UInt(u) => Logical::UInt(u ^ 1),
+        Logical::Int(i) => Logical::Int(i.saturating_sub(1)),
+        Logical::Float(f) => Logical::Float(f + 1.0),
+        Logical::Str(s) => Logical::Str(format!("{s}x")),
+        Logical::Bytes(b) => Logical::Bytes([b.as_slice(), b"x"].concat()),
+        Logical::Array(items) => Logical::Array([items.as_slice(), &[Logical::Nil]].concat()),
+        Logical::Map(entries) => {
+            let mut entries = entries.clone();
+            entries.push(("zz".into(), Logical::Nil));
+            Logical::Map(entries)
+        }
+    }
+}
+
+impl Mutation {
+    /// Applies this mutation to `root` (nothing happens where it finds nothing to change).
+    pub fn apply(&self, root: &mut Logical) {
+        apply(root, self)
+    }
+
+    /// A mutation from raw parts (for fuzzers): `kind` picks the variant, `a` and `b` the
+    /// places, `flag` the choice.
+    pub fn from_parts(kind: u8, a: usize, b: usize, flag: bool) -> Mutation {
+        match kind % 7 {
+            0 => Mutation::RepeatKey {
+                map: a,
+                entry: b,
+                same: flag,
+            },
+            1 => Mutation::RepeatTopId { same: flag },
+            2 => Mutation::Nil { node: a },
+            3 => Mutation::Drop { map: a, entry: b },
+            4 => Mutation::Unwrap { array: a },
+            5 => Mutation::ToArray { map: a },
+            _ => Mutation::Retype {
+                node: a,
+                to: b as u8,
+            },
+        }
+    }
+}
+
+fn apply(root: &mut Logical, m: &Mutation) {
+    match *m {
+        Mutation::RepeatKey { map, entry, same } => at(root, Kind::Map, map, |node| {
+            if let Logical::Map(entries) = node {
+                if !entries.is_empty() {
+                    let i = entry % entries.len();
+                    let (k, v) = entries[i].clone();
+                    let v = if same { v } else { differ(&v) };
+                    entries.insert(i + 1, (k, v));
+                }
+            }
+        }),
+        Mutation::RepeatTopId { same } => {
+            if let Logical::Map(entries) = root {
+                let id = entries
+                    .iter()
+                    .find(|(k, _)| k == "correlation_id")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or(Logical::Str("c".into()));
+                let id = if same { id } else { differ(&id) };
+                entries.insert(0, ("correlation_id".into(), id));
+            }
+        }
+        Mutation::Nil { node } => at(root, Kind::Any, node, |n| *n = Logical::Nil),
+        Mutation::Drop { map, entry } => at(root, Kind::Map, map, |node| {
+            if let Logical::Map(entries) = node {
+                if !entries.is_empty() {
+                    let i = entry % entries.len();
+                    entries.remove(i);
+                }
+            }
+        }),
+        Mutation::Unwrap { array } => at(root, Kind::Array, array, |node| {
+            if let Logical::Array(items) = node {
+                if let Some(first) = items.first().cloned() {
+                    *node = first;
+                }
+            }
+        }),
+        Mutation::ToArray { map } => at(root, Kind::Map, map, |node| {
+            if let Logical::Map(entries) = node {
+                *node = Logical::Array(entries.iter().map(|(_, v)| v.clone()).collect());
+            }
+        }),
+        Mutation::Retype { node, to } => at(root, Kind::Any, node, |n| {
+            *n = match to % 6 {
+                0 => Logical::Bool(true),
+                1 => Logical::UInt(7),
+                2 => Logical::Int(-7),
+                3 => Logical::Str("7".into()),
+                4 => Logical::Array(vec![]),
+                _ => Logical::Map(vec![]),
+            }
+        }),
+    }
 }
 
 /// What both decoders made of one logical message.

@@ -11,34 +11,12 @@ use agent_protocol_core::encoding::{decode_event, encode_event, encode_frame};
 use agent_protocol_core::frame::FrameType;
 use agent_protocol_core::limits::HeaderLimits;
 use agent_protocol_core::{Encoding, Event};
-use agent_protocol_tests::differential::{decide_event, decide_response, Decision, Logical};
+use agent_protocol_tests::differential::{
+    decide_event, decide_response, Decision, Logical, Mutation,
+};
 use agent_protocol_tests::strategies::{agent_response, any_event};
 use bytes::BytesMut;
 use proptest::prelude::*;
-
-/// One change to a logical message. Indices pick a node (or a map, or an entry) modulo the
-/// number there is, so every generated mutation applies somewhere.
-#[derive(Clone, Debug)]
-enum Mutation {
-    /// Repeat a map entry right after itself, with the same value or a different one.
-    RepeatKey {
-        map: usize,
-        entry: usize,
-        same: bool,
-    },
-    /// Repeat the top-level `correlation_id` (the reference proxy's shape when `same`).
-    RepeatTopId { same: bool },
-    /// Replace a node with `nil`.
-    Nil { node: usize },
-    /// Remove a map entry.
-    Drop { map: usize, entry: usize },
-    /// Replace an array with its first element (a header value list becomes a lone string).
-    Unwrap { array: usize },
-    /// Replace a map with the array of its values (a struct by position).
-    ToArray { map: usize },
-    /// Replace a node with a value of another type.
-    Retype { node: usize, to: u8 },
-}
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     let i = || any::<usize>();
@@ -51,139 +29,6 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         1 => i().prop_map(|map| Mutation::ToArray { map }),
         1 => (i(), any::<u8>()).prop_map(|(node, to)| Mutation::Retype { node, to }),
     ]
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    Any,
-    Map,
-    Array,
-}
-
-fn matches(kind: Kind, node: &Logical) -> bool {
-    match kind {
-        Kind::Any => true,
-        Kind::Map => matches!(node, Logical::Map(_)),
-        Kind::Array => matches!(node, Logical::Array(_)),
-    }
-}
-
-fn count(node: &Logical, kind: Kind) -> usize {
-    let own = usize::from(matches(kind, node));
-    own + match node {
-        Logical::Array(items) => items.iter().map(|n| count(n, kind)).sum(),
-        Logical::Map(entries) => entries.iter().map(|(_, n)| count(n, kind)).sum(),
-        _ => 0,
-    }
-}
-
-/// Applies `f` to the `target`-th node of `kind` in pre-order.
-fn visit(node: &mut Logical, kind: Kind, target: &mut usize, f: &mut dyn FnMut(&mut Logical)) {
-    if matches(kind, node) {
-        if *target == 0 {
-            f(node);
-            *target = usize::MAX;
-            return;
-        }
-        *target -= 1;
-    }
-    match node {
-        Logical::Array(items) => {
-            for n in items {
-                visit(n, kind, target, f);
-            }
-        }
-        Logical::Map(entries) => {
-            for (_, n) in entries {
-                visit(n, kind, target, f);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn at(root: &mut Logical, kind: Kind, index: usize, mut f: impl FnMut(&mut Logical)) {
-    let n = count(root, kind);
-    if n > 0 {
-        let mut target = index % n;
-        visit(root, kind, &mut target, &mut f);
-    }
-}
-
-/// A value of the same type that differs from `v`.
-fn differ(v: &Logical) -> Logical {
-    match v {
-        Logical::Nil => Logical::Str("x".into()),
-        Logical::Bool(b) => Logical::Bool(!b),
-        Logical::UInt(u) => Logical::UInt(u ^ 1),
-        Logical::Int(i) => Logical::Int(i.saturating_sub(1)),
-        Logical::Float(f) => Logical::Float(f + 1.0),
-        Logical::Str(s) => Logical::Str(format!("{s}x")),
-        Logical::Bytes(b) => Logical::Bytes([b.as_slice(), b"x"].concat()),
-        Logical::Array(items) => Logical::Array([items.as_slice(), &[Logical::Nil]].concat()),
-        Logical::Map(entries) => {
-            let mut entries = entries.clone();
-            entries.push(("zz".into(), Logical::Nil));
-            Logical::Map(entries)
-        }
-    }
-}
-
-fn apply(root: &mut Logical, m: &Mutation) {
-    match *m {
-        Mutation::RepeatKey { map, entry, same } => at(root, Kind::Map, map, |node| {
-            if let Logical::Map(entries) = node {
-                if !entries.is_empty() {
-                    let i = entry % entries.len();
-                    let (k, v) = entries[i].clone();
-                    let v = if same { v } else { differ(&v) };
-                    entries.insert(i + 1, (k, v));
-                }
-            }
-        }),
-        Mutation::RepeatTopId { same } => {
-            if let Logical::Map(entries) = root {
-                let id = entries
-                    .iter()
-                    .find(|(k, _)| k == "correlation_id")
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or(Logical::Str("c".into()));
-                let id = if same { id } else { differ(&id) };
-                entries.insert(0, ("correlation_id".into(), id));
-            }
-        }
-        Mutation::Nil { node } => at(root, Kind::Any, node, |n| *n = Logical::Nil),
-        Mutation::Drop { map, entry } => at(root, Kind::Map, map, |node| {
-            if let Logical::Map(entries) = node {
-                if !entries.is_empty() {
-                    let i = entry % entries.len();
-                    entries.remove(i);
-                }
-            }
-        }),
-        Mutation::Unwrap { array } => at(root, Kind::Array, array, |node| {
-            if let Logical::Array(items) = node {
-                if let Some(first) = items.first().cloned() {
-                    *node = first;
-                }
-            }
-        }),
-        Mutation::ToArray { map } => at(root, Kind::Map, map, |node| {
-            if let Logical::Map(entries) = node {
-                *node = Logical::Array(entries.iter().map(|(_, v)| v.clone()).collect());
-            }
-        }),
-        Mutation::Retype { node, to } => at(root, Kind::Any, node, |n| {
-            *n = match to % 6 {
-                0 => Logical::Bool(true),
-                1 => Logical::UInt(7),
-                2 => Logical::Int(-7),
-                3 => Logical::Str("7".into()),
-                4 => Logical::Array(vec![]),
-                _ => Logical::Map(vec![]),
-            }
-        }),
-    }
 }
 
 fn logical_event(event: &Event) -> Logical {
@@ -216,7 +61,7 @@ proptest! {
             prop_assert!(false, "an untouched event was refused");
         }
         for m in &mutations {
-            apply(&mut message, m);
+            m.apply(&mut message);
         }
         for limits in [HeaderLimits::default(), TIGHT] {
             if let Err(mismatch) = decide_event(frame_type, &message, &limits) {
@@ -235,7 +80,7 @@ proptest! {
         let mut message = Logical::from_json(&out[5..]).unwrap();
         prop_assert_eq!(decide_response(&message).unwrap(), Decision::Accepted(response));
         for m in &mutations {
-            apply(&mut message, m);
+            m.apply(&mut message);
         }
         if let Err(mismatch) = decide_response(&message) {
             prop_assert!(false, "{mutations:?}\n{}\n{}", mismatch.json, mismatch.detail);

@@ -1,0 +1,141 @@
+//! MessagePack decides exactly as JSON does (see `agent_protocol_tests::differential`): a
+//! logical message, written in both encodings, is refused by both decoders or accepted by both
+//! with equal values, as an event of every type (under default and tight header limits) and as
+//! an AgentResponse.
+//!
+//! The message is one of a few valid events and answers mutated by fuzzer-chosen mutations
+//! (repeated keys, nils, dropped and retyped fields, positional arrays, ...), or, for the rest
+//! of the input space, any MessagePack value that has a faithful JSON twin.
+#![no_main]
+
+use agent_protocol_core::encoding::{encode_event, encode_frame};
+use agent_protocol_core::frame::FrameType;
+use agent_protocol_core::limits::HeaderLimits;
+use agent_protocol_core::*;
+use agent_protocol_tests::differential::{decide_event, decide_response, Logical, Mutation};
+use bytes::{Bytes, BytesMut};
+use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
+use libfuzzer_sys::fuzz_target;
+
+const EVENT_TYPES: [FrameType; 8] = [
+    FrameType::RequestHeaders,
+    FrameType::RequestBodyChunk,
+    FrameType::ResponseHeaders,
+    FrameType::ResponseBodyChunk,
+    FrameType::RequestComplete,
+    FrameType::WebSocketFrame,
+    FrameType::GuardrailInspect,
+    FrameType::Configure,
+];
+
+const TIGHT: HeaderLimits = HeaderLimits {
+    max_count: 3,
+    max_bytes: 48,
+};
+
+fn templates() -> Vec<Logical> {
+    let headers: Headers = [
+        ("host", "a.example"),
+        ("x-role", "user"),
+        ("x-role", "admin"),
+    ]
+    .into_iter()
+    .collect();
+    let meta = RequestMetadata {
+        correlation_id: "c1".into(),
+        request_id: "r1".into(),
+        client_ip: "10.0.0.1".into(),
+        client_port: 4000,
+        ..Default::default()
+    };
+    let chunk = BodyChunk {
+        correlation_id: "c1".into(),
+        data: Bytes::from_static(b"user=alice"),
+        is_last: true,
+        total_size: Some(10),
+        chunk_index: 0,
+        bytes_transferred: 10,
+    };
+    let events = [
+        Event::RequestHeaders(RequestHeadersEvent::new(
+            meta,
+            "GET",
+            "/admin",
+            headers.clone(),
+        )),
+        Event::RequestBodyChunk(RequestBodyChunkEvent(chunk)),
+        Event::ResponseHeaders(ResponseHeadersEvent {
+            correlation_id: "c1".into(),
+            status: 200,
+            headers,
+        }),
+    ];
+    let mut out: Vec<Logical> = events
+        .iter()
+        .map(|event| {
+            let mut wire = BytesMut::new();
+            encode_event(&mut wire, Encoding::Json, event).unwrap();
+            Logical::from_json(&wire[5..]).unwrap()
+        })
+        .collect();
+    let mut answer = AgentResponse::block(403, "no");
+    answer.request_headers.push(HeaderOp::Set {
+        name: "x-waf".into(),
+        value: "1".into(),
+    });
+    answer.set_correlation_id("c1");
+    let mut wire = BytesMut::new();
+    encode_frame(&mut wire, FrameType::AgentResponse, Encoding::Json, &answer).unwrap();
+    out.push(Logical::from_json(&wire[5..]).unwrap());
+    out
+}
+
+/// The message to compare and the frame type to read it as.
+struct Case {
+    message: Logical,
+    frame_type: FrameType,
+}
+
+impl<'a> Arbitrary<'a> for Case {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        let frame_type = EVENT_TYPES[u.choose_index(EVENT_TYPES.len())?];
+        let message = if u.ratio(7, 8)? {
+            let templates = templates();
+            let mut message = templates[u.choose_index(templates.len())?].clone();
+            for _ in 0..u.int_in_range(0..=6u8)? {
+                let m = Mutation::from_parts(
+                    u.arbitrary()?,
+                    u.arbitrary()?,
+                    u.arbitrary()?,
+                    u.arbitrary()?,
+                );
+                m.apply(&mut message);
+            }
+            message
+        } else {
+            let rest = u.bytes(u.len())?;
+            Logical::from_msgpack(rest).ok_or(arbitrary::Error::IncorrectFormat)?
+        };
+        Ok(Case {
+            message,
+            frame_type,
+        })
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(case) = Case::arbitrary(&mut Unstructured::new(data)) else {
+        return;
+    };
+    for limits in [HeaderLimits::default(), TIGHT] {
+        if let Err(m) = decide_event(case.frame_type, &case.message, &limits) {
+            panic!(
+                "{:?} decided two ways\n{}\n{}",
+                case.frame_type, m.json, m.detail
+            );
+        }
+    }
+    if let Err(m) = decide_response(&case.message) {
+        panic!("AgentResponse decided two ways\n{}\n{}", m.json, m.detail);
+    }
+});
