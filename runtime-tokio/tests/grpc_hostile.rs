@@ -1,7 +1,8 @@
 //! The gRPC transport against hostile peers, over real loopback TCP.
 //!
 //! A hostile proxy here is a raw tonic client of the generated `AgentServiceV2` stubs, sending
-//! exactly the messages an attacker would. Every test holds [`SERIAL`]: the memory test measures this process's RSS,
+//! exactly the messages an attacker would; a hostile agent is a tonic server implementing the
+//! service in the test. Every test holds [`SERIAL`]: the memory test measures this process's RSS,
 //! which the 17 MiB messages of the other tests would disturb.
 #![cfg(feature = "grpc")]
 
@@ -13,17 +14,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_protocol_core::agent::MALFORMED_EVENT_REASON;
+use agent_protocol_core::handshake::HandshakeResponse;
 use agent_protocol_core::*;
+use agent_protocol_proto::convert;
 use agent_protocol_proto::v2::agent_service_v2_client::AgentServiceV2Client;
-use agent_protocol_proto::v2::{self, AgentToProxy, ProxyToAgent};
+use agent_protocol_proto::v2::agent_service_v2_server::{AgentServiceV2, AgentServiceV2Server};
+use agent_protocol_proto::v2::{self, AgentControl, AgentToProxy, ProxyControl, ProxyToAgent};
 use agent_protocol_proto::MAX_MESSAGE_SIZE;
-use agent_protocol_tokio::client::{AgentClient, ClientConfig};
+use agent_protocol_tokio::client::{AgentClient, ClientConfig, ClientError};
 use agent_protocol_tokio::server::ServerConfig;
 use bytes::Bytes;
 use grpc_support::*;
 use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Streaming};
+use tonic::transport::server::TcpIncoming;
+use tonic::{Code, Request, Response, Status, Streaming};
 
 /// One test at a time in this binary (see the module docs).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -403,4 +408,222 @@ async fn a_pipelining_proxy_still_sees_the_agent_drain() {
     .await;
     producer.abort();
     assert_eq!(seen, Ok(true), "the draining notice never came");
+}
+
+// ----- the proxy side against a hostile agent: oversized answers (2), floods (5) --------------
+
+/// The hostile agent's behaviour.
+#[derive(Clone, Copy)]
+enum Hostile {
+    /// After the handshake, floods health reports, pongs nobody asked for and answers for
+    /// unknown ids, and never answers a request.
+    Flood,
+    /// Answers every event with a message over the 16 MiB limit.
+    Oversized,
+}
+
+struct HostileAgent(Hostile);
+
+#[tonic::async_trait]
+impl AgentServiceV2 for HostileAgent {
+    type ProcessStreamStream = ReceiverStream<Result<AgentToProxy, Status>>;
+
+    async fn process_stream(
+        &self,
+        request: Request<Streaming<ProxyToAgent>>,
+    ) -> Result<Response<Self::ProcessStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let mode = self.0;
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = inbound.message().await {
+                let Some(message) = message.message else {
+                    continue;
+                };
+                let answer = match message {
+                    v2::proxy_to_agent::Message::Handshake(_) => {
+                        let caps = Capabilities::new("hostile", "hostile", "1")
+                            .with_all_events()
+                            .with_max_concurrency(100);
+                        let hs = HandshakeResponse {
+                            protocol_version: 2,
+                            capabilities: caps,
+                            success: true,
+                            error: None,
+                            encoding: "json".into(),
+                        };
+                        let hs = AgentToProxy {
+                            message: Some(v2::agent_to_proxy::Message::Handshake(hs.into())),
+                        };
+                        if tx.send(Ok(hs)).await.is_err() {
+                            return;
+                        }
+                        if let Hostile::Flood = mode {
+                            for _ in 0..FLOODERS {
+                                tokio::spawn(flood(tx.clone()));
+                            }
+                        }
+                        continue;
+                    }
+                    v2::proxy_to_agent::Message::Ping(_)
+                    | v2::proxy_to_agent::Message::Cancel(_) => continue,
+                    event => {
+                        let Ok(event) = convert::event_from_proto(event) else {
+                            continue;
+                        };
+                        match mode {
+                            Hostile::Flood => continue,
+                            Hostile::Oversized => {
+                                let r = AgentResponse::block(403, "x".repeat(MAX_MESSAGE_SIZE));
+                                convert::response_to_proto(event.correlation_id().to_owned(), r)
+                            }
+                        }
+                    }
+                };
+                let answer = AgentToProxy {
+                    message: Some(v2::agent_to_proxy::Message::Response(answer)),
+                };
+                if tx.send(Ok(answer)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type ControlStreamStream = ReceiverStream<Result<ProxyControl, Status>>;
+
+    async fn control_stream(
+        &self,
+        _request: Request<Streaming<AgentControl>>,
+    ) -> Result<Response<Self::ControlStreamStream>, Status> {
+        Err(Status::unimplemented("hostile"))
+    }
+
+    async fn process_event(
+        &self,
+        _request: Request<ProxyToAgent>,
+    ) -> Result<Response<AgentToProxy>, Status> {
+        Err(Status::unimplemented("hostile"))
+    }
+}
+
+/// Tasks flooding one stream, so the proxy always has another message to read.
+const FLOODERS: usize = 4;
+
+/// Small valid messages as fast as the proxy takes them (many to each HTTP/2 frame, so the proxy
+/// always has the next one at hand), never an answer to a pending request.
+async fn flood(tx: mpsc::Sender<Result<AgentToProxy, Status>>) {
+    use v2::agent_to_proxy::Message as M;
+    let health = M::Health(
+        HealthStatus {
+            agent_id: "hostile".into(),
+            state: HealthState::Healthy,
+            message: None,
+            timestamp_ms: 1,
+        }
+        .into(),
+    );
+    let pong = M::Pong(v2::Pong {
+        sequence: 1_000_000,
+        ping_timestamp_ms: 1,
+        timestamp_ms: 2,
+    });
+    let unknown = M::Response(convert::response_to_proto(
+        "nobody".into(),
+        AgentResponse::allow(),
+    ));
+    for message in [health, pong, unknown].into_iter().cycle() {
+        let message = AgentToProxy {
+            message: Some(message),
+        };
+        if tx.send(Ok(message)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A hostile agent on a runtime (and OS thread) of its own, so it keeps producing however busy
+/// the proxy's runtime is. The runtime lives as long as the test process.
+fn start_hostile(mode: Hostile) -> SocketAddr {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            let service = AgentServiceV2Server::new(HostileAgent(mode))
+                .max_decoding_message_size(ATTACKER_LIMIT)
+                .max_encoding_message_size(ATTACKER_LIMIT);
+            let _ = tonic::transport::Server::builder()
+                .serve_with_incoming(service, TcpIncoming::from(listener))
+                .await;
+        });
+    });
+    addr_rx.recv().unwrap()
+}
+
+/// An answer over the limit fails the proxy's requests at once, with an error naming the limit
+/// (not at their deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_answer_fails_the_request_with_an_error_naming_the_limit() {
+    let _serial = SERIAL.lock().await;
+    let addr = start_hostile(Hostile::Oversized);
+    let mut config = ClientConfig::default();
+    config.connection.request_timeout = Duration::from_secs(30);
+    let client = AgentClient::connect(&addr.to_string(), config)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.send(headers_event("big", "/")),
+    )
+    .await
+    .expect("failed before its 30 s deadline");
+    let e = r.expect_err("an answer over the limit is not delivered");
+    eprintln!("oversized answer: {e} after {:?}", started.elapsed());
+    assert!(matches!(e, ClientError::Closed(_)), "{e:?}");
+    assert!(
+        e.to_string().contains(&MAX_MESSAGE_SIZE.to_string()),
+        "names the limit: {e}"
+    );
+}
+
+/// An agent flooding valid messages cannot keep a request pending past its deadline, nor keep
+/// it from being sent: each request is sent (so it fails with a request timeout, not a queue
+/// timeout) and fails within a generous bound of its 500 ms timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_agent_cannot_hold_a_request_past_its_timeout() {
+    let _serial = SERIAL.lock().await;
+    let addr = start_hostile(Hostile::Flood);
+    let client = AgentClient::connect(&addr.to_string(), ClientConfig::default())
+        .await
+        .unwrap();
+    for i in 0..8 {
+        let started = Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.send_with_timeout(
+                headers_event(&format!("starved-{i}"), "/"),
+                Duration::from_millis(500),
+            ),
+        )
+        .await;
+        let elapsed = started.elapsed();
+        eprintln!("flooded: {r:?} after {elapsed:?}");
+        let r = r.expect("the request outlived its 500 ms timeout by 10 s");
+        assert!(
+            matches!(r, Err(ClientError::Request(RequestError::Timeout(_)))),
+            "sent to the agent and timed out there: {r:?}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(3),
+            "timed out only after {elapsed:?}"
+        );
+    }
 }
