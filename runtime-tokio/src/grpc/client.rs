@@ -4,6 +4,13 @@
 //! Requests are multiplexed on the stream by correlation id exactly as on UDS (the core routes
 //! answers); when the stream breaks, every pending request fails at once with a closed error and
 //! the client reports itself disconnected, so the pool replaces it.
+//!
+//! An agent cannot starve the connection task by flooding it with valid messages (health
+//! reports, pongs, answers for unknown ids): each turn handles the timers, the request stream and
+//! the callers' commands before it reads one message from the agent, and request deadlines are
+//! checked again after every message read, so requests are still sent and still time out on
+//! time. An answer over [`MAX_MESSAGE_SIZE`] fails every request on the stream at once, with an
+//! error naming the limit.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -209,24 +216,12 @@ async fn run(
             break;
         }
         let deadline = driver.conn.poll_timeout();
+        // Timers, writes and commands before reads, one read per turn: however fast the agent
+        // sends, requests are sent and time out on time.
         tokio::select! {
             biased;
-            message = inbound.message() => {
-                let now = Instant::now();
-                match message {
-                    Ok(Some(message)) => match AgentMessage::from(message) {
-                        AgentMessage::Protocol(incoming) => driver.conn.handle_message(now, incoming),
-                        AgentMessage::Log(log) => log_from_agent(&log),
-                        AgentMessage::Invalid(e) => {
-                            tracing::debug!(error = %e, "ignored a control message from the agent");
-                        }
-                        AgentMessage::Unknown => {
-                            tracing::debug!("skipped an AgentToProxy message of unknown type");
-                        }
-                    },
-                    Ok(None) => driver.conn.handle_eof(),
-                    Err(status) => driver.conn.handle_io_error(format!("gRPC stream: {status}")),
-                }
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                driver.conn.handle_timeout(Instant::now());
             }
             permit = out_tx.reserve(), if !out.is_empty() => match permit {
                 Ok(permit) => {
@@ -263,8 +258,27 @@ async fn run(
                     driver.conn.close();
                 }
             },
-            _ = sleep_until(deadline), if deadline.is_some() => {
-                driver.conn.handle_timeout(Instant::now());
+            message = inbound.message() => {
+                let now = Instant::now();
+                match message {
+                    Ok(Some(message)) => match AgentMessage::from(message) {
+                        AgentMessage::Protocol(incoming) => driver.conn.handle_message(now, incoming),
+                        AgentMessage::Log(log) => log_from_agent(&log),
+                        AgentMessage::Invalid(e) => {
+                            tracing::debug!(error = %e, "ignored a control message from the agent");
+                        }
+                        AgentMessage::Unknown => {
+                            tracing::debug!("skipped an AgentToProxy message of unknown type");
+                        }
+                    },
+                    Ok(None) => driver.conn.handle_eof(),
+                    Err(status) => driver.conn.handle_io_error(stream_error(&status)),
+                }
+                // The timer branch only runs when nothing else is ready; an agent that keeps
+                // this branch ready must not keep a passed deadline from being seen.
+                if deadline.is_some_and(|d| now >= d) {
+                    driver.conn.handle_timeout(now);
+                }
             }
         }
         driver.publish_status();
@@ -274,6 +288,19 @@ async fn run(
     // closes its connection when the last handle to it is gone.
     drop(out_tx);
     drop(inbound);
+}
+
+/// What a broken response stream is reported as. A message over the limit (which tonic's
+/// decoder, and only it, reports as OUT_OF_RANGE) is named as such, with the limit.
+fn stream_error(status: &tonic::Status) -> String {
+    if status.code() == tonic::Code::OutOfRange {
+        format!(
+            "gRPC stream: an answer exceeded the message limit of {MAX_MESSAGE_SIZE} bytes (16 MiB): {}",
+            status.message()
+        )
+    } else {
+        format!("gRPC stream: {status}")
+    }
 }
 
 fn log_from_agent(log: &v2::LogMessage) {

@@ -15,6 +15,13 @@
 //!   feature) `https://host:port`; the pool opens such endpoints over gRPC.
 //! - Messages up to [`MAX_MESSAGE_SIZE`] (16 MiB) in both directions on both sides (tonic's
 //!   default receive limit is 4 MiB, D23).
+//! - Against hostile peers: an agent stream stops reading while
+//!   [`server::MAX_UNSENT_ANSWERS`] answers wait for a proxy that does not read them; a message
+//!   over the limit ends the stream with `RESOURCE_EXHAUSTED` (agent side) or fails every request
+//!   on it with an error naming the limit (proxy side); events without a correlation id are
+//!   blocked, never handled; and both sides' loops serve timers, writes and commands before
+//!   reads, so a peer flooding valid messages cannot hold requests past their deadlines. See
+//!   [`server`] for the details of each.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

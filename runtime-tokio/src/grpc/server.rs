@@ -4,6 +4,25 @@
 //! run inside that task (a `FuturesUnordered`, as on UDS), so one stream carries many requests
 //! at once and answers leave in the order they finish. A Cancel drops the request's future and
 //! nothing is sent for it; a Ping is answered as soon as it is read.
+//!
+//! Against a hostile or broken proxy:
+//! - a stream stops reading while [`MAX_UNSENT_ANSWERS`] answers wait for a proxy that does not
+//!   read them, so HTTP/2 flow control pushes back on the proxy's sends instead of the agent
+//!   growing by one answer per event; it resumes as the proxy reads, and everything the stream
+//!   holds is dropped when the call ends or is cancelled;
+//! - a message over [`MAX_MESSAGE_SIZE`] ends its stream with `RESOURCE_EXHAUSTED`, naming the
+//!   limit (the stream's framing cannot be recovered past it);
+//! - an event without a correlation id is malformed: it is answered with a block (500,
+//!   [`MALFORMED_EVENT_REASON`]) and never reaches the handler, on `ProcessStream` and on
+//!   `ProcessEvent` alike. Configure is the exception: its reference schema has no correlation
+//!   id and the reference proxy sends it without waiting for an answer, so an id-less Configure
+//!   is handed to the handler and answered only on `ProcessEvent` (where the call carries the
+//!   answer); one carrying an id (this schema's extension field) is answered under that id;
+//! - each loop turn looks at shutdown, the handshake deadline, pushes, finished handlers and
+//!   writes before it reads, and reads one message, so a proxy pipelining without pause cannot
+//!   hold back answers, a drain or the handshake deadline.
+//!
+//! [`MALFORMED_EVENT_REASON`]: agent_protocol_core::agent::MALFORMED_EVENT_REASON
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -14,19 +33,20 @@ use std::time::{Duration, Instant};
 use agent_protocol_core::agent::{AgentConfig, AgentConnection, AgentEvent, RequestId};
 use agent_protocol_core::handshake::HandshakeRequest;
 use agent_protocol_core::{
-    AgentIncoming, AgentResponse, ConfigUpdateResponse, ConnectionError, HealthState, HealthStatus,
+    AgentIncoming, AgentResponse, ConfigUpdateResponse, ConfigureEvent, ConnectionError, Event,
+    HealthState, HealthStatus,
 };
 use agent_protocol_proto::convert::{self, ProxyMessage};
 use agent_protocol_proto::v2::agent_service_v2_server::{AgentServiceV2, AgentServiceV2Server};
 use agent_protocol_proto::v2::{self, AgentControl, AgentToProxy, ProxyControl, ProxyToAgent};
 use agent_protocol_proto::MAX_MESSAGE_SIZE;
-use futures_util::future::{AbortHandle, Abortable, FutureExt};
+use futures_util::future::{AbortHandle, Abortable, BoxFuture, FutureExt, OptionFuture};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::{millis, sleep_until, unix_ms, CONNECTION_WINDOW, STREAM_BUFFER, STREAM_WINDOW};
 use crate::server::{dispatch, shutdown_signal, AgentHandler, AgentServer, Push, ServerHandle};
@@ -161,6 +181,7 @@ impl<H: AgentHandler> AgentServiceV2 for GrpcService<H> {
             handle: self.handle.clone(),
             drain_timeout: self.drain_timeout,
             out: VecDeque::new(),
+            end_status: None,
         };
         tokio::spawn(stream.run(inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -190,6 +211,7 @@ impl<H: AgentHandler> AgentServiceV2 for GrpcService<H> {
                 ))
             }
         };
+        let handle = &self.handle;
         let mut conn = self.connection();
         let now = Instant::now();
         match incoming {
@@ -199,14 +221,29 @@ impl<H: AgentHandler> AgentServiceV2 for GrpcService<H> {
                     "cancel applies to requests in flight on ProcessStream",
                 ))
             }
+            AgentIncoming::Event(Event::Configure(event)) if event.correlation_id.is_empty() => {
+                // The call itself carries the answer: nothing needs correlating.
+                handle.requests_started(1);
+                let _guard = InFlightGuard(handle);
+                let started = Instant::now();
+                let (_, response) =
+                    dispatch(self.handler.clone(), 0, Event::Configure(event)).await;
+                let mut answer = AgentToProxy {
+                    message: Some(v2::agent_to_proxy::Message::Response(
+                        convert::response_to_proto(String::new(), response),
+                    )),
+                };
+                bound_response(&mut answer);
+                set_processing_time(&mut answer, started.elapsed());
+                return Ok(Response::new(answer));
+            }
             other => {
                 // A unary call needs no handshake (as in the reference): open one implicitly.
                 conn.handle_message(now, AgentIncoming::Handshake(implicit_handshake()));
                 let _ = conn.poll_message();
-                conn.handle_message(now, other);
+                conn.handle_message(now, refuse_uncorrelated(other));
             }
         }
-        let handle = &self.handle;
         while let Some(event) = conn.poll_event() {
             if let AgentEvent::Request { id, event } = event {
                 handle.requests_started(1);
@@ -223,6 +260,94 @@ impl<H: AgentHandler> AgentServiceV2 for GrpcService<H> {
         next_answer(&mut conn)
             .map(Response::new)
             .ok_or_else(|| Status::invalid_argument("nothing to answer"))
+    }
+}
+
+/// An event without a correlation id, handed to the core as the malformed event it is: the core
+/// answers it with a block (500, `MALFORMED_EVENT`) and the handler never sees it, since an answer
+/// nobody can match to a request must never be an allow. proto3 cannot tell an empty id from a
+/// missing one. (An id-less Configure is taken care of before this: see the module docs.)
+fn refuse_uncorrelated(incoming: AgentIncoming) -> AgentIncoming {
+    match incoming {
+        AgentIncoming::Event(event) if event.correlation_id().is_empty() => {
+            AgentIncoming::MalformedEvent {
+                correlation_id: Some(String::new()),
+                kind: event.kind(),
+                error: "event without a correlation id".into(),
+            }
+        }
+        other => other,
+    }
+}
+
+/// The status a stream ends with after a message over the limit.
+fn message_too_large(what: &str) -> Status {
+    Status::resource_exhausted(format!(
+        "{what} exceeds the gRPC message limit of {MAX_MESSAGE_SIZE} bytes (16 MiB); the stream cannot continue past it"
+    ))
+}
+
+/// Runs id-less Configure events (see the module docs) one at a time, without an answer. While
+/// one runs, a newer one waits and replaces any older one still waiting: configurations supersede
+/// each other, and a proxy cannot queue them without bound.
+struct UnansweredConfigure {
+    running: Option<BoxFuture<'static, ()>>,
+    next: Option<ConfigureEvent>,
+}
+
+impl UnansweredConfigure {
+    fn new() -> Self {
+        Self {
+            running: None,
+            next: None,
+        }
+    }
+
+    fn offer<H: AgentHandler>(
+        &mut self,
+        handler: &Arc<H>,
+        handle: &ServerHandle,
+        event: ConfigureEvent,
+    ) {
+        if self.running.is_some() {
+            self.next = Some(event);
+        } else {
+            self.start(handler, handle, event);
+        }
+    }
+
+    fn start<H: AgentHandler>(
+        &mut self,
+        handler: &Arc<H>,
+        handle: &ServerHandle,
+        event: ConfigureEvent,
+    ) {
+        handle.requests_started(1);
+        let handler = handler.clone();
+        self.running = Some(Box::pin(async move {
+            let version = event.config_version.clone();
+            let (_, response) = dispatch(handler, 0, Event::Configure(event)).await;
+            if response.decision.kind() != "allow" {
+                tracing::warn!(?version, decision = ?response.decision, "the handler refused a configuration pushed without a correlation id");
+            }
+        }));
+    }
+
+    /// The running one finished: start the waiting one, if any.
+    fn finished<H: AgentHandler>(&mut self, handler: &Arc<H>, handle: &ServerHandle) {
+        handle.requests_finished(1);
+        self.running = None;
+        if let Some(event) = self.next.take() {
+            self.start(handler, handle, event);
+        }
+    }
+
+    /// The stream ended: drop what runs (counted as finished) and what waits.
+    fn abandon(&mut self, handle: &ServerHandle) {
+        if self.running.take().is_some() {
+            handle.requests_finished(1);
+        }
+        self.next = None;
     }
 }
 
@@ -295,6 +420,17 @@ impl Drop for InFlightGuard<'_> {
 
 type Done = Result<(RequestId, AgentResponse, Instant), futures_util::future::Aborted>;
 
+/// Messages (answers, pongs, health) a `ProcessStream` keeps for a proxy that is not taking them,
+/// on top of the 64 already handed to tonic. While this many wait, the stream reads nothing more
+/// from the proxy, so a proxy that sends events without reading the answers is pushed back by
+/// HTTP/2 flow control rather than growing the agent by one answer (about 1-2 KiB) per event;
+/// reading resumes as soon as the proxy takes answers again.
+///
+/// Handlers already running still finish and queue their answers, so one stream holds at most
+/// this many plus [`AgentConfig::max_in_flight`] plus 64 messages, however much the proxy sends.
+/// Everything is dropped when the call ends or the proxy cancels it.
+pub const MAX_UNSENT_ANSWERS: usize = 256;
+
 /// One `ProcessStream`: the connection state machine, the handler futures, and the outbound
 /// queue towards tonic.
 struct StreamDriver<H> {
@@ -302,8 +438,11 @@ struct StreamDriver<H> {
     handler: Arc<H>,
     handle: ServerHandle,
     drain_timeout: Duration,
-    /// Converted messages waiting for room in `tx`.
-    out: VecDeque<AgentToProxy>,
+    /// Converted messages waiting for room in `tx` (at most about [`MAX_UNSENT_ANSWERS`]); the
+    /// stream's final status, if it ends with one, is the last.
+    out: VecDeque<Result<AgentToProxy, Status>>,
+    /// Why the stream must end, when the transport rather than the core knows it.
+    end_status: Option<Status>,
 }
 
 impl<H: AgentHandler> StreamDriver<H> {
@@ -316,10 +455,12 @@ impl<H: AgentHandler> StreamDriver<H> {
         handle.connection_opened();
         let mut running = FuturesUnordered::new();
         let mut aborts: HashMap<RequestId, AbortHandle> = HashMap::new();
+        let mut configure = UnansweredConfigure::new();
         let mut push_rx = handle.subscribe_pushes();
         let mut shutdown = handle.shutdown_receiver();
         let mut draining: Option<Instant> = None;
         let mut peer_gone = false;
+        let mut final_status_queued = false;
         loop {
             while let Some(event) = self.conn.poll_event() {
                 match event {
@@ -350,6 +491,17 @@ impl<H: AgentHandler> StreamDriver<H> {
             }
             self.collect_output(None);
             let closed = self.conn.is_closed();
+            if closed && !final_status_queued {
+                final_status_queued = true;
+                // After every answer already queued, so the proxy gets those first.
+                let status = self
+                    .end_status
+                    .take()
+                    .or_else(|| self.conn.close_reason().and_then(close_status));
+                if let Some(status) = status {
+                    self.out.push_back(Err(status));
+                }
+            }
             if peer_gone || (closed && self.out.is_empty()) {
                 break;
             }
@@ -362,57 +514,12 @@ impl<H: AgentHandler> StreamDriver<H> {
                 }
             }
             let deadline = self.conn.poll_timeout();
+            let readable = !closed && draining.is_none() && self.out.len() < MAX_UNSENT_ANSWERS;
+            // Everything that is not reading comes first, and a turn reads one message: a proxy
+            // that pipelines without pause cannot hold back answers, pushes, a drain or the
+            // handshake deadline.
             tokio::select! {
                 biased;
-                Some(done) = running.next(), if !running.is_empty() => {
-                    self.finish(done, &mut aborts);
-                    // Everything else already finished goes out with it.
-                    while let Some(Some(done)) = running.next().now_or_never() {
-                        self.finish(done, &mut aborts);
-                    }
-                }
-                permit = tx.reserve(), if !self.out.is_empty() => match permit {
-                    Ok(permit) => {
-                        if let Some(message) = self.out.pop_front() {
-                            permit.send(Ok(message));
-                        }
-                        while !self.out.is_empty() {
-                            match tx.try_reserve() {
-                                Ok(permit) => {
-                                    if let Some(message) = self.out.pop_front() {
-                                        permit.send(Ok(message));
-                                    }
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    Err(_) => peer_gone = true,
-                },
-                message = inbound.message(), if !closed && draining.is_none() => {
-                    let now = Instant::now();
-                    match message {
-                        Ok(Some(message)) => match ProxyMessage::from(message) {
-                            ProxyMessage::Protocol(incoming) => self.conn.handle_message(now, incoming),
-                            ProxyMessage::Unknown => {
-                                tracing::debug!("skipped a ProxyToAgent message of unknown type");
-                            }
-                        },
-                        Ok(None) => self.conn.handle_eof(),
-                        Err(status) => self.conn.handle_io_error(status.to_string()),
-                    }
-                }
-                push = push_rx.recv(), if !closed && self.conn.is_established() => {
-                    let result = match push {
-                        Ok(Push::Health(h)) => self.conn.send_health(&h),
-                        Ok(Push::FlowControl(f)) => self.conn.send_flow_control(&f),
-                        Ok(Push::Metrics(m)) => self.conn.send_metrics(&m),
-                        Err(_) => Ok(()),
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "could not push a control message");
-                    }
-                }
                 _ = shutdown_signal(&mut shutdown), if draining.is_none() => {
                     draining = Some(Instant::now());
                     if self.conn.is_established() {
@@ -428,20 +535,94 @@ impl<H: AgentHandler> StreamDriver<H> {
                     self.conn.handle_timeout(Instant::now());
                 }
                 _ = tx.closed() => peer_gone = true,
+                push = push_rx.recv(), if !closed && self.conn.is_established() => {
+                    let result = match push {
+                        Ok(Push::Health(h)) => self.conn.send_health(&h),
+                        Ok(Push::FlowControl(f)) => self.conn.send_flow_control(&f),
+                        Ok(Push::Metrics(m)) => self.conn.send_metrics(&m),
+                        Err(_) => Ok(()),
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "could not push a control message");
+                    }
+                }
+                permit = tx.reserve(), if !self.out.is_empty() => match permit {
+                    Ok(permit) => {
+                        if let Some(message) = self.out.pop_front() {
+                            permit.send(message);
+                        }
+                        while !self.out.is_empty() {
+                            match tx.try_reserve() {
+                                Ok(permit) => {
+                                    if let Some(message) = self.out.pop_front() {
+                                        permit.send(message);
+                                    }
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(_) => peer_gone = true,
+                },
+                Some(done) = running.next(), if !running.is_empty() => {
+                    self.finish(done, &mut aborts);
+                    // Everything else already finished goes out with it.
+                    while let Some(Some(done)) = running.next().now_or_never() {
+                        self.finish(done, &mut aborts);
+                    }
+                }
+                Some(()) = OptionFuture::from(configure.running.as_mut()), if configure.running.is_some() => {
+                    configure.finished(&self.handler, &handle);
+                }
+                message = inbound.message(), if readable => {
+                    self.on_message(message, &mut configure);
+                }
                 _ = tokio::time::sleep(Duration::from_millis(50)), if draining.is_some() => {}
-            }
-        }
-        // A protocol failure ends the stream with an error status, so the proxy sees why.
-        if !peer_gone {
-            if let Some(status) = self.conn.close_reason().and_then(close_status) {
-                let _ = tx.try_send(Err(status));
             }
         }
         for (_, abort) in aborts.drain() {
             abort.abort();
         }
+        configure.abandon(&handle);
         handle.requests_finished(running.len());
         handle.connection_closed();
+    }
+
+    /// One read from the proxy's side of the stream.
+    fn on_message(
+        &mut self,
+        message: Result<Option<ProxyToAgent>, Status>,
+        configure: &mut UnansweredConfigure,
+    ) {
+        let now = Instant::now();
+        match message {
+            Ok(Some(message)) => match ProxyMessage::from(message) {
+                ProxyMessage::Protocol(AgentIncoming::Event(Event::Configure(event)))
+                    if event.correlation_id.is_empty() =>
+                {
+                    if self.conn.is_established() {
+                        configure.offer(&self.handler, &self.handle, event);
+                    } else {
+                        tracing::debug!("skipped a Configure without a correlation id sent before the handshake");
+                    }
+                }
+                ProxyMessage::Protocol(incoming) => {
+                    self.conn.handle_message(now, refuse_uncorrelated(incoming))
+                }
+                ProxyMessage::Unknown => {
+                    tracing::debug!("skipped a ProxyToAgent message of unknown type");
+                }
+            },
+            Ok(None) => self.conn.handle_eof(),
+            // tonic's decoder reports a message over the size limit, and only that, as
+            // OUT_OF_RANGE. The rest of the stream cannot be read past it.
+            Err(status) if status.code() == Code::OutOfRange => {
+                tracing::debug!(%status, "a ProxyToAgent message over the limit ends the stream");
+                self.end_status = Some(message_too_large("a ProxyToAgent message"));
+                self.conn.handle_io_error(status.message().to_owned());
+            }
+            Err(status) => self.conn.handle_io_error(status.to_string()),
+        }
     }
 
     fn finish(&mut self, done: Done, aborts: &mut HashMap<RequestId, AbortHandle>) {
@@ -463,9 +644,9 @@ impl<H: AgentHandler> StreamDriver<H> {
         while let Some(message) = self.conn.poll_message() {
             let mut message = convert::agent_outgoing_to_proto(message, now_ms);
             bound_response(&mut message);
-            self.out.push_back(message);
+            self.out.push_back(Ok(message));
         }
-        if let (Some(elapsed), Some(last)) = (answered, self.out.back_mut()) {
+        if let (Some(elapsed), Some(Ok(last))) = (answered, self.out.back_mut()) {
             set_processing_time(last, elapsed);
         }
     }
