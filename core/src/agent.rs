@@ -2537,4 +2537,94 @@ mod tests {
         assert_eq!(r.audit.reason_codes, [reason]);
         assert!(r.audit.custom.is_empty());
     }
+
+    // ----- events the application never sees: over the header limits, no correlation id ------
+
+    fn many_headers(cid: &str, names: usize) -> Event {
+        let headers: crate::Headers = (0..names).map(|i| (format!("h{i}"), "v")).collect();
+        Event::ResponseHeaders(crate::ResponseHeadersEvent {
+            correlation_id: cid.into(),
+            status: 200,
+            headers,
+        })
+    }
+
+    fn tight() -> AgentConfig {
+        AgentConfig {
+            header_limits: HeaderLimits {
+                max_count: 4,
+                max_bytes: 1024,
+            },
+            ..AgentConfig::default()
+        }
+    }
+
+    #[test]
+    fn events_over_the_header_limits_are_answered_431_in_both_encodings() {
+        for encoding in [Encoding::Json, Encoding::MsgPack] {
+            let mut conn = established_with(tight(), encoding);
+            let mut wire = event_frame(encoding, &many_headers("big", 5));
+            wire.extend(event_frame(encoding, &many_headers("ok", 4)));
+            conn.handle_input(t0(), &wire);
+            let evs = events(&mut conn);
+            assert!(
+                matches!(&evs[..], [
+                    AgentEvent::MalformedEvent { correlation_id, error },
+                    AgentEvent::Request { .. },
+                ] if correlation_id == "big" && error.limit.is_some()),
+                "{encoding}: {evs:?}"
+            );
+            let got = responses(&mut conn, encoding);
+            assert_fail_closed(&got[0], "big", 431, HEADER_LIMIT_REASON);
+            assert_eq!(
+                conn.in_flight(),
+                1,
+                "only the event within the limits is tracked"
+            );
+        }
+    }
+
+    #[test]
+    fn an_event_without_a_correlation_id_is_blocked_never_handed_over() {
+        for encoding in [Encoding::Json, Encoding::MsgPack] {
+            let mut conn = established(encoding);
+            conn.handle_input(t0(), &event_frame(encoding, &complete("")));
+            let evs = events(&mut conn);
+            assert!(
+                matches!(&evs[..], [AgentEvent::MalformedEvent { correlation_id, .. }] if correlation_id.is_empty()),
+                "{encoding}: {evs:?}"
+            );
+            let got = responses(&mut conn, encoding);
+            assert_fail_closed(&got[0], "", 500, MALFORMED_EVENT_REASON);
+            assert_eq!(conn.in_flight(), 0);
+        }
+    }
+
+    #[test]
+    fn message_transports_apply_the_same_refusals() {
+        let mut conn = message_established(tight());
+        conn.handle_message(t0(), AgentIncoming::Event(many_headers("big", 5)));
+        conn.handle_message(t0(), AgentIncoming::Event(complete("")));
+        conn.handle_message(t0(), AgentIncoming::Event(many_headers("ok", 4)));
+        let out = messages(&mut conn);
+        let got = answered(&out);
+        assert_eq!(got.len(), 2, "{out:?}");
+        assert_eq!(got[0].0, "big");
+        assert!(matches!(
+            got[0].1.decision,
+            Decision::Block { status: 431, .. }
+        ));
+        assert_eq!(got[0].1.audit.reason_codes, [HEADER_LIMIT_REASON]);
+        assert_eq!(got[1].0, "");
+        assert!(matches!(
+            got[1].1.decision,
+            Decision::Block { status: 500, .. }
+        ));
+        let evs = events(&mut conn);
+        assert!(
+            matches!(evs.last(), Some(AgentEvent::Request { event, .. }) if event.correlation_id() == "ok"),
+            "{evs:?}"
+        );
+        assert_eq!(conn.in_flight(), 1);
+    }
 }
