@@ -27,6 +27,8 @@ mod client_server;
 mod reverse;
 // A tokio side against an async-std side, in one test.
 mod cross_runtime;
+// Hostile peers: expensive input on one connection.
+mod hostile_decode;
 
 /// A runtime the scenarios can run on: the adapter's [`Runtime`] plus a way to block on a
 /// future with that runtime's executor.
