@@ -372,9 +372,12 @@ impl<R: Runtime> Drop for UdsListener<R> {
     }
 }
 
-/// Binds a Unix socket at `path` with file mode `mode`. An existing socket file is removed
-/// only if nothing answers on it (a stale file); a live one is an `AddrInUse` error, and a
-/// non-socket file is left alone with an `AlreadyExists` error.
+/// Binds a Unix socket at `path` with file mode `mode`.
+///
+/// An existing socket file is removed only when connecting to it is refused (nothing listens:
+/// a stale file, see [`is_stale_socket`]). A live one is an `AddrInUse` error; any other
+/// connect failure (say permission denied on another user's live socket) is an error naming
+/// the path, and the file is left alone, as is a non-socket file (`AlreadyExists`).
 pub fn bind_unix_socket<R: Runtime>(path: &Path, mode: u32) -> io::Result<UdsListener<R>> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -391,7 +394,21 @@ pub fn bind_unix_socket<R: Runtime>(path: &Path, mode: u32) -> io::Result<UdsLis
                     format!("{} is served by another live process", path.display()),
                 ))
             }
-            Err(_) => std::fs::remove_file(path)?,
+            // Removed meanwhile: nothing to clean up.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if is_stale_socket(&e) => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            },
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} exists and cannot be checked for a live server ({e}); not replacing it",
+                        path.display()
+                    ),
+                ))
+            }
         }
     }
     let listener = std::os::unix::net::UnixListener::bind(path)?;
@@ -402,6 +419,22 @@ pub fn bind_unix_socket<R: Runtime>(path: &Path, mode: u32) -> io::Result<UdsLis
         listener,
         path: path.to_owned(),
     })
+}
+
+/// Whether a failed connect to an existing socket file shows that nothing serves it, so the
+/// file may be replaced: only a refused connection (`ECONNREFUSED`) does. Any other error says
+/// nothing about liveness: `EACCES` comes from another user's socket that may well be live,
+/// `EPROTOTYPE` from a live socket of another type, `EAGAIN` from a live server whose backlog
+/// is full.
+///
+/// ```
+/// use std::io;
+/// use agent_protocol_driver::server::is_stale_socket;
+/// assert!(is_stale_socket(&io::Error::from(io::ErrorKind::ConnectionRefused)));
+/// assert!(!is_stale_socket(&io::Error::from(io::ErrorKind::PermissionDenied)));
+/// ```
+pub fn is_stale_socket(connect_error: &io::Error) -> bool {
+    connect_error.kind() == io::ErrorKind::ConnectionRefused
 }
 
 /// Where a server accepts connections.
@@ -684,5 +717,27 @@ pub async fn shutdown_signal(rx: &mut watch::Receiver<bool>) {
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refused_connection_means_a_stale_socket() {
+        let os = io::Error::from_raw_os_error;
+        // ECONNREFUSED: nothing listens.
+        assert!(is_stale_socket(&os(111)));
+        assert!(is_stale_socket(&io::Error::from(
+            io::ErrorKind::ConnectionRefused
+        )));
+        // EACCES, EPERM, EPROTOTYPE, EAGAIN, ETIMEDOUT: possibly (or surely) live.
+        for errno in [13, 1, 91, 11, 110] {
+            assert!(!is_stale_socket(&os(errno)), "errno {errno}");
+        }
+        assert!(!is_stale_socket(&io::Error::from(
+            io::ErrorKind::PermissionDenied
+        )));
     }
 }

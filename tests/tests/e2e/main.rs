@@ -25,6 +25,8 @@ mod pool_support;
 // AgentClient <-> AgentServer, and reverse connections.
 mod client_server;
 mod reverse;
+// Replacing a socket file only when it is stale.
+mod stale_socket;
 // A tokio side against an async-std side, in one test.
 mod cross_runtime;
 
