@@ -35,6 +35,11 @@ pub(crate) fn shrink_after_large_frame(read_buf: &mut BytesMut) {
     }
 }
 
+/// How long after a request's deadline its caller stops waiting for the connection task's
+/// outcome and reports the timeout itself: a backstop for a task that cannot run (the task
+/// reports timeouts at the deadline itself).
+pub const REPLY_GRACE: Duration = Duration::from_millis(100);
+
 /// Capacity of every caller->connection channel, the same on every transport.
 pub const CHANNEL_BUFFER_SIZE: usize = 64;
 
@@ -537,6 +542,7 @@ impl ClientHandle {
         event: Event,
         deadline: Instant,
     ) -> Result<AgentResponse, ClientError> {
+        let submitted = Instant::now();
         self.status.touch();
         let (reply, rx) = oneshot::channel();
         let correlation_id = event.correlation_id().to_owned();
@@ -552,11 +558,14 @@ impl ClientHandle {
                 return Err(ClientError::Closed(ConnectionError::LocalClose))
             }
             Err(mpsc::error::TrySendError::Full(command)) => {
-                let started = Instant::now();
                 match runtime::timeout_at::<R, _>(deadline, self.tx.send(command)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return Err(ClientError::Closed(ConnectionError::LocalClose)),
-                    Err(_) => return Err(ClientError::QueueTimeout(deadline - started)),
+                    Err(_) => {
+                        return Err(ClientError::QueueTimeout(
+                            deadline.saturating_duration_since(submitted),
+                        ))
+                    }
                 }
             }
         }
@@ -566,9 +575,18 @@ impl ClientHandle {
             tx: &self.tx,
             correlation_id: Some(correlation_id),
         };
-        let outcome = rx
-            .await
-            .unwrap_or(Err(ClientError::Closed(ConnectionError::LocalClose)));
+        // The connection task answers by the deadline; this wait has its own deadline anyway,
+        // a little later so the task's answer (the informative one) normally wins, in case the
+        // task is stalled. Then the guard abandons the request.
+        let outcome = match runtime::timeout_at::<R, _>(deadline + REPLY_GRACE, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(ClientError::Closed(ConnectionError::LocalClose)),
+            Err(_) => {
+                return Err(ClientError::Request(RequestError::Timeout(
+                    deadline.saturating_duration_since(submitted),
+                )))
+            }
+        };
         guard.correlation_id = None;
         outcome
     }

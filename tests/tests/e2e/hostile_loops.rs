@@ -15,6 +15,8 @@
 //!   and never reads: the agent stops reading once its unsent answers pass
 //!   [`MAX_PENDING_TRANSMIT`], so its memory stays bounded and the writer blocks.
 //!
+//! - a client whose connection task never answers at all: the caller's own wait still ends
+//!   at the deadline plus [`REPLY_GRACE`].
 //!
 //! Time bounds are the request's own timeout plus generous slack (hang guards for a loaded
 //! machine), never a speed assertion.
@@ -29,10 +31,13 @@ use std::time::{Duration, Instant};
 use agent_protocol_core::encoding::{self, decode_payload};
 use agent_protocol_core::frame::{Decoded, Frame, FrameDecoder, FrameType};
 use agent_protocol_core::handshake::{AgentHandshake, AgentHandshakeConfig, HandshakeRequest};
+use agent_protocol_core::handshake::{Negotiated, PROTOCOL_VERSION};
 use agent_protocol_core::{
     AgentResponse, Capabilities, Encoding, Event, HealthState, HealthStatus, Ping,
 };
-use agent_protocol_driver::client::{AgentClient, ClientConfig};
+use agent_protocol_driver::client::{
+    AgentClient, ClientConfig, ConnectionStatus, CHANNEL_BUFFER_SIZE, REPLY_GRACE,
+};
 use agent_protocol_driver::pool::{AgentPool, AgentPoolConfig};
 use agent_protocol_driver::server::{
     AgentHandler, AgentServer, ServerConfig, MAX_PENDING_TRANSMIT,
@@ -543,7 +548,40 @@ pub async fn unread_answers_stop_the_agent_reading<R: Harness>() {
     eventually::<R>("connection closed", WAIT, || handle.connections() == 0).await;
 }
 
+/// The caller's wait has its own deadline: a connection task that never answers (stuck, or
+/// starved by its peer) cannot keep the caller past its timeout plus [`REPLY_GRACE`], and the
+/// connection is told to abandon the request.
+pub async fn caller_wait_ends_when_the_connection_task_never_answers<R: Harness>() {
+    // A client whose "connection task" is a channel nobody reads.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(CHANNEL_BUFFER_SIZE);
+    let negotiated = Negotiated {
+        encoding: Encoding::Json,
+        capabilities: Capabilities::new("stuck", "stuck", "1").with_all_events(),
+        protocol_version: PROTOCOL_VERSION,
+    };
+    let status = Arc::new(ConnectionStatus::new());
+    let client = AgentClient::<R>::from_parts(tx, status, negotiated, REQUEST_TIMEOUT);
+    let started = Instant::now();
+    let result = timeout::<R, _>(
+        WAIT,
+        "the caller's wait ends",
+        client.send(Event::RequestHeaders(headers("stuck"))),
+    )
+    .await;
+    let took = started.elapsed();
+    let err = result.expect_err("nobody answers");
+    assert!(err.is_timeout(), "expected a timeout, got {err}");
+    assert!(
+        took >= REQUEST_TIMEOUT && took < REQUEST_TIMEOUT + REPLY_GRACE + DEADLINE_SLACK,
+        "the wait ended after {took:?}"
+    );
+    // The request, then the caller abandoning it.
+    let queued = std::iter::from_fn(|| rx.try_recv().ok()).count();
+    assert_eq!(queued, 2);
+}
+
 on_both_runtimes!(
+    caller_wait_ends_when_the_connection_task_never_answers,
     flooding_agent_cannot_hold_client_requests_past_their_timeout,
     flooding_agent_cannot_hold_pool_requests_past_their_timeout,
     agent_answers_while_the_proxy_keeps_writing,
