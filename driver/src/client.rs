@@ -26,6 +26,20 @@ use crate::runtime::{self, ByteWrite, Connection, Runtime};
 /// Reads at least this much per read call so many frames are decoded per syscall.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
 
+/// Once a large frame has passed, drops the grown read buffer for a fresh one of the usual
+/// size: the memory goes back, and one read (one loop turn) stays near [`READ_CHUNK`] instead
+/// of filling megabytes of spare room with small frames.
+pub(crate) fn shrink_after_large_frame(read_buf: &mut BytesMut) {
+    if read_buf.is_empty() && read_buf.capacity() > 4 * READ_CHUNK {
+        *read_buf = BytesMut::with_capacity(READ_CHUNK);
+    }
+}
+
+/// How long after a request's deadline its caller stops waiting for the connection task's
+/// outcome and reports the timeout itself: a backstop for a task that cannot run (the task
+/// reports timeouts at the deadline itself).
+pub const REPLY_GRACE: Duration = Duration::from_millis(100);
+
 /// Capacity of every caller->connection channel, the same on every transport.
 pub const CHANNEL_BUFFER_SIZE: usize = 64;
 
@@ -528,6 +542,7 @@ impl ClientHandle {
         event: Event,
         deadline: Instant,
     ) -> Result<AgentResponse, ClientError> {
+        let submitted = Instant::now();
         self.status.touch();
         let (reply, rx) = oneshot::channel();
         let correlation_id = event.correlation_id().to_owned();
@@ -543,11 +558,14 @@ impl ClientHandle {
                 return Err(ClientError::Closed(ConnectionError::LocalClose))
             }
             Err(mpsc::error::TrySendError::Full(command)) => {
-                let started = Instant::now();
                 match runtime::timeout_at::<R, _>(deadline, self.tx.send(command)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return Err(ClientError::Closed(ConnectionError::LocalClose)),
-                    Err(_) => return Err(ClientError::QueueTimeout(deadline - started)),
+                    Err(_) => {
+                        return Err(ClientError::QueueTimeout(
+                            deadline.saturating_duration_since(submitted),
+                        ))
+                    }
                 }
             }
         }
@@ -557,9 +575,18 @@ impl ClientHandle {
             tx: &self.tx,
             correlation_id: Some(correlation_id),
         };
-        let outcome = rx
-            .await
-            .unwrap_or(Err(ClientError::Closed(ConnectionError::LocalClose)));
+        // The connection task answers by the deadline; this wait has its own deadline anyway,
+        // a little later so the task's answer (the informative one) normally wins, in case the
+        // task is stalled. Then the guard abandons the request.
+        let outcome = match runtime::timeout_at::<R, _>(deadline + REPLY_GRACE, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(ClientError::Closed(ConnectionError::LocalClose)),
+            Err(_) => {
+                return Err(ClientError::Request(RequestError::Timeout(
+                    deadline.saturating_duration_since(submitted),
+                )))
+            }
+        };
         guard.correlation_id = None;
         outcome
     }
@@ -745,12 +772,22 @@ impl ClientDriver {
         self.finish(write).await
     }
 
+    /// The connection loop. Fairness: an agent can keep the socket readable forever, so the
+    /// read is the last branch of the loop's `select!`; bytes to write, the next deadline and
+    /// callers' commands come first, and each is ready only when it has work. A turn reads once
+    /// (at most the read buffer's spare room), then handles every deadline that passed while
+    /// that input was decoded, so a request ends within its timeout whatever the agent sends.
     async fn run<R: Runtime>(
         mut self,
         mut read: <R::Stream as Connection>::ReadHalf,
         mut write: <R::Stream as Connection>::WriteHalf,
     ) {
-        let mut read_buf = BytesMut::with_capacity(READ_CHUNK);
+        // Bytes that came with the handshake or registration answer may already be in the
+        // connection's buffer, possibly the start of a frame: reading continues after them.
+        let mut read_buf = std::mem::take(self.conn.read_buffer());
+        if !read_buf.is_empty() {
+            self.process_read(&mut read_buf);
+        }
         let mut write_buf = BytesMut::new();
         let mut commands_open = true;
         loop {
@@ -763,23 +800,11 @@ impl ClientDriver {
                 break;
             }
             let deadline = self.conn.poll_timeout();
-            if read_buf.capacity() - read_buf.len() < READ_CHUNK / 4 {
+            if !closed && read_buf.capacity() - read_buf.len() < READ_CHUNK / 4 {
                 read_buf.reserve(READ_CHUNK);
             }
             tokio::select! {
                 biased;
-                r = runtime::read_buf(&mut read, &mut read_buf), if !closed => {
-                    let now = Instant::now();
-                    match r {
-                        Ok(0) => self.conn.handle_eof(),
-                        Ok(_) => {
-                            std::mem::swap(&mut read_buf, self.conn.read_buffer());
-                            self.conn.process_input(now);
-                            std::mem::swap(&mut read_buf, self.conn.read_buffer());
-                        }
-                        Err(e) => self.conn.handle_io_error(e.to_string()),
-                    }
-                }
                 r = runtime::write_buf(&mut write, &mut write_buf), if !write_buf.is_empty() => {
                     if let Err(e) = r {
                         self.conn.handle_io_error(e.to_string());
@@ -787,6 +812,9 @@ impl ClientDriver {
                     } else if write_buf.is_empty() {
                         write_buf.clear();
                     }
+                }
+                _ = runtime::sleep_until_opt::<R>(deadline), if deadline.is_some() && !closed => {
+                    self.conn.handle_timeout(Instant::now());
                 }
                 cmd = self.rx.recv(), if commands_open && !closed => {
                     match cmd {
@@ -807,13 +835,31 @@ impl ClientDriver {
                         }
                     }
                 }
-                _ = runtime::sleep_until_opt::<R>(deadline), if deadline.is_some() && !closed => {
-                    self.conn.handle_timeout(Instant::now());
+                r = runtime::read_buf(&mut read, &mut read_buf), if !closed => {
+                    match r {
+                        Ok(0) => self.conn.handle_eof(),
+                        Ok(_) => self.process_read(&mut read_buf),
+                        Err(e) => self.conn.handle_io_error(e.to_string()),
+                    }
                 }
             }
             self.publish_status();
         }
         self.finish(write).await
+    }
+
+    /// Hands what was read to the connection, then handles the deadlines that passed meanwhile:
+    /// decoding a large read takes time, and the timer branch must not be the only way a
+    /// deadline is noticed. An incomplete frame stays at the front of `read_buf`.
+    fn process_read(&mut self, read_buf: &mut BytesMut) {
+        std::mem::swap(read_buf, self.conn.read_buffer());
+        self.conn.process_input(Instant::now());
+        std::mem::swap(read_buf, self.conn.read_buffer());
+        shrink_after_large_frame(read_buf);
+        let now = Instant::now();
+        if self.conn.poll_timeout().is_some_and(|due| due <= now) {
+            self.conn.handle_timeout(now);
+        }
     }
 
     async fn finish<W: ByteWrite>(mut self, mut write: W) {

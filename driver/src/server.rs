@@ -30,8 +30,17 @@ use futures_util::future::{AbortHandle, Abortable, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::client::READ_CHUNK;
+use crate::client::{shrink_after_large_frame, READ_CHUNK};
 use crate::runtime::{self, ByteRead, ByteWrite, Connection, Runtime};
+
+/// Unsent output (answers, pongs, pushes), in bytes, past which an agent connection stops
+/// reading until its socket drains.
+///
+/// Every event earns an answer, even a malformed one, so a proxy that writes without reading
+/// would otherwise make the agent queue answers without limit; with reading paused, the proxy's
+/// writes block instead. Output can overshoot the bound by what one read's events produce plus
+/// the answers of handlers already running (at most [`ServerConfig::max_in_flight`] of them).
+pub const MAX_PENDING_TRANSMIT: usize = 1024 * 1024;
 
 /// What an agent does with each event. Every method has a default that allows, so an agent
 /// implements only what it inspects.
@@ -372,9 +381,12 @@ impl<R: Runtime> Drop for UdsListener<R> {
     }
 }
 
-/// Binds a Unix socket at `path` with file mode `mode`. An existing socket file is removed
-/// only if nothing answers on it (a stale file); a live one is an `AddrInUse` error, and a
-/// non-socket file is left alone with an `AlreadyExists` error.
+/// Binds a Unix socket at `path` with file mode `mode`.
+///
+/// An existing socket file is removed only when connecting to it is refused (nothing listens:
+/// a stale file, see [`is_stale_socket`]). A live one is an `AddrInUse` error; any other
+/// connect failure (say permission denied on another user's live socket) is an error naming
+/// the path, and the file is left alone, as is a non-socket file (`AlreadyExists`).
 pub fn bind_unix_socket<R: Runtime>(path: &Path, mode: u32) -> io::Result<UdsListener<R>> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -391,7 +403,21 @@ pub fn bind_unix_socket<R: Runtime>(path: &Path, mode: u32) -> io::Result<UdsLis
                     format!("{} is served by another live process", path.display()),
                 ))
             }
-            Err(_) => std::fs::remove_file(path)?,
+            // Removed meanwhile: nothing to clean up.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if is_stale_socket(&e) => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            },
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} exists and cannot be checked for a live server ({e}); not replacing it",
+                        path.display()
+                    ),
+                ))
+            }
         }
     }
     let listener = std::os::unix::net::UnixListener::bind(path)?;
@@ -402,6 +428,22 @@ pub fn bind_unix_socket<R: Runtime>(path: &Path, mode: u32) -> io::Result<UdsLis
         listener,
         path: path.to_owned(),
     })
+}
+
+/// Whether a failed connect to an existing socket file shows that nothing serves it, so the
+/// file may be replaced: only a refused connection (`ECONNREFUSED`) does. Any other error says
+/// nothing about liveness: `EACCES` comes from another user's socket that may well be live,
+/// `EPROTOTYPE` from a live socket of another type, `EAGAIN` from a live server whose backlog
+/// is full.
+///
+/// ```
+/// use std::io;
+/// use agent_protocol_driver::server::is_stale_socket;
+/// assert!(is_stale_socket(&io::Error::from(io::ErrorKind::ConnectionRefused)));
+/// assert!(!is_stale_socket(&io::Error::from(io::ErrorKind::PermissionDenied)));
+/// ```
+pub fn is_stale_socket(connect_error: &io::Error) -> bool {
+    connect_error.kind() == io::ErrorKind::ConnectionRefused
 }
 
 /// Where a server accepts connections.
@@ -542,6 +584,12 @@ pub(crate) async fn serve_connection<H: AgentHandler, R: Runtime>(
     handle.connection_closed();
 }
 
+/// The connection loop. Fairness: a peer can keep the socket readable forever, so the read is
+/// the last branch of the loop's `select!`; answers to write, finished handlers, pushes,
+/// shutdown and the handshake deadline come first, and each is ready only when it has work. A
+/// turn reads once (at most the read buffer's spare room) and then goes round again, so input
+/// never waits behind more than one read's worth of decoding. Reading pauses while more than
+/// [`MAX_PENDING_TRANSMIT`] bytes of output are unsent.
 async fn drive<H: AgentHandler, R: Runtime>(
     conn: &mut AgentConnection,
     mut read: impl ByteRead,
@@ -550,7 +598,12 @@ async fn drive<H: AgentHandler, R: Runtime>(
     handle: &ServerHandle,
     drain_timeout: Duration,
 ) {
-    let mut read_buf = BytesMut::with_capacity(READ_CHUNK);
+    // Bytes that came with the handshake or registration answer are already in the
+    // connection's buffer, possibly the start of a frame: reading continues after them.
+    let mut read_buf = std::mem::take(conn.read_buffer());
+    if !read_buf.is_empty() {
+        process_read(conn, &mut read_buf);
+    }
     let mut write_buf = Bytes::new();
     let mut running: FuturesUnordered<Abortable<_>> = FuturesUnordered::new();
     let mut aborts: std::collections::HashMap<RequestId, AbortHandle> = Default::default();
@@ -601,11 +654,21 @@ async fn drive<H: AgentHandler, R: Runtime>(
             }
         }
         let deadline = conn.poll_timeout();
-        if read_buf.capacity() - read_buf.len() < READ_CHUNK / 4 {
+        // A proxy that writes without reading would otherwise make us queue answers without
+        // limit; not reading lets its writes block instead.
+        let backlogged = write_buf.len() + conn.pending_transmit() > MAX_PENDING_TRANSMIT;
+        let reading = !closed && draining.is_none() && !backlogged;
+        if reading && read_buf.capacity() - read_buf.len() < READ_CHUNK / 4 {
             read_buf.reserve(READ_CHUNK);
         }
         tokio::select! {
             biased;
+            r = runtime::write_buf(&mut write, &mut write_buf), if !write_buf.is_empty() => {
+                if let Err(e) = r {
+                    conn.handle_io_error(e.to_string());
+                    write_buf = Bytes::new();
+                }
+            }
             Some(done) = running.next(), if !running.is_empty() => {
                 let mut finish = |done: Result<(RequestId, AgentResponse), futures_util::future::Aborted>| {
                     in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -619,24 +682,6 @@ async fn drive<H: AgentHandler, R: Runtime>(
                 // Collect everything else already finished so the answers share one write.
                 while let Some(Some(done)) = running.next().now_or_never() {
                     finish(done);
-                }
-            }
-            r = runtime::read_buf(&mut read, &mut read_buf), if !closed && draining.is_none() => {
-                let now = Instant::now();
-                match r {
-                    Ok(0) => conn.handle_eof(),
-                    Ok(_) => {
-                        std::mem::swap(&mut read_buf, conn.read_buffer());
-                        conn.process_input(now);
-                        std::mem::swap(&mut read_buf, conn.read_buffer());
-                    }
-                    Err(e) => conn.handle_io_error(e.to_string()),
-                }
-            }
-            r = runtime::write_buf(&mut write, &mut write_buf), if !write_buf.is_empty() => {
-                if let Err(e) = r {
-                    conn.handle_io_error(e.to_string());
-                    write_buf = Bytes::new();
                 }
             }
             push = push_rx.recv(), if !closed => {
@@ -663,6 +708,13 @@ async fn drive<H: AgentHandler, R: Runtime>(
                 conn.handle_timeout(Instant::now());
             }
             _ = runtime::sleep::<R>(Duration::from_millis(50)), if draining.is_some() => {}
+            r = runtime::read_buf(&mut read, &mut read_buf), if reading => {
+                match r {
+                    Ok(0) => conn.handle_eof(),
+                    Ok(_) => process_read(conn, &mut read_buf),
+                    Err(e) => conn.handle_io_error(e.to_string()),
+                }
+            }
         }
     }
     // Whatever is still running is abandoned with the connection.
@@ -672,6 +724,15 @@ async fn drive<H: AgentHandler, R: Runtime>(
     let leftover = running.len();
     in_flight.fetch_sub(leftover, Ordering::AcqRel);
     let _ = runtime::shutdown(&mut write).await;
+}
+
+/// Hands what was read to the connection (which decodes every complete frame and checks its
+/// handshake deadline); an incomplete frame stays at the front of `read_buf` for the next read.
+fn process_read(conn: &mut AgentConnection, read_buf: &mut BytesMut) {
+    std::mem::swap(read_buf, conn.read_buffer());
+    conn.process_input(Instant::now());
+    std::mem::swap(read_buf, conn.read_buffer());
+    shrink_after_large_frame(read_buf);
 }
 
 /// Resolves once shutdown is requested (or the handle is gone). The borrow of the watched
@@ -684,5 +745,27 @@ pub async fn shutdown_signal(rx: &mut watch::Receiver<bool>) {
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refused_connection_means_a_stale_socket() {
+        let os = io::Error::from_raw_os_error;
+        // ECONNREFUSED: nothing listens.
+        assert!(is_stale_socket(&os(111)));
+        assert!(is_stale_socket(&io::Error::from(
+            io::ErrorKind::ConnectionRefused
+        )));
+        // EACCES, EPERM, EPROTOTYPE, EAGAIN, ETIMEDOUT: possibly (or surely) live.
+        for errno in [13, 1, 91, 11, 110] {
+            assert!(!is_stale_socket(&os(errno)), "errno {errno}");
+        }
+        assert!(!is_stale_socket(&io::Error::from(
+            io::ErrorKind::PermissionDenied
+        )));
     }
 }

@@ -25,6 +25,11 @@ mod pool_support;
 // AgentClient <-> AgentServer, and reverse connections.
 mod client_server;
 mod reverse;
+// Hostile peers against the connection loops; bytes that arrive with a handshake answer.
+mod hostile_loops;
+mod reverse_leftover;
+// Replacing a socket file only when it is stale.
+mod stale_socket;
 // A tokio side against an async-std side, in one test.
 mod cross_runtime;
 // Hostile peers: expensive input on one connection.
