@@ -135,6 +135,18 @@ impl Pair {
         self.drive();
         true
     }
+
+    /// The agent answers its oldest pending request with `response`; returns what `respond`
+    /// said.
+    fn answer_with(
+        &mut self,
+        response: AgentResponse,
+    ) -> Result<(), agent_protocol_core::agent::RespondError> {
+        let (id, _) = self.agent_pending.remove(0);
+        let r = self.agent.respond(id, response);
+        self.drive();
+        r
+    }
 }
 
 fn headers(cid: &str) -> Event {
@@ -387,4 +399,120 @@ proptest! {
         pair.advance(Duration::from_secs(400));
         prop_assert_eq!(pair.proxy.body_streams(), 0);
     }
+}
+
+/// Submits chunk 0 (not the last) of `cid` and has the agent answer it with `response`.
+fn chunk_answered(pair: &mut Pair, cid: &str, response: AgentResponse) -> RequestId {
+    let id = pair
+        .submit(chunk(cid, 0, false), None)
+        .unwrap_or_else(|e| panic!("chunk of {cid} refused: {e}"));
+    pair.answer_with(response).unwrap();
+    id
+}
+
+#[test]
+fn blocked_bodies_release_their_streams_at_once() {
+    let mut pair = Pair::new(&[Encoding::MsgPack], &[Encoding::MsgPack]);
+    let cap = ProxyConfig::default().max_body_streams;
+    // More blocked bodies than the table holds: each one's stream must be gone with its block,
+    // or the table fills and every new body is refused until the idle expiry (minutes).
+    for i in 0..cap + 10 {
+        let id = chunk_answered(
+            &mut pair,
+            &format!("blocked-{i}"),
+            AgentResponse::block(403, "no"),
+        );
+        assert!(pair.outcomes[&id].is_ok());
+        assert_eq!(pair.proxy.body_streams(), 0, "after block {i}");
+    }
+    // A body that goes on still works, and a provisional block (needs_more) keeps its stream.
+    let mut provisional = AgentResponse::block(403, "maybe");
+    provisional.needs_more = true;
+    chunk_answered(&mut pair, "provisional", provisional);
+    assert_eq!(pair.proxy.body_streams(), 1);
+    pair.submit(chunk("provisional", 1, true), None).unwrap();
+    pair.answer(0);
+    // Other final answers end the request too: a redirect, a challenge, a WebSocket close.
+    for (i, decision) in [
+        Decision::Redirect {
+            url: "/x".into(),
+            status: 302,
+        },
+        Decision::Challenge {
+            challenge_type: "captcha".into(),
+            params: Default::default(),
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        chunk_answered(
+            &mut pair,
+            &format!("final-{i}"),
+            AgentResponse::new(decision),
+        );
+    }
+    let mut close = AgentResponse::allow();
+    close.websocket_decision = Some(WebSocketDecision::Close {
+        code: 1008,
+        reason: "policy".into(),
+    });
+    chunk_answered(&mut pair, "ws-close", close);
+    assert_eq!(pair.proxy.body_streams(), 1, "only 'provisional' is left");
+    pair.submit(
+        Event::RequestComplete(RequestCompleteEvent {
+            correlation_id: "provisional".into(),
+            ..Default::default()
+        }),
+        None,
+    )
+    .unwrap();
+    assert_eq!(pair.proxy.body_streams(), 0);
+}
+
+#[test]
+fn every_other_end_releases_the_body_stream() {
+    let mut pair = Pair::new(&[Encoding::Json], &[Encoding::Json]);
+    let cap = ProxyConfig::default().max_body_streams;
+    for i in 0..cap + 10 {
+        let cid = format!("r{i}");
+        match i % 4 {
+            // The chunk times out.
+            0 => {
+                let id = pair
+                    .submit(chunk(&cid, 0, false), Some(Duration::from_millis(5)))
+                    .unwrap();
+                pair.advance(Duration::from_millis(5));
+                assert!(matches!(pair.outcomes[&id], Err(RequestError::Timeout(_))));
+            }
+            // The chunk is cancelled while pending.
+            1 => {
+                pair.submit(chunk(&cid, 0, false), None).unwrap();
+                assert!(pair.proxy.cancel(pair.now, &cid, CancelReason::Manual));
+                pair.drive();
+            }
+            // Cancelled between two chunks: nothing pending, but the request is over.
+            2 => {
+                chunk_answered(&mut pair, &cid, AgentResponse::allow());
+                assert!(!pair
+                    .proxy
+                    .cancel(pair.now, &cid, CancelReason::UpstreamError));
+                pair.drive();
+            }
+            // The caller ends it without RequestComplete (the proxy answered the client itself).
+            _ => {
+                chunk_answered(&mut pair, &cid, AgentResponse::allow());
+                assert!(pair.proxy.end_request(&cid));
+                assert!(
+                    !pair.proxy.end_request(&cid),
+                    "nothing left the second time"
+                );
+            }
+        }
+        assert_eq!(pair.proxy.body_streams(), 0, "after request {i}");
+    }
+    assert!(pair.agent_pending.is_empty());
+    let id = pair.submit(chunk("fresh", 0, true), None).unwrap();
+    pair.answer(0);
+    assert!(pair.outcomes[&id].is_ok());
 }
