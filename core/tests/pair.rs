@@ -516,3 +516,68 @@ fn every_other_end_releases_the_body_stream() {
     pair.answer(0);
     assert!(pair.outcomes[&id].is_ok());
 }
+
+#[test]
+fn an_answer_too_large_for_a_frame_is_answered_fail_closed() {
+    use agent_protocol_core::agent::RespondError;
+    const OVER: usize = 17 * 1024 * 1024; // the frame limit is 16 MiB
+    for enc in [Encoding::Json, Encoding::MsgPack] {
+        let mut pair = Pair::new(&[enc], &[enc]);
+        let ws = Event::WebSocketFrame(WebSocketFrameEvent {
+            correlation_id: "big-ws".into(),
+            data: Bytes::from_static(b"hi"),
+            fin: true,
+            ..Default::default()
+        });
+        for (cid, event) in [("big", headers("big")), ("big-ws", ws)] {
+            let id = pair.submit(event, None).unwrap();
+            let mut huge = AgentResponse::allow();
+            match enc {
+                // Audit data in JSON, a body mutation (raw bin) in MessagePack.
+                Encoding::Json => {
+                    huge.audit
+                        .custom
+                        .insert("dump".into(), "x".repeat(OVER).into());
+                }
+                Encoding::MsgPack => {
+                    huge.request_body_mutation = Some(BodyMutation::replace(0, vec![b'x'; OVER]));
+                }
+            }
+            match pair.answer_with(huge) {
+                Err(RespondError::Encode(EncodeError::TooLarge(t))) => assert!(t.len > t.max),
+                other => panic!("{enc}: {other:?}"),
+            }
+            assert_eq!(
+                pair.agent.in_flight(),
+                0,
+                "{enc}: the agent still tracks {cid}"
+            );
+            assert_eq!(
+                pair.proxy.in_flight(),
+                0,
+                "{enc}: the proxy still waits for {cid}"
+            );
+            let answer = match &pair.outcomes[&id] {
+                Ok(r) => r,
+                Err(e) => panic!("{enc}: {cid} failed instead of being blocked: {e}"),
+            };
+            assert!(
+                matches!(answer.decision, Decision::Block { status: 500, .. }),
+                "{enc}: {answer:?}"
+            );
+            assert_eq!(
+                answer.audit.reason_codes,
+                [agent_protocol_core::agent::RESPONSE_TOO_LARGE_REASON]
+            );
+            // A WebSocket frame with a bare block would be forwarded: it is closed instead.
+            assert!(matches!(
+                answer.websocket_decision,
+                Some(WebSocketDecision::Close { code: 1011, .. })
+            ));
+        }
+        // The connection lives on.
+        let id = pair.submit(headers("next"), None).unwrap();
+        pair.answer(0);
+        assert!(pair.outcomes[&id].is_ok());
+    }
+}
