@@ -61,7 +61,7 @@ use crate::error::{ConnectionError, RequestError, SubmitError};
 use crate::event::Event;
 use crate::frame::{Decoded, Frame, FrameDecoder, FrameType, MAX_FRAME_LEN};
 use crate::handshake::{Negotiated, ProxyHandshake, ProxyHandshakeConfig};
-use crate::response::{AgentResponse, Decision, WebSocketDecision};
+use crate::response::{AgentResponse, Decision};
 use crate::HealthState;
 
 /// Identifies one submitted request on one connection.
@@ -270,6 +270,8 @@ struct Pending {
     id: RequestId,
     deadline: Instant,
     timeout: Duration,
+    /// What the event was: whether its answer can end the request depends on it.
+    kind: EventKind,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -653,7 +655,7 @@ impl ProxyConnection {
 
     fn deliver(&mut self, (cid, p): (Arc<str>, Pending), response: AgentResponse) {
         self.deadlines.remove(&(p.deadline, p.id));
-        if ends_request(&response) {
+        if ends_request(p.kind, &response) {
             self.release_request(&cid);
         }
         self.stats.responses += 1;
@@ -853,6 +855,7 @@ impl ProxyConnection {
                 id,
                 deadline,
                 timeout,
+                kind,
             },
         );
         self.stats.requests += 1;
@@ -944,7 +947,7 @@ impl ProxyConnection {
 
     /// The one place a request's per-request state goes: its body streams (both directions)
     /// and its flow-control entry. Every way a request ends on this side calls it: RequestComplete
-    /// sent, a final answer delivered, timeout, cancel, malformed answer, and
+    /// sent, a final block/redirect/challenge delivered, timeout, cancel, malformed answer, and
     /// [`ProxyConnection::end_request`] for ends only the caller knows about (a close drops the
     /// whole tables at once). Returns whether anything was held.
     fn release_request(&mut self, cid: &str) -> bool {
@@ -1193,14 +1196,20 @@ impl ProxyConnection {
     }
 }
 
-/// Whether an answer ends its request: a final (not `needs_more`) block, redirect or challenge,
-/// or a WebSocket close. Nothing of the request is sent after it, so its streams can go.
-fn ends_request(response: &AgentResponse) -> bool {
-    (!matches!(response.decision, Decision::Allow) && !response.needs_more)
-        || matches!(
-            response.websocket_decision,
-            Some(WebSocketDecision::Close { .. })
-        )
+/// Whether an answer to an event of `kind` ends its request: a final (not `needs_more`) block,
+/// redirect or challenge of the request's headers or body phases. The proxy acts on it and
+/// sends nothing more of the request's bodies, so its streams can go (a later chunk would start
+/// a new stream at index 0). Other events' decisions (WebSocket frames, which carry their own
+/// `websocket_decision`, guardrail inspections, configuration) end nothing here.
+fn ends_request(kind: EventKind, response: &AgentResponse) -> bool {
+    matches!(
+        kind,
+        EventKind::RequestHeaders
+            | EventKind::RequestBodyChunk
+            | EventKind::ResponseHeaders
+            | EventKind::ResponseBodyChunk
+    ) && !matches!(response.decision, Decision::Allow)
+        && !response.needs_more
 }
 
 /// Takes the correlation id out of a sent event without cloning it.

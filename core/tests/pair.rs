@@ -432,7 +432,7 @@ fn blocked_bodies_release_their_streams_at_once() {
     assert_eq!(pair.proxy.body_streams(), 1);
     pair.submit(chunk("provisional", 1, true), None).unwrap();
     pair.answer(0);
-    // Other final answers end the request too: a redirect, a challenge, a WebSocket close.
+    // Other final answers end the request too: a redirect, a challenge.
     for (i, decision) in [
         Decision::Redirect {
             url: "/x".into(),
@@ -452,12 +452,31 @@ fn blocked_bodies_release_their_streams_at_once() {
             AgentResponse::new(decision),
         );
     }
-    let mut close = AgentResponse::allow();
-    close.websocket_decision = Some(WebSocketDecision::Close {
+    // A WebSocket decision on a body chunk's answer means nothing: the body goes on.
+    let mut stray = AgentResponse::allow();
+    stray.websocket_decision = Some(WebSocketDecision::Close {
         code: 1008,
         reason: "policy".into(),
     });
-    chunk_answered(&mut pair, "ws-close", close);
+    chunk_answered(&mut pair, "ws-stray", stray);
+    assert_eq!(pair.proxy.body_streams(), 2);
+    pair.submit(chunk("ws-stray", 1, true), None).unwrap();
+    pair.answer(0);
+    // A guardrail inspection's block is about its content, not the request under that id.
+    let id = pair
+        .submit(
+            Event::GuardrailInspect(GuardrailInspectEvent {
+                correlation_id: "ws-stray".into(),
+                ..Default::default()
+            }),
+            None,
+        )
+        .unwrap();
+    pair.answer_with(AgentResponse::block(403, "flagged"))
+        .unwrap();
+    assert!(pair.outcomes[&id].is_ok());
+    assert_eq!(pair.proxy.body_streams(), 2);
+    pair.proxy.end_request("ws-stray");
     assert_eq!(pair.proxy.body_streams(), 1, "only 'provisional' is left");
     pair.submit(
         Event::RequestComplete(RequestCompleteEvent {
