@@ -1,15 +1,21 @@
 //! Closed-loop load through an [`AgentPool`] on any runtime: `concurrency` workers (tasks of
 //! that runtime) each send the next request as soon as their previous one finished.
+//!
+//! Memory does not grow with the concurrency beyond a small per-task cost (the task's own
+//! future): the workers share a [`ThreadRecorders`] (one latency histogram per OS thread that
+//! ran any of them, merged at the end) instead of each keeping its own, and no more workers are
+//! started than there are requests.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_protocol_core::{AgentResponse, Decision};
 use agent_protocol_driver::pool::{AgentPool, PoolError};
 use agent_protocol_driver::Runtime;
+use tokio::sync::Notify;
 
-use crate::report::Recorder;
+use crate::report::{Recorder, ThreadRecorders};
 use crate::workload::Mix;
 
 /// A load run's parameters.
@@ -38,6 +44,13 @@ fn decision_kind(r: &AgentResponse) -> &'static str {
     }
 }
 
+/// How many workers a run starts: the requested concurrency, at least one, at most one per
+/// request (extra workers would only sit idle).
+pub fn worker_count(spec: &LoadSpec) -> usize {
+    let requests = usize::try_from(spec.requests).unwrap_or(usize::MAX);
+    spec.concurrency.clamp(1, requests.max(1))
+}
+
 /// Runs the load; returns the merged recorder and the wall time. `progress` counts finished
 /// requests.
 pub async fn run<R: Runtime>(
@@ -45,18 +58,22 @@ pub async fn run<R: Runtime>(
     spec: &LoadSpec,
     progress: Arc<AtomicU64>,
 ) -> (Recorder, Duration) {
+    let workers = worker_count(spec);
+    let spec = Arc::new(spec.clone());
     let next = Arc::new(AtomicU64::new(0));
+    let recorders = Arc::new(ThreadRecorders::new());
+    let running = Arc::new(AtomicUsize::new(workers));
+    let all_done = Arc::new(Notify::new());
     let started = Instant::now();
-    let mut workers = Vec::with_capacity(spec.concurrency.max(1));
-    for _ in 0..spec.concurrency.max(1) {
+    for _ in 0..workers {
         let pool = pool.clone();
         let spec = spec.clone();
         let next = next.clone();
         let progress = progress.clone();
-        let (done, finished) = tokio::sync::oneshot::channel();
-        workers.push(finished);
+        let recorders = recorders.clone();
+        let running = running.clone();
+        let all_done = all_done.clone();
         R::spawn(async move {
-            let mut rec = Recorder::default();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= spec.requests {
@@ -65,24 +82,27 @@ pub async fn run<R: Runtime>(
                 let cid = format!("{}-{i}", spec.id_prefix);
                 let request = spec.mix.request(i, &cid);
                 let t0 = Instant::now();
-                let outcome = one_request(&pool, &spec, &cid, request, &mut rec).await;
+                let mut body_bytes = 0;
+                let outcome = one_request(&pool, &spec, &cid, request, &mut body_bytes).await;
                 let elapsed = t0.elapsed();
-                match outcome {
-                    Ok(kind) => rec.ok(elapsed, kind),
-                    Err(e) => rec.err(elapsed, error_kind(&e)),
-                }
+                recorders.with(|rec| {
+                    rec.body_bytes += body_bytes;
+                    match outcome {
+                        Ok(kind) => rec.ok(elapsed, kind),
+                        Err(e) => rec.err(elapsed, error_kind(&e)),
+                    }
+                });
                 progress.fetch_add(1, Ordering::Relaxed);
             }
-            let _ = done.send(rec);
+            if running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                // Stores a permit if nobody waits yet: the wake-up cannot be lost.
+                all_done.notify_one();
+            }
         });
     }
-    let mut total = Recorder::default();
-    for finished in workers {
-        if let Ok(r) = finished.await {
-            total.merge(r);
-        }
-    }
-    (total, started.elapsed())
+    all_done.notified().await;
+    let elapsed = started.elapsed();
+    (recorders.merge(), elapsed)
 }
 
 /// Sends one request's headers and, unless already decided, its body chunks. The decision is
@@ -92,7 +112,7 @@ async fn one_request<R: Runtime>(
     spec: &LoadSpec,
     cid: &str,
     request: crate::workload::Request,
-    rec: &mut Recorder,
+    body_bytes: &mut u64,
 ) -> Result<&'static str, PoolError> {
     let agent = spec.agent_id.as_str();
     let headers = pool
@@ -109,7 +129,7 @@ async fn one_request<R: Runtime>(
     let mut kind = decision_kind(&headers);
     if kind == "allow" {
         for chunk in request.body {
-            rec.body_bytes += chunk.0.data.len() as u64;
+            *body_bytes += chunk.0.data.len() as u64;
             let r = pool
                 .send_event_with_timeout(
                     agent,

@@ -14,7 +14,9 @@
 //!   [`AgentEvent::Request`] with its own [`RequestId`]; the application answers each with
 //!   [`AgentConnection::respond`] exactly once, in any order and concurrently: nothing waits
 //!   behind an unanswered request (D17);
-//! - sets `audit.custom.correlation_id` on every answer, so the proxy can route it;
+//! - sets `audit.custom.correlation_id` on every answer, so the proxy can route it, and answers
+//!   with a block ([`RESPONSE_TOO_LARGE_REASON`]) when the application's answer does not fit
+//!   in a frame, rather than leaving the proxy waiting;
 //! - answers an undecodable event whose id can be salvaged with a *block* (HTTP 500,
 //!   [`MALFORMED_EVENT_REASON`]), never an allow (D16), and closes the connection when not even
 //!   the id can be read, so the proxy fails everything at once instead of waiting out timeouts;
@@ -53,6 +55,16 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
 
 /// Reason code of the block sent for an event whose payload could not be decoded.
 pub const MALFORMED_EVENT_REASON: &str = "MALFORMED_EVENT";
+
+/// Reason code of the block sent in place of an answer too large for a frame (16 MiB, body
+/// mutations and audit data included): [`AgentConnection::respond`] returns
+/// [`RespondError::Encode`] and the request is answered with this block (HTTP 500) instead of
+/// never.
+pub const RESPONSE_TOO_LARGE_REASON: &str = "RESPONSE_TOO_LARGE";
+
+/// Reason code of the block sent in place of an answer the serializer refused, as for
+/// [`RESPONSE_TOO_LARGE_REASON`].
+pub const RESPONSE_UNENCODABLE_REASON: &str = "RESPONSE_UNENCODABLE";
 
 /// Reason code of the block sent for an event that arrived while
 /// [`AgentConfig::max_in_flight`] requests were unanswered.
@@ -190,9 +202,13 @@ pub enum RespondError {
     /// The connection is closed.
     #[error("connection closed: {0}")]
     Closed(ConnectionError),
-    /// The response could not be encoded; the request is still tracked and can be answered
-    /// with another response.
-    #[error(transparent)]
+    /// The response could not be encoded (larger than a frame, or refused by the serializer).
+    /// The request was answered fail-closed instead, with a block (HTTP 500, reason
+    /// [`RESPONSE_TOO_LARGE_REASON`] or [`RESPONSE_UNENCODABLE_REASON`], and a WebSocket close
+    /// for frames) and is no longer tracked; if even that block could not be written (a
+    /// correlation id near the frame limit) the connection was closed, so the proxy fails the
+    /// request at once. Either way nothing is left waiting.
+    #[error("answer not sent, replaced by a fail-closed block: {0}")]
     Encode(#[from] EncodeError),
 }
 
@@ -683,8 +699,9 @@ impl AgentConnection {
 
     /// Answers request `id`: sets `audit.custom.correlation_id` to the event's correlation id
     /// (overwriting whatever is there) and queues a 0x20 frame in the negotiated encoding.
-    /// Each request is answered at most once; on error nothing is written (after an
-    /// [`RespondError::Encode`] the request is still tracked and may be answered again).
+    /// Each request is answered at most once. On [`RespondError::Encode`] (an answer too large
+    /// for a frame) the request is answered with a fail-closed block instead and is no longer
+    /// tracked; on the other errors nothing is written.
     pub fn respond(
         &mut self,
         id: RequestId,
@@ -708,9 +725,46 @@ impl AgentConnection {
             .get(&id)
             .ok_or(RespondError::UnknownRequest(id))?;
         response.set_correlation_id(correlation_id);
-        encoding::encode_frame(&mut self.out, FrameType::AgentResponse, encoding, &response)?;
-        self.forget(id);
+        let written =
+            encoding::encode_frame(&mut self.out, FrameType::AgentResponse, encoding, &response);
+        let correlation_id = self.forget(id);
+        if let Err(error) = written {
+            let correlation_id = correlation_id.as_deref().unwrap_or_default();
+            self.answer_unencodable(encoding, correlation_id, &error);
+            return Err(RespondError::Encode(error));
+        }
         Ok(())
+    }
+
+    /// Answers a request whose own answer could not be encoded with a block, so the proxy
+    /// neither waits out its timeout nor lets the request through; closes the connection if
+    /// even the block cannot be written.
+    fn answer_unencodable(
+        &mut self,
+        encoding: Encoding,
+        correlation_id: &str,
+        error: &EncodeError,
+    ) {
+        let reason = match error {
+            EncodeError::TooLarge(_) => RESPONSE_TOO_LARGE_REASON,
+            EncodeError::Serialize { .. } => RESPONSE_UNENCODABLE_REASON,
+        };
+        let body = "agent answer could not be sent";
+        let mut block = AgentResponse::new(Decision::block(500, Some(body.to_owned())));
+        block.audit.reason_codes.push(reason.to_owned());
+        // Only WebSocket frames read it, and for them a bare block would forward the frame.
+        block.websocket_decision = Some(WebSocketDecision::Close {
+            code: WS_CLOSE_MALFORMED,
+            reason: body.to_owned(),
+        });
+        block.set_correlation_id(correlation_id);
+        if let Err(e) =
+            encoding::encode_frame(&mut self.out, FrameType::AgentResponse, encoding, &block)
+        {
+            self.close_with(ConnectionError::Protocol(format!(
+                "cannot answer a request fail-closed after its answer failed to encode: {e}"
+            )));
+        }
     }
 
     /// Queues a 0x30 HealthStatus ([`AgentOutgoing::Health`] on message transports).

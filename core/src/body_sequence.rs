@@ -3,8 +3,9 @@
 //!
 //! The sequencer *computes* the running byte count (`bytes_received` / `bytes_sent`) rather
 //! than trusting the caller's, so what reaches the agent is always consistent, and it checks a
-//! declared `total_size` against what was actually sent. The table is bounded; finished streams
-//! stay only until [`BodySequencer::forget`] (RequestComplete, failure or cancel) or idle expiry.
+//! declared `total_size` against what was actually sent. The table is bounded; streams stay only
+//! until [`BodySequencer::forget`] (whenever the request ends: RequestComplete, a final answer,
+//! timeout, cancel, failure, or the caller ending it) or idle expiry.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -241,12 +242,13 @@ impl BodySequencer {
         }
     }
 
-    /// Drops both streams of a request.
-    pub fn forget(&mut self, correlation_id: &str) {
-        self.streams.remove(correlation_id);
+    /// Drops both streams of a request; returns whether it had any.
+    pub fn forget(&mut self, correlation_id: &str) -> bool {
+        let had = self.streams.remove(correlation_id).is_some();
         if self.streams.is_empty() {
             self.finished.clear();
         }
+        had
     }
 
     /// Drops streams idle for longer than `ttl`; returns how many.

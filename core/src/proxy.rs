@@ -61,7 +61,7 @@ use crate::error::{ConnectionError, RequestError, SubmitError};
 use crate::event::Event;
 use crate::frame::{Decoded, Frame, FrameDecoder, FrameType, MAX_FRAME_LEN};
 use crate::handshake::{Negotiated, ProxyHandshake, ProxyHandshakeConfig};
-use crate::response::AgentResponse;
+use crate::response::{AgentResponse, Decision};
 use crate::HealthState;
 
 /// Identifies one submitted request on one connection.
@@ -270,6 +270,8 @@ struct Pending {
     id: RequestId,
     deadline: Instant,
     timeout: Duration,
+    /// What the event was: whether its answer can end the request depends on it.
+    kind: EventKind,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -653,6 +655,9 @@ impl ProxyConnection {
 
     fn deliver(&mut self, (cid, p): (Arc<str>, Pending), response: AgentResponse) {
         self.deadlines.remove(&(p.deadline, p.id));
+        if ends_request(p.kind, &response) {
+            self.release_request(&cid);
+        }
         self.stats.responses += 1;
         self.events.push_back(ProxyEvent::Response {
             id: p.id,
@@ -713,7 +718,7 @@ impl ProxyConnection {
 
     fn fail_malformed(&mut self, cid: Arc<str>, p: Pending, error: DecodeError) {
         self.deadlines.remove(&(p.deadline, p.id));
-        self.forget_request(&cid);
+        self.release_request(&cid);
         self.stats.failures += 1;
         self.events.push_back(ProxyEvent::Failed {
             id: p.id,
@@ -837,7 +842,7 @@ impl ProxyConnection {
             None => Arc::from(take_correlation_id(event)),
         };
         if kind == EventKind::RequestComplete {
-            self.forget_request(&cid);
+            self.release_request(&cid);
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -850,6 +855,7 @@ impl ProxyConnection {
                 id,
                 deadline,
                 timeout,
+                kind,
             },
         );
         self.stats.requests += 1;
@@ -939,9 +945,42 @@ impl ProxyConnection {
         }
     }
 
-    fn forget_request(&mut self, cid: &str) {
-        self.bodies.forget(cid);
-        self.flow.requests.remove(cid);
+    /// The one place a request's per-request state goes: its body streams (both directions)
+    /// and its flow-control entry. Every way a request ends on this side calls it: RequestComplete
+    /// sent, a final block/redirect/challenge delivered, timeout, cancel, malformed answer, and
+    /// [`ProxyConnection::end_request`] for ends only the caller knows about (a close drops the
+    /// whole tables at once). Returns whether anything was held.
+    fn release_request(&mut self, cid: &str) -> bool {
+        let had_body = self.bodies.forget(cid);
+        let had_flow = self.flow.requests.remove(cid).is_some();
+        had_body || had_flow
+    }
+
+    /// Ends the request with this correlation id on this connection: its body streams and
+    /// per-request flow-control state are dropped now rather than at the idle expiry
+    /// ([`ProxyConfig::body_stream_ttl`]). Call it when a request stops early without a
+    /// RequestComplete event (the proxy answered the client itself, the client went away, an
+    /// upstream error...). Requests ended by a final answer, a timeout, a cancel or
+    /// RequestComplete need no call: those release their state themselves. An event of the
+    /// request still awaiting its answer is unaffected (see [`ProxyConnection::cancel`]); a
+    /// later body chunk starts a new stream at index 0. Returns whether anything was held.
+    ///
+    /// ```
+    /// # use std::time::Instant;
+    /// # use agent_protocol_core::proxy::{ProxyConfig, ProxyConnection};
+    /// # use agent_protocol_core::handshake::{Negotiated, PROTOCOL_VERSION};
+    /// # use agent_protocol_core::*;
+    /// # let now = Instant::now();
+    /// # let negotiated = Negotiated { encoding: Encoding::Json, capabilities: Capabilities::new("a", "a", "1").with_all_events(), protocol_version: PROTOCOL_VERSION };
+    /// let mut conn = ProxyConnection::new_established(ProxyConfig::default(), negotiated, now);
+    /// let chunk = BodyChunk { correlation_id: "c1".into(), data: bytes::Bytes::from_static(b"abc"), ..Default::default() };
+    /// conn.send_event(now, Event::RequestBodyChunk(RequestBodyChunkEvent(chunk)), None).unwrap();
+    /// assert_eq!(conn.body_streams(), 1);
+    /// assert!(conn.end_request("c1"));
+    /// assert_eq!(conn.body_streams(), 0);
+    /// ```
+    pub fn end_request(&mut self, correlation_id: &str) -> bool {
+        self.release_request(correlation_id)
     }
 
     /// Cancels the pending request with this correlation id: the agent is told (0x40, JSON, as
@@ -949,11 +988,14 @@ impl ProxyConnection {
     /// whether a request was pending.
     pub fn cancel(&mut self, now: Instant, correlation_id: &str, reason: CancelReason) -> bool {
         let Some((cid, p)) = self.pending.remove_entry(correlation_id) else {
+            // Cancelled between two events: nothing to fail or tell the agent, but the request
+            // is over all the same.
+            self.release_request(correlation_id);
             return false;
         };
         self.deadlines.remove(&(p.deadline, p.id));
         self.queue_cancel(now, &cid, reason);
-        self.forget_request(&cid);
+        self.release_request(&cid);
         self.stats.cancels += 1;
         self.events.push_back(ProxyEvent::Failed {
             id: p.id,
@@ -1030,7 +1072,7 @@ impl ProxyConnection {
                 .map(|p| p.timeout)
                 .unwrap_or_default();
             self.queue_cancel(now, &cid, CancelReason::Timeout);
-            self.forget_request(&cid);
+            self.release_request(&cid);
             self.stats.timeouts += 1;
             self.events.push_back(ProxyEvent::Failed {
                 id,
@@ -1152,6 +1194,22 @@ impl ProxyConnection {
         self.read_buf = BytesMut::new();
         self.events.push_back(ProxyEvent::Closed(error));
     }
+}
+
+/// Whether an answer to an event of `kind` ends its request: a final (not `needs_more`) block,
+/// redirect or challenge of the request's headers or body phases. The proxy acts on it and
+/// sends nothing more of the request's bodies, so its streams can go (a later chunk would start
+/// a new stream at index 0). Other events' decisions (WebSocket frames, which carry their own
+/// `websocket_decision`, guardrail inspections, configuration) end nothing here.
+fn ends_request(kind: EventKind, response: &AgentResponse) -> bool {
+    matches!(
+        kind,
+        EventKind::RequestHeaders
+            | EventKind::RequestBodyChunk
+            | EventKind::ResponseHeaders
+            | EventKind::ResponseBodyChunk
+    ) && !matches!(response.decision, Decision::Allow)
+        && !response.needs_more
 }
 
 /// Takes the correlation id out of a sent event without cloning it.

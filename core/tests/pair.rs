@@ -135,6 +135,18 @@ impl Pair {
         self.drive();
         true
     }
+
+    /// The agent answers its oldest pending request with `response`; returns what `respond`
+    /// said.
+    fn answer_with(
+        &mut self,
+        response: AgentResponse,
+    ) -> Result<(), agent_protocol_core::agent::RespondError> {
+        let (id, _) = self.agent_pending.remove(0);
+        let r = self.agent.respond(id, response);
+        self.drive();
+        r
+    }
 }
 
 fn headers(cid: &str) -> Event {
@@ -386,5 +398,205 @@ proptest! {
         // Body streams without RequestComplete are kept until their idle TTL (5 min).
         pair.advance(Duration::from_secs(400));
         prop_assert_eq!(pair.proxy.body_streams(), 0);
+    }
+}
+
+/// Submits chunk 0 (not the last) of `cid` and has the agent answer it with `response`.
+fn chunk_answered(pair: &mut Pair, cid: &str, response: AgentResponse) -> RequestId {
+    let id = pair
+        .submit(chunk(cid, 0, false), None)
+        .unwrap_or_else(|e| panic!("chunk of {cid} refused: {e}"));
+    pair.answer_with(response).unwrap();
+    id
+}
+
+#[test]
+fn blocked_bodies_release_their_streams_at_once() {
+    let mut pair = Pair::new(&[Encoding::MsgPack], &[Encoding::MsgPack]);
+    let cap = ProxyConfig::default().max_body_streams;
+    // More blocked bodies than the table holds: each one's stream must be gone with its block,
+    // or the table fills and every new body is refused until the idle expiry (minutes).
+    for i in 0..cap + 10 {
+        let id = chunk_answered(
+            &mut pair,
+            &format!("blocked-{i}"),
+            AgentResponse::block(403, "no"),
+        );
+        assert!(pair.outcomes[&id].is_ok());
+        assert_eq!(pair.proxy.body_streams(), 0, "after block {i}");
+    }
+    // A body that goes on still works, and a provisional block (needs_more) keeps its stream.
+    let mut provisional = AgentResponse::block(403, "maybe");
+    provisional.needs_more = true;
+    chunk_answered(&mut pair, "provisional", provisional);
+    assert_eq!(pair.proxy.body_streams(), 1);
+    pair.submit(chunk("provisional", 1, true), None).unwrap();
+    pair.answer(0);
+    // Other final answers end the request too: a redirect, a challenge.
+    for (i, decision) in [
+        Decision::Redirect {
+            url: "/x".into(),
+            status: 302,
+        },
+        Decision::Challenge {
+            challenge_type: "captcha".into(),
+            params: Default::default(),
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        chunk_answered(
+            &mut pair,
+            &format!("final-{i}"),
+            AgentResponse::new(decision),
+        );
+    }
+    // A WebSocket decision on a body chunk's answer means nothing: the body goes on.
+    let mut stray = AgentResponse::allow();
+    stray.websocket_decision = Some(WebSocketDecision::Close {
+        code: 1008,
+        reason: "policy".into(),
+    });
+    chunk_answered(&mut pair, "ws-stray", stray);
+    assert_eq!(pair.proxy.body_streams(), 2);
+    pair.submit(chunk("ws-stray", 1, true), None).unwrap();
+    pair.answer(0);
+    // A guardrail inspection's block is about its content, not the request under that id.
+    let id = pair
+        .submit(
+            Event::GuardrailInspect(GuardrailInspectEvent {
+                correlation_id: "ws-stray".into(),
+                ..Default::default()
+            }),
+            None,
+        )
+        .unwrap();
+    pair.answer_with(AgentResponse::block(403, "flagged"))
+        .unwrap();
+    assert!(pair.outcomes[&id].is_ok());
+    assert_eq!(pair.proxy.body_streams(), 2);
+    pair.proxy.end_request("ws-stray");
+    assert_eq!(pair.proxy.body_streams(), 1, "only 'provisional' is left");
+    pair.submit(
+        Event::RequestComplete(RequestCompleteEvent {
+            correlation_id: "provisional".into(),
+            ..Default::default()
+        }),
+        None,
+    )
+    .unwrap();
+    assert_eq!(pair.proxy.body_streams(), 0);
+}
+
+#[test]
+fn every_other_end_releases_the_body_stream() {
+    let mut pair = Pair::new(&[Encoding::Json], &[Encoding::Json]);
+    let cap = ProxyConfig::default().max_body_streams;
+    for i in 0..cap + 10 {
+        let cid = format!("r{i}");
+        match i % 4 {
+            // The chunk times out.
+            0 => {
+                let id = pair
+                    .submit(chunk(&cid, 0, false), Some(Duration::from_millis(5)))
+                    .unwrap();
+                pair.advance(Duration::from_millis(5));
+                assert!(matches!(pair.outcomes[&id], Err(RequestError::Timeout(_))));
+            }
+            // The chunk is cancelled while pending.
+            1 => {
+                pair.submit(chunk(&cid, 0, false), None).unwrap();
+                assert!(pair.proxy.cancel(pair.now, &cid, CancelReason::Manual));
+                pair.drive();
+            }
+            // Cancelled between two chunks: nothing pending, but the request is over.
+            2 => {
+                chunk_answered(&mut pair, &cid, AgentResponse::allow());
+                assert!(!pair
+                    .proxy
+                    .cancel(pair.now, &cid, CancelReason::UpstreamError));
+                pair.drive();
+            }
+            // The caller ends it without RequestComplete (the proxy answered the client itself).
+            _ => {
+                chunk_answered(&mut pair, &cid, AgentResponse::allow());
+                assert!(pair.proxy.end_request(&cid));
+                assert!(
+                    !pair.proxy.end_request(&cid),
+                    "nothing left the second time"
+                );
+            }
+        }
+        assert_eq!(pair.proxy.body_streams(), 0, "after request {i}");
+    }
+    assert!(pair.agent_pending.is_empty());
+    let id = pair.submit(chunk("fresh", 0, true), None).unwrap();
+    pair.answer(0);
+    assert!(pair.outcomes[&id].is_ok());
+}
+
+#[test]
+fn an_answer_too_large_for_a_frame_is_answered_fail_closed() {
+    use agent_protocol_core::agent::RespondError;
+    const OVER: usize = 17 * 1024 * 1024; // the frame limit is 16 MiB
+    for enc in [Encoding::Json, Encoding::MsgPack] {
+        let mut pair = Pair::new(&[enc], &[enc]);
+        let ws = Event::WebSocketFrame(WebSocketFrameEvent {
+            correlation_id: "big-ws".into(),
+            data: Bytes::from_static(b"hi"),
+            fin: true,
+            ..Default::default()
+        });
+        for (cid, event) in [("big", headers("big")), ("big-ws", ws)] {
+            let id = pair.submit(event, None).unwrap();
+            let mut huge = AgentResponse::allow();
+            match enc {
+                // Audit data in JSON, a body mutation (raw bin) in MessagePack.
+                Encoding::Json => {
+                    huge.audit
+                        .custom
+                        .insert("dump".into(), "x".repeat(OVER).into());
+                }
+                Encoding::MsgPack => {
+                    huge.request_body_mutation = Some(BodyMutation::replace(0, vec![b'x'; OVER]));
+                }
+            }
+            match pair.answer_with(huge) {
+                Err(RespondError::Encode(EncodeError::TooLarge(t))) => assert!(t.len > t.max),
+                other => panic!("{enc}: {other:?}"),
+            }
+            assert_eq!(
+                pair.agent.in_flight(),
+                0,
+                "{enc}: the agent still tracks {cid}"
+            );
+            assert_eq!(
+                pair.proxy.in_flight(),
+                0,
+                "{enc}: the proxy still waits for {cid}"
+            );
+            let answer = match &pair.outcomes[&id] {
+                Ok(r) => r,
+                Err(e) => panic!("{enc}: {cid} failed instead of being blocked: {e}"),
+            };
+            assert!(
+                matches!(answer.decision, Decision::Block { status: 500, .. }),
+                "{enc}: {answer:?}"
+            );
+            assert_eq!(
+                answer.audit.reason_codes,
+                [agent_protocol_core::agent::RESPONSE_TOO_LARGE_REASON]
+            );
+            // A WebSocket frame with a bare block would be forwarded: it is closed instead.
+            assert!(matches!(
+                answer.websocket_decision,
+                Some(WebSocketDecision::Close { code: 1011, .. })
+            ));
+        }
+        // The connection lives on.
+        let id = pair.submit(headers("next"), None).unwrap();
+        pair.answer(0);
+        assert!(pair.outcomes[&id].is_ok());
     }
 }

@@ -254,6 +254,10 @@ enum CommandKind {
     Abandon {
         correlation_id: String,
     },
+    /// The request under this id is over: drop its body streams and flow state.
+    End {
+        correlation_id: String,
+    },
     Close,
 }
 
@@ -494,6 +498,16 @@ impl<R: Runtime> AgentClient<R> {
         self.handle.cancel(correlation_id, reason).await
     }
 
+    /// Tells the connection that the request under this id is over although no RequestComplete
+    /// was sent (the proxy answered the client itself, the client went away...): its body
+    /// streams and per-request flow state are dropped now instead of at their idle expiry, so
+    /// early-ended requests cannot fill the connection's body-stream table. Requests ended by a
+    /// final answer (block, redirect, challenge), a timeout or a cancel need no call. Does not
+    /// wait; an event of the request still pending is unaffected.
+    pub fn end_request(&self, correlation_id: &str) {
+        self.handle.end_request::<R>(correlation_id)
+    }
+
     /// Sends a ping and waits for its pong: the round-trip time through the agent's event loop.
     /// Fails if another ping is outstanding or no pong arrives within the request timeout.
     pub async fn ping(&self) -> Result<Duration, ClientError> {
@@ -599,6 +613,24 @@ impl ClientHandle {
                 reason,
             }))
             .await;
+    }
+
+    pub(crate) fn end_request<R: Runtime>(&self, correlation_id: &str) {
+        let command = Command(CommandKind::End {
+            correlation_id: correlation_id.to_owned(),
+        });
+        match self.tx.try_send(command) {
+            // Closed: the connection's tables went with it.
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(command)) => {
+                // A busy connection: queue it behind the others rather than leave the stream
+                // to the idle expiry.
+                let tx = self.tx.clone();
+                R::spawn(async move {
+                    let _ = tx.send(command).await;
+                });
+            }
+        }
     }
 
     pub(crate) async fn ping<R: Runtime>(&self) -> Result<Duration, ClientError> {
@@ -941,6 +973,9 @@ impl ClientDriver {
                     self.conn
                         .cancel(now, &correlation_id, CancelReason::ClientDisconnect);
                 }
+            }
+            CommandKind::End { correlation_id } => {
+                self.conn.end_request(&correlation_id);
             }
             CommandKind::Close => self.conn.close(),
         }

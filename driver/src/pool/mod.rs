@@ -743,18 +743,31 @@ impl<R: Runtime> AgentPool<R> {
         Ok(())
     }
 
-    /// Forgets which connection carries a request (call when the request is over, if
-    /// [`send_request_complete`](Self::send_request_complete) is not used). Returns whether an
-    /// affinity was known.
+    /// Ends a request that stops without [`send_request_complete`](Self::send_request_complete)
+    /// (call it when the request is over): forgets which connection carries it, and that
+    /// connection drops the request's body streams and flow state at once (see
+    /// [`AgentClient::end_request`]). Without a known affinity every connection of the agent is
+    /// told, since the streams may be on any of them. Returns whether an affinity was known.
     pub fn clear_correlation_affinity(&self, agent_id: &str, correlation_id: &str) -> bool {
-        match self.inner.entry(agent_id) {
-            Some(e) => self
-                .inner
-                .affinity
-                .remove(e.index, correlation_id)
-                .is_some(),
-            None => false,
+        let Some(entry) = self.inner.entry(agent_id) else {
+            return false;
+        };
+        let pinned = self.inner.affinity.remove(entry.index, correlation_id);
+        let conns = entry.conns.load();
+        match pinned {
+            // A pinned connection that is gone took the request's state with it.
+            Some(id) => {
+                if let Some(c) = conns.iter().find(|c| c.id == id) {
+                    c.client.end_request::<R>(correlation_id);
+                }
+            }
+            None => {
+                for c in conns.iter() {
+                    c.client.end_request::<R>(correlation_id);
+                }
+            }
         }
+        pinned.is_some()
     }
 
     /// Correlation affinities currently held (all agents).

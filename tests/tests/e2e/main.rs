@@ -22,6 +22,8 @@ mod pool_basic;
 mod pool_failures;
 mod pool_flow;
 mod pool_support;
+// Early-ended requests give back their body streams.
+mod body_release;
 // AgentClient <-> AgentServer, and reverse connections.
 mod client_server;
 mod reverse;
