@@ -368,8 +368,9 @@ fn next_answer(conn: &mut AgentConnection) -> Option<AgentToProxy> {
     Some(message)
 }
 
-/// Reason code of the block that replaces an answer too large for one gRPC message.
-pub const RESPONSE_TOO_LARGE_REASON: &str = "RESPONSE_TOO_LARGE";
+/// Reason code of the block that replaces an answer too large for one gRPC message: the same
+/// code the core uses for an answer too large for a frame.
+pub use agent_protocol_core::agent::RESPONSE_TOO_LARGE_REASON;
 
 /// An answer over the message limit would end the whole stream (every request on it): it is
 /// replaced by a block (500, [`RESPONSE_TOO_LARGE_REASON`]) for its request alone. Only answers
