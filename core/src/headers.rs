@@ -33,7 +33,7 @@ pub struct HeaderEntry {
 
 /// Past this many distinct names, exact-name lookups while building headers go through a hash
 /// index rather than a scan, so that merging stays linear in the input.
-pub const INDEXED_FROM: usize = 16;
+pub const INDEXED_FROM: usize = 64;
 
 /// An ordered multi-map of HTTP headers.
 ///
