@@ -8,22 +8,22 @@
 //! queued frame coalesced into one buffer) and its next deadline
 //! ([`AgentConnection::poll_timeout`]). It does no I/O, reads no clock and starts no thread.
 //!
-//! What it does for the agent (PROTOCOL.md §1-§3, without the reference's defects):
+//! What it does for the agent (see `docs/protocol.md`, without the reference's defects):
 //! - answers the proxy's handshake (UDS), or starts established after a reverse registration;
-//! - turns every event 0x10..=0x17, GuardrailInspect and Configure included (D4), into an
+//! - turns every event 0x10..=0x17, GuardrailInspect and Configure included, into an
 //!   [`AgentEvent::Request`] with its own [`RequestId`]; the application answers each with
 //!   [`AgentConnection::respond`] exactly once, in any order and concurrently: nothing waits
-//!   behind an unanswered request (D17);
+//!   behind an unanswered request (the reference agent handles one request at a time);
 //! - sets `audit.custom.correlation_id` on every answer, so the proxy can route it, and answers
 //!   with a block ([`RESPONSE_TOO_LARGE_REASON`]) when the application's answer does not fit
 //!   in a frame, rather than leaving the proxy waiting;
 //! - answers an undecodable event whose id can be salvaged with a *block* (HTTP 500,
-//!   [`MALFORMED_EVENT_REASON`]), never an allow (D16), and closes the connection when not even
+//!   [`MALFORMED_EVENT_REASON`]), never an allow, and closes the connection when not even
 //!   the id can be read, so the proxy fails everything at once instead of waiting out timeouts;
 //! - honours Cancel (0x40): the request is dropped, reported as [`AgentEvent::Cancelled`], and a
-//!   later answer for it is refused and never written (D18);
+//!   later answer for it is refused and never written (the reference agent only logs it);
 //! - echoes Ping (0x41) as Pong (0x42) byte for byte, immediately;
-//! - skips frames with unknown type bytes instead of dying (D13);
+//! - skips frames with unknown type bytes instead of dropping the connection;
 //! - bounds what it tracks: beyond [`AgentConfig::max_in_flight`] unanswered requests, a new event
 //!   is answered at once with a block (HTTP 503, [`AGENT_OVERLOADED_REASON`]).
 
@@ -75,7 +75,7 @@ pub const AGENT_OVERLOADED_REASON: &str = "AGENT_OVERLOADED";
 pub const HEADER_LIMIT_REASON: &str = "HEADER_LIMIT_EXCEEDED";
 
 /// Reason code of the block sent, on a message transport, for an event that arrived before the
-/// handshake (the reference drops such events silently and the proxy waits out its timeout, D19).
+/// handshake (the reference drops such events silently and the proxy waits out its timeout).
 pub const HANDSHAKE_REQUIRED_REASON: &str = "HANDSHAKE_REQUIRED";
 
 /// Informational events ([`AgentEvent::FrameSkipped`], [`AgentEvent::Ignored`],
@@ -177,7 +177,7 @@ pub enum AgentEvent {
         /// What was wrong.
         error: DecodeError,
     },
-    /// A frame with an unknown type byte was skipped (PROTOCOL.md §1).
+    /// A frame with an unknown type byte was skipped; the connection lives on.
     FrameSkipped {
         /// The unknown type byte.
         type_byte: u8,
@@ -431,7 +431,7 @@ impl AgentConnection {
     /// cancel, limits, fail-closed answers) behaves as on framed transports, except that answers
     /// carry their correlation id beside the response instead of inside `audit.custom`.
     ///
-    /// Unlike the reference (D19), an event that arrives before the handshake is answered at
+    /// Unlike the reference, an event that arrives before the handshake is answered at
     /// once with a block (500, [`HANDSHAKE_REQUIRED_REASON`]) instead of being dropped.
     ///
     /// ```
@@ -937,7 +937,7 @@ impl AgentConnection {
             ty if ty.is_event() => self.on_event(encoding, ty, &frame.payload),
             FrameType::Cancel => self.on_cancel(encoding, &frame.payload),
             FrameType::Ping => {
-                // Echo byte for byte (PROTOCOL.md §3); the payload came in a frame within the
+                // Echo byte for byte, as the protocol asks; the payload came in a frame within the
                 // limit, so it always fits.
                 if frame::encode_frame(&mut self.out, FrameType::Pong, &frame.payload).is_err() {
                     self.close_with(ConnectionError::Protocol(
@@ -2179,7 +2179,7 @@ mod tests {
                     }
                 }
             }
-            // Only explicit answers allow; every automatic answer blocks (D16).
+            // Only explicit answers allow; every automatic answer blocks (fail-closed).
             prop_assert_eq!(allows, answers);
             conn.handle_eof();
             if conn.poll_event().is_some() {

@@ -1,4 +1,4 @@
-//! Body bytes on the wire: base64 text in JSON, raw `bin` in MessagePack (PROTOCOL.md §3, §4).
+//! Body bytes on the wire: base64 text in JSON, raw `bin` in MessagePack.
 //!
 //! Body data is `bytes::Bytes` everywhere in this crate; the conversion happens only here, at the
 //! encoding edge, chosen by the serializer's `is_human_readable()` (true for JSON, false for

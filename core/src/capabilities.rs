@@ -1,12 +1,12 @@
 //! What an agent can do, as announced in the handshake and in reverse registration
-//! (REFERENCE.md §2.4, §2.7).
+//! (`UdsCapabilities` on the wire), and the numeric event codes of `supported_events`.
 //!
-//! Every key is always sent (the reference's decoder has no defaults, D15), and on input every
+//! Every key is always sent (the reference's decoder requires every key), and on input every
 //! key is optional and takes its default, so a peer that omits one still connects.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Event kinds and their numeric codes in `supported_events` (PROTOCOL.md §2).
+/// Event kinds and their numeric codes in `supported_events` (1..=8, as in the gRPC schema).
 ///
 /// ```
 /// use agent_protocol_core::EventKind;
@@ -30,7 +30,7 @@ pub enum EventKind {
     WebSocketFrame,
     /// 7
     GuardrailInspect,
-    /// 8 (the reference proxy's decoder also uses 0, D5)
+    /// 8 (the reference proxy's UDS decoder uses 0 instead; both are read as Configure)
     Configure,
 }
 

@@ -1,5 +1,5 @@
 //! Control frames: Cancel (0x40), Ping/Pong (0x41/0x42), HealthStatus (0x30), MetricsReport
-//! (0x31), ConfigUpdateRequest (0x32), FlowControl (0x33) (REFERENCE.md §3.10-§3.15).
+//! (0x31), ConfigUpdateRequest (0x32), FlowControl (0x33), with the reference's field names.
 //!
 //! We send the integer forms the reference proxy parses. On input we also accept the tagged
 //! forms of the reference's own serde types (`{"status":"healthy"}`, `{"type":"pause"}`), which
@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::HealthState;
 
-/// Why a request was cancelled. UDS carries 0..=5, gRPC 1..=6 (D6).
+/// Why a request was cancelled. UDS carries 0..=5, gRPC 1..=6 (the same reasons, shifted by one).
 ///
 /// ```
 /// use agent_protocol_core::CancelReason;
@@ -351,7 +351,7 @@ pub struct GaugeMetric {
 }
 
 /// Turns the reference's positional metric arrays into maps. It leaves `help` out of the array
-/// when it is `None` (D2), so the array's length says which layout it is: `full` names every
+/// when it is `None`, so the array's length says which layout it is: `full` names every
 /// field in order, and the short form is `full` without `help`.
 fn metric_fields<E: serde::de::Error>(value: Value, full: &[&str]) -> Result<Value, E> {
     match value {

@@ -1,4 +1,4 @@
-//! Payload encodings (PROTOCOL.md §4): JSON, and MessagePack when negotiated.
+//! Payload encodings: JSON, and MessagePack when negotiated in the handshake.
 //!
 //! We write MessagePack as named maps (`rmp_serde` struct-map mode, bytes as `bin`, no duplicate
 //! keys) and read it with the lenient decoder in [`crate::msgpack`], which also takes the

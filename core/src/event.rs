@@ -1,4 +1,4 @@
-//! Proxy->agent events 0x10..=0x17 (REFERENCE.md §3.1-§3.8), with the reference's serde names.
+//! Proxy->agent events 0x10..=0x17, with the reference's serde names.
 //!
 //! Every event carries a top-level `correlation_id` on the wire; RequestHeaders carries it in
 //! addition to `metadata.correlation_id`. Body data is [`Bytes`]: base64 in JSON, `bin` in
@@ -42,7 +42,7 @@ pub struct RequestMetadata {
     /// RFC 3339 time (milliseconds as a decimal string on the gRPC path).
     pub timestamp: String,
     /// W3C traceparent. Omitted when absent; defaulted on input so the reference's 11-element
-    /// MessagePack array (D2) decodes.
+    /// MessagePack array (written without the absent traceparent) decodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
 }

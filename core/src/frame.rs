@@ -1,4 +1,4 @@
-//! UDS framing: `u32` big-endian length L, one type byte, L-1 payload bytes (PROTOCOL.md §1).
+//! UDS framing: `u32` big-endian length L, one type byte, L-1 payload bytes.
 //!
 //! [`FrameDecoder`] is incremental: feed it whatever a read returned, in any split, and it yields
 //! the same frames. The length is checked before anything is reserved or buffered, and a frame with
@@ -169,7 +169,7 @@ pub struct Frame {
 pub enum Decoded {
     /// A frame with a known type.
     Frame(Frame),
-    /// A frame with an unknown type byte, consumed and dropped (PROTOCOL.md §1).
+    /// A frame with an unknown type byte, consumed and dropped (the connection lives on).
     Skipped {
         /// The unknown type byte.
         type_byte: u8,

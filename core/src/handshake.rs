@@ -1,4 +1,4 @@
-//! The UDS handshake (PROTOCOL.md §2): its two messages, encoding negotiation, and one state
+//! The UDS handshake: its two messages (0x01 and 0x02), encoding negotiation, and one state
 //! machine per role.
 //!
 //! The handshake is always JSON. The proxy offers encodings in preference order; the agent picks
@@ -35,7 +35,7 @@ pub struct HandshakeRequest {
     #[serde(default)]
     pub config: Option<serde_json::Value>,
     /// Encodings offered, preferred first. Kept as text so an unknown name (say `"cbor"`) is
-    /// ignored instead of making the whole request unparsable (D14).
+    /// ignored instead of making the whole request unparsable (as it does for the reference).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub supported_encodings: Vec<String>,
 }

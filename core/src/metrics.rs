@@ -4,11 +4,11 @@
 //!
 //! - [`PoolMetrics`]: what the pool itself observes per agent (requests, responses by decision,
 //!   timeouts, errors by cause, flow control, cancels, in-flight, latency). Plain atomics, updated
-//!   from every thread without a lock. Unlike the reference (defect D37) every metric here is both
-//!   updated through a method and exported.
+//!   from every thread without a lock. Unlike the reference's (some never updated, some never
+//!   exported), every metric here is both updated through a method and exported.
 //! - [`AgentMetricsStore`]: the latest series each agent reported in its MetricsReport frames,
 //!   bounded, validated, labelled with the agent id the *pool* knows (an agent cannot speak for
-//!   another, defect D36), expired after a TTL, and rendered with proper escaping.
+//!   another, as it can at the reference proxy), expired after a TTL, and escaped when rendered.
 //!
 //! Rendering appends to a caller-supplied `String`, so one scrape can combine several sources.
 //!
@@ -236,7 +236,7 @@ impl LatencyHistogram {
 ///
 /// Every method takes `&self`. In-flight accounting is best done with
 /// [`start_request`](Self::start_request), whose guard decrements on drop, so a cancelled or
-/// panicking caller cannot leak the gauge (the reference's defects D26/D27).
+/// panicking caller cannot leak the gauge (the reference leaks it on early returns and drops).
 ///
 /// ```
 /// use agent_protocol_core::metrics::{ErrorCause, PoolMetrics};
@@ -857,7 +857,7 @@ struct Family {
 /// - At most `max_series` series (default 10,000); a new series beyond that is dropped and
 ///   counted (after expiring stale ones), while updates of stored series always succeed.
 /// - Metric and label names are checked against the Prometheus grammar; invalid series are
-///   dropped and counted instead of corrupting the scrape (defect D36).
+///   dropped and counted instead of corrupting the scrape (the reference exports them unchecked).
 /// - Every series carries `agent_id` = the id the pool knows for the connection it came in on;
 ///   an `agent_id` label the agent supplied is replaced.
 /// - Series not updated for `ttl` (default 5 minutes) are removed by [`expire`](Self::expire).

@@ -1,7 +1,7 @@
 //! A lenient MessagePack [`serde::Deserializer`] over a borrowed byte slice.
 //!
-//! It accepts everything the reference implementation puts on the wire (REFERENCE.md §4.3,
-//! PROTOCOL.md §4), which `rmp_serde::from_slice` does not:
+//! It accepts everything the reference implementation puts on the wire (see the MessagePack
+//! section of `docs/protocol.md`), which `rmp_serde::from_slice` does not:
 //!
 //! - **Map entries reach the visitor as they are**, repeated keys included, exactly as
 //!   `serde_json` hands them over: a struct rejects a repeated field, a header map merges a
@@ -1222,7 +1222,7 @@ mod tests {
 
     #[test]
     fn short_array_takes_defaults_for_defaulted_trailing_fields() {
-        // D2: the reference's metadata array without its trailing traceparent.
+        // The reference's metadata array without its trailing traceparent (left out when None).
         let mut b = Vec::new();
         arr(&mut b, 4);
         s(&mut b, "c");

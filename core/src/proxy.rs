@@ -7,7 +7,7 @@
 //! [`ProxyConnection::send_event`] and get a [`RequestId`]; every accepted request later yields
 //! exactly one [`ProxyEvent::Response`] or [`ProxyEvent::Failed`] for that id.
 //!
-//! What it enforces, beyond the reference (REFERENCE.md §7, defects D7-D10, D24, D26, D41, D42):
+//! What it enforces (`docs/protocol.md` says where the reference proxy differs):
 //! answers routed by `audit.custom.correlation_id` in any order; per-request deadlines; cancel;
 //! pings on idle connections and dead-peer detection; the agent's flow control (pause/resume per
 //! connection or request, byte credit); the agent's `max_concurrency` and `max_body_size`; body

@@ -1,4 +1,4 @@
-//! Reverse connections (PROTOCOL.md §7): the agent dials the proxy and registers with 0x01
+//! Reverse connections: the agent dials the proxy and registers with 0x01
 //! `RegistrationRequest`; the proxy answers 0x02 `RegistrationResponse`. Both always JSON; after
 //! registration the connection carries the usual events, JSON encoded.
 //!

@@ -1,5 +1,5 @@
-//! The agent's answer, 0x20 AgentResponse (REFERENCE.md §3.9), and the guardrail result it may
-//! carry (§3.7).
+//! The agent's answer, 0x20 AgentResponse, and the guardrail result it may carry in its
+//! routing metadata.
 
 use std::collections::HashMap;
 

@@ -1,4 +1,4 @@
-//! Reverse connections (PROTOCOL.md §7): the agent dials the proxy.
+//! Reverse connections: the agent dials the proxy and registers (0x01 / 0x02, JSON).
 //!
 //! - Proxy side, [`ReverseListener`]: accepts on a Unix socket or TCP, validates each agent's
 //!   registration with the core's [`ProxyRegistration`] (version, id, allow-list, token value in

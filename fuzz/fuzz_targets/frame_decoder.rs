@@ -2,7 +2,7 @@
 //! - nothing panics;
 //! - the items (and the terminal error, if any) are the same as feeding everything at once;
 //! - every frame re-encodes to exactly the bytes it was decoded from, every skip matches its
-//!   header, and an error matches the prefix that caused it (PROTOCOL.md §1);
+//!   header, and an error matches the prefix that caused it (zero length, or over 16 MiB);
 //! - the decoder never holds more than one frame of the stream, and an error leaves the buffer
 //!   as it was.
 #![no_main]

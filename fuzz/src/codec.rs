@@ -5,9 +5,9 @@
 //! payload in the target's encoding, into the matching typed message (both the UDS handshake and
 //! the reverse-registration message for 0x01 and 0x02). Whatever decodes is re-encoded in the
 //! same encoding through the frame layer, the frame is read back with [`FrameDecoder`], and the
-//! payload must decode again to the same value. Decoding is lenient (REFERENCE.md §4.3: positional
-//! arrays, duplicate keys, `bin` for strings, a JSON payload in a MessagePack session...), so the
-//! first decode may normalize; what we write must then be a fixed point.
+//! payload must decode again to the same value. Decoding is lenient (the reference's positional
+//! arrays, its repeated correlation id, `bin` for strings, a JSON payload in a MessagePack
+//! session...), so the first decode may normalize; what we write must then be a fixed point.
 
 use std::fmt::Debug;
 
@@ -36,7 +36,7 @@ enum Compare {
     /// - JSON has no non-finite numbers: serde_json writes NaN and ±infinity as `null`, so a
     ///   confidence of `1e39` (infinite once narrowed to `f32`) decodes as `Some(inf)` and comes
     ///   back as `None`; and a histogram `le` of `"-Inf"` is written back as `"+Inf"`, as the
-    ///   reference writes every infinite bound (REFERENCE.md §3.14).
+    ///   reference writes every infinite bound.
     ///
     /// The JSON-value view collapses exactly those (non-finite floats become `null`, every
     /// infinite `le` becomes `"+Inf"`), sorts map keys, and keeps every finite float bit for bit.

@@ -17,7 +17,7 @@
 //! - JSON values (audit custom values, configurations, rule definitions) travel as JSON text:
 //!   `audit.custom` values are the JSON text of each value, exactly as the reference agent writes
 //!   them, so strings come back as strings and numbers as numbers (the reference proxy instead
-//!   wraps the text in another string, D20); text that is not JSON, as a third-party agent might
+//!   wraps the text in another string); text that is not JSON, as a third-party agent might
 //!   send, is read as a JSON string.
 
 use std::collections::HashMap;
@@ -849,7 +849,7 @@ impl From<FlowControl> for v2::FlowControlSignal {
 impl TryFrom<v2::FlowControlSignal> for FlowControl {
     type Error = ConvertError;
 
-    /// Unlike the reference (D42), an unknown action is refused rather than read as resume.
+    /// Unlike the reference, an unknown action is refused rather than read as resume.
     fn try_from(f: v2::FlowControlSignal) -> Result<Self, ConvertError> {
         let action = FlowAction::from_code(i64::from(f.action)).ok_or_else(|| {
             ConvertError::new("FlowControlSignal", format!("unknown action {}", f.action))

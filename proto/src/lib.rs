@@ -37,7 +37,7 @@ pub mod v2 {
 }
 
 /// Largest gRPC message either side sends or accepts: 16 MiB, the same bound as a UDS frame.
-/// tonic's default receive limit is 4 MiB (the reference runs with it, D23); both the client and
+/// tonic's default receive limit is 4 MiB (the reference runs with it); both the client and
 /// the server set this explicitly in both directions.
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 

@@ -684,7 +684,7 @@ fn audit_values_keep_their_type_and_the_reference_format_reads_back() {
     r.audit.custom.insert("o".into(), json!({"a": [1, null]}));
     let p = response_to_proto("c".into(), r.clone());
     let custom = &p.audit.as_ref().unwrap().custom;
-    // The JSON text of each value, as the reference agent writes it (server.rs:884-889).
+    // The JSON text of each value, as the reference agent writes it (`Value::to_string`).
     assert_eq!(custom["s"], "\"x\"");
     assert_eq!(custom["n"], "1.5");
     let (_, back) = response_from_proto(p).unwrap();
@@ -783,7 +783,8 @@ fn out_of_range_values_are_errors_that_keep_the_correlation_id() {
         AgentMessage::from(r),
         AgentMessage::Protocol(Incoming::MalformedResponse { correlation_id, .. }) if correlation_id == "nodecision"
     ));
-    // Unknown health states and flow actions are ignored, not guessed (D42).
+    // Unknown health states and flow actions are ignored, not guessed (the reference reads an
+    // unknown flow action as resume).
     let h = v2::AgentToProxy {
         message: Some(v2::agent_to_proxy::Message::FlowControl(
             v2::FlowControlSignal {

@@ -1,14 +1,14 @@
-//! Our `agent_v2.proto` against the reference schema transcribed in `shared/GRPC-SCHEMA.md`:
-//! every message, field (name, number, type, label), enum value and RPC of the reference must be
-//! there unchanged, and everything we add must be an extension (field numbers 100 and up, or a
-//! new message or enum).
+//! Our `agent_v2.proto` against the reference implementation's gRPC schema: every message, field
+//! (name, number, type, label), enum value and RPC of the reference must be there unchanged, and
+//! everything we add must be an extension (field numbers 100 and up, or a new message or enum).
 //!
-//! The transcription lives beside the repository (`../shared/GRPC-SCHEMA.md`, as laid out for
-//! developers and CI); when it is absent the comparison is skipped with a note, and the
-//! structural checks on our own descriptor still run.
+//! The reference schema is read from a Markdown transcription kept outside the repository, in a
+//! `shared` folder next to the workspace (as laid out for developers and CI); when it is absent
+//! the comparison is skipped with a note, and the structural checks on our own descriptor still
+//! run.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use agent_protocol_proto::FILE_DESCRIPTOR_SET;
 use prost::Message;
@@ -57,14 +57,20 @@ fn index(
 }
 
 fn schema_text() -> Option<String> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        root.join("../../shared/GRPC-SCHEMA.md"),
-        root.join("../shared/GRPC-SCHEMA.md"),
-    ];
-    candidates
+    schema_candidates()
         .iter()
         .find_map(|p| std::fs::read_to_string(p).ok())
+}
+
+/// Where the transcription may be: in a `shared` folder beside the workspace, or beside this
+/// crate.
+fn schema_candidates() -> [PathBuf; 2] {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let file = Path::new("shared").join("GRPC-SCHEMA").with_extension("md");
+    [
+        root.join("..").join("..").join(&file),
+        root.join("..").join(&file),
+    ]
 }
 
 struct SchemaField {
@@ -159,7 +165,10 @@ fn scalar(ty: &str) -> Option<Type> {
 #[test]
 fn our_schema_contains_the_reference_schema_unchanged() {
     let Some(text) = schema_text() else {
-        eprintln!("note: ../shared/GRPC-SCHEMA.md not found; reference comparison skipped");
+        eprintln!(
+            "note: reference schema transcription not found at {:?}; reference comparison skipped",
+            schema_candidates()
+        );
         return;
     };
     let file = file();

@@ -4,7 +4,8 @@
 //! A [`Logical`] is a message as a tree, before any encoding: maps are lists of entries, so a key
 //! can repeat, and `nil` can stand anywhere. [`Logical::to_json`] and [`Logical::to_msgpack`]
 //! write it faithfully (repeated keys and all), body bytes as base64 text in JSON and as `bin`
-//! in MessagePack, as the protocol carries them. [`decide`] decodes both and compares.
+//! in MessagePack, as the protocol carries them. [`decide_event`] and [`decide_response`]
+//! decode both and compare.
 //!
 //! The property test (`tests/codec_differential.rs`) builds logical messages from valid ones and
 //! mutates them (repeated keys with equal or different values, nils, repeated header names,

@@ -160,7 +160,7 @@ fn request_headers_allocation_budgets() {
     //   if-none-match...). The reference's bytes cost the same as ours. Budget 62.
     // - (b) MessagePack decode, 55: the same 54 strings plus one exact-size entries Vec (a
     //   MessagePack map announces its length); strings are borrowed from the input and copied
-    //   once, escapes do not exist. The reference's bytes (metadata as a positional array, D2)
+    //   once, escapes do not exist. The reference's bytes (metadata as a short positional array)
     //   cost the same.
     // - (c) encode into a warm buffer, 0 in both encodings: serde_json and rmp-serde write
     //   straight into the frame buffer, and every map length is known up front, so nothing is

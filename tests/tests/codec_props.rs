@@ -5,18 +5,18 @@
 //!   number and bool values), of every control message and of the handshake and registration
 //!   messages are written with `encode_frame`/`encode_event`, read back with `FrameDecoder`, and
 //!   decode to exactly the value written, in JSON and in MessagePack.
-//! - Our MessagePack (PROTOCOL.md §4): every message is a map at the top level, no map has a
+//! - Our MessagePack (named maps only): every message is a map at the top level, no map has a
 //!   duplicate key at any depth, every key is a `str`, and body bytes are `bin` exactly where a
 //!   body is (chunk and WebSocket `data`, body-mutation `data`) and nowhere else. Checked with a
 //!   small hand-written MessagePack walker ([`mp`]).
-//! - The reference's strict decoders accept what we write (REFERENCE.md §3, §4.3): our MessagePack
+//! - The reference's strict decoders accept what we write: our MessagePack
 //!   decodes with `rmp_serde::from_slice`, and our JSON with `serde_json`, into serde-derived
 //!   mirror structs written here as the reference declares them: `String` fields, required keys
 //!   without defaults, `#[serde(default)]` only where the reference has it, duplicate keys
 //!   rejected (serde derive does that), for RequestHeaders (with and without `traceparent`),
 //!   RequestBodyChunk, ResponseHeaders, RequestComplete and AgentResponse. The mirrors also deny
 //!   unknown fields, so we send exactly the reference's keys (plus the top-level `correlation_id`
-//!   the reference proxy adds to RequestHeaders, §4.1).
+//!   the reference proxy adds to RequestHeaders).
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -188,7 +188,7 @@ impl<'de> Deserialize<'de> for StrictBody {
     }
 }
 
-/// `RequestMetadata` (REFERENCE.md §3.1): `traceparent` is an Option without a default, omitted
+/// The reference's `RequestMetadata`: `traceparent` is an Option without a default, omitted
 /// when None.
 #[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -207,7 +207,7 @@ struct RefRequestMetadata {
     traceparent: Option<String>,
 }
 
-/// `RequestHeadersEvent` (§3.2) with the top-level id the reference proxy adds (§4.1).
+/// `RequestHeadersEvent` with the top-level id the reference proxy adds on the wire.
 #[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RefRequestHeaders {
@@ -218,7 +218,7 @@ struct RefRequestHeaders {
     headers: HashMap<String, Vec<String>>,
 }
 
-/// `RequestBodyChunkEvent` (§3.3, string form; body bytes per PROTOCOL.md §3).
+/// `RequestBodyChunkEvent` (string form: body bytes as base64 text in JSON, `bin` in MessagePack).
 #[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RefRequestBodyChunk {
@@ -232,7 +232,7 @@ struct RefRequestBodyChunk {
     bytes_received: u64,
 }
 
-/// `ResponseHeadersEvent` (§3.4).
+/// `ResponseHeadersEvent`.
 #[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RefResponseHeaders {
@@ -241,7 +241,7 @@ struct RefResponseHeaders {
     headers: HashMap<String, Vec<String>>,
 }
 
-/// `RequestCompleteEvent` (§3.5).
+/// `RequestCompleteEvent`.
 #[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RefRequestComplete {
@@ -254,7 +254,7 @@ struct RefRequestComplete {
     error: Option<String>,
 }
 
-/// `Decision` (§3.9): externally tagged, snake_case, every key of a variant required except the
+/// `Decision`: externally tagged, snake_case, every key of a variant required except the
 /// Options.
 #[derive(Debug, PartialEq, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -283,7 +283,7 @@ enum RefHeaderOp {
     Remove { name: String },
 }
 
-/// `BodyMutation` (§3.9): `data` is an Option without a default attribute; `chunk_index` has one.
+/// `BodyMutation`: `data` is an Option without a default attribute; `chunk_index` has one.
 #[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RefBodyMutation {
@@ -314,7 +314,7 @@ struct RefAudit {
     custom: Map<String, Value>,
 }
 
-/// `AgentResponse` (§3.9): `version` and `decision` required, the rest defaulted.
+/// `AgentResponse`: `version` and `decision` required, the rest defaulted.
 #[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RefAgentResponse {
@@ -532,7 +532,7 @@ proptest! {
     }
 }
 
-/// The smallest valid UDS answer of REFERENCE.md §3.9 reads as an allow, and one answer of each
+/// The smallest valid UDS answer the reference accepts reads as an allow, and one answer of each
 /// decision kind reaches the strict mirror in both encodings (a fixed check next to the random
 /// ones, so a broken strategy cannot hide a variant).
 #[test]
@@ -611,7 +611,7 @@ fn json_floats_read_back_exactly() {
     round_trip(FrameType::MetricsReport, &report);
 }
 
-/// Spans and detections travel as JSON text in routing metadata (REFERENCE.md §3.7); that text
+/// Spans and detections travel as JSON text in routing metadata (`guardrail_response`); that text
 /// survives both encodings.
 #[test]
 fn guardrail_result_in_routing_metadata_survives_both_encodings() {

@@ -1,4 +1,4 @@
-//! Property tests for the UDS frame codec (PROTOCOL.md §1).
+//! Property tests for the UDS frame codec (u32 big-endian length, type byte, payload).
 //!
 //! - Any sequence of frames (known and unknown type bytes, payloads of 0..2000 bytes) encoded into
 //!   one stream decodes to exactly that sequence under any split of the stream into reads; unknown

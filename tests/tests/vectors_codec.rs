@@ -8,7 +8,8 @@
 //!   lists every one of them, and any other difference fails.
 //! - MessagePack payloads decode to the same message as the JSON capture of the same name,
 //!   except the agent responses that were not the handler's answer (the reference agent could not
-//!   decode the reference proxy's MessagePack event, D1, and answered a default allow).
+//!   decode the reference proxy's MessagePack event, whose correlation id appears twice, and
+//!   answered a default allow).
 //! - Every decoded message survives our own encoders (JSON and MessagePack) unchanged.
 
 use std::collections::BTreeMap;
@@ -264,7 +265,7 @@ fn reference_msgpack_layouts_decode_to_the_right_values() {
     };
     let mp = Encoding::MsgPack;
 
-    // D1: {correlation_id, correlation_id, status, headers}.
+    // The reference proxy's repeated id: {correlation_id, correlation_id, status, headers}.
     match find("response_headers", mp) {
         Msg::Event(Event::ResponseHeaders(e)) => {
             assert_eq!(e.correlation_id, "rsh-1");
@@ -272,8 +273,8 @@ fn reference_msgpack_layouts_decode_to_the_right_values() {
         }
         other => panic!("{other:?}"),
     }
-    // D3: [cid, bin, is_last, total_size, chunk_index, bytes_received] and the 5-element form
-    // without total_size.
+    // The reference's binary chunk array, absent options left out: [cid, bin, is_last,
+    // total_size, chunk_index, bytes_received] and the 5-element form without total_size.
     match find("request_body_chunk_binary", mp) {
         Msg::Event(Event::RequestBodyChunk(e)) => {
             assert_eq!(e.0.correlation_id, "rb-2");
@@ -345,7 +346,7 @@ fn intended_json_differences(name: &str, original: &Value) -> Value {
         "health_status_client_parser_form" => {
             obj.insert("message".into(), Value::Null);
         }
-        // ... and the integer state the reference proxy parses (uds.rs:569, PROTOCOL.md §5), not
+        // ... and the integer state the reference proxy parses (`{"state": n}`), not
         // the reference type's tagged `{"status":..}` object, which that proxy cannot read; the
         // type's load/resources/valid_until_ms are not part of our message.
         "health_status_reference_type" => {
@@ -359,8 +360,8 @@ fn intended_json_differences(name: &str, original: &Value) -> Value {
         "flow_control_pause_client_parser_form" | "flow_control_resume_client_parser_form" => {
             obj.insert("buffer_available".into(), Value::Null);
         }
-        // ... and the integer action the reference proxy parses (uds.rs:589), not the reference
-        // type's tagged `{"type":"pause"}`.
+        // ... and the integer action the reference proxy parses (`{"action": n}`), not the
+        // reference type's tagged `{"type":"pause"}`.
         "flow_control_pause_reference_type" => {
             assert_eq!(obj["action"], json!({"type": "pause"}));
             obj.insert("action".into(), json!(1));
@@ -412,8 +413,9 @@ fn msgpack_vectors_decode_like_their_json_twins() {
             continue;
         };
         if v.notes.contains(NOT_HANDLER_ANSWER) {
-            // The reference agent failed to decode the reference proxy's MessagePack event (D1)
-            // and answered its default allow with an empty id; the JSON twin is the real answer.
+            // The reference agent failed to decode the reference proxy's MessagePack event (the
+            // correlation id appears twice) and answered its default allow with an empty id; the
+            // JSON twin is the real answer.
             let Msg::AgentResponse(r) = m else {
                 panic!("{}: expected an AgentResponse", v.label)
             };

@@ -1,18 +1,20 @@
 //! Golden vectors, framing only: each of the 84 frames the reference implementation put on a real
-//! socket (tests/vectors/vectors.jsonl, a verbatim copy of the project's shared/vectors/) decodes
+//! socket (tests/vectors/vectors.jsonl, a verbatim copy of the captured original) decodes
 //! to exactly one frame with the recorded type byte and length, and the payload is the rest.
 //!
 //! The vectors are read from the in-repo copy so the test runs on a fresh clone; when the shared
-//! original sits next to the workspace (../shared/vectors/), the copy is checked against it.
+//! original sits next to the workspace (in a `shared` folder), the copy is checked against it.
 
 use agent_protocol_core::frame::{Decoded, FrameDecoder, FrameType, FRAME_HEADER_LEN};
 use bytes::BytesMut;
 use serde_json::Value;
 
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/vectors.jsonl");
+/// The captured original, in a `shared` folder next to the workspace (absent on a fresh clone).
 const SHARED_VECTORS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/vectors/vectors.jsonl"
+    "/../..",
+    "/shared/vectors/vectors.jsonl"
 );
 const EXPECTED_LINES: usize = 84;
 

@@ -2,7 +2,7 @@
 //!
 //! The agent keeps per-request state on the connection that saw the headers, so later events of
 //! the same request must follow. The reference keys this map by correlation id alone, so with
-//! several agents in one pool agent A's chunk can go down agent B's connection (defect D32); here
+//! several agents in one pool agent A's chunk can go down agent B's connection; here
 //! the key is the pair (agent, correlation id). The table is bounded and entries expire after an
 //! idle TTL, with time passed in.
 

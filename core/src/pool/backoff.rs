@@ -1,8 +1,8 @@
 //! Reconnection delays: exponential backoff with jitter, and a schedule that never gives up.
 //!
-//! The reference stops retrying an agent for good after `max_reconnect_attempts` failures in a row
-//! (defect D28); PROTOCOL.md §6 asks for backoff that never gives up while the agent is configured,
-//! so there is no attempt limit here: the delay just stops growing at `max`.
+//! The reference stops retrying an agent for good after `max_reconnect_attempts` failures in a
+//! row; we keep retrying for as long as the agent is configured, so there is
+//! no attempt limit here: the delay just stops growing at `max`.
 
 use std::time::{Duration, Instant};
 

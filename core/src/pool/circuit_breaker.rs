@@ -1,7 +1,7 @@
 //! A per-agent circuit breaker: stop sending to an agent that keeps failing, probe it after a
 //! pause, and resume when probes succeed.
 //!
-//! The reference crate has none (REFERENCE.md §7.8); its proxy wraps agents in a breaker with the
+//! The reference protocol crate has none; the reference proxy wraps agents in a breaker with the
 //! defaults used here. This one is a plain value fed with outcomes and time, so the adapter keeps
 //! it wherever it keeps per-agent state (typically behind the agent entry's own lock).
 

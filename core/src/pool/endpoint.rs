@@ -1,9 +1,9 @@
 //! Agent endpoint strings from the configuration: a Unix socket path or a gRPC address.
 //!
-//! The reference (REFERENCE.md §7.3) treats a string as UDS when it starts with `unix:` (prefix
+//! The reference pool treats a string as UDS when it starts with `unix:` (prefix
 //! stripped) or `/`, or ends with `.sock`, and as gRPC otherwise, failing only later at connect
 //! time. Here malformed strings fail at parse time with a typed error, bare `host:port` gets
-//! `http://` (PROTOCOL.md §8), and an explicit `http://` / `https://` scheme wins over the `.sock`
+//! `http://` (the reference's gRPC client refuses it), and an explicit scheme wins over the `.sock`
 //! suffix rule, since such a string cannot be a socket path anyone meant.
 
 use std::fmt;

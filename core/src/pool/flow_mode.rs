@@ -1,5 +1,5 @@
 //! What the pool does with a request when every usable connection of the agent is paused by the
-//! agent's flow control (PROTOCOL.md §5, REFERENCE.md §7.6).
+//! agent's flow control: fail closed, fail open, or wait for a resume up to a bound.
 //!
 //! The decision is a pure function of the configured mode and two instants; the adapter does the
 //! waiting (on a resume notification or the deadline), then asks again.

@@ -5,10 +5,10 @@
 //! for an index. Selection takes `&self`, allocates nothing and takes no lock: it is on the path of
 //! every request.
 //!
-//! Unlike the reference (REFERENCE.md §7.4), the agent's reported health, flow-control pauses and
+//! Unlike the reference pool, the agent's reported health, flow-control pauses and
 //! per-connection capacity all count, healthy connections are preferred over degraded ones, and
 //! the error rate used by [`LoadBalanceStrategy::HealthBased`] decays ([`ErrorRate`]) so a
-//! connection that once failed can win again (defect D29).
+//! connection that once failed can win again (the reference's lifetime ratio never forgets).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -485,7 +485,7 @@ impl Selector {
 ///
 /// Each outcome moves the rate a fixed fraction (1/2^`weight_shift`, default 1/16) of the way
 /// toward 0 (success) or 1,000,000 (failure), so old failures fade: unlike the reference's
-/// lifetime ratio (defect D29), a connection that recovers wins traffic back. Because
+/// lifetime ratio, a connection that recovers wins traffic back. Because
 /// [`LoadBalanceStrategy::HealthBased`] avoids high-rate connections, such a connection may get
 /// no outcomes at all; the maintenance tick calls [`ErrorRate::tick`] so the rate still fades
 /// with time. Rounding always moves at least one ppm toward the target, so the rate really

@@ -1,5 +1,5 @@
 //! [`AgentPoolConfig`]: every knob of the pool, with the reference's defaults where they make
-//! sense (REFERENCE.md §7.2) and none of its dead options.
+//! sense and none of its dead options.
 
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use crate::runtime::Runtime;
 /// Settings of an [`AgentPool`](super::AgentPool).
 ///
 /// Every field is used (unlike the reference's `connect_timeout`, `channel_buffer_size` and
-/// `max_reconnect_attempts`, defects D11, D38, D28).
+/// `max_reconnect_attempts`: the first two are never read there, the third makes it give up).
 ///
 /// ```
 /// use agent_protocol_tokio::pool::AgentPoolConfig;

@@ -3,28 +3,28 @@
 //!
 //! Every decision is the core's ([`agent_protocol_core::pool`]): this module wires those rules
 //! to live [`AgentClient`] connections, tasks and timers. What it does differently from the
-//! reference pool (REFERENCE.md §7):
+//! reference pool (see also `docs/protocol.md`):
 //!
 //! - Agents are found without a lock (an [`arc_swap::ArcSwap`] of the agent map, replaced on the
 //!   rare add/remove); selecting a connection reads only atomics, allocates nothing and never
-//!   awaits (D30, D31).
+//!   awaits, where the reference may block a runtime thread on a lock.
 //! - Every request ends exactly once by its deadline, computed once when the call starts and
 //!   covering queueing and flow-control waits; a connection that dies fails its requests at once
-//!   and is no longer selected (D10, D41).
+//!   and is no longer selected.
 //! - In-flight gauges and breaker probes are held by guards, and an affinity is recorded only
-//!   once the agent answered the headers, so a caller that drops its future leaks nothing (D8,
-//!   D26, D27).
+//!   once the agent answered the headers, so a caller that drops its future leaks nothing
+//!   (the reference's counters leak on timeouts, early returns and dropped futures).
 //! - Body chunks follow the connection that carried their headers, keyed by (agent,
 //!   correlation id), and fail with [`PoolError::AffinityLost`] rather than go down a
-//!   connection that does not know their stream (D32).
-//! - The agent's flow control and reported health are enforced (D7); the configured
-//!   [`FlowControlMode`] applies.
+//!   connection that does not know their stream, or another agent's connection.
+//! - The agent's flow control and reported health are enforced (the reference ignores both);
+//!   the configured [`FlowControlMode`] applies.
 //! - The pool runs its own maintenance task: dead connections are replaced (never accumulated)
-//!   with jittered exponential backoff that never gives up (D28, D29); idle connections are
+//!   with jittered exponential backoff that never gives up; idle connections are
 //!   closed and reopened on demand.
-//! - Adding an existing agent id is an error, not a silent leak (D40); two reverse
-//!   registrations for a new agent cannot both create it (D33); shutdown drains before it
-//!   closes (D39).
+//! - Adding an existing agent id is an error, not a silent leak; two reverse
+//!   registrations for a new agent cannot both create it; shutdown drains before it
+//!   closes (the reference cancels everything first).
 //!
 //! Agents are reached over Unix sockets, or over what the runtime adapter opens itself (gRPC
 //! at `host:port`, `http(s)://host:port` on tokio with the `grpc` feature); other endpoints are

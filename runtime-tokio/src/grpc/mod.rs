@@ -1,4 +1,4 @@
-//! The gRPC transport (`zentinel.agent.v2.AgentServiceV2`, PROTOCOL.md §8), on tonic.
+//! The gRPC transport (`zentinel.agent.v2.AgentServiceV2`), on tonic.
 //!
 //! Both ends drive the same Sans-IO state machines as the UDS transport, in their message mode:
 //! the agent side an [`AgentConnection::new_messages`] per `ProcessStream`, the proxy side a
@@ -9,12 +9,12 @@
 //! - Agent: [`ServeGrpc::serve_grpc`] serves the same [`AgentHandler`] as the UDS server
 //!   (requests processed concurrently on each stream, Cancel drops the handler's future, Ping is
 //!   answered at once, every event type answered, events before the handshake answered with an
-//!   error instead of dropped, D19). `ControlStream` answers config updates and streams what the
+//!   error instead of dropped). `ControlStream` answers config updates and streams what the
 //!   [`ServerHandle`] pushes; `ProcessEvent` answers any single event.
 //! - Proxy: [`AgentClient::connect`] takes `host:port`, `http://host:port` and (with the `tls`
 //!   feature) `https://host:port`; the pool opens such endpoints over gRPC.
 //! - Messages up to [`MAX_MESSAGE_SIZE`] (16 MiB) in both directions on both sides (tonic's
-//!   default receive limit is 4 MiB, D23).
+//!   default receive limit, which the reference runs with, is 4 MiB).
 //! - Against hostile peers: an agent stream stops reading while
 //!   [`server::MAX_UNSENT_ANSWERS`] answers wait for a proxy that does not read them; a message
 //!   over the limit ends the stream with `RESOURCE_EXHAUSTED` (agent side) or fails every request

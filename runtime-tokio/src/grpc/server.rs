@@ -670,7 +670,7 @@ fn close_status(reason: &ConnectionError) -> Option<Status> {
 /// `ControlStream`: what the handle pushes (health, metrics, flow control) goes out as
 /// `ProxyControl` extension messages; a `config_update` from the caller is answered with a
 /// `config_response` (refused: the handler has no hook for configuration updates); health,
-/// metrics and logs from the caller are logged. Unlike the reference (D22) nothing here can
+/// metrics and logs from the caller are logged. Unlike the reference's, nothing here can
 /// panic and no message of the wrong direction is sent.
 async fn control_stream(
     mut inbound: Streaming<AgentControl>,

@@ -248,8 +248,9 @@ pub async fn affinity_is_per_agent<R: Harness>() {
     let pool = AgentPool::<R>::new(fast_config());
     pool.add_agent("a", &a.endpoint()).await.unwrap();
     pool.add_agent("b", &b.endpoint()).await.unwrap();
-    // The same correlation id on two agents: each keeps its own pin (D32). The guardrail call
-    // moves b's round-robin counter so the two pins land on different connection numbers.
+    // The same correlation id on two agents: each keeps its own pin (affinity is keyed by agent
+    // and id). The guardrail call moves b's round-robin counter so the two pins land on
+    // different connection numbers.
     pool.send_request_headers("a", headers("same"))
         .await
         .unwrap();
@@ -291,7 +292,7 @@ pub async fn add_and_remove_agents_at_runtime<R: Harness>() {
     pool.add_agent("a", &a.endpoint()).await.unwrap();
     assert_eq!(a.live_connections(), 2);
 
-    // Same id again: refused, and the live agent is untouched (D40).
+    // Same id again: refused, and the live agent is untouched (not replaced and leaked).
     let err = pool.add_agent("a", &b.endpoint()).await.unwrap_err();
     assert!(matches!(err, PoolError::AlreadyExists(_)), "{err}");
     assert_eq!(b.live_connections(), 0);
@@ -365,8 +366,8 @@ pub async fn add_agent_fails_on_a_silent_handshake<R: Harness>() {
     config.client.connection.handshake.timeout = handshake_timeout;
     let pool = AgentPool::<R>::new(config);
     let started = Instant::now();
-    // D11: bounded by the handshake deadline; the guard only turns a hang into a failure (and
-    // sits below the 5 s default handshake timeout).
+    // A silent agent: bounded by the handshake deadline; the guard only turns a hang into a
+    // failure (and sits below the 5 s default handshake timeout).
     let err = timeout::<R, _>(
         Duration::from_secs(3),
         "add_agent on a mute agent",
@@ -442,7 +443,7 @@ pub async fn prometheus_has_pool_and_agent_families<R: Harness>() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
-    // The agent cannot speak for another (D36).
+    // The agent cannot speak for another: its series carry the pool's id for it.
     assert!(!text.contains("someone-else"), "{text}");
     // Every family header appears once.
     let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();

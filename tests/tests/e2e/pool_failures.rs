@@ -82,7 +82,7 @@ pub async fn killed_agent_fails_pending_at_once_and_is_reconnected<R: Harness>()
 
     agent.kill().await;
     for p in pending {
-        // Long before the 60 s request deadline: the closed connection fails them (D10).
+        // Long before the 60 s request deadline: the closed connection fails them at once.
         let e = timeout::<R, _>(WAIT, "pending request fails on EOF", p)
             .await
             .unwrap()
@@ -111,7 +111,7 @@ pub async fn killed_agent_fails_pending_at_once_and_is_reconnected<R: Harness>()
     agent.set_behaviour(|b| b.silent = false);
     agent.restart().await;
     eventually::<R>("pool reconnects", WAIT, || stats(&pool, "k").connected == 4).await;
-    // Replaced, not accumulated (D28).
+    // Replaced, not accumulated.
     sleep::<R>(Duration::from_millis(200)).await;
     assert_eq!(stats(&pool, "k").connections, 4);
     assert_eq!(agent.live_connections(), 4);
@@ -333,7 +333,7 @@ pub async fn timeouts_and_cancels_leave_nothing_in_flight<R: Harness>() {
         Err(PoolError::AgentNotFound(_))
     ));
 
-    // A caller that gives up (drops its future) leaks nothing either (D26/D27).
+    // A caller that gives up (drops its future) leaks nothing either (gauges are held by guards).
     for i in 0..10 {
         let r = timeout_at::<R, _>(
             Instant::now() + Duration::from_millis(20),
@@ -434,7 +434,7 @@ pub async fn shutdown_drains_before_closing<R: Harness>() {
         timeout::<R, _>(WAIT, "drained request", t)
             .await
             .unwrap()
-            .expect("in-flight requests complete during the drain (D39)");
+            .expect("in-flight requests complete during the drain, not cancelled before it");
     }
     assert!(
         agent.cancelled().is_empty(),
