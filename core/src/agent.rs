@@ -1975,9 +1975,7 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/../tests/vectors/vectors.jsonl"
         );
-        let text = std::fs::read_to_string(local)
-            .or_else(|_| std::fs::read_to_string("/work/shared/vectors/vectors.jsonl"))
-            .expect("vectors.jsonl not found");
+        let text = std::fs::read_to_string(local).expect("tests/vectors/vectors.jsonl not found");
         text.lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(l).unwrap())

@@ -1945,15 +1945,13 @@ mod tests {
 
     // ---- golden vectors ----------------------------------------------------------------------
 
-    /// The reference's frames. The in-repo copy is preferred; the shared original is the fallback.
+    /// The frames captured from the reference implementation, kept in the repository.
     fn vectors_jsonl() -> String {
         let in_repo = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../tests/vectors/vectors.jsonl"
         );
-        let shared = "/work/shared/vectors/vectors.jsonl";
         std::fs::read_to_string(in_repo)
-            .or_else(|_| std::fs::read_to_string(shared))
             .expect("golden vectors (tests/vectors/vectors.jsonl) not found")
     }
 
