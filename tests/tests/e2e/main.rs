@@ -37,6 +37,7 @@ mod cross_runtime;
 // Hostile peers: expensive input on one connection.
 mod hostile_decode;
 // Events held by slow handlers: bounded by bytes, and the amplification report.
+mod amplification;
 mod memory_bound;
 
 /// A runtime the scenarios can run on: the adapter's [`Runtime`] plus a way to block on a
