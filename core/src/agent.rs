@@ -25,7 +25,9 @@
 //! - echoes Ping (0x41) as Pong (0x42) byte for byte, immediately;
 //! - skips frames with unknown type bytes instead of dropping the connection;
 //! - bounds what it tracks: beyond [`AgentConfig::max_in_flight`] unanswered requests, a new event
-//!   is answered at once with a block (HTTP 503, [`AGENT_OVERLOADED_REASON`]).
+//!   is answered at once with a block (HTTP 503, [`AGENT_OVERLOADED_REASON`]), and it counts the
+//!   payload bytes of the events it tracks ([`AgentConnection::in_flight_bytes`]) so the adapter
+//!   can stop reading while the application holds too much.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -301,6 +303,14 @@ pub enum AgentOutgoing {
     ConfigUpdate(ConfigUpdateRequest),
 }
 
+/// One request awaiting its answer.
+#[derive(Debug)]
+struct Tracked {
+    correlation_id: String,
+    /// What the event weighs in [`AgentConnection::in_flight_bytes`].
+    bytes: usize,
+}
+
 #[derive(Debug)]
 enum State {
     Handshaking(AgentHandshake),
@@ -371,8 +381,10 @@ pub struct AgentConnection {
     read_buf: BytesMut,
     out: BytesMut,
     events: VecDeque<AgentEvent>,
-    /// Tracked requests: id -> correlation id. At most `max_in_flight` entries.
-    requests: HashMap<RequestId, String>,
+    /// Tracked requests. At most `max_in_flight` entries.
+    requests: HashMap<RequestId, Tracked>,
+    /// Sum of `Tracked::bytes` over `requests`.
+    in_flight_bytes: usize,
     /// Correlation id -> tracked requests carrying it, for Cancel. Holds only ids present in
     /// `requests`, so it is bounded by the same limit.
     by_correlation: HashMap<String, SmallVec<[RequestId; 2]>>,
@@ -417,6 +429,7 @@ impl AgentConnection {
             out: BytesMut::new(),
             events: VecDeque::new(),
             requests: HashMap::new(),
+            in_flight_bytes: 0,
             by_correlation: HashMap::new(),
             next_id: 0,
             notices_dropped: 0,
@@ -541,7 +554,8 @@ impl AgentConnection {
                     self.refuse_event(Encoding::Json, correlation_id, error);
                     return;
                 }
-                self.admit_event(Encoding::Json, event);
+                let bytes = message_size(&event);
+                self.admit_event(Encoding::Json, event, bytes);
             }
             AgentIncoming::MalformedEvent {
                 correlation_id,
@@ -720,11 +734,11 @@ impl AgentConnection {
             });
             return Ok(());
         }
-        let correlation_id = self
+        let tracked = self
             .requests
             .get(&id)
             .ok_or(RespondError::UnknownRequest(id))?;
-        response.set_correlation_id(correlation_id);
+        response.set_correlation_id(&tracked.correlation_id);
         let written =
             encoding::encode_frame(&mut self.out, FrameType::AgentResponse, encoding, &response);
         let correlation_id = self.forget(id);
@@ -829,6 +843,7 @@ impl AgentConnection {
             return;
         }
         self.requests = HashMap::new();
+        self.in_flight_bytes = 0;
         self.by_correlation = HashMap::new();
         self.read_buf = BytesMut::new();
         self.state = State::Closed(reason.clone());
@@ -838,6 +853,39 @@ impl AgentConnection {
     /// Unanswered requests being tracked (never more than [`AgentConfig::max_in_flight`]).
     pub fn in_flight(&self) -> usize {
         self.requests.len()
+    }
+
+    /// What the unanswered requests weigh, in bytes: the sum of their event frames' payload
+    /// lengths (on a message transport, an estimate of each event: its body, header names and
+    /// values, URI, inspected text and configuration, and correlation id). A request stops
+    /// counting once it is answered, cancelled or dropped by the close.
+    ///
+    /// The application holds each event until it answers, and nothing else bounds their size:
+    /// [`AgentConfig::max_in_flight`] events of a 16 MiB frame each would be 64 GiB. An adapter
+    /// stops reading while this is above its bound, so a proxy that sends large events to a slow
+    /// handler is pushed back instead of growing the agent. The event being decoded always
+    /// counts in full, so one event larger than the adapter's bound is still taken, alone.
+    ///
+    /// ```
+    /// use agent_protocol_core::agent::{AgentConfig, AgentConnection, AgentEvent, AgentIncoming};
+    /// use agent_protocol_core::handshake::HandshakeRequest;
+    /// use agent_protocol_core::{AgentResponse, BodyChunk, Event, RequestBodyChunkEvent};
+    /// # let now = std::time::Instant::now();
+    /// let mut agent = AgentConnection::new_messages(AgentConfig::default(), now);
+    /// # agent.handle_message(now, AgentIncoming::Handshake(HandshakeRequest {
+    /// #     supported_versions: vec![2], proxy_id: "p".into(), proxy_version: "1".into(),
+    /// #     config: None, supported_encodings: vec![],
+    /// # }));
+    /// # while agent.poll_event().is_some() {}
+    /// let chunk = BodyChunk { correlation_id: "c1".into(), data: vec![0; 4096].into(), ..Default::default() };
+    /// agent.handle_message(now, AgentIncoming::Event(Event::RequestBodyChunk(RequestBodyChunkEvent(chunk))));
+    /// let Some(AgentEvent::Request { id, .. }) = agent.poll_event() else { panic!() };
+    /// assert!(agent.in_flight_bytes() >= 4096);
+    /// agent.respond(id, AgentResponse::allow()).unwrap();
+    /// assert_eq!(agent.in_flight_bytes(), 0);
+    /// ```
+    pub fn in_flight_bytes(&self) -> usize {
+        self.in_flight_bytes
     }
 
     /// The negotiated encoding, once established (still reported after a close).
@@ -865,7 +913,7 @@ impl AgentConnection {
 
     /// The correlation id of a tracked request.
     pub fn correlation_id(&self, id: RequestId) -> Option<&str> {
-        self.requests.get(&id).map(String::as_str)
+        self.requests.get(&id).map(|t| t.correlation_id.as_str())
     }
 
     /// Informational events dropped because [`MAX_QUEUED_NOTICES`] events were waiting.
@@ -888,7 +936,11 @@ impl AgentConnection {
 
     /// Stops tracking `id`; returns its correlation id if it was tracked.
     fn forget(&mut self, id: RequestId) -> Option<String> {
-        let correlation_id = self.requests.remove(&id)?;
+        let Tracked {
+            correlation_id,
+            bytes,
+        } = self.requests.remove(&id)?;
+        self.in_flight_bytes -= bytes;
         if let Some(ids) = self.by_correlation.get_mut(&correlation_id) {
             ids.retain(|other| *other != id);
             if ids.is_empty() {
@@ -953,7 +1005,7 @@ impl AgentConnection {
         let limits = &self.config.header_limits;
         match encoding::decode_event_with_limits(frame_type, encoding, payload, limits) {
             None => self.notice(AgentEvent::Ignored { frame_type }),
-            Some(Ok(event)) => self.admit_event(encoding, event),
+            Some(Ok(event)) => self.admit_event(encoding, event, payload.len()),
             Some(Err(error)) => match salvage_correlation_id(encoding, payload) {
                 Some(correlation_id) => self.refuse_event(encoding, correlation_id, error),
                 // Nothing to answer: the proxy would wait out its timeout for this request.
@@ -979,9 +1031,10 @@ impl AgentConnection {
         }
     }
 
-    /// Tracks a decoded event and hands it to the application, or answers it at once with an
-    /// overload block when [`AgentConfig::max_in_flight`] requests are unanswered.
-    fn admit_event(&mut self, encoding: Encoding, event: Event) {
+    /// Tracks a decoded event weighing `bytes` and hands it to the application, or answers it
+    /// at once with an overload block when [`AgentConfig::max_in_flight`] requests are
+    /// unanswered.
+    fn admit_event(&mut self, encoding: Encoding, event: Event, bytes: usize) {
         if event.correlation_id().is_empty() {
             // An answer to it could not be routed, and our proxy never sends one: malformed.
             // (gRPC cannot tell an empty id from a missing one, so this is reachable there.)
@@ -1017,7 +1070,14 @@ impl AgentConnection {
             .entry(correlation_id.clone())
             .or_default()
             .push(id);
-        self.requests.insert(id, correlation_id);
+        self.requests.insert(
+            id,
+            Tracked {
+                correlation_id,
+                bytes,
+            },
+        );
+        self.in_flight_bytes += bytes;
         self.events.push_back(AgentEvent::Request { id, event });
     }
 
@@ -1097,7 +1157,9 @@ impl AgentConnection {
             return; // already answered, or never seen: nothing to stop
         };
         for id in ids {
-            self.requests.remove(&id);
+            if let Some(tracked) = self.requests.remove(&id) {
+                self.in_flight_bytes -= tracked.bytes;
+            }
             self.events.push_back(AgentEvent::Cancelled {
                 id,
                 correlation_id: cancel.correlation_id.clone(),
@@ -1108,6 +1170,44 @@ impl AgentConnection {
 }
 
 use encoding::salvage_correlation_id;
+
+/// What an event that came as a typed message weighs in [`AgentConnection::in_flight_bytes`]:
+/// the bytes it holds on the heap that the sender chose (body, header names and values, URI,
+/// inspected text, configuration), not counting per-allocation overhead. A message transport
+/// hands over no payload length, and this is close to what its encoding took on the wire.
+fn message_size(event: &Event) -> usize {
+    let strings = |v: &[String]| v.iter().map(String::len).sum::<usize>();
+    let (_, header_bytes) = event.header_load();
+    let own = match event {
+        Event::RequestHeaders(e) => e.uri.len() + e.method.len(),
+        Event::GuardrailInspect(e) => {
+            let metadata: usize = e.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+            e.content.len() + strings(&e.categories) + metadata
+        }
+        // Configure is rare and its configuration arbitrary JSON: measure it as JSON text.
+        Event::Configure(e) => {
+            let mut counter = ByteCounter(0);
+            let _ = serde_json::to_writer(&mut counter, &e.config);
+            counter.0
+        }
+        _ => 0,
+    };
+    event.correlation_id().len() + header_bytes + event.body_len() + own
+}
+
+/// A writer that only counts what it is given.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -2678,5 +2778,162 @@ mod tests {
             "{evs:?}"
         );
         assert_eq!(conn.in_flight(), 1);
+    }
+
+    fn body_chunk(cid: &str, len: usize) -> Event {
+        Event::RequestBodyChunk(RequestBodyChunkEvent(BodyChunk {
+            correlation_id: cid.into(),
+            data: vec![0xab; len].into(),
+            ..Default::default()
+        }))
+    }
+
+    fn request_ids(evs: &[AgentEvent]) -> Vec<RequestId> {
+        evs.iter()
+            .filter_map(|e| match e {
+                AgentEvent::Request { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn in_flight_bytes_count_admitted_payloads_until_answered_or_cancelled() {
+        for encoding in [Encoding::Json, Encoding::MsgPack] {
+            let mut conn = established(encoding);
+            assert_eq!(conn.in_flight_bytes(), 0);
+            let frames: Vec<Vec<u8>> = ["a", "b", "c"]
+                .iter()
+                .zip([1000, 20_000, 300])
+                .map(|(cid, len)| event_frame(encoding, &body_chunk(cid, len)))
+                .collect();
+            let payload = |i: usize| frames[i].len() - FRAME_HEADER_LEN;
+            let mut expected = 0;
+            let mut ids = Vec::new();
+            for (i, frame) in frames.iter().enumerate() {
+                conn.handle_input(t0(), frame);
+                ids.extend(request_ids(&events(&mut conn)));
+                expected += payload(i);
+                assert_eq!(
+                    conn.in_flight_bytes(),
+                    expected,
+                    "{encoding} after admit #{i}"
+                );
+            }
+            // The payload carries the body at least once (base64 in JSON).
+            assert!(payload(1) > 20_000);
+
+            conn.respond(ids[1], AgentResponse::allow()).unwrap();
+            expected -= payload(1);
+            assert_eq!(conn.in_flight_bytes(), expected, "{encoding} after respond");
+            // A second answer for the same request changes nothing.
+            assert!(conn.respond(ids[1], AgentResponse::allow()).is_err());
+            assert_eq!(conn.in_flight_bytes(), expected);
+
+            conn.handle_input(t0(), &cancel_frame("a", CancelReason::Timeout));
+            assert!(matches!(
+                events(&mut conn)[..],
+                [AgentEvent::Cancelled { .. }]
+            ));
+            expected -= payload(0);
+            assert_eq!(conn.in_flight_bytes(), expected, "{encoding} after cancel");
+            // Cancelling it again, or an unknown id, changes nothing.
+            conn.handle_input(t0(), &cancel_frame("a", CancelReason::Timeout));
+            conn.handle_input(t0(), &cancel_frame("zz", CancelReason::Timeout));
+            assert_eq!(conn.in_flight_bytes(), expected);
+            assert_eq!(expected, payload(2));
+
+            conn.handle_eof();
+            assert_eq!(conn.in_flight_bytes(), 0, "{encoding} after close");
+            assert_eq!(conn.in_flight(), 0);
+        }
+    }
+
+    #[test]
+    fn refused_events_weigh_nothing() {
+        let config = AgentConfig {
+            max_in_flight: 1,
+            ..AgentConfig::default()
+        };
+        let mut conn = established_with(config, Encoding::Json);
+        let first = event_frame(Encoding::Json, &body_chunk("kept", 5000));
+        conn.handle_input(t0(), &first);
+        let held = conn.in_flight_bytes();
+        assert_eq!(held, first.len() - FRAME_HEADER_LEN);
+        // Over max_in_flight (answered 503), malformed (500), unknown type: none is tracked.
+        conn.handle_input(
+            t0(),
+            &event_frame(Encoding::Json, &body_chunk("over", 5000)),
+        );
+        conn.handle_input(
+            t0(),
+            &raw_frame(0x11, br#"{"correlation_id":"bad","data":7}"#),
+        );
+        conn.handle_input(t0(), &raw_frame(0x7e, &[0; 5000]));
+        assert_eq!(conn.in_flight_bytes(), held);
+        assert_eq!(responses(&mut conn, Encoding::Json).len(), 2);
+    }
+
+    #[test]
+    fn a_local_close_or_an_unencodable_answer_releases_the_bytes() {
+        let mut conn = established(Encoding::Json);
+        conn.handle_input(t0(), &event_frame(Encoding::Json, &body_chunk("a", 100)));
+        conn.handle_input(t0(), &event_frame(Encoding::Json, &body_chunk("b", 100)));
+        let ids = request_ids(&events(&mut conn));
+        let one = conn.in_flight_bytes() / 2;
+        // An answer too large for a frame is replaced by a block and stops counting too.
+        let mut huge = AgentResponse::allow();
+        huge.audit.custom.insert(
+            "pad".into(),
+            serde_json::Value::String("x".repeat(MAX_FRAME_LEN as usize)),
+        );
+        assert!(matches!(
+            conn.respond(ids[0], huge),
+            Err(RespondError::Encode(_))
+        ));
+        assert_eq!(conn.in_flight_bytes(), one);
+        conn.close();
+        assert_eq!(conn.in_flight_bytes(), 0);
+    }
+
+    #[test]
+    fn message_transports_weigh_events_by_their_contents() {
+        let mut conn = message_established(AgentConfig::default());
+        conn.handle_message(t0(), AgentIncoming::Event(body_chunk("c1", 10_000)));
+        let mut guard = GuardrailInspectEvent {
+            correlation_id: "c2".into(),
+            content: "x".repeat(3000),
+            ..Default::default()
+        };
+        guard.categories = vec!["pii".into(); 10];
+        conn.handle_message(t0(), AgentIncoming::Event(Event::GuardrailInspect(guard)));
+        let config = serde_json::json!({"rules": "y".repeat(2000)});
+        conn.handle_message(
+            t0(),
+            AgentIncoming::Event(Event::Configure(ConfigureEvent {
+                correlation_id: "c3".into(),
+                config,
+                config_version: None,
+            })),
+        );
+        conn.handle_message(t0(), AgentIncoming::Event(many_headers("c4", 100)));
+        let ids = request_ids(&events(&mut conn));
+        assert_eq!(ids.len(), 4);
+        let mut weights = Vec::new();
+        let mut before = conn.in_flight_bytes();
+        for id in ids {
+            conn.respond(id, AgentResponse::allow()).unwrap();
+            weights.push(before - conn.in_flight_bytes());
+            before = conn.in_flight_bytes();
+        }
+        assert_eq!(before, 0);
+        assert!((10_000..10_100).contains(&weights[0]), "{weights:?}");
+        assert!((3030..3100).contains(&weights[1]), "{weights:?}");
+        assert!((2000..2100).contains(&weights[2]), "{weights:?}");
+        let (_, header_bytes) = many_headers("c4", 100).header_load();
+        assert!(
+            weights[3] >= header_bytes && header_bytes > 0,
+            "{weights:?}"
+        );
     }
 }

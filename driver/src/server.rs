@@ -42,6 +42,24 @@ use crate::runtime::{self, ByteRead, ByteWrite, Connection, Runtime};
 /// the answers of handlers already running (at most [`ServerConfig::max_in_flight`] of them).
 pub const MAX_PENDING_TRANSMIT: usize = 1024 * 1024;
 
+/// Payload bytes of unanswered events ([`AgentConnection::in_flight_bytes`]) past which an agent
+/// connection stops reading until handlers finish.
+///
+/// A handler holds its event until it answers, and [`ServerConfig::max_in_flight`] bounds only
+/// how many events that is, not their size: 4096 body chunks of up to 16 MiB each would be
+/// 64 GiB, so a proxy sending large events to a slow handler could grow the agent without
+/// bound. With reading paused, the proxy's writes block instead: back-pressure, not refusal, so
+/// a legitimate burst only waits for handlers to finish. 64 MiB is four maximal frames, enough
+/// to keep many ordinary requests moving at once.
+///
+/// The check is made before each read: what one read completes is still decoded and handed to
+/// the handlers, so the bytes held can exceed the bound by one read (up to a frame), and a
+/// single event larger than the bound is still processed, alone. While reading is paused
+/// nothing else arrives, Cancel and Ping included, so a handler that waits for a later event of
+/// the same connection before answering must not hold this much; and a handler must end on
+/// its own, since a paused connection only notices the proxy leaving when it next writes.
+pub const MAX_IN_FLIGHT_BYTES: usize = 64 * 1024 * 1024;
+
 /// What an agent does with each event. Every method has a default that allows, so an agent
 /// implements only what it inspects.
 ///
@@ -589,7 +607,8 @@ pub(crate) async fn serve_connection<H: AgentHandler, R: Runtime>(
 /// shutdown and the handshake deadline come first, and each is ready only when it has work. A
 /// turn reads once (at most the read buffer's spare room) and then goes round again, so input
 /// never waits behind more than one read's worth of decoding. Reading pauses while more than
-/// [`MAX_PENDING_TRANSMIT`] bytes of output are unsent.
+/// [`MAX_PENDING_TRANSMIT`] bytes of output are unsent, and while the events handlers hold weigh
+/// more than [`MAX_IN_FLIGHT_BYTES`]; it resumes as the socket drains and handlers finish.
 async fn drive<H: AgentHandler, R: Runtime>(
     conn: &mut AgentConnection,
     mut read: impl ByteRead,
@@ -657,7 +676,10 @@ async fn drive<H: AgentHandler, R: Runtime>(
         // A proxy that writes without reading would otherwise make us queue answers without
         // limit; not reading lets its writes block instead.
         let backlogged = write_buf.len() + conn.pending_transmit() > MAX_PENDING_TRANSMIT;
-        let reading = !closed && draining.is_none() && !backlogged;
+        // Likewise a proxy sending large events to slow handlers: each finished handler
+        // lowers the count and wakes this loop, so reading resumes by itself.
+        let holding = conn.in_flight_bytes() > MAX_IN_FLIGHT_BYTES;
+        let reading = !closed && draining.is_none() && !backlogged && !holding;
         if reading && read_buf.capacity() - read_buf.len() < READ_CHUNK / 4 {
             read_buf.reserve(READ_CHUNK);
         }

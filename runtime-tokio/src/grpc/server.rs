@@ -10,6 +10,9 @@
 //!   read them, so HTTP/2 flow control pushes back on the proxy's sends instead of the agent
 //!   growing by one answer per event; it resumes as the proxy reads, and everything the stream
 //!   holds is dropped when the call ends or is cancelled;
+//! - a stream also stops reading while the events its handlers hold weigh more than
+//!   [`MAX_IN_FLIGHT_BYTES`] (as on UDS), and resumes as they finish, so large events sent to a
+//!   slow handler push back on the proxy instead of growing the agent;
 //! - a message over [`MAX_MESSAGE_SIZE`] ends its stream with `RESOURCE_EXHAUSTED`, naming the
 //!   limit (the stream's framing cannot be recovered past it);
 //! - an event without a correlation id is malformed: it is answered with a block (500,
@@ -50,6 +53,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::{millis, sleep_until, unix_ms, CONNECTION_WINDOW, STREAM_BUFFER, STREAM_WINDOW};
 use crate::server::{dispatch, shutdown_signal, AgentHandler, AgentServer, Push, ServerHandle};
+use agent_protocol_driver::server::MAX_IN_FLIGHT_BYTES;
 
 /// The tonic service behind [`ServeGrpc::serve_grpc`], for embedding in a tonic server of your
 /// own (see [`ServeGrpc::grpc_service`]).
@@ -515,7 +519,10 @@ impl<H: AgentHandler> StreamDriver<H> {
                 }
             }
             let deadline = self.conn.poll_timeout();
-            let readable = !closed && draining.is_none() && self.out.len() < MAX_UNSENT_ANSWERS;
+            let readable = !closed
+                && draining.is_none()
+                && self.out.len() < MAX_UNSENT_ANSWERS
+                && self.conn.in_flight_bytes() <= MAX_IN_FLIGHT_BYTES;
             // Everything that is not reading comes first, and a turn reads one message: a proxy
             // that pipelines without pause cannot hold back answers, pushes, a drain or the
             // handshake deadline.

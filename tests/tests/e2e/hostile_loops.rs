@@ -58,9 +58,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 /// below the never (or 5-6 s) such a request took when reads starved the timer.
 const DEADLINE_SLACK: Duration = Duration::from_millis(2500);
 
-/// These scenarios run one at a time: each keeps both cores busy on purpose, and two at once
-/// would count one's buffers as the other's memory growth and one's CPU as the other's delay.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// These scenarios (and those of `memory_bound`) run one at a time: each keeps both cores busy
+/// on purpose, and two at once would count one's buffers as the other's memory growth and one's
+/// CPU as the other's delay.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Allows everything at once.
 struct AllowAll;
@@ -139,7 +140,7 @@ fn raw_proxy(path: &Path) -> UnixStream {
 
 /// This process's resident set, in bytes, after handing freed heap back to the system (so
 /// memory an earlier scenario freed does not hide this one's growth).
-fn rss_bytes() -> u64 {
+pub fn rss_bytes() -> u64 {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory.
     unsafe {

@@ -36,6 +36,9 @@ mod stale_socket;
 mod cross_runtime;
 // Hostile peers: expensive input on one connection.
 mod hostile_decode;
+// Events held by slow handlers: bounded by bytes, and the amplification report.
+mod amplification;
+mod memory_bound;
 
 /// A runtime the scenarios can run on: the adapter's [`Runtime`] plus a way to block on a
 /// future with that runtime's executor.
