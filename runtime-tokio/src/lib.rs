@@ -56,7 +56,8 @@ pub mod client {
 /// The agent side (see [`agent_protocol_driver::server`]).
 pub mod server {
     pub use agent_protocol_driver::server::{
-        dispatch, shutdown_signal, unix_ms, AgentHandler, Push, ServerConfig, ServerHandle,
+        dispatch, is_stale_socket, shutdown_signal, unix_ms, AgentHandler, Push, ServerConfig,
+        ServerHandle, MAX_IN_FLIGHT_BYTES, MAX_PENDING_TRANSMIT,
     };
 
     /// An agent server on tokio.
