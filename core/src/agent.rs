@@ -49,7 +49,7 @@ use crate::handshake::{
     AgentHandshake, AgentHandshakeConfig, HandshakeError, HandshakeRequest, HandshakeResponse,
     Negotiated, PROTOCOL_VERSION,
 };
-use crate::limits::HeaderLimits;
+use crate::limits::{HeaderLimits, LimitExceeded, MessageLimits, DEFAULT_MAX_ELEMENTS};
 use crate::response::{AgentResponse, Decision, WebSocketDecision};
 
 /// Default bound on requests tracked at once ([`AgentConfig::max_in_flight`]).
@@ -75,6 +75,11 @@ pub const AGENT_OVERLOADED_REASON: &str = "AGENT_OVERLOADED";
 /// Reason code of the block (status 431) sent for an event whose headers go over
 /// [`AgentConfig::header_limits`]; the application never sees the event.
 pub const HEADER_LIMIT_REASON: &str = "HEADER_LIMIT_EXCEEDED";
+
+/// Reason code of the block (status 413) sent for an event with more array items plus map
+/// entries than [`AgentConfig::max_elements`]: it is refused before it is decoded, and the
+/// application never sees it.
+pub const MESSAGE_TOO_COMPLEX_REASON: &str = "MESSAGE_TOO_COMPLEX";
 
 /// Reason code of the block sent, on a message transport, for an event that arrived before the
 /// handshake (the reference drops such events silently and the proxy waits out its timeout).
@@ -107,6 +112,11 @@ pub struct AgentConfig {
     /// Header values and bytes one event may carry, checked while it is decoded; an event over
     /// them is answered with a block (431, [`HEADER_LIMIT_REASON`]).
     pub header_limits: HeaderLimits,
+    /// Array items plus map entries one event may carry, anywhere in it (see
+    /// [`MessageLimits::max_elements`]), counted before it is decoded; an event over it is
+    /// answered with a block (413, [`MESSAGE_TOO_COMPLEX_REASON`]) without being decoded.
+    /// Default [`DEFAULT_MAX_ELEMENTS`].
+    pub max_elements: usize,
 }
 
 impl Default for AgentConfig {
@@ -116,6 +126,7 @@ impl Default for AgentConfig {
             max_frame_len: MAX_FRAME_LEN,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             header_limits: HeaderLimits::default(),
+            max_elements: DEFAULT_MAX_ELEMENTS,
         }
     }
 }
@@ -155,10 +166,12 @@ pub enum AgentEvent {
         /// Why the proxy cancelled.
         reason: CancelReason,
     },
-    /// An event payload could not be decoded (or went over [`AgentConfig::header_limits`], or
-    /// had an empty correlation id) but its correlation id could be read. The connection has
-    /// **already** answered it fail-closed (block 500, [`MALFORMED_EVENT_REASON`], or 431,
-    /// [`HEADER_LIMIT_REASON`], when `error.limit` is set); nothing is left to do but log it.
+    /// An event payload could not be decoded (or went over [`AgentConfig::header_limits`] or
+    /// [`AgentConfig::max_elements`], or had an empty correlation id) but its correlation id
+    /// could be read. The connection has **already** answered it fail-closed (block 500,
+    /// [`MALFORMED_EVENT_REASON`]; 431, [`HEADER_LIMIT_REASON`], or 413,
+    /// [`MESSAGE_TOO_COMPLEX_REASON`], when `error.limit` is set); nothing is left to do but
+    /// log it.
     MalformedEvent {
         /// The salvaged correlation id.
         correlation_id: String,
@@ -325,6 +338,7 @@ enum FailClosed {
     Overloaded,
     HandshakeRequired,
     HeaderLimit,
+    TooComplex,
 }
 
 /// The agent side of one connection.
@@ -1002,7 +1016,10 @@ impl AgentConnection {
     }
 
     fn on_event(&mut self, encoding: Encoding, frame_type: FrameType, payload: &[u8]) {
-        let limits = &self.config.header_limits;
+        let limits = MessageLimits {
+            headers: self.config.header_limits,
+            max_elements: self.config.max_elements,
+        };
         match encoding::decode_event_with_limits(frame_type, encoding, payload, limits) {
             None => self.notice(AgentEvent::Ignored { frame_type }),
             Some(Ok(event)) => self.admit_event(encoding, event, payload.len()),
@@ -1015,13 +1032,15 @@ impl AgentConnection {
         }
     }
 
-    /// Answers an event the application will not see (undecodable, or over a header limit)
-    /// with a block, and reports it.
+    /// Answers an event the application will not see (undecodable, or over a limit) with a
+    /// block, and reports it.
     fn refuse_event(&mut self, encoding: Encoding, correlation_id: String, error: DecodeError) {
-        let why = if error.limit.is_some() {
-            FailClosed::HeaderLimit
-        } else {
-            FailClosed::Malformed
+        let why = match error.limit {
+            None => FailClosed::Malformed,
+            Some(LimitExceeded::Elements { .. }) => FailClosed::TooComplex,
+            Some(LimitExceeded::HeaderCount { .. } | LimitExceeded::HeaderBytes { .. }) => {
+                FailClosed::HeaderLimit
+            }
         };
         if self.answer_fail_closed(encoding, error.frame_type, &correlation_id, why) {
             self.notice(AgentEvent::MalformedEvent {
@@ -1114,6 +1133,12 @@ impl AgentConnection {
                 431,
                 "request header fields too large",
                 HEADER_LIMIT_REASON,
+                WS_CLOSE_MALFORMED,
+            ),
+            FailClosed::TooComplex => (
+                413,
+                "message too complex",
+                MESSAGE_TOO_COMPLEX_REASON,
                 WS_CLOSE_MALFORMED,
             ),
         };
@@ -2732,6 +2757,48 @@ mod tests {
                 conn.in_flight(),
                 1,
                 "only the event within the limits is tracked"
+            );
+        }
+    }
+
+    fn configure(cid: &str, entries: usize) -> Event {
+        let config: serde_json::Map<String, serde_json::Value> =
+            (0..entries).map(|i| (format!("k{i}"), i.into())).collect();
+        Event::Configure(crate::ConfigureEvent {
+            correlation_id: cid.into(),
+            config: config.into(),
+            config_version: None,
+        })
+    }
+
+    #[test]
+    fn events_over_the_element_budget_are_answered_413_in_both_encodings() {
+        // A Configure event has 3 top-level entries plus its config's.
+        let config = AgentConfig {
+            max_elements: 10,
+            ..AgentConfig::default()
+        };
+        for encoding in [Encoding::Json, Encoding::MsgPack] {
+            let mut conn = established_with(config.clone(), encoding);
+            let mut wire = event_frame(encoding, &configure("big", 8));
+            wire.extend(event_frame(encoding, &configure("ok", 7)));
+            conn.handle_input(t0(), &wire);
+            let evs = events(&mut conn);
+            assert!(
+                matches!(&evs[..], [
+                    AgentEvent::MalformedEvent { correlation_id, error },
+                    AgentEvent::Request { .. },
+                ] if correlation_id == "big"
+                    && error.limit == Some(LimitExceeded::Elements { max: 10 })),
+                "{encoding}: {evs:?}"
+            );
+            let got = responses(&mut conn, encoding);
+            assert_eq!(got.len(), 1, "{encoding}: only the refusal is answered yet");
+            assert_fail_closed(&got[0], "big", 413, MESSAGE_TOO_COMPLEX_REASON);
+            assert_eq!(
+                conn.in_flight(),
+                1,
+                "only the event within budget is tracked"
             );
         }
     }

@@ -17,7 +17,7 @@ use crate::event::{
     RequestHeadersEvent, ResponseBodyChunkEvent, ResponseHeadersEvent, WebSocketFrameEvent,
 };
 use crate::frame::{FrameType, FrameWriter, PayloadTooLarge};
-use crate::limits::{self, HeaderLimits, LimitExceeded};
+use crate::limits::{self, LimitExceeded, MessageLimits, DEFAULT_MAX_ELEMENTS};
 
 /// A payload encoding.
 ///
@@ -91,8 +91,9 @@ pub struct DecodeError {
     pub encoding: Encoding,
     /// What was wrong.
     pub message: String,
-    /// Set when decoding stopped because the message went over a header limit (the payload may
-    /// be otherwise well formed).
+    /// Set when the message was refused for going over a limit (the payload may be otherwise
+    /// well formed): a header limit, reached while decoding, or the element budget, checked
+    /// before decoding anything.
     pub limit: Option<LimitExceeded>,
 }
 
@@ -134,13 +135,41 @@ pub fn encode_frame<T: Serialize + ?Sized>(
     }
 }
 
-/// Decodes a payload of `frame_type` sent in `encoding`.
+/// Decodes a payload of `frame_type` sent in `encoding`, refused unread if it carries more
+/// than [`DEFAULT_MAX_ELEMENTS`] elements (see [`decode_payload_with_budget`]).
 pub fn decode_payload<'a, T: Deserialize<'a>>(
     frame_type: FrameType,
     encoding: Encoding,
     payload: &'a [u8],
 ) -> Result<T, DecodeError> {
+    decode_payload_with_budget(frame_type, encoding, payload, DEFAULT_MAX_ELEMENTS)
+}
+
+/// Decodes a payload of `frame_type` sent in `encoding`, if it carries at most `max_elements`
+/// array items plus map entries; over that it is refused before anything is decoded, with
+/// [`DecodeError::limit`] set to [`LimitExceeded::Elements`].
+///
+/// ```
+/// use agent_protocol_core::encoding::decode_payload_with_budget;
+/// use agent_protocol_core::frame::FrameType;
+/// use agent_protocol_core::limits::LimitExceeded;
+/// use agent_protocol_core::{AgentResponse, Encoding};
+///
+/// // Seven elements: three top-level entries, one in `audit`, three tags.
+/// let answer = br#"{"version":2,"decision":"allow","audit":{"tags":["a","b","c"]}}"#;
+/// let ty = FrameType::AgentResponse;
+/// assert!(decode_payload_with_budget::<AgentResponse>(ty, Encoding::Json, answer, 7).is_ok());
+/// let err = decode_payload_with_budget::<AgentResponse>(ty, Encoding::Json, answer, 6).unwrap_err();
+/// assert_eq!(err.limit, Some(LimitExceeded::Elements { max: 6 }));
+/// ```
+pub fn decode_payload_with_budget<'a, T: Deserialize<'a>>(
+    frame_type: FrameType,
+    encoding: Encoding,
+    payload: &'a [u8],
+    max_elements: usize,
+) -> Result<T, DecodeError> {
     let effective = effective_encoding(encoding, payload);
+    check_elements(frame_type, effective, payload, max_elements)?;
     let result = match effective {
         Encoding::Json => serde_json::from_slice(payload).map_err(|e| e.to_string()),
         Encoding::MsgPack => crate::msgpack::from_slice(payload).map_err(|e| e.to_string()),
@@ -153,16 +182,35 @@ pub fn decode_payload<'a, T: Deserialize<'a>>(
     })
 }
 
-/// Decodes an event payload: the top level may repeat `correlation_id` with the same value
-/// (see [`crate::repeated_id`]), and header maps are held to `limits` as they are read.
+/// Refuses a payload over the element budget before any of it is decoded.
+fn check_elements(
+    frame_type: FrameType,
+    effective: Encoding,
+    payload: &[u8],
+    max_elements: usize,
+) -> Result<(), DecodeError> {
+    crate::element_count::check_elements(effective, payload, max_elements).map_err(|limit| {
+        DecodeError {
+            frame_type,
+            encoding: effective,
+            message: limit.to_string(),
+            limit: Some(limit),
+        }
+    })
+}
+
+/// Decodes an event payload: refused unread over the element budget; the top level may repeat
+/// `correlation_id` with the same value (see [`crate::repeated_id`]), and header maps are held
+/// to the header limits as they are read.
 fn decode_event_payload<'a, T: Deserialize<'a>>(
     frame_type: FrameType,
     encoding: Encoding,
     payload: &'a [u8],
-    header_limits: &HeaderLimits,
+    limits: &MessageLimits,
 ) -> Result<T, DecodeError> {
     let effective = effective_encoding(encoding, payload);
-    let (result, limit) = limits::decode_with(header_limits, || match effective {
+    check_elements(frame_type, effective, payload, limits.max_elements)?;
+    let (result, limit) = limits::decode_with(&limits.headers, || match effective {
         Encoding::Json => {
             let mut de = serde_json::Deserializer::from_slice(payload);
             crate::repeated_id::deserialize(&mut de)
@@ -210,7 +258,7 @@ pub fn encode_event(
     }
 }
 
-/// Decodes an event frame with the default [`HeaderLimits`]. `None` if `frame_type` is not an
+/// Decodes an event frame with the default [`MessageLimits`]. `None` if `frame_type` is not an
 /// event type.
 ///
 /// Both encodings reach the same decision on the same logical event: a repeated field is an
@@ -232,20 +280,22 @@ pub fn decode_event(
     encoding: Encoding,
     payload: &[u8],
 ) -> Option<Result<Event, DecodeError>> {
-    decode_event_with_limits(frame_type, encoding, payload, &HeaderLimits::default())
+    decode_event_with_limits(frame_type, encoding, payload, MessageLimits::default())
 }
 
-/// [`decode_event`] with explicit header limits.
+/// [`decode_event`] with explicit limits: a [`MessageLimits`], or a
+/// [`HeaderLimits`](crate::limits::HeaderLimits) with the default element budget.
 pub fn decode_event_with_limits(
     frame_type: FrameType,
     encoding: Encoding,
     payload: &[u8],
-    limits: &HeaderLimits,
+    limits: impl Into<MessageLimits>,
 ) -> Option<Result<Event, DecodeError>> {
+    let limits = limits.into();
     let p = payload;
     let e = encoding;
     let ty = frame_type;
-    let l = limits;
+    let l = &limits;
     let event = match frame_type {
         FrameType::RequestHeaders => {
             decode_event_payload::<RequestHeadersEvent>(ty, e, p, l).map(Event::RequestHeaders)

@@ -7,6 +7,7 @@ pub mod body;
 pub mod body_sequence;
 pub mod capabilities;
 pub mod control;
+pub mod element_count;
 pub mod encoding;
 pub mod error;
 pub mod event;

@@ -1,21 +1,31 @@
-//! Per-message header limits, enforced while a message is decoded.
+//! Per-message limits: header limits, enforced while a message is decoded, and an element
+//! budget, enforced before.
 //!
-//! A frame may be 16 MiB, and a header costs a decoder far more memory than its bytes on the
+//! A frame may be 16 MiB, and a message costs a decoder far more memory than its bytes on the
 //! wire: the 5 MessagePack bytes of `{"a": ["b"]}` become two heap strings and a table entry,
-//! well over a hundred bytes. So the count of header values and the bytes of header names and
-//! values in one message are capped, and the cap is checked *as the headers are read*: decoding
-//! stops at the first header past the limit, before the rest is allocated, and the message is
-//! refused with [`LimitExceeded`]. An agent answers such an event fail-closed (status 431,
-//! [`crate::agent::HEADER_LIMIT_REASON`]) without handing it to the application.
+//! well over a hundred bytes. Two bounds keep one message's decoded size near its bytes:
+//!
+//! - [`HeaderLimits`]: the count of header values and the bytes of header names and values in
+//!   one message, checked *as the headers are read*: decoding stops at the first header past
+//!   the limit, before the rest is allocated. An agent answers such an event fail-closed
+//!   (status 431, [`crate::agent::HEADER_LIMIT_REASON`]).
+//! - [`MessageLimits::max_elements`]: array items plus map entries anywhere in the message,
+//!   counted by a scan of the payload bytes *before* anything is decoded
+//!   ([`crate::element_count`]), the same count in JSON and MessagePack. An agent answers such
+//!   an event fail-closed (status 413, [`crate::agent::MESSAGE_TOO_COMPLEX_REASON`]); a proxy
+//!   fails the request the answer was for, as for a malformed answer.
+//!
+//! Either way the message is refused whole with a [`LimitExceeded`].
 //!
 //! The defaults are generous for real traffic: [`DEFAULT_MAX_HEADER_COUNT`] values (Node.js's
-//! default `maxHeadersCount`) and [`DEFAULT_MAX_HEADER_BYTES`] (Go's default `MaxHeaderBytes`);
-//! common servers refuse far less (nginx: 32 KiB of request headers by default).
+//! default `maxHeadersCount`), [`DEFAULT_MAX_HEADER_BYTES`] (Go's default `MaxHeaderBytes`);
+//! common servers refuse far less (nginx: 32 KiB of request headers by default). See
+//! [`DEFAULT_MAX_ELEMENTS`] for the element budget.
 //!
 //! ```
 //! use agent_protocol_core::encoding::decode_event_with_limits;
 //! use agent_protocol_core::frame::FrameType;
-//! use agent_protocol_core::limits::{HeaderLimits, LimitExceeded};
+//! use agent_protocol_core::limits::{HeaderLimits, LimitExceeded, MessageLimits};
 //! use agent_protocol_core::Encoding;
 //!
 //! let payload = br#"{"correlation_id":"c","status":200,"headers":{"a":["1","2"],"b":["3"]}}"#;
@@ -24,6 +34,13 @@
 //!     .unwrap()
 //!     .unwrap_err();
 //! assert_eq!(err.limit, Some(LimitExceeded::HeaderCount { max: 2 }));
+//!
+//! // Eight elements: three top-level entries, two header names, three header values.
+//! let few = MessageLimits { max_elements: 7, ..MessageLimits::default() };
+//! let err = decode_event_with_limits(FrameType::ResponseHeaders, Encoding::Json, payload, few)
+//!     .unwrap()
+//!     .unwrap_err();
+//! assert_eq!(err.limit, Some(LimitExceeded::Elements { max: 7 }));
 //! ```
 
 use std::cell::Cell;
@@ -33,6 +50,22 @@ pub const DEFAULT_MAX_HEADER_COUNT: usize = 2000;
 
 /// Default [`HeaderLimits::max_bytes`]: bytes of header names and values in one message.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 1024 * 1024;
+
+/// Default [`MessageLimits::max_elements`]: array items plus map entries in one message.
+///
+/// Real messages are far below it: a RequestHeaders event with 20 headers has about 60
+/// elements, one at the default header limits (2,000 values) about 4,100; an answer with a
+/// hundred header operations and tags a few hundred. The largest legitimate messages are
+/// Configure events carrying a rule set: 100,000 elements is, say, 5,000 rules of 20 fields
+/// each, more than large WAF rule sets (a few thousand rules).
+///
+/// It bounds what the elements of one message can cost once decoded: the costliest elements
+/// measured (a map entry of a `serde_json::Value` object or of a `HashMap<String, String>`)
+/// take about 150 bytes each beyond the bytes of their strings, so 100,000 of them take about
+/// 15 MiB: a message at the 16 MiB frame limit then peaks under 4x its bytes received (frame
+/// buffer included), while without the budget the same frame packed with 1-byte elements
+/// decodes to ~600 MiB.
+pub const DEFAULT_MAX_ELEMENTS: usize = 100_000;
 
 /// How many headers one message may carry. Every header map of the message counts (request and
 /// response headers, a block decision's headers): names and values both count towards
@@ -78,7 +111,68 @@ impl HeaderLimits {
     }
 }
 
-/// A message went over a [`HeaderLimits`] bound. The peer's fault; the message is refused whole.
+/// Everything one message may carry: its headers and its element budget.
+///
+/// `From<HeaderLimits>` (and `From<&HeaderLimits>`) keep the given header limits with the
+/// default element budget: an element budget is never lifted implicitly, not even by
+/// [`HeaderLimits::UNLIMITED`]; use [`MessageLimits::UNLIMITED`] for that.
+///
+/// ```
+/// use agent_protocol_core::limits::{HeaderLimits, MessageLimits, DEFAULT_MAX_ELEMENTS};
+/// let limits = MessageLimits::from(HeaderLimits::UNLIMITED);
+/// assert_eq!(limits.max_elements, DEFAULT_MAX_ELEMENTS);
+/// let strict = MessageLimits { max_elements: 1_000, ..MessageLimits::default() };
+/// assert_eq!(strict.headers, HeaderLimits::default());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageLimits {
+    /// Header values and bytes, checked while headers are decoded.
+    pub headers: HeaderLimits,
+    /// Array items plus map entries anywhere in the message, counted before it is decoded
+    /// (see [`crate::element_count`]).
+    pub max_elements: usize,
+}
+
+impl Default for MessageLimits {
+    fn default() -> Self {
+        Self {
+            headers: HeaderLimits::default(),
+            max_elements: DEFAULT_MAX_ELEMENTS,
+        }
+    }
+}
+
+impl MessageLimits {
+    /// No limit at all (for trusted input, such as a message this process encoded).
+    pub const UNLIMITED: Self = Self {
+        headers: HeaderLimits::UNLIMITED,
+        max_elements: usize::MAX,
+    };
+}
+
+impl From<HeaderLimits> for MessageLimits {
+    fn from(headers: HeaderLimits) -> Self {
+        Self {
+            headers,
+            max_elements: DEFAULT_MAX_ELEMENTS,
+        }
+    }
+}
+
+impl From<&HeaderLimits> for MessageLimits {
+    fn from(headers: &HeaderLimits) -> Self {
+        Self::from(*headers)
+    }
+}
+
+impl From<&MessageLimits> for MessageLimits {
+    fn from(limits: &MessageLimits) -> Self {
+        *limits
+    }
+}
+
+/// A message went over a [`MessageLimits`] bound. The peer's fault; the message is refused
+/// whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LimitExceeded {
@@ -91,6 +185,13 @@ pub enum LimitExceeded {
     /// More bytes of header names and values than [`HeaderLimits::max_bytes`].
     #[error("more than {max} bytes of header names and values in one message")]
     HeaderBytes {
+        /// The limit.
+        max: usize,
+    },
+    /// More array items plus map entries than [`MessageLimits::max_elements`]; the message was
+    /// not decoded at all.
+    #[error("more than {max} elements (array items and map entries) in one message")]
+    Elements {
         /// The limit.
         max: usize,
     },

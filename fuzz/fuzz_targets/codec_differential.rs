@@ -1,7 +1,8 @@
 //! MessagePack decides exactly as JSON does (see `agent_protocol_tests::differential`): a
 //! logical message, written in both encodings, is refused by both decoders or accepted by both
-//! with equal values, as an event of every type (under default and tight header limits) and as
-//! an AgentResponse.
+//! with equal values, as an event of every type (under default and tight header limits and
+//! element budgets) and as an AgentResponse (under the default and a tight element budget). Both
+//! element scans must also count the tree's own elements.
 //!
 //! The message is one of a few valid events and answers mutated by fuzzer-chosen mutations
 //! (repeated keys, nils, dropped and retyped fields, positional arrays, ...), or, for the rest
@@ -10,9 +11,9 @@
 
 use agent_protocol_core::encoding::{encode_event, encode_frame};
 use agent_protocol_core::frame::FrameType;
-use agent_protocol_core::limits::HeaderLimits;
+use agent_protocol_core::limits::{HeaderLimits, MessageLimits, DEFAULT_MAX_ELEMENTS};
 use agent_protocol_core::*;
-use agent_protocol_tests::differential::{decide_event, decide_response, Logical, Mutation};
+use agent_protocol_tests::differential::{decide_event, decide_response_within, Logical, Mutation};
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -32,6 +33,27 @@ const TIGHT: HeaderLimits = HeaderLimits {
     max_count: 3,
     max_bytes: 48,
 };
+
+/// Element budgets the templates straddle, so that mutations push them either way: the event
+/// templates have 21 (RequestHeaders), 6 (RequestBodyChunk) and 8 (ResponseHeaders) elements,
+/// the answer 24.
+const TIGHT_ELEMENTS: usize = 8;
+const TIGHT_RESPONSE_ELEMENTS: usize = 24;
+
+const LIMITS: [MessageLimits; 3] = [
+    MessageLimits {
+        headers: TIGHT,
+        max_elements: usize::MAX,
+    },
+    MessageLimits {
+        headers: HeaderLimits::UNLIMITED,
+        max_elements: TIGHT_ELEMENTS,
+    },
+    MessageLimits {
+        headers: TIGHT,
+        max_elements: TIGHT_ELEMENTS,
+    },
+];
 
 fn templates() -> Vec<Logical> {
     let headers: Headers = [
@@ -127,15 +149,18 @@ fuzz_target!(|data: &[u8]| {
     let Ok(case) = Case::arbitrary(&mut Unstructured::new(data)) else {
         return;
     };
-    for limits in [HeaderLimits::default(), TIGHT] {
-        if let Err(m) = decide_event(case.frame_type, &case.message, &limits) {
+    let limits = [MessageLimits::default()].into_iter().chain(LIMITS);
+    for limits in limits {
+        if let Err(m) = decide_event(case.frame_type, &case.message, limits) {
             panic!(
                 "{:?} decided two ways\n{}\n{}",
                 case.frame_type, m.json, m.detail
             );
         }
     }
-    if let Err(m) = decide_response(&case.message) {
-        panic!("AgentResponse decided two ways\n{}\n{}", m.json, m.detail);
+    for max_elements in [DEFAULT_MAX_ELEMENTS, TIGHT_RESPONSE_ELEMENTS] {
+        if let Err(m) = decide_response_within(&case.message, max_elements) {
+            panic!("AgentResponse decided two ways\n{}\n{}", m.json, m.detail);
+        }
     }
 });

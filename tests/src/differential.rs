@@ -15,9 +15,12 @@
 
 use std::fmt::Write as _;
 
-use agent_protocol_core::encoding::{decode_event_with_limits, decode_payload, DecodeError};
+use agent_protocol_core::element_count::count_elements;
+use agent_protocol_core::encoding::{
+    decode_event_with_limits, decode_payload_with_budget, effective_encoding, DecodeError,
+};
 use agent_protocol_core::frame::FrameType;
-use agent_protocol_core::limits::HeaderLimits;
+use agent_protocol_core::limits::{LimitExceeded, MessageLimits, DEFAULT_MAX_ELEMENTS};
 use agent_protocol_core::{AgentResponse, Encoding, Event};
 use base64::Engine;
 
@@ -103,6 +106,19 @@ impl Logical {
             // A positional body chunk: [correlation_id, data, is_last, ...].
             Logical::Array(items) => items.iter().enumerate().all(|(i, v)| walk(v, i == 1)),
             other => walk(other, false),
+        }
+    }
+
+    /// Array items plus map entries in this tree, at any depth: what the element budget counts.
+    pub fn elements(&self) -> usize {
+        match self {
+            Logical::Array(items) => {
+                items.len() + items.iter().map(Logical::elements).sum::<usize>()
+            }
+            Logical::Map(entries) => {
+                entries.len() + entries.iter().map(|(_, v)| v.elements()).sum::<usize>()
+            }
+            _ => 0,
         }
     }
 
@@ -540,10 +556,11 @@ fn apply(root: &mut Logical, m: &Mutation) {
 /// What both decoders made of one logical message.
 #[derive(Debug, PartialEq)]
 pub enum Decision<T> {
-    /// Both refused it; `limit` is whether a header limit was the reason.
+    /// Both refused it, for the same limit if a limit was the reason (a header limit, or the
+    /// element budget, which both encodings must count alike).
     Refused {
-        /// Both stopped at a header limit.
-        limit: bool,
+        /// The limit both went over, if any.
+        limit: Option<LimitExceeded>,
     },
     /// Both accepted it, with equal values.
     Accepted(T),
@@ -563,12 +580,14 @@ pub struct Mismatch {
     pub detail: String,
 }
 
-/// Decodes `message` as an event of `frame_type` in both encodings (with `limits`) and compares.
+/// Decodes `message` as an event of `frame_type` in both encodings (with `limits`: a
+/// [`MessageLimits`], or header limits with the default element budget) and compares.
 pub fn decide_event(
     frame_type: FrameType,
     message: &Logical,
-    limits: &HeaderLimits,
+    limits: impl Into<MessageLimits>,
 ) -> Result<Decision<Event>, Mismatch> {
+    let limits = limits.into();
     let decode = |encoding, payload: &[u8]| {
         decode_event_with_limits(frame_type, encoding, payload, limits)
             .expect("an event frame type")
@@ -577,10 +596,23 @@ pub fn decide_event(
 }
 
 /// Decodes `message` as an AgentResponse (what the proxy reads from an agent) in both
-/// encodings and compares.
+/// encodings, within the default element budget, and compares.
 pub fn decide_response(message: &Logical) -> Result<Decision<AgentResponse>, Mismatch> {
+    decide_response_within(message, DEFAULT_MAX_ELEMENTS)
+}
+
+/// [`decide_response`] within `max_elements` array items plus map entries.
+pub fn decide_response_within(
+    message: &Logical,
+    max_elements: usize,
+) -> Result<Decision<AgentResponse>, Mismatch> {
     compare(message, |encoding, payload: &[u8]| {
-        decode_payload::<AgentResponse>(FrameType::AgentResponse, encoding, payload)
+        decode_payload_with_budget::<AgentResponse>(
+            FrameType::AgentResponse,
+            encoding,
+            payload,
+            max_elements,
+        )
     })
 }
 
@@ -603,11 +635,24 @@ fn compare<T: PartialEq + std::fmt::Debug>(
         msgpack: msgpack.clone(),
         detail,
     };
+    // The element budget is only the same in both encodings if both scans count the tree.
+    let counts = [
+        count_elements(Encoding::Json, &json, usize::MAX),
+        count_elements(
+            effective_encoding(Encoding::MsgPack, &msgpack),
+            &msgpack,
+            usize::MAX,
+        ),
+    ];
+    if counts != [message.elements(); 2] {
+        return Err(mismatch(format!(
+            "element counts (JSON, MessagePack) {counts:?}, the tree has {}",
+            message.elements()
+        )));
+    }
     match (from_json, from_msgpack) {
         (Ok(a), Ok(b)) if a == b => Ok(Decision::Accepted(a)),
-        (Err(a), Err(b)) if a.limit.is_some() == b.limit.is_some() => Ok(Decision::Refused {
-            limit: a.limit.is_some(),
-        }),
+        (Err(a), Err(b)) if a.limit == b.limit => Ok(Decision::Refused { limit: a.limit }),
         (a, b) => Err(mismatch(format!("JSON: {a:?}\nMessagePack: {b:?}"))),
     }
 }

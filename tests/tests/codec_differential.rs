@@ -5,14 +5,15 @@
 //! name repeated, a header value given as a lone string, a struct given as a positional array,
 //! a field dropped or of the wrong type, the reference's repeated top-level `correlation_id`),
 //! written in both encodings, and decoded by both decoders: they must both refuse it, or both
-//! accept it with equal values. Under tight header limits too, where both must stop at the limit.
+//! accept it with equal values. Under tight header limits and a tight element budget too, where
+//! both must stop at the same limit (and both element scans must count the tree's elements).
 
 use agent_protocol_core::encoding::{decode_event, encode_event, encode_frame};
 use agent_protocol_core::frame::FrameType;
-use agent_protocol_core::limits::HeaderLimits;
+use agent_protocol_core::limits::{HeaderLimits, LimitExceeded, MessageLimits};
 use agent_protocol_core::{Encoding, Event};
 use agent_protocol_tests::differential::{
-    decide_event, decide_response, Decision, Logical, Mutation,
+    decide_event, decide_response, decide_response_within, Decision, Logical, Mutation,
 };
 use agent_protocol_tests::strategies::{agent_response, any_event};
 use bytes::BytesMut;
@@ -42,6 +43,27 @@ const TIGHT: HeaderLimits = HeaderLimits {
     max_bytes: 48,
 };
 
+/// Element budgets near the median of the generated events (7 elements; 90% have at most 20)
+/// and answers (40; 31 to 49 for 80% of them), so that about half are refused.
+const TIGHT_EVENT_ELEMENTS: usize = 8;
+const TIGHT_RESPONSE_ELEMENTS: usize = 40;
+
+/// Every set of limits the generated messages are decided under.
+fn all_limits() -> [MessageLimits; 4] {
+    [
+        MessageLimits::default(),
+        MessageLimits::from(TIGHT),
+        MessageLimits {
+            max_elements: TIGHT_EVENT_ELEMENTS,
+            ..MessageLimits::default()
+        },
+        MessageLimits {
+            headers: TIGHT,
+            max_elements: TIGHT_EVENT_ELEMENTS,
+        },
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2048))]
 
@@ -54,7 +76,7 @@ proptest! {
         let mut message = logical_event(&event);
         // Untouched, both accept it as the event itself: the comparison is not vacuous.
         if let Decision::Accepted(back) =
-            decide_event(frame_type, &message, &HeaderLimits::UNLIMITED).unwrap()
+            decide_event(frame_type, &message, MessageLimits::UNLIMITED).unwrap()
         {
             prop_assert_eq!(back, event);
         } else {
@@ -63,8 +85,8 @@ proptest! {
         for m in &mutations {
             m.apply(&mut message);
         }
-        for limits in [HeaderLimits::default(), TIGHT] {
-            if let Err(mismatch) = decide_event(frame_type, &message, &limits) {
+        for limits in all_limits() {
+            if let Err(mismatch) = decide_event(frame_type, &message, limits) {
                 prop_assert!(false, "{frame_type:?} {mutations:?}\n{}\n{}", mismatch.json, mismatch.detail);
             }
         }
@@ -82,8 +104,10 @@ proptest! {
         for m in &mutations {
             m.apply(&mut message);
         }
-        if let Err(mismatch) = decide_response(&message) {
-            prop_assert!(false, "{mutations:?}\n{}\n{}", mismatch.json, mismatch.detail);
+        for max_elements in [usize::MAX, TIGHT_RESPONSE_ELEMENTS] {
+            if let Err(mismatch) = decide_response_within(&message, max_elements) {
+                prop_assert!(false, "{mutations:?}\n{}\n{}", mismatch.json, mismatch.detail);
+            }
         }
     }
 }
@@ -121,7 +145,7 @@ fn a_repeated_header_name_merges_its_values_in_both_encodings() {
     let Decision::Accepted(Event::ResponseHeaders(e)) = decide_event(
         FrameType::ResponseHeaders,
         &message,
-        &HeaderLimits::default(),
+        HeaderLimits::default(),
     )
     .unwrap() else {
         panic!("both should accept it")
@@ -144,10 +168,10 @@ fn a_field_repeated_with_another_value_is_refused_in_both_encodings() {
         decide_event(
             FrameType::ResponseHeaders,
             &message,
-            &HeaderLimits::default()
+            HeaderLimits::default()
         )
         .unwrap(),
-        Decision::Refused { limit: false }
+        Decision::Refused { limit: None }
     );
 }
 
@@ -158,10 +182,10 @@ fn nil_where_a_map_is_required_is_refused_in_both_encodings() {
         decide_event(
             FrameType::ResponseHeaders,
             &message,
-            &HeaderLimits::default()
+            HeaderLimits::default()
         )
         .unwrap(),
-        Decision::Refused { limit: false }
+        Decision::Refused { limit: None }
     );
 }
 
@@ -175,7 +199,7 @@ fn the_reference_repeated_correlation_id_is_accepted_only_when_identical() {
     ]);
     let limits = HeaderLimits::default();
     assert!(matches!(
-        decide_event(FrameType::ResponseHeaders, &same, &limits).unwrap(),
+        decide_event(FrameType::ResponseHeaders, &same, limits).unwrap(),
         Decision::Accepted(e) if e.correlation_id() == "c1"
     ));
     let differ = map(&[
@@ -185,8 +209,8 @@ fn the_reference_repeated_correlation_id_is_accepted_only_when_identical() {
         ("headers", map(&[])),
     ]);
     assert_eq!(
-        decide_event(FrameType::ResponseHeaders, &differ, &limits).unwrap(),
-        Decision::Refused { limit: false }
+        decide_event(FrameType::ResponseHeaders, &differ, limits).unwrap(),
+        Decision::Refused { limit: None }
     );
     // Only at the top level: nested, a repeated field is refused as any other.
     let nested = map(&[
@@ -197,8 +221,8 @@ fn the_reference_repeated_correlation_id_is_accepted_only_when_identical() {
         ),
     ]);
     assert_eq!(
-        decide_event(FrameType::RequestHeaders, &nested, &limits).unwrap(),
-        Decision::Refused { limit: false }
+        decide_event(FrameType::RequestHeaders, &nested, limits).unwrap(),
+        Decision::Refused { limit: None }
     );
 }
 
@@ -209,14 +233,16 @@ fn header_limits_stop_both_decoders() {
         .collect();
     let message = response_headers(Logical::Map(many));
     assert_eq!(
-        decide_event(FrameType::ResponseHeaders, &message, &TIGHT).unwrap(),
-        Decision::Refused { limit: true }
+        decide_event(FrameType::ResponseHeaders, &message, TIGHT).unwrap(),
+        Decision::Refused {
+            limit: Some(LimitExceeded::HeaderCount { max: 3 })
+        }
     );
     assert!(matches!(
         decide_event(
             FrameType::ResponseHeaders,
             &message,
-            &HeaderLimits::default()
+            HeaderLimits::default()
         )
         .unwrap(),
         Decision::Accepted(_)
@@ -243,4 +269,66 @@ fn the_differential_model_reads_our_own_msgpack_back() {
             .unwrap()
             .is_ok()
     );
+}
+
+#[test]
+fn the_element_budget_stops_both_decoders_at_the_same_count() {
+    // 3 top-level entries, 10 header names, 10 values: 23 elements.
+    let many: Vec<(String, Logical)> = (0..10)
+        .map(|i| (format!("h{i}"), Logical::Array(vec![s("v")])))
+        .collect();
+    let message = response_headers(Logical::Map(many));
+    assert_eq!(message.elements(), 23);
+    let budget = |max_elements| MessageLimits {
+        max_elements,
+        ..MessageLimits::default()
+    };
+    assert_eq!(
+        decide_event(FrameType::ResponseHeaders, &message, budget(22)).unwrap(),
+        Decision::Refused {
+            limit: Some(LimitExceeded::Elements { max: 22 })
+        }
+    );
+    assert!(matches!(
+        decide_event(FrameType::ResponseHeaders, &message, budget(23)).unwrap(),
+        Decision::Accepted(_)
+    ));
+    // Checked before decoding: over the budget, a message that would be refused anyway (a
+    // repeated field) is refused for the budget, in both encodings alike.
+    let mut broken = message.clone();
+    if let Logical::Map(entries) = &mut broken {
+        entries.push(("status".into(), Logical::UInt(403)));
+    }
+    assert_eq!(
+        decide_event(FrameType::ResponseHeaders, &broken, budget(22)).unwrap(),
+        Decision::Refused {
+            limit: Some(LimitExceeded::Elements { max: 22 })
+        }
+    );
+    assert_eq!(
+        decide_event(FrameType::ResponseHeaders, &broken, budget(24)).unwrap(),
+        Decision::Refused { limit: None }
+    );
+}
+
+#[test]
+fn the_element_budget_applies_to_agent_responses_in_both_encodings() {
+    let tags = Logical::Array((0..5).map(|i| s(&format!("t{i}"))).collect());
+    let message = map(&[
+        ("version", Logical::UInt(2)),
+        ("decision", s("allow")),
+        ("audit", map(&[("tags", tags)])),
+    ]);
+    // 3 top-level entries, 1 in audit, 5 tags.
+    assert_eq!(message.elements(), 9);
+    assert_eq!(
+        decide_response_within(&message, 8).unwrap(),
+        Decision::Refused {
+            limit: Some(LimitExceeded::Elements { max: 8 })
+        }
+    );
+    assert!(matches!(
+        decide_response_within(&message, 9).unwrap(),
+        Decision::Accepted(_)
+    ));
 }

@@ -4,15 +4,20 @@
 //! earlier one, as before) costs about a hundred times as much, and took ~17 s of CPU for the
 //! 100,000-name event.
 //!
+//! The element scan that runs before every decode (`element_count::count_elements`) is held to
+//! the same bound, over 10x the elements in both encodings, for many tiny elements and for
+//! deep nesting (it keeps no stack).
+//!
 //! Measured in CPU time of this thread (not wall time), best of three, as a ratio within one
 //! run: the bound (30x for 10x the names) is far from both the linear (~10x) and the quadratic
 //! (~100x) cost, so machine noise cannot flip the verdict.
 
 use std::time::Duration;
 
+use agent_protocol_core::element_count::count_elements;
 use agent_protocol_core::encoding::decode_event_with_limits;
 use agent_protocol_core::frame::FrameType;
-use agent_protocol_core::limits::HeaderLimits;
+use agent_protocol_core::limits::{LimitExceeded, MessageLimits};
 use agent_protocol_core::{Encoding, Event, Headers};
 
 fn thread_cpu_time() -> Duration {
@@ -73,7 +78,7 @@ fn decode(encoding: Encoding, payload: &[u8], names: usize) {
         FrameType::ResponseHeaders,
         encoding,
         payload,
-        &HeaderLimits::UNLIMITED,
+        MessageLimits::UNLIMITED,
     )
     .unwrap()
     .unwrap();
@@ -85,7 +90,7 @@ fn decode(encoding: Encoding, payload: &[u8], names: usize) {
 
 fn assert_linear(what: &str, small: Duration, large: Duration) {
     let ratio = large.as_secs_f64() / small.as_secs_f64().max(1e-6);
-    eprintln!("{what}: 10,000 names {small:?}, 100,000 names {large:?}, ratio {ratio:.1}");
+    eprintln!("{what}: 10x smaller {small:?}, 10x larger {large:?}, ratio {ratio:.1}");
     assert!(
         ratio < 30.0,
         "{what}: 10x the names cost {ratio:.1}x the CPU time ({small:?} -> {large:?}): not linear"
@@ -136,14 +141,80 @@ fn default_limits_refuse_the_100_000_name_event_in_both_encodings() {
         (Encoding::Json, json_event(100_000)),
         (Encoding::MsgPack, msgpack_event(100_000)),
     ] {
-        let err = decode_event_with_limits(
-            FrameType::ResponseHeaders,
-            encoding,
-            &payload,
-            &HeaderLimits::default(),
-        )
-        .unwrap()
-        .unwrap_err();
-        assert!(err.limit.is_some(), "{encoding}: {err}");
+        let refusal = |limits: MessageLimits| {
+            decode_event_with_limits(FrameType::ResponseHeaders, encoding, &payload, limits)
+                .unwrap()
+                .unwrap_err()
+                .limit
+        };
+        // 200,003 elements: refused unread by the element budget...
+        assert_eq!(
+            refusal(MessageLimits::default()),
+            Some(LimitExceeded::Elements { max: 100_000 }),
+            "{encoding}"
+        );
+        // ... and, were the budget lifted, by the header limits while decoding.
+        assert_eq!(
+            refusal(MessageLimits {
+                max_elements: usize::MAX,
+                ..MessageLimits::default()
+            }),
+            Some(LimitExceeded::HeaderCount { max: 2000 }),
+            "{encoding}"
+        );
     }
+}
+
+/// Best-of-three CPU time of scanning `payload` whole, checking it has `elements`.
+fn scan_cost(encoding: Encoding, payload: &[u8], elements: usize) -> Duration {
+    cpu_cost(|| {
+        let n = count_elements(encoding, std::hint::black_box(payload), usize::MAX);
+        assert_eq!(n, elements);
+    })
+}
+
+/// `[0,0,...]`: `n` items of two bytes, the most elements JSON fits in a byte count.
+fn json_zeros(n: usize) -> Vec<u8> {
+    format!("[{}0]", "0,".repeat(n - 1)).into_bytes()
+}
+
+fn msgpack_zeros(n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    rmp::encode::write_array_len(&mut out, n as u32).unwrap();
+    out.resize(out.len() + n, 0);
+    out
+}
+
+#[test]
+fn the_element_scan_is_linear_in_both_encodings() {
+    // The header events (two elements per name, strings to skip) and bare arrays of zeros.
+    let events = |n| {
+        [
+            (Encoding::Json, json_event(n)),
+            (Encoding::MsgPack, msgpack_event(n)),
+        ]
+    };
+    for ((encoding, small), (_, large)) in events(100_000).into_iter().zip(events(1_000_000)) {
+        let a = scan_cost(encoding, &small, 2 * 100_000 + 3);
+        let b = scan_cost(encoding, &large, 2 * 1_000_000 + 3);
+        assert_linear(&format!("{encoding} scan of header names"), a, b);
+    }
+    let a = scan_cost(Encoding::Json, &json_zeros(1_000_000), 1_000_000);
+    let b = scan_cost(Encoding::Json, &json_zeros(10_000_000), 10_000_000);
+    assert_linear("JSON scan of an array of zeros", a, b);
+    let a = scan_cost(Encoding::MsgPack, &msgpack_zeros(1_000_000), 1_000_000);
+    let b = scan_cost(Encoding::MsgPack, &msgpack_zeros(10_000_000), 10_000_000);
+    assert_linear("MessagePack scan of an array of zeros", a, b);
+}
+
+#[test]
+fn the_element_scan_is_linear_in_nesting_depth() {
+    let json = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth)).into_bytes();
+    let a = scan_cost(Encoding::Json, &json(1_000_000), 1_000_000 - 1);
+    let b = scan_cost(Encoding::Json, &json(10_000_000), 10_000_000 - 1);
+    assert_linear("JSON scan of nested arrays", a, b);
+    let msgpack = |depth: usize| vec![0x91u8; depth]; // each array holds the next
+    let a = scan_cost(Encoding::MsgPack, &msgpack(1_000_000), 1_000_000);
+    let b = scan_cost(Encoding::MsgPack, &msgpack(10_000_000), 10_000_000);
+    assert_linear("MessagePack scan of nested arrays", a, b);
 }
