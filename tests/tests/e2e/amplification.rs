@@ -306,7 +306,7 @@ fn hostile_agent(
             event.frame_type,
             encoding,
             &event.payload,
-            &Default::default(),
+            agent_protocol_core::limits::MessageLimits::default(),
         )
         .unwrap()
         .unwrap();
