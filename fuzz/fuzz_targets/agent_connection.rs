@@ -179,6 +179,9 @@ struct Harness {
     expected_pong: Option<Vec<u8>>,
     requests_this_op: usize,
     overloaded_this_op: usize,
+    /// Events answered fail-closed without reaching the application during the current op
+    /// (an event with an empty correlation id is one).
+    refused_this_op: usize,
 }
 
 impl Harness {
@@ -243,6 +246,7 @@ impl Harness {
             expected_pong: None,
             requests_this_op: 0,
             overloaded_this_op: 0,
+            refused_this_op: 0,
         };
         match harness.conn.poll_event() {
             Some(AgentEvent::Established { negotiated, .. }) => {
@@ -278,7 +282,8 @@ impl Harness {
                 len,
             } => {
                 let was_clean = self.clean();
-                let event = build_event(kind, cid(n), len);
+                let event_cid = cid(n);
+                let event = build_event(kind, event_cid.clone(), len);
                 let encoding = if as_json {
                     Encoding::Json
                 } else {
@@ -290,10 +295,12 @@ impl Harness {
                 self.drain_events();
                 if was_clean {
                     assert_eq!(
-                        self.requests_this_op + self.overloaded_this_op,
+                        self.requests_this_op + self.overloaded_this_op + self.refused_this_op,
                         1,
-                        "a well-formed event became neither a request nor an overload answer"
+                        "a well-formed event became neither a request nor a fail-closed answer"
                     );
+                    // Only an event that cannot be correlated is refused unseen.
+                    assert_eq!(self.refused_this_op, usize::from(event_cid.is_empty()));
                 }
             }
             Op::CorruptEvent {
@@ -429,7 +436,8 @@ impl Harness {
                     self.finished.push(id);
                 }
                 AgentEvent::MalformedEvent { correlation_id, .. } => {
-                    self.expected_blocks.push(correlation_id)
+                    self.expected_blocks.push(correlation_id);
+                    self.refused_this_op += 1;
                 }
                 AgentEvent::Overloaded { correlation_id, .. } => {
                     self.expected_blocks.push(correlation_id);
@@ -481,6 +489,7 @@ impl Harness {
         }
         self.requests_this_op = 0;
         self.overloaded_this_op = 0;
+        self.refused_this_op = 0;
     }
 
     fn check_output(
