@@ -19,10 +19,9 @@ use agent_protocol_core::agent::{HEADER_LIMIT_REASON, MESSAGE_TOO_COMPLEX_REASON
 use agent_protocol_core::frame::MAX_FRAME_LEN;
 use agent_protocol_core::Decision;
 use agent_protocol_driver::client::{AgentClient, ClientConfig};
-use agent_protocol_driver::server::{AgentServer, ServerConfig};
 
 use crate::agents::{headers, TestAgent};
-use crate::support::{spawn, timeout};
+use crate::support::{serve_uds, timeout};
 use crate::Harness;
 
 /// Hang guard for one round trip of the well-behaved client.
@@ -107,16 +106,8 @@ fn hostile(
 }
 
 pub async fn worst_case_frames_do_not_delay_other_connections<R: Harness>() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.sock");
-    let server = Arc::new(AgentServer::<TestAgent, R>::new(
-        TestAgent::default(),
-        ServerConfig::default(),
-    ));
-    let listener = server.bind_uds(&path).unwrap();
-    let s = server.clone();
-    let _serving = spawn::<R, _>(async move { s.serve(listener).await });
-    let path = path.to_str().unwrap().to_owned();
+    let agent = serve_uds::<_, R>(TestAgent::default());
+    let path = agent.path.to_str().unwrap().to_owned();
 
     let good = AgentClient::<R>::connect(&path, ClientConfig::default())
         .await

@@ -39,13 +39,11 @@ use agent_protocol_driver::client::{
     AgentClient, ClientConfig, ConnectionStatus, CHANNEL_BUFFER_SIZE, REPLY_GRACE,
 };
 use agent_protocol_driver::pool::{AgentPool, AgentPoolConfig};
-use agent_protocol_driver::server::{
-    AgentHandler, AgentServer, ServerConfig, MAX_PENDING_TRANSMIT,
-};
+use agent_protocol_driver::server::{AgentHandler, MAX_PENDING_TRANSMIT};
 use bytes::BytesMut;
 
 use crate::pool_support::headers;
-use crate::support::{eventually, sleep, spawn, timeout};
+use crate::support::{eventually, serve_uds, sleep, spawn, timeout};
 use crate::{on_both_runtimes, Harness};
 
 /// Hang guard for setup steps that normally take milliseconds.
@@ -385,18 +383,10 @@ pub async fn flooding_agent_cannot_hold_pool_requests_past_their_timeout<R: Harn
 /// agent's loop writes between reads instead of only once input stops.
 pub async fn agent_answers_while_the_proxy_keeps_writing<R: Harness>() {
     let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.sock");
-    let server = Arc::new(AgentServer::<AllowAll, R>::new(
-        AllowAll,
-        ServerConfig::default(),
-    ));
-    let listener = server.bind_uds(&path).unwrap();
-    let handle = server.handle();
-    let s = server.clone();
-    let _serving = spawn::<R, _>(async move { s.serve(listener).await });
+    let agent = serve_uds::<_, R>(AllowAll);
+    let (path, handle) = (&agent.path, &agent.handle);
 
-    let proxy = raw_proxy(&path);
+    let proxy = raw_proxy(path);
     let mut reader = proxy.try_clone().unwrap();
     let mut writer = proxy.try_clone().unwrap();
     // Keeps the agent's socket readable without a gap (see `enlarge_send_buffer`).
@@ -469,18 +459,10 @@ pub async fn agent_answers_while_the_proxy_keeps_writing<R: Harness>() {
 /// ~10 MB of events would take.
 pub async fn unread_answers_stop_the_agent_reading<R: Harness>() {
     let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.sock");
-    let server = Arc::new(AgentServer::<AllowAll, R>::new(
-        AllowAll,
-        ServerConfig::default(),
-    ));
-    let listener = server.bind_uds(&path).unwrap();
-    let handle = server.handle();
-    let s = server.clone();
-    let _serving = spawn::<R, _>(async move { s.serve(listener).await });
+    let agent = serve_uds::<_, R>(AllowAll);
+    let (path, handle) = (&agent.path, &agent.handle);
 
-    let proxy = raw_proxy(&path);
+    let proxy = raw_proxy(path);
     // A blocked write gives up after this long: the sign that the agent stopped reading.
     proxy
         .set_write_timeout(Some(Duration::from_secs(1)))

@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use agent_protocol_core::frame::{FrameType, MAX_FRAME_LEN};
 use agent_protocol_core::{AgentResponse, BodyChunk, Event, RequestBodyChunkEvent};
-use agent_protocol_driver::server::{AgentHandler, AgentServer, ServerConfig, MAX_IN_FLIGHT_BYTES};
+use agent_protocol_driver::server::{AgentHandler, MAX_IN_FLIGHT_BYTES};
 use tokio::sync::watch;
 
 use crate::hostile_loops::{
     answer_cid, event_frame, handshake_request, read_frame, rss_bytes, SERIAL,
 };
-use crate::support::{eventually, sleep, spawn, timeout};
+use crate::support::{eventually, serve_uds, sleep, timeout};
 use crate::{on_both_runtimes, Harness};
 
 /// Hang guard for steps that normally take well under a second.
@@ -86,24 +86,16 @@ fn template() -> (Vec<u8>, usize) {
 
 pub async fn large_events_held_by_handlers_stop_the_agent_reading<R: Harness>() {
     let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.sock");
     let held = Arc::new(AtomicUsize::new(0));
     let (release, release_rx) = watch::channel(false);
     let agent = HoldingAgent {
         held: held.clone(),
         release: release_rx,
     };
-    let server = Arc::new(AgentServer::<HoldingAgent, R>::new(
-        agent,
-        ServerConfig::default(),
-    ));
-    let listener = server.bind_uds(&path).unwrap();
-    let handle = server.handle();
-    let s = server.clone();
-    let _serving = spawn::<R, _>(async move { s.serve(listener).await });
+    let agent = serve_uds::<_, R>(agent);
+    let (path, handle) = (&agent.path, &agent.handle);
 
-    let proxy = raw_proxy(&path);
+    let proxy = raw_proxy(path);
     let (mut frame, at) = template();
     let payload_len = frame.len() - 5;
     let rss_before = rss_bytes();

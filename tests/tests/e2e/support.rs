@@ -38,3 +38,33 @@ pub async fn eventually<R: Runtime>(what: &str, limit: Duration, condition: impl
         sleep::<R>(Duration::from_millis(5)).await;
     }
 }
+
+/// An agent server on a Unix socket in its own temporary directory, serving until dropped with
+/// the directory.
+pub struct ServedAgent {
+    /// Keeps the socket's directory alive.
+    _dir: tempfile::TempDir,
+    /// The socket path.
+    pub path: std::path::PathBuf,
+    /// The server's handle (connections, in-flight count, shutdown).
+    pub handle: agent_protocol_driver::server::ServerHandle,
+}
+
+/// Serves `handler` with the default [`ServerConfig`](agent_protocol_driver::server::ServerConfig)
+/// on `R` (call inside the runtime).
+pub fn serve_uds<H: agent_protocol_driver::server::AgentHandler, R: Runtime>(
+    handler: H,
+) -> ServedAgent {
+    use agent_protocol_driver::server::{AgentServer, ServerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    let server = std::sync::Arc::new(AgentServer::<H, R>::new(handler, ServerConfig::default()));
+    let listener = server.bind_uds(&path).unwrap();
+    let handle = server.handle();
+    let _serving = spawn::<R, _>(async move { server.serve(listener).await });
+    ServedAgent {
+        _dir: dir,
+        path,
+        handle,
+    }
+}
