@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use agent_protocol_core::agent::{AgentConfig, AgentConnection, AgentEvent};
+use agent_protocol_core::agent::{AgentConfig, AgentEvent, RequestId};
 use agent_protocol_core::proxy::{ProxyConfig, ProxyConnection, ProxyEvent};
+use agent_protocol_core::testing::FramedAgent;
 use agent_protocol_core::{
     AgentResponse, AuditMetadata, Capabilities, Decision, Encoding, HeaderOp, RequestHeadersEvent,
 };
@@ -231,7 +232,7 @@ pub fn connect_pool(
     })
 }
 
-/// A [`ProxyConnection`] and an [`AgentConnection`] wired together in memory after a real
+/// A [`ProxyConnection`] and an agent ([`FramedAgent`]) wired together in memory after a real
 /// handshake in `encoding`: the deterministic harness of the allocation budgets.
 ///
 /// The proxy side is driven the way the Tokio client drives it: output taken with
@@ -241,7 +242,7 @@ pub struct MemoryPair {
     /// The proxy side.
     pub proxy: ProxyConnection,
     /// The agent side.
-    pub agent: AgentConnection,
+    pub agent: FramedAgent,
     /// Simulated clock.
     pub now: std::time::Instant,
     write_buf: bytes::BytesMut,
@@ -263,7 +264,7 @@ impl MemoryPair {
             .with_control_features();
         let mut pair = Self {
             proxy: ProxyConnection::new(pcfg, now),
-            agent: AgentConnection::new(acfg, now),
+            agent: FramedAgent::new(acfg, now),
             now,
             write_buf: bytes::BytesMut::new(),
         };
@@ -298,7 +299,7 @@ impl MemoryPair {
 
     /// Agent side: read what the proxy wrote (from [`MemoryPair::proxy_submit`]), and return
     /// the request it decoded.
-    pub fn agent_receive(&mut self) -> (u64, agent_protocol_core::Event) {
+    pub fn agent_receive(&mut self) -> (RequestId, agent_protocol_core::Event) {
         self.agent.handle_input(self.now, &self.write_buf);
         self.write_buf.clear();
         match self.agent.poll_event() {
@@ -308,7 +309,7 @@ impl MemoryPair {
     }
 
     /// Agent side: answer and return the bytes it queued.
-    pub fn agent_answer(&mut self, id: u64, response: AgentResponse) -> bytes::Bytes {
+    pub fn agent_answer(&mut self, id: RequestId, response: AgentResponse) -> bytes::Bytes {
         self.agent.respond(id, response).expect("respond");
         self.agent.poll_transmit().expect("answer bytes")
     }

@@ -64,7 +64,7 @@ impl fmt::Display for Encoding {
 }
 
 /// A value could not be encoded. Local fault: nothing was written.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
     /// The serializer refused the value.
     #[error("cannot encode {frame_type:?} as {encoding}: {message}")]

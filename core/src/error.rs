@@ -42,6 +42,10 @@ pub enum ConnectionError {
     /// A frame that this role never receives, or that is not valid at this point.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// Something we had to send could not be encoded, not even as a fail-closed substitute:
+    /// our side cannot go on speaking the protocol on this connection.
+    #[error("cannot encode what we must send: {0}")]
+    Encode(EncodeError),
     /// The peer did not answer a ping in time.
     #[error("no sign of life from the peer for {0:?} after a ping")]
     PingTimeout(Duration),
@@ -65,6 +69,7 @@ impl ConnectionError {
             }
             Self::Handshake(HandshakeError::Timeout(_)) | Self::PingTimeout(_) => Fault::Timeout,
             Self::Handshake(_) => Fault::Peer,
+            Self::Encode(_) => Fault::Local,
             Self::PeerClosed | Self::Io(_) | Self::LocalClose => Fault::Closed,
         }
     }

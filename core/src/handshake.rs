@@ -61,6 +61,11 @@ fn json_name() -> String {
     Encoding::Json.as_str().to_owned()
 }
 
+/// Reads a HandshakeRequest payload (always JSON, whatever encoding is negotiated after it).
+pub fn decode_request(payload: &[u8]) -> Result<HandshakeRequest, HandshakeError> {
+    serde_json::from_slice(payload).map_err(|e| HandshakeError::Malformed(e.to_string()))
+}
+
 /// The agent's choice: the first offered encoding it supports, else JSON.
 ///
 /// ```
@@ -309,9 +314,11 @@ impl AgentHandshake {
         }
     }
 
-    /// Processes the proxy's first frame and writes the answer to `out`. On a version mismatch
-    /// the answer is a refusal (written to `out`) and the error says so; the caller closes after
-    /// flushing. A frame of the wrong type or unparsable JSON gets no answer.
+    /// Processes the proxy's first frame and writes the answer to `out`: what a framed
+    /// transport's codec and [`AgentHandshake::handle_request`] do together, for a peer that
+    /// needs nothing else (test agents). On a version mismatch the answer is a refusal (written
+    /// to `out`) and the error says so; a frame of the wrong type or unparsable JSON gets no
+    /// answer.
     pub fn handle_frame(
         &self,
         config: &AgentHandshakeConfig,
@@ -324,18 +331,16 @@ impl AgentHandshake {
                 got: frame.frame_type.as_byte(),
             });
         }
-        let request: HandshakeRequest = serde_json::from_slice(&frame.payload)
-            .map_err(|e| HandshakeError::Malformed(e.to_string()))?;
-        let (response, outcome) = Self::answer(config, request, &config.encodings);
+        let request = decode_request(&frame.payload)?;
+        let (response, outcome) = self.handle_request(config, request);
         encoding::encode_frame(out, FrameType::HandshakeResponse, Encoding::Json, &response)
             .map_err(|e| HandshakeError::Malformed(e.to_string()))?;
         outcome
     }
 
-    /// Answers a request that a message transport (gRPC) delivered already decoded: the same
-    /// version check as [`AgentHandshake::handle_frame`], with JSON as the nominal encoding
-    /// (such transports encode messages themselves). The answer is returned in both cases: a
-    /// refusal on a version mismatch, to be sent before closing.
+    /// Answers the proxy's request: the version check, and the first of the proxy's encodings
+    /// that `config.encodings` supports. The answer is returned in both cases: a refusal on a
+    /// version mismatch, to be sent before closing.
     pub fn handle_request(
         &self,
         config: &AgentHandshakeConfig,
@@ -344,7 +349,7 @@ impl AgentHandshake {
         HandshakeResponse,
         Result<(Negotiated, HandshakeRequest), HandshakeError>,
     ) {
-        Self::answer(config, request, &[Encoding::Json])
+        Self::answer(config, request, &config.encodings)
     }
 
     fn answer(

@@ -23,9 +23,11 @@ pub mod proxy;
 pub mod registration;
 pub mod repeated_id;
 pub mod response;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 
 pub use agent::{
-    AgentConfig, AgentConnection, AgentEvent, AgentIncoming, AgentOutgoing, RequestId,
+    AgentCodec, AgentConfig, AgentConnection, AgentEvent, AgentIncoming, AgentOutgoing, RequestId,
     RespondError, SendError,
 };
 pub use capabilities::{Capabilities, EventKind, EventSet, Features, Limits};

@@ -4,8 +4,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use agent_protocol_core::agent::{AgentConfig, AgentConnection, AgentEvent};
+use agent_protocol_core::agent::{AgentConfig, AgentEvent, Unsent};
 use agent_protocol_core::proxy::{ProxyConfig, ProxyConnection, ProxyEvent, RequestId};
+use agent_protocol_core::testing::FramedAgent;
 use agent_protocol_core::*;
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -14,7 +15,7 @@ use proptest::prelude::*;
 struct Pair {
     now: Instant,
     proxy: ProxyConnection,
-    agent: AgentConnection,
+    agent: FramedAgent,
     /// Requests the agent has received and not yet answered: agent id -> correlation id.
     agent_pending: Vec<(agent_protocol_core::agent::RequestId, String)>,
     outcomes: HashMap<RequestId, Result<AgentResponse, RequestError>>,
@@ -36,7 +37,7 @@ impl Pair {
         let mut pair = Pair {
             now,
             proxy: ProxyConnection::new(pcfg, now),
-            agent: AgentConnection::new(acfg, now),
+            agent: FramedAgent::new(acfg, now),
             agent_pending: Vec::new(),
             outcomes: HashMap::new(),
             proxy_closed: None,
@@ -538,7 +539,6 @@ fn every_other_end_releases_the_body_stream() {
 
 #[test]
 fn an_answer_too_large_for_a_frame_is_answered_fail_closed() {
-    use agent_protocol_core::agent::RespondError;
     const OVER: usize = 17 * 1024 * 1024; // the frame limit is 16 MiB
     for enc in [Encoding::Json, Encoding::MsgPack] {
         let mut pair = Pair::new(&[enc], &[enc]);
@@ -562,8 +562,9 @@ fn an_answer_too_large_for_a_frame_is_answered_fail_closed() {
                     huge.request_body_mutation = Some(BodyMutation::replace(0, vec![b'x'; OVER]));
                 }
             }
-            match pair.answer_with(huge) {
-                Err(RespondError::Encode(EncodeError::TooLarge(t))) => assert!(t.len > t.max),
+            pair.answer_with(huge).unwrap();
+            match pair.agent.unsent.pop() {
+                Some(Unsent::Replaced(EncodeError::TooLarge(t))) => assert!(t.len > t.max),
                 other => panic!("{enc}: {other:?}"),
             }
             assert_eq!(

@@ -12,7 +12,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_protocol_core::agent::{AgentConfig, AgentConnection};
+use agent_protocol_core::agent::{AgentCodec, AgentConfig, AgentConnection};
 use agent_protocol_core::frame::{Decoded, Frame, FrameDecoder};
 use agent_protocol_core::handshake::{Negotiated, PROTOCOL_VERSION};
 use agent_protocol_core::pool::Backoff;
@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::client::{AgentClient, ClientConfig, ControlMessage};
 use crate::runtime::{self, Runtime};
-use crate::server::{serve_connection, shutdown_signal, AgentHandler, Listener, ServerHandle};
+use crate::server::{serve_stream, shutdown_signal, AgentHandler, Listener, ServerHandle};
 
 /// Where the proxy's reverse listener is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -344,18 +344,17 @@ impl<H: AgentHandler, R: Runtime> ReverseConnector<H, R> {
                 _ => RegistrationError::Malformed(e.to_string()),
             })?;
         let response = registration.handle_frame(&frame)?;
-        let mut conn = AgentConnection::new_established(
-            AgentConfig {
-                max_in_flight: self.config.max_in_flight,
-                ..AgentConfig::default()
-            },
-            Encoding::Json,
-        );
-        if !leftover.is_empty() {
-            conn.handle_input(Instant::now(), &leftover);
-        }
-        serve_connection::<H, R>(
+        let config = AgentConfig {
+            max_in_flight: self.config.max_in_flight,
+            ..AgentConfig::default()
+        };
+        let mut codec = AgentCodec::established(&config, Encoding::Json);
+        // Frames the proxy sent right behind its answer are read first.
+        codec.read_buffer().extend_from_slice(&leftover);
+        let conn = AgentConnection::new_established(config, Encoding::Json);
+        serve_stream::<H, R>(
             stream,
+            codec,
             conn,
             self.handler.clone(),
             self.handle.clone(),

@@ -1,4 +1,4 @@
-//! Drives an `AgentConnection` through a valid handshake (or a reverse connection's established
+//! Drives an agent connection behind its framing codec (`FramedAgent`) through a valid handshake (or a reverse connection's established
 //! start), then a fuzzer-chosen sequence of well-formed events of every kind, corrupted events,
 //! arbitrary frames and bytes, answers to random pending requests, answers to ids that are not
 //! pending, cancels, pings, control messages, time, EOF, I/O errors and local close.
@@ -20,10 +20,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use agent_protocol_core::agent::{AgentConfig, AgentConnection, AgentEvent, RequestId};
+use agent_protocol_core::agent::{AgentConfig, AgentEvent, RequestId};
 use agent_protocol_core::encoding::{decode_payload, encode_event};
 use agent_protocol_core::frame::{Frame, FrameType};
 use agent_protocol_core::handshake::{HandshakeRequest, HandshakeResponse};
+use agent_protocol_core::testing::FramedAgent;
+use agent_protocol_core::ConnectionError;
 use agent_protocol_core::*;
 use agent_protocol_fuzz::wire::{cid, frame_bytes, raw_frame, OutputReader, StreamTracker};
 use arbitrary::Arbitrary;
@@ -160,7 +162,7 @@ fn build_event(kind: u8, cid: String, len: u8) -> Event {
 
 struct Harness {
     now: Instant,
-    conn: AgentConnection,
+    conn: FramedAgent,
     max_in_flight: usize,
     encoding: Encoding,
     /// Requests delivered and not yet answered, cancelled or dropped: id -> correlation id.
@@ -200,9 +202,9 @@ impl Harness {
         let max_in_flight = config.max_in_flight;
         let mut output = OutputReader::default();
         let conn = if setup.reverse {
-            AgentConnection::new_established(config, Encoding::Json)
+            FramedAgent::established(config, Encoding::Json)
         } else {
-            let mut conn = AgentConnection::new(config, now);
+            let mut conn = FramedAgent::new(config, now);
             let offered: &[&str] = match setup.offer % 5 {
                 0 => &["json"],
                 1 => &["msgpack", "json"],
@@ -324,7 +326,10 @@ impl Harness {
             Op::Input(bytes) => self.input(&bytes),
             Op::Respond { pick } => {
                 if self.pending.is_empty() {
-                    assert!(self.conn.respond(0, AgentResponse::allow()).is_err());
+                    assert!(self
+                        .conn
+                        .respond(RequestId::from_raw(0), AgentResponse::allow())
+                        .is_err());
                 } else {
                     let (id, cid) = self
                         .pending
@@ -343,7 +348,9 @@ impl Harness {
             Op::RespondUnknown { pick } => {
                 let id = if self.finished.is_empty() || pick % 4 == 0 {
                     // Never issued: past every id seen so far.
-                    self.seen.iter().max().map_or(0, |m| m + 1) + u64::from(pick)
+                    RequestId::from_raw(
+                        self.seen.iter().max().map_or(0, |m| m.as_u64() + 1) + u64::from(pick),
+                    )
                 } else {
                     self.finished[usize::from(pick) % self.finished.len()]
                 };
@@ -409,7 +416,7 @@ impl Harness {
                 self.conn.handle_timeout(self.now);
             }
             Op::Eof => self.conn.handle_eof(),
-            Op::IoError => self.conn.handle_io_error("fuzz".into()),
+            Op::IoError => self.conn.handle_closed(ConnectionError::Io("fuzz".into())),
             Op::Close => self.conn.close(),
         }
         self.after_op();
@@ -448,9 +455,7 @@ impl Harness {
                     self.finished.extend(self.pending.keys().copied());
                     self.pending.clear();
                 }
-                AgentEvent::MalformedControl { .. }
-                | AgentEvent::FrameSkipped { .. }
-                | AgentEvent::Ignored { .. } => {}
+                _ => {}
             }
         }
         assert_eq!(self.conn.in_flight(), self.pending.len());

@@ -28,6 +28,7 @@ use agent_protocol_core::control::{
     CounterMetric, GaugeMetric, HistogramBucket, HistogramMetric, RuleDefinition,
 };
 use agent_protocol_core::encoding::DecodeError;
+use agent_protocol_core::event::event_frame_type;
 use agent_protocol_core::frame::FrameType;
 use agent_protocol_core::handshake::{HandshakeRequest, HandshakeResponse};
 use agent_protocol_core::proxy::{Incoming, Outgoing};
@@ -597,8 +598,12 @@ impl From<v2::ProxyToAgent> for ProxyMessage {
                     Ok(event) => AgentIncoming::Event(event),
                     Err(e) => AgentIncoming::MalformedEvent {
                         correlation_id: e.correlation_id.clone(),
-                        kind,
-                        error: e.to_string(),
+                        error: DecodeError {
+                            frame_type: event_frame_type(kind),
+                            encoding: Encoding::Json,
+                            message: e.to_string(),
+                            limit: None,
+                        },
                     },
                 }
             }

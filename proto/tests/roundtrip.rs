@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use agent_protocol_core::control::{
     CounterMetric, GaugeMetric, HistogramBucket, HistogramMetric, RuleDefinition,
 };
+use agent_protocol_core::frame::FrameType;
 use agent_protocol_core::handshake::{HandshakeRequest, HandshakeResponse};
 use agent_protocol_core::proxy::{Incoming, Outgoing};
 use agent_protocol_core::*;
@@ -763,12 +764,11 @@ fn out_of_range_values_are_errors_that_keep_the_correlation_id() {
     match ProxyMessage::from(v2::ProxyToAgent { message: Some(m) }) {
         ProxyMessage::Protocol(AgentIncoming::MalformedEvent {
             correlation_id,
-            kind,
             error,
         }) => {
             assert_eq!(correlation_id.as_deref(), Some("big"));
-            assert_eq!(kind, EventKind::ResponseHeaders);
-            assert!(error.contains("70000"), "{error}");
+            assert_eq!(error.frame_type, FrameType::ResponseHeaders);
+            assert!(error.message.contains("70000"), "{error}");
         }
         other => panic!("{other:?}"),
     }

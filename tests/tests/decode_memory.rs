@@ -16,11 +16,12 @@
 
 use std::time::{Duration, Instant};
 
-use agent_protocol_core::agent::{AgentConfig, AgentConnection, AgentEvent};
+use agent_protocol_core::agent::{AgentConfig, AgentEvent};
 use agent_protocol_core::encoding::encode_frame;
 use agent_protocol_core::frame::{self, Decoded, FrameDecoder, FrameType, MAX_FRAME_LEN};
 use agent_protocol_core::limits::{LimitExceeded, DEFAULT_MAX_ELEMENTS};
 use agent_protocol_core::proxy::{ProxyConfig, ProxyConnection, ProxyEvent};
+use agent_protocol_core::testing::FramedAgent;
 use agent_protocol_core::*;
 use bytes::BytesMut;
 
@@ -199,7 +200,7 @@ enum AgentOutcome {
 
 fn agent_case(encoding: Encoding, frame_type: FrameType, payload: &[u8]) -> (u64, AgentOutcome) {
     let wire = frame_of(frame_type, payload);
-    let mut conn = AgentConnection::new_established(AgentConfig::default(), encoding);
+    let mut conn = FramedAgent::established(AgentConfig::default(), encoding);
     let (growth, elapsed, outcome) = peak_growth(|| {
         conn.handle_input(Instant::now(), &wire);
         let mut limit = None;

@@ -1,7 +1,8 @@
 //! The gRPC transport (`zentinel.agent.v2.AgentServiceV2`), on tonic.
 //!
-//! Both ends drive the same Sans-IO state machines as the UDS transport, in their message mode:
-//! the agent side an [`AgentConnection::new_messages`] per `ProcessStream`, the proxy side a
+//! Both ends drive the same Sans-IO state machines as the UDS transport: the agent side one
+//! [`AgentConnection`] per `ProcessStream`, run by the driver's one agent connection task over a
+//! gRPC [`AgentLink`] (the UDS server runs it over a framed one), the proxy side a
 //! [`ProxyConnection::new_messages`] inside an ordinary [`AgentClient`]. Deadlines, cancel, pings,
 //! flow control, health, limits and body sequencing therefore behave exactly as on UDS; only the
 //! framing differs (protobuf over HTTP/2, converted by [`agent_protocol_proto::convert`]).
@@ -41,7 +42,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`AgentConnection::new_messages`]: agent_protocol_core::AgentConnection::new_messages
+//! [`AgentConnection`]: agent_protocol_core::AgentConnection
+//! [`AgentLink`]: agent_protocol_driver::server::AgentLink
 //! [`ProxyConnection::new_messages`]: agent_protocol_core::proxy::ProxyConnection::new_messages
 //! [`AgentClient`]: crate::client::AgentClient
 //! [`AgentClient::connect`]: crate::client::AgentClient::connect

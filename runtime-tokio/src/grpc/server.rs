@@ -1,8 +1,9 @@
 //! The agent side of the gRPC transport: a tonic `AgentServiceV2` serving an [`AgentHandler`].
 //!
-//! Each `ProcessStream` is one task owning a message-mode [`AgentConnection`]; handler futures
-//! run inside that task (a `FuturesUnordered`, as on UDS), so one stream carries many requests
-//! at once and answers leave in the order they finish. A Cancel drops the request's future and
+//! Each `ProcessStream` is one task owning an [`AgentConnection`]: the driver's agent connection
+//! task ([`serve_link`]), the same code the UDS server runs, over this module's gRPC link instead
+//! of a framed one. Handler futures run inside that task, so one stream carries many requests at
+//! once and answers leave in the order they finish. A Cancel drops the request's future and
 //! nothing is sent for it; a Ping is answered as soon as it is read.
 //!
 //! Against a hostile or broken proxy:
@@ -21,39 +22,48 @@
 //!   id and the reference proxy sends it without waiting for an answer, so an id-less Configure
 //!   is handed to the handler and answered only on `ProcessEvent` (where the call carries the
 //!   answer); one carrying an id (this schema's extension field) is answered under that id;
-//! - each loop turn looks at shutdown, the handshake deadline, pushes, finished handlers and
-//!   writes before it reads, and reads one message, so a proxy pipelining without pause cannot
-//!   hold back answers, a drain or the handshake deadline.
+//! - each turn of the connection task looks at writes, finished handlers, pushes, shutdown and
+//!   the handshake deadline before it reads, and reads one message, so a proxy pipelining
+//!   without pause cannot hold back answers, a drain or the handshake deadline.
 //!
 //! [`MALFORMED_EVENT_REASON`]: agent_protocol_core::agent::MALFORMED_EVENT_REASON
+//! [`MAX_IN_FLIGHT_BYTES`]: agent_protocol_driver::server::MAX_IN_FLIGHT_BYTES
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use agent_protocol_core::agent::{AgentConfig, AgentConnection, AgentEvent, RequestId};
-use agent_protocol_core::handshake::HandshakeRequest;
-use agent_protocol_core::{
-    AgentIncoming, AgentResponse, ConfigUpdateResponse, ConfigureEvent, ConnectionError, Event,
-    HealthState, HealthStatus,
+use agent_protocol_core::agent::{
+    unsendable_answer, AgentConfig, AgentConnection, AgentEvent, AgentOutgoing, RequestId,
 };
+use agent_protocol_core::encoding::EncodeError;
+use agent_protocol_core::frame::PayloadTooLarge;
+use agent_protocol_core::handshake::HandshakeRequest;
+use agent_protocol_core::ConfigUpdateResponse;
+use agent_protocol_core::{AgentIncoming, ConnectionError, Encoding, Event};
+use agent_protocol_driver::server::{serve_link, AgentLink, Received};
 use agent_protocol_proto::convert::{self, ProxyMessage};
 use agent_protocol_proto::v2::agent_service_v2_server::{AgentServiceV2, AgentServiceV2Server};
 use agent_protocol_proto::v2::{self, AgentControl, AgentToProxy, ProxyControl, ProxyToAgent};
 use agent_protocol_proto::MAX_MESSAGE_SIZE;
-use futures_util::future::{AbortHandle, Abortable, BoxFuture, FutureExt, OptionFuture};
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::future::BoxFuture;
+use futures_util::stream::StreamExt;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{
+    self,
+    error::{SendError, TrySendError},
+    OwnedPermit,
+};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::{millis, sleep_until, unix_ms, CONNECTION_WINDOW, STREAM_BUFFER, STREAM_WINDOW};
+use super::{millis, unix_ms, CONNECTION_WINDOW, STREAM_BUFFER, STREAM_WINDOW};
 use crate::server::{dispatch, shutdown_signal, AgentHandler, AgentServer, Push, ServerHandle};
-use agent_protocol_driver::server::MAX_IN_FLIGHT_BYTES;
+use crate::Tokio;
 
 /// The tonic service behind [`ServeGrpc::serve_grpc`], for embedding in a tonic server of your
 /// own (see [`ServeGrpc::grpc_service`]).
@@ -110,7 +120,7 @@ impl<H: AgentHandler> ServeGrpc<H> for AgentServer<H> {
     fn grpc_service(&self) -> AgentServiceV2Server<GrpcService<H>> {
         let service = GrpcService {
             handler: self.handler().clone(),
-            config: Arc::new(self.config().agent_config()),
+            config: Arc::new(grpc_agent_config(self.config().agent_config())),
             handle: self.handle(),
             drain_timeout: self.config().drain_timeout,
         };
@@ -165,7 +175,7 @@ async fn serve_grpc_with<H: AgentHandler>(
 
 impl<H> GrpcService<H> {
     fn connection(&self) -> AgentConnection {
-        AgentConnection::new_messages((*self.config).clone(), Instant::now())
+        AgentConnection::new((*self.config).clone(), Instant::now())
     }
 }
 
@@ -179,15 +189,14 @@ impl<H: AgentHandler> AgentServiceV2 for GrpcService<H> {
     ) -> Result<Response<Self::ProcessStreamStream>, Status> {
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let stream = StreamDriver {
-            conn: self.connection(),
-            handler: self.handler.clone(),
-            handle: self.handle.clone(),
-            drain_timeout: self.drain_timeout,
-            out: VecDeque::new(),
-            end_status: None,
-        };
-        tokio::spawn(stream.run(inbound, tx));
+        let link = GrpcLink::new(inbound, tx);
+        tokio::spawn(serve_link::<_, H, Tokio>(
+            self.connection(),
+            link,
+            self.handler.clone(),
+            self.handle.clone(),
+            self.drain_timeout,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -230,8 +239,12 @@ impl<H: AgentHandler> AgentServiceV2 for GrpcService<H> {
                 handle.requests_started(1);
                 let _guard = InFlightGuard(handle);
                 let started = Instant::now();
-                let (_, response) =
-                    dispatch(self.handler.clone(), 0, Event::Configure(event)).await;
+                let (_, response) = dispatch(
+                    self.handler.clone(),
+                    RequestId::from_raw(0),
+                    Event::Configure(event),
+                )
+                .await;
                 let mut answer = AgentToProxy {
                     message: Some(v2::agent_to_proxy::Message::Response(
                         convert::response_to_proto(String::new(), response),
@@ -245,7 +258,7 @@ impl<H: AgentHandler> AgentServiceV2 for GrpcService<H> {
                 // A unary call needs no handshake (as in the reference): open one implicitly.
                 conn.handle_message(now, AgentIncoming::Handshake(implicit_handshake()));
                 let _ = conn.poll_message();
-                conn.handle_message(now, refuse_uncorrelated(other));
+                conn.handle_message(now, other);
             }
         }
         while let Some(event) = conn.poll_event() {
@@ -267,23 +280,6 @@ impl<H: AgentHandler> AgentServiceV2 for GrpcService<H> {
     }
 }
 
-/// An event without a correlation id, handed to the core as the malformed event it is: the core
-/// answers it with a block (500, `MALFORMED_EVENT`) and the handler never sees it, since an answer
-/// nobody can match to a request must never be an allow. proto3 cannot tell an empty id from a
-/// missing one. (An id-less Configure is taken care of before this: see the module docs.)
-fn refuse_uncorrelated(incoming: AgentIncoming) -> AgentIncoming {
-    match incoming {
-        AgentIncoming::Event(event) if event.correlation_id().is_empty() => {
-            AgentIncoming::MalformedEvent {
-                correlation_id: Some(String::new()),
-                kind: event.kind(),
-                error: "event without a correlation id".into(),
-            }
-        }
-        other => other,
-    }
-}
-
 /// The status a stream ends with after a message over the limit.
 fn message_too_large(what: &str) -> Status {
     Status::resource_exhausted(format!(
@@ -291,68 +287,11 @@ fn message_too_large(what: &str) -> Status {
     ))
 }
 
-/// Runs id-less Configure events (see the module docs) one at a time, without an answer. While
-/// one runs, a newer one waits and replaces any older one still waiting: configurations supersede
-/// each other, and a proxy cannot queue them without bound.
-struct UnansweredConfigure {
-    running: Option<BoxFuture<'static, ()>>,
-    next: Option<ConfigureEvent>,
-}
-
-impl UnansweredConfigure {
-    fn new() -> Self {
-        Self {
-            running: None,
-            next: None,
-        }
-    }
-
-    fn offer<H: AgentHandler>(
-        &mut self,
-        handler: &Arc<H>,
-        handle: &ServerHandle,
-        event: ConfigureEvent,
-    ) {
-        if self.running.is_some() {
-            self.next = Some(event);
-        } else {
-            self.start(handler, handle, event);
-        }
-    }
-
-    fn start<H: AgentHandler>(
-        &mut self,
-        handler: &Arc<H>,
-        handle: &ServerHandle,
-        event: ConfigureEvent,
-    ) {
-        handle.requests_started(1);
-        let handler = handler.clone();
-        self.running = Some(Box::pin(async move {
-            let version = event.config_version.clone();
-            let (_, response) = dispatch(handler, 0, Event::Configure(event)).await;
-            if response.decision.kind() != "allow" {
-                tracing::warn!(?version, decision = ?response.decision, "the handler refused a configuration pushed without a correlation id");
-            }
-        }));
-    }
-
-    /// The running one finished: start the waiting one, if any.
-    fn finished<H: AgentHandler>(&mut self, handler: &Arc<H>, handle: &ServerHandle) {
-        handle.requests_finished(1);
-        self.running = None;
-        if let Some(event) = self.next.take() {
-            self.start(handler, handle, event);
-        }
-    }
-
-    /// The stream ended: drop what runs (counted as finished) and what waits.
-    fn abandon(&mut self, handle: &ServerHandle) {
-        if self.running.take().is_some() {
-            handle.requests_finished(1);
-        }
-        self.next = None;
-    }
+/// The agent settings of a gRPC stream: protobuf carries every message, so the handshake offers
+/// JSON alone, the nominal encoding of transports that encode messages themselves.
+fn grpc_agent_config(mut config: AgentConfig) -> AgentConfig {
+    config.handshake.encodings = [Encoding::Json].into_iter().collect();
+    config
 }
 
 /// What a unary event call is treated as having negotiated.
@@ -393,18 +332,19 @@ fn bound_response(message: &mut AgentToProxy) {
         return;
     }
     use agent_protocol_proto::prost::Message as _;
-    if message.encoded_len() <= MAX_MESSAGE_SIZE {
+    let len = message.encoded_len();
+    if len <= MAX_MESSAGE_SIZE {
         return;
     }
     let Some(v2::agent_to_proxy::Message::Response(r)) = message.message.as_mut() else {
         return;
     };
     tracing::warn!(correlation_id = %r.correlation_id, "answer exceeds the gRPC message limit; sending a block instead");
-    let mut block = AgentResponse::block(500, "agent response too large");
-    block
-        .audit
-        .reason_codes
-        .push(RESPONSE_TOO_LARGE_REASON.to_owned());
+    let too_large = PayloadTooLarge {
+        len,
+        max: MAX_MESSAGE_SIZE,
+    };
+    let block = unsendable_answer(&EncodeError::TooLarge(too_large));
     let correlation_id = std::mem::take(&mut r.correlation_id);
     *r = convert::response_to_proto(correlation_id, block);
 }
@@ -423,8 +363,6 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
-type Done = Result<(RequestId, AgentResponse, Instant), futures_util::future::Aborted>;
-
 /// Messages (answers, pongs, health) a `ProcessStream` keeps for a proxy that is not taking them,
 /// on top of the 64 already handed to tonic. While this many wait, the stream reads nothing more
 /// from the proxy, so a proxy that sends events without reading the answers is pushed back by
@@ -436,227 +374,166 @@ type Done = Result<(RequestId, AgentResponse, Instant), futures_util::future::Ab
 /// Everything is dropped when the call ends or the proxy cancels it.
 pub const MAX_UNSENT_ANSWERS: usize = 256;
 
-/// One `ProcessStream`: the connection state machine, the handler futures, and the outbound
-/// queue towards tonic.
-struct StreamDriver<H> {
-    conn: AgentConnection,
-    handler: Arc<H>,
-    handle: ServerHandle,
-    drain_timeout: Duration,
-    /// Converted messages waiting for room in `tx` (at most about [`MAX_UNSENT_ANSWERS`]); the
-    /// stream's final status, if it ends with one, is the last.
+/// What goes into a stream's response queue: a message, or the status that ends the stream.
+type Outbound = Result<AgentToProxy, Status>;
+
+/// Waiting for room in a full response queue.
+type Room = BoxFuture<'static, Result<OwnedPermit<Outbound>, SendError<()>>>;
+
+/// One `ProcessStream` as the agent's connection task sees it: messages from `inbound`,
+/// converted, and messages to the proxy through `tx` (a queue of [`STREAM_BUFFER`] that tonic
+/// drains), with at most [`MAX_UNSENT_ANSWERS`] more waiting here.
+struct GrpcLink {
+    inbound: Streaming<ProxyToAgent>,
+    tx: mpsc::Sender<Result<AgentToProxy, Status>>,
+    /// Converted messages waiting for room in `tx`; the stream's final status, if it ends
+    /// with one, is the last.
     out: VecDeque<Result<AgentToProxy, Status>>,
-    /// Why the stream must end, when the transport rather than the core knows it.
+    /// What the last read brought, for `try_recv`.
+    received: Option<Received>,
+    /// Why the stream must end, when the transport rather than the connection knows it.
     end_status: Option<Status>,
+    /// Waits for room in `tx` once it is full.
+    room: Option<Room>,
+    /// Resolves when the proxy cancels the call or goes away.
+    gone: BoxFuture<'static, ()>,
 }
 
-impl<H: AgentHandler> StreamDriver<H> {
-    async fn run(
-        mut self,
-        mut inbound: Streaming<ProxyToAgent>,
+impl GrpcLink {
+    fn new(
+        inbound: Streaming<ProxyToAgent>,
         tx: mpsc::Sender<Result<AgentToProxy, Status>>,
-    ) {
-        let handle = self.handle.clone();
-        handle.connection_opened();
-        let mut running = FuturesUnordered::new();
-        let mut aborts: HashMap<RequestId, AbortHandle> = HashMap::new();
-        let mut configure = UnansweredConfigure::new();
-        let mut push_rx = handle.subscribe_pushes();
-        let mut shutdown = handle.shutdown_receiver();
-        let mut draining: Option<Instant> = None;
-        let mut peer_gone = false;
-        let mut final_status_queued = false;
-        loop {
-            while let Some(event) = self.conn.poll_event() {
-                match event {
-                    AgentEvent::Request { id, event } => {
-                        let (abort, registration) = AbortHandle::new_pair();
-                        aborts.insert(id, abort);
-                        handle.requests_started(1);
-                        let handler = self.handler.clone();
-                        running.push(Abortable::new(
-                            async move {
-                                let started = Instant::now();
-                                let (id, response) = dispatch(handler, id, event).await;
-                                (id, response, started)
-                            },
-                            registration,
-                        ));
-                    }
-                    AgentEvent::Cancelled { id, .. } => {
-                        if let Some(abort) = aborts.remove(&id) {
-                            abort.abort();
-                        }
-                    }
-                    AgentEvent::Closed(reason) => {
-                        tracing::debug!(%reason, "gRPC ProcessStream closed");
-                    }
-                    other => tracing::debug!(?other, "gRPC ProcessStream event"),
-                }
-            }
-            self.collect_output(None);
-            let closed = self.conn.is_closed();
-            if closed && !final_status_queued {
-                final_status_queued = true;
-                // After every answer already queued, so the proxy gets those first.
-                let status = self
-                    .end_status
-                    .take()
-                    .or_else(|| self.conn.close_reason().and_then(close_status));
-                if let Some(status) = status {
-                    self.out.push_back(Err(status));
-                }
-            }
-            if peer_gone || (closed && self.out.is_empty()) {
-                break;
-            }
-            if let Some(since) = draining {
-                if (running.is_empty() && self.out.is_empty())
-                    || since.elapsed() >= self.drain_timeout
+    ) -> Self {
+        let watcher = tx.clone();
+        Self {
+            inbound,
+            tx,
+            out: VecDeque::new(),
+            received: None,
+            end_status: None,
+            room: None,
+            gone: Box::pin(async move { watcher.closed().await }),
+        }
+    }
+
+    /// What one message read from the proxy's side of the stream means to the connection.
+    fn on_message(&mut self, message: Option<Result<ProxyToAgent, Status>>) -> Option<Received> {
+        match message {
+            Some(Ok(message)) => match ProxyMessage::from(message) {
+                ProxyMessage::Protocol(AgentIncoming::Event(Event::Configure(event)))
+                    if event.correlation_id.is_empty() =>
                 {
-                    self.conn.close();
-                    break;
+                    Some(Received::Unanswered(event))
+                }
+                ProxyMessage::Protocol(incoming) => Some(Received::Message(incoming)),
+                ProxyMessage::Unknown => {
+                    tracing::debug!("skipped a ProxyToAgent message of unknown type");
+                    None
+                }
+            },
+            None => Some(Received::Closed(ConnectionError::PeerClosed)),
+            // tonic's decoder reports a message over the size limit, and only that, as
+            // OUT_OF_RANGE. The rest of the stream cannot be read past it.
+            Some(Err(status)) if status.code() == Code::OutOfRange => {
+                tracing::debug!(%status, "a ProxyToAgent message over the limit ends the stream");
+                self.end_status = Some(message_too_large("a ProxyToAgent message"));
+                let reason = ConnectionError::Io(status.message().to_owned());
+                Some(Received::Closed(reason))
+            }
+            Some(Err(status)) => Some(Received::Closed(ConnectionError::Io(status.to_string()))),
+        }
+    }
+}
+
+impl AgentLink for GrpcLink {
+    const TIMES_ANSWERS: bool = true;
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let message = ready!(self.inbound.poll_next_unpin(cx));
+        self.received = self.on_message(message);
+        Poll::Ready(())
+    }
+
+    fn try_recv(&mut self) -> Option<Received> {
+        self.received.take()
+    }
+
+    fn send(
+        &mut self,
+        message: AgentOutgoing,
+        handler_time: Option<Duration>,
+    ) -> Result<(), ConnectionError> {
+        let mut message = convert::agent_outgoing_to_proto(message, unix_ms());
+        bound_response(&mut message);
+        if let Some(elapsed) = handler_time {
+            set_processing_time(&mut message, elapsed);
+        }
+        self.out.push_back(Ok(message));
+        Ok(())
+    }
+
+    fn has_unsent(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    fn is_backlogged(&self) -> bool {
+        self.out.len() >= MAX_UNSENT_ANSWERS
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+        loop {
+            if let Some(room) = self.room.as_mut() {
+                let permit = ready!(room.as_mut().poll(cx));
+                self.room = None;
+                match (permit, self.out.pop_front()) {
+                    (Ok(permit), Some(message)) => {
+                        permit.send(message);
+                    }
+                    (Ok(_), None) => {}
+                    (Err(_), _) => return Poll::Ready(Err(self.proxy_gone())),
                 }
             }
-            let deadline = self.conn.poll_timeout();
-            let readable = !closed
-                && draining.is_none()
-                && self.out.len() < MAX_UNSENT_ANSWERS
-                && self.conn.in_flight_bytes() <= MAX_IN_FLIGHT_BYTES;
-            // Everything that is not reading comes first, and a turn reads one message: a proxy
-            // that pipelines without pause cannot hold back answers, pushes, a drain or the
-            // handshake deadline.
-            tokio::select! {
-                biased;
-                _ = shutdown_signal(&mut shutdown), if draining.is_none() => {
-                    draining = Some(Instant::now());
-                    if self.conn.is_established() {
-                        let _ = self.conn.send_health(&HealthStatus {
-                            agent_id: handle.agent_id().to_owned(),
-                            state: HealthState::Draining,
-                            message: Some("shutting down".into()),
-                            timestamp_ms: unix_ms(),
-                        });
-                    }
-                }
-                _ = sleep_until(deadline), if deadline.is_some() => {
-                    self.conn.handle_timeout(Instant::now());
-                }
-                _ = tx.closed() => peer_gone = true,
-                push = push_rx.recv(), if !closed && self.conn.is_established() => {
-                    let result = match push {
-                        Ok(Push::Health(h)) => self.conn.send_health(&h),
-                        Ok(Push::FlowControl(f)) => self.conn.send_flow_control(&f),
-                        Ok(Push::Metrics(m)) => self.conn.send_metrics(&m),
-                        Err(_) => Ok(()),
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "could not push a control message");
-                    }
-                }
-                permit = tx.reserve(), if !self.out.is_empty() => match permit {
+            while !self.out.is_empty() {
+                let closed = match self.tx.try_reserve() {
                     Ok(permit) => {
                         if let Some(message) = self.out.pop_front() {
                             permit.send(message);
                         }
-                        while !self.out.is_empty() {
-                            match tx.try_reserve() {
-                                Ok(permit) => {
-                                    if let Some(message) = self.out.pop_front() {
-                                        permit.send(message);
-                                    }
-                                }
-                                Err(_) => break,
-                            }
-                        }
+                        continue;
                     }
-                    Err(_) => peer_gone = true,
-                },
-                Some(done) = running.next(), if !running.is_empty() => {
-                    self.finish(done, &mut aborts);
-                    // Everything else already finished goes out with it.
-                    while let Some(Some(done)) = running.next().now_or_never() {
-                        self.finish(done, &mut aborts);
-                    }
+                    Err(TrySendError::Full(())) => false,
+                    Err(TrySendError::Closed(())) => true,
+                };
+                if closed {
+                    return Poll::Ready(Err(self.proxy_gone()));
                 }
-                Some(()) = OptionFuture::from(configure.running.as_mut()), if configure.running.is_some() => {
-                    configure.finished(&self.handler, &handle);
-                }
-                message = inbound.message(), if readable => {
-                    self.on_message(message, &mut configure);
-                }
-                _ = tokio::time::sleep(Duration::from_millis(50)), if draining.is_some() => {}
+                break;
             }
-        }
-        for (_, abort) in aborts.drain() {
-            abort.abort();
-        }
-        configure.abandon(&handle);
-        handle.requests_finished(running.len());
-        handle.connection_closed();
-    }
-
-    /// One read from the proxy's side of the stream.
-    fn on_message(
-        &mut self,
-        message: Result<Option<ProxyToAgent>, Status>,
-        configure: &mut UnansweredConfigure,
-    ) {
-        let now = Instant::now();
-        match message {
-            Ok(Some(message)) => match ProxyMessage::from(message) {
-                ProxyMessage::Protocol(AgentIncoming::Event(Event::Configure(event)))
-                    if event.correlation_id.is_empty() =>
-                {
-                    if self.conn.is_established() {
-                        configure.offer(&self.handler, &self.handle, event);
-                    } else {
-                        tracing::debug!("skipped a Configure without a correlation id sent before the handshake");
-                    }
-                }
-                ProxyMessage::Protocol(incoming) => {
-                    self.conn.handle_message(now, refuse_uncorrelated(incoming))
-                }
-                ProxyMessage::Unknown => {
-                    tracing::debug!("skipped a ProxyToAgent message of unknown type");
-                }
-            },
-            Ok(None) => self.conn.handle_eof(),
-            // tonic's decoder reports a message over the size limit, and only that, as
-            // OUT_OF_RANGE. The rest of the stream cannot be read past it.
-            Err(status) if status.code() == Code::OutOfRange => {
-                tracing::debug!(%status, "a ProxyToAgent message over the limit ends the stream");
-                self.end_status = Some(message_too_large("a ProxyToAgent message"));
-                self.conn.handle_io_error(status.message().to_owned());
+            if self.out.is_empty() {
+                return Poll::Ready(Ok(()));
             }
-            Err(status) => self.conn.handle_io_error(status.to_string()),
+            // Full: wait for tonic to take some (rare; the proxy is not reading).
+            self.room = Some(Box::pin(self.tx.clone().reserve_owned()));
         }
     }
 
-    fn finish(&mut self, done: Done, aborts: &mut HashMap<RequestId, AbortHandle>) {
-        self.handle.requests_finished(1);
-        let Ok((id, response, started)) = done else {
-            return; // cancelled: nothing is sent
-        };
-        aborts.remove(&id);
-        // UnknownRequest means it was cancelled meanwhile: nothing to send.
-        if self.conn.respond(id, response).is_ok() {
-            self.collect_output(Some(started.elapsed()));
-        }
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.gone.as_mut().poll(cx)
     }
 
-    /// Moves everything the connection queued into the outbound queue, converted. With
-    /// `answered`, the last message is the response just given and gets its processing time.
-    fn collect_output(&mut self, answered: Option<Duration>) {
-        let now_ms = unix_ms();
-        while let Some(message) = self.conn.poll_message() {
-            let mut message = convert::agent_outgoing_to_proto(message, now_ms);
-            bound_response(&mut message);
-            self.out.push_back(Ok(message));
+    fn close(&mut self, reason: &ConnectionError) {
+        // After every answer already queued, so the proxy gets those first.
+        if let Some(status) = self.end_status.take().or_else(|| close_status(reason)) {
+            self.out.push_back(Err(status));
         }
-        if let (Some(elapsed), Some(Ok(last))) = (answered, self.out.back_mut()) {
-            set_processing_time(last, elapsed);
-        }
+    }
+}
+
+impl GrpcLink {
+    /// The proxy is gone: nothing queued can reach it any more.
+    fn proxy_gone(&mut self) -> ConnectionError {
+        self.out.clear();
+        ConnectionError::PeerClosed
     }
 }
 

@@ -1,15 +1,24 @@
 //! The agent side: [`AgentServer`] serves an [`AgentHandler`] on a Unix socket (and optionally
 //! TCP), many connections at once, and many requests per connection concurrently.
 //!
-//! Each connection is one task owning the core's [`AgentConnection`]. Handler futures run inside
-//! that task (a `FuturesUnordered`), so a request never crosses threads on its way from socket
-//! to handler to socket, and answers that complete together leave in one write. Cancel drops the
-//! handler's future and nothing is sent for it. Pings are answered by the core as soon as they
-//! are read, never behind a slow handler. A handler that burns CPU for long should move that
+//! Each connection is one task ([`serve_link`]) owning the core's [`AgentConnection`] and the
+//! transport's [`AgentLink`]: a [`FramedLink`] on sockets, the tokio adapter's gRPC link on
+//! gRPC, the same task code for both. Handler futures run inside that task (a
+//! `FuturesUnordered`), so a request never crosses threads on its way from socket to handler to
+//! socket, and answers that complete together leave in one write. Cancel drops the handler's
+//! future and nothing is sent for it. Pings are answered as soon as they are read, never behind
+//! a slow handler. A handler that burns CPU for long should move that
 //! work to a blocking thread (`tokio::task::spawn_blocking`, `blocking::unblock`) so it does not
 //! stall its connection's other requests.
 
-use std::future::Future;
+mod connection;
+mod framed;
+mod handler;
+
+pub use connection::{serve_link, AgentLink, Received, MAX_IN_FLIGHT_BYTES};
+pub use framed::{FramedLink, MAX_PENDING_TRANSMIT};
+pub use handler::{dispatch, AgentHandler};
+
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -17,161 +26,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_protocol_core::agent::{AgentConfig, AgentConnection, AgentEvent, RequestId};
+use agent_protocol_core::agent::{AgentCodec, AgentConfig, AgentConnection};
 use agent_protocol_core::handshake::AgentHandshakeConfig;
 use agent_protocol_core::{
-    AgentResponse, Capabilities, ConfigureEvent, Encoding, Event, FlowAction, FlowControl,
-    GuardrailInspectEvent, GuardrailResponse, HealthState, HealthStatus, MetricsReport,
-    RequestBodyChunkEvent, RequestCompleteEvent, RequestHeadersEvent, ResponseBodyChunkEvent,
-    ResponseHeadersEvent, WebSocketDecision, WebSocketFrameEvent,
+    Capabilities, Encoding, FlowAction, FlowControl, HealthState, HealthStatus, MetricsReport,
 };
-use bytes::{Bytes, BytesMut};
-use futures_util::future::{AbortHandle, Abortable, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::client::{shrink_after_large_frame, READ_CHUNK};
-use crate::runtime::{self, ByteRead, ByteWrite, Connection, Runtime};
-
-/// Unsent output (answers, pongs, pushes), in bytes, past which an agent connection stops
-/// reading until its socket drains.
-///
-/// Every event earns an answer, even a malformed one, so a proxy that writes without reading
-/// would otherwise make the agent queue answers without limit; with reading paused, the proxy's
-/// writes block instead. Output can overshoot the bound by what one read's events produce plus
-/// the answers of handlers already running (at most [`ServerConfig::max_in_flight`] of them).
-pub const MAX_PENDING_TRANSMIT: usize = 1024 * 1024;
-
-/// Payload bytes of unanswered events ([`AgentConnection::in_flight_bytes`]) past which an agent
-/// connection stops reading until handlers finish.
-///
-/// A handler holds its event until it answers, and [`ServerConfig::max_in_flight`] bounds only
-/// how many events that is, not their size: 4096 body chunks of up to 16 MiB each would be
-/// 64 GiB, so a proxy sending large events to a slow handler could grow the agent without
-/// bound. With reading paused, the proxy's writes block instead: back-pressure, not refusal, so
-/// a legitimate burst only waits for handlers to finish. 64 MiB is four maximal frames, enough
-/// to keep many ordinary requests moving at once.
-///
-/// The check is made before each read: what one read completes is still decoded and handed to
-/// the handlers, so the bytes held can exceed the bound by one read (up to a frame), and a
-/// single event larger than the bound is still processed, alone. While reading is paused
-/// nothing else arrives, Cancel and Ping included, so a handler that waits for a later event of
-/// the same connection before answering must not hold this much; and a handler must end on
-/// its own, since a paused connection only notices the proxy leaving when it next writes.
-pub const MAX_IN_FLIGHT_BYTES: usize = 64 * 1024 * 1024;
-
-/// What an agent does with each event. Every method has a default that allows, so an agent
-/// implements only what it inspects.
-///
-/// ```
-/// use agent_protocol_tokio::server::AgentHandler;
-/// use agent_protocol_core::{AgentResponse, RequestHeadersEvent};
-///
-/// struct BlockAdmin;
-/// impl AgentHandler for BlockAdmin {
-///     async fn on_request_headers(&self, event: RequestHeadersEvent) -> AgentResponse {
-///         if event.uri.starts_with("/admin") {
-///             AgentResponse::block(403, "forbidden")
-///         } else {
-///             AgentResponse::allow()
-///         }
-///     }
-/// }
-/// ```
-pub trait AgentHandler: Send + Sync + 'static {
-    /// 0x10.
-    fn on_request_headers(
-        &self,
-        event: RequestHeadersEvent,
-    ) -> impl Future<Output = AgentResponse> + Send {
-        let _ = event;
-        async { AgentResponse::allow() }
-    }
-
-    /// 0x11.
-    fn on_request_body_chunk(
-        &self,
-        event: RequestBodyChunkEvent,
-    ) -> impl Future<Output = AgentResponse> + Send {
-        let _ = event;
-        async { AgentResponse::allow() }
-    }
-
-    /// 0x12.
-    fn on_response_headers(
-        &self,
-        event: ResponseHeadersEvent,
-    ) -> impl Future<Output = AgentResponse> + Send {
-        let _ = event;
-        async { AgentResponse::allow() }
-    }
-
-    /// 0x13.
-    fn on_response_body_chunk(
-        &self,
-        event: ResponseBodyChunkEvent,
-    ) -> impl Future<Output = AgentResponse> + Send {
-        let _ = event;
-        async { AgentResponse::allow() }
-    }
-
-    /// 0x14.
-    fn on_request_complete(
-        &self,
-        event: RequestCompleteEvent,
-    ) -> impl Future<Output = AgentResponse> + Send {
-        let _ = event;
-        async { AgentResponse::allow() }
-    }
-
-    /// 0x15. The default forwards the frame.
-    fn on_websocket_frame(
-        &self,
-        event: WebSocketFrameEvent,
-    ) -> impl Future<Output = AgentResponse> + Send {
-        let _ = event;
-        async {
-            let mut r = AgentResponse::allow();
-            r.websocket_decision = Some(WebSocketDecision::Allow);
-            r
-        }
-    }
-
-    /// 0x16. The default reports nothing detected.
-    fn on_guardrail_inspect(
-        &self,
-        event: GuardrailInspectEvent,
-    ) -> impl Future<Output = AgentResponse> + Send {
-        let _ = event;
-        async { AgentResponse::allow().with_guardrail(&GuardrailResponse::default()) }
-    }
-
-    /// 0x17. The default accepts the configuration.
-    fn on_configure(&self, event: ConfigureEvent) -> impl Future<Output = AgentResponse> + Send {
-        let _ = event;
-        async { AgentResponse::allow() }
-    }
-}
-
-/// Routes an event to its handler method. One `async fn`, so every request's future has the
-/// same type and no boxing is needed to run them side by side.
-pub async fn dispatch<H: AgentHandler>(
-    handler: Arc<H>,
-    id: RequestId,
-    event: Event,
-) -> (RequestId, AgentResponse) {
-    let response = match event {
-        Event::RequestHeaders(e) => handler.on_request_headers(e).await,
-        Event::RequestBodyChunk(e) => handler.on_request_body_chunk(e).await,
-        Event::ResponseHeaders(e) => handler.on_response_headers(e).await,
-        Event::ResponseBodyChunk(e) => handler.on_response_body_chunk(e).await,
-        Event::RequestComplete(e) => handler.on_request_complete(e).await,
-        Event::WebSocketFrame(e) => handler.on_websocket_frame(e).await,
-        Event::GuardrailInspect(e) => handler.on_guardrail_inspect(e).await,
-        Event::Configure(e) => handler.on_configure(e).await,
-    };
-    (id, response)
-}
+use crate::runtime::{self, Connection, Runtime};
 
 /// Server settings.
 #[derive(Clone, Debug)]
@@ -553,9 +416,12 @@ impl<H: AgentHandler, R: Runtime> AgentServer<H, R> {
                 Some((index, accepted)) = accepting.next() => {
                     match accepted {
                         Ok(stream) => {
-                            let conn = AgentConnection::new(self.config.agent_config(), Instant::now());
-                            let task = serve_connection::<H, R>(
+                            let config = self.config.agent_config();
+                            let codec = AgentCodec::new(&config);
+                            let conn = AgentConnection::new(config, Instant::now());
+                            let task = serve_stream::<H, R>(
                                 stream,
+                                codec,
                                 conn,
                                 self.handler.clone(),
                                 self.handle.clone(),
@@ -587,174 +453,19 @@ impl<H: AgentHandler, R: Runtime> AgentServer<H, R> {
     }
 }
 
-/// Serves one established-or-handshaking agent connection until it closes. Used by the UDS/TCP
-/// server and by the reverse connector.
-pub(crate) async fn serve_connection<H: AgentHandler, R: Runtime>(
+/// Serves one agent connection on a byte stream until it closes: the accepted connections of
+/// [`AgentServer`], and reverse connections after their registration.
+pub(crate) async fn serve_stream<H: AgentHandler, R: Runtime>(
     stream: R::Stream,
-    mut conn: AgentConnection,
+    codec: AgentCodec,
+    conn: AgentConnection,
     handler: Arc<H>,
     handle: ServerHandle,
     drain_timeout: Duration,
 ) {
-    handle.connection_opened();
     let (read, write) = stream.into_split();
-    drive::<H, R>(&mut conn, read, write, handler, &handle, drain_timeout).await;
-    handle.connection_closed();
-}
-
-/// The connection loop. Fairness: a peer can keep the socket readable forever, so the read is
-/// the last branch of the loop's `select!`; answers to write, finished handlers, pushes,
-/// shutdown and the handshake deadline come first, and each is ready only when it has work. A
-/// turn reads once (at most the read buffer's spare room) and then goes round again, so input
-/// never waits behind more than one read's worth of decoding. Reading pauses while more than
-/// [`MAX_PENDING_TRANSMIT`] bytes of output are unsent, and while the events handlers hold weigh
-/// more than [`MAX_IN_FLIGHT_BYTES`]; it resumes as the socket drains and handlers finish.
-async fn drive<H: AgentHandler, R: Runtime>(
-    conn: &mut AgentConnection,
-    mut read: impl ByteRead,
-    mut write: impl ByteWrite,
-    handler: Arc<H>,
-    handle: &ServerHandle,
-    drain_timeout: Duration,
-) {
-    // Bytes that came with the handshake or registration answer are already in the
-    // connection's buffer, possibly the start of a frame: reading continues after them.
-    let mut read_buf = std::mem::take(conn.read_buffer());
-    if !read_buf.is_empty() {
-        process_read(conn, &mut read_buf);
-    }
-    let mut write_buf = Bytes::new();
-    let mut running: FuturesUnordered<Abortable<_>> = FuturesUnordered::new();
-    let mut aborts: std::collections::HashMap<RequestId, AbortHandle> = Default::default();
-    let mut push_rx = handle.push.subscribe();
-    let mut shutdown = handle.shutdown.subscribe();
-    let mut draining: Option<Instant> = None;
-    let in_flight = &handle.in_flight;
-    loop {
-        while let Some(event) = conn.poll_event() {
-            match event {
-                AgentEvent::Request { id, event } => {
-                    let (abort, registration) = AbortHandle::new_pair();
-                    aborts.insert(id, abort);
-                    in_flight.fetch_add(1, Ordering::AcqRel);
-                    running.push(Abortable::new(
-                        dispatch(handler.clone(), id, event),
-                        registration,
-                    ));
-                }
-                AgentEvent::Cancelled { id, .. } => {
-                    if let Some(abort) = aborts.remove(&id) {
-                        abort.abort();
-                    }
-                }
-                AgentEvent::Closed(reason) => {
-                    tracing::debug!(%reason, "proxy connection closed");
-                }
-                other => tracing::debug!(?other, "agent connection event"),
-            }
-        }
-        if write_buf.is_empty() {
-            if let Some(bytes) = conn.poll_transmit() {
-                write_buf = bytes;
-            }
-        }
-        let closed = conn.is_closed();
-        if closed && write_buf.is_empty() {
-            break;
-        }
-        if let Some(since) = draining {
-            if running.is_empty() && write_buf.is_empty() {
-                conn.close();
-                break;
-            }
-            if since.elapsed() >= drain_timeout {
-                conn.close();
-                break;
-            }
-        }
-        let deadline = conn.poll_timeout();
-        // A proxy that writes without reading would otherwise make us queue answers without
-        // limit; not reading lets its writes block instead.
-        let backlogged = write_buf.len() + conn.pending_transmit() > MAX_PENDING_TRANSMIT;
-        // Likewise a proxy sending large events to slow handlers: each finished handler
-        // lowers the count and wakes this loop, so reading resumes by itself.
-        let holding = conn.in_flight_bytes() > MAX_IN_FLIGHT_BYTES;
-        let reading = !closed && draining.is_none() && !backlogged && !holding;
-        if reading && read_buf.capacity() - read_buf.len() < READ_CHUNK / 4 {
-            read_buf.reserve(READ_CHUNK);
-        }
-        tokio::select! {
-            biased;
-            r = runtime::write_buf(&mut write, &mut write_buf), if !write_buf.is_empty() => {
-                if let Err(e) = r {
-                    conn.handle_io_error(e.to_string());
-                    write_buf = Bytes::new();
-                }
-            }
-            Some(done) = running.next(), if !running.is_empty() => {
-                let mut finish = |done: Result<(RequestId, AgentResponse), futures_util::future::Aborted>| {
-                    in_flight.fetch_sub(1, Ordering::AcqRel);
-                    if let Ok((id, response)) = done {
-                        aborts.remove(&id);
-                        // UnknownRequest means it was cancelled meanwhile: nothing to send.
-                        let _ = conn.respond(id, response);
-                    }
-                };
-                finish(done);
-                // Collect everything else already finished so the answers share one write.
-                while let Some(Some(done)) = running.next().now_or_never() {
-                    finish(done);
-                }
-            }
-            push = push_rx.recv(), if !closed => {
-                let result = match push {
-                    Ok(Push::Health(h)) => conn.send_health(&h),
-                    Ok(Push::FlowControl(f)) => conn.send_flow_control(&f),
-                    Ok(Push::Metrics(m)) => conn.send_metrics(&m),
-                    Err(_) => Ok(()),
-                };
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "could not push a control frame");
-                }
-            }
-            _ = shutdown_signal(&mut shutdown), if draining.is_none() => {
-                draining = Some(Instant::now());
-                let _ = conn.send_health(&HealthStatus {
-                    agent_id: handle.agent_id.clone(),
-                    state: HealthState::Draining,
-                    message: Some("shutting down".into()),
-                    timestamp_ms: unix_ms(),
-                });
-            }
-            _ = runtime::sleep_until_opt::<R>(deadline), if deadline.is_some() => {
-                conn.handle_timeout(Instant::now());
-            }
-            _ = runtime::sleep::<R>(Duration::from_millis(50)), if draining.is_some() => {}
-            r = runtime::read_buf(&mut read, &mut read_buf), if reading => {
-                match r {
-                    Ok(0) => conn.handle_eof(),
-                    Ok(_) => process_read(conn, &mut read_buf),
-                    Err(e) => conn.handle_io_error(e.to_string()),
-                }
-            }
-        }
-    }
-    // Whatever is still running is abandoned with the connection.
-    for (_, abort) in aborts.drain() {
-        abort.abort();
-    }
-    let leftover = running.len();
-    in_flight.fetch_sub(leftover, Ordering::AcqRel);
-    let _ = runtime::shutdown(&mut write).await;
-}
-
-/// Hands what was read to the connection (which decodes every complete frame and checks its
-/// handshake deadline); an incomplete frame stays at the front of `read_buf` for the next read.
-fn process_read(conn: &mut AgentConnection, read_buf: &mut BytesMut) {
-    std::mem::swap(read_buf, conn.read_buffer());
-    conn.process_input(Instant::now());
-    std::mem::swap(read_buf, conn.read_buffer());
-    shrink_after_large_frame(read_buf);
+    let link = FramedLink::new(codec, read, write);
+    serve_link::<_, H, R>(conn, link, handler, handle, drain_timeout).await;
 }
 
 /// Resolves once shutdown is requested (or the handle is gone). The borrow of the watched

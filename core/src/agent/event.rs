@@ -1,0 +1,108 @@
+//! [`AgentEvent`]: what an agent connection tells the application, and the [`RequestId`] it
+//! answers by.
+
+use std::fmt;
+
+use crate::control::CancelReason;
+use crate::encoding::DecodeError;
+use crate::error::ConnectionError;
+use crate::event::Event;
+use crate::frame::FrameType;
+use crate::handshake::{HandshakeRequest, Negotiated};
+
+/// The agent-side handle of one received event, unique within a connection. It is not the
+/// correlation id: several events (say, the body chunks of one request) share a correlation id
+/// and each still gets its own `RequestId` and its own answer.
+///
+/// ```
+/// use agent_protocol_core::agent::RequestId;
+/// let id = RequestId::from_raw(7);
+/// assert_eq!(id.as_u64(), 7);
+/// assert_eq!(id.to_string(), "7");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(u64);
+
+impl RequestId {
+    /// The id with this number (connections number their requests from 0).
+    pub const fn from_raw(raw: u64) -> Self {
+        Self(raw)
+    }
+
+    /// Its number.
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// The id after this one.
+    pub(crate) fn next(self) -> Self {
+        Self(self.0.wrapping_add(1))
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What the connection has to tell the application.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum AgentEvent {
+    /// The connection is ready for events: the handshake succeeded, or the connection was
+    /// created established after a reverse registration (`proxy` is then `None`).
+    Established {
+        /// Encoding and capabilities in force.
+        negotiated: Negotiated,
+        /// The proxy's handshake request (its id, version and the configuration it passed).
+        proxy: Option<HandshakeRequest>,
+    },
+    /// An event to answer with [`AgentConnection::respond`](super::AgentConnection::respond)
+    /// `(id, ..)`, exactly once, in any order relative to other requests.
+    Request {
+        /// Handle for the answer.
+        id: RequestId,
+        /// The event.
+        event: Event,
+    },
+    /// The proxy cancelled this request: stop working on it. It is no longer tracked, and
+    /// [`AgentConnection::respond`](super::AgentConnection::respond) for it returns
+    /// [`RespondError::UnknownRequest`](super::RespondError::UnknownRequest) and sends nothing.
+    Cancelled {
+        /// The request.
+        id: RequestId,
+        /// Its correlation id.
+        correlation_id: String,
+        /// Why the proxy cancelled.
+        reason: CancelReason,
+    },
+    /// An event could not be decoded (or went over a limit, or had an empty correlation id) but
+    /// its correlation id could be read. The connection has **already** answered it fail-closed
+    /// (block 500, [`MALFORMED_EVENT_REASON`](super::MALFORMED_EVENT_REASON); 431,
+    /// [`HEADER_LIMIT_REASON`](super::HEADER_LIMIT_REASON), or 413,
+    /// [`MESSAGE_TOO_COMPLEX_REASON`](super::MESSAGE_TOO_COMPLEX_REASON), when `error.limit` is
+    /// set); nothing is left to do but log it.
+    MalformedEvent {
+        /// The salvaged correlation id.
+        correlation_id: String,
+        /// What was wrong.
+        error: DecodeError,
+    },
+    /// An event arrived while [`AgentConfig::max_in_flight`](super::AgentConfig::max_in_flight)
+    /// requests were unanswered. The connection has already answered it with a block (503,
+    /// [`AGENT_OVERLOADED_REASON`](super::AGENT_OVERLOADED_REASON)).
+    Overloaded {
+        /// The refused event's correlation id.
+        correlation_id: String,
+        /// The refused event's frame type.
+        frame_type: FrameType,
+    },
+    /// A message an agent does not expect at this point (a second handshake) was ignored.
+    Ignored {
+        /// Its type.
+        frame_type: FrameType,
+    },
+    /// The connection ended. Emitted exactly once, last; every tracked request was dropped.
+    Closed(ConnectionError),
+}

@@ -1,0 +1,125 @@
+//! [`AgentHandler`]: what an agent does with each event, and [`dispatch`], which routes an event
+//! to the method for its kind.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use agent_protocol_core::agent::RequestId;
+use agent_protocol_core::{
+    AgentResponse, ConfigureEvent, Event, GuardrailInspectEvent, GuardrailResponse,
+    RequestBodyChunkEvent, RequestCompleteEvent, RequestHeadersEvent, ResponseBodyChunkEvent,
+    ResponseHeadersEvent, WebSocketDecision, WebSocketFrameEvent,
+};
+
+/// What an agent does with each event. Every method has a default that allows, so an agent
+/// implements only what it inspects.
+///
+/// ```
+/// use agent_protocol_tokio::server::AgentHandler;
+/// use agent_protocol_core::{AgentResponse, RequestHeadersEvent};
+///
+/// struct BlockAdmin;
+/// impl AgentHandler for BlockAdmin {
+///     async fn on_request_headers(&self, event: RequestHeadersEvent) -> AgentResponse {
+///         if event.uri.starts_with("/admin") {
+///             AgentResponse::block(403, "forbidden")
+///         } else {
+///             AgentResponse::allow()
+///         }
+///     }
+/// }
+/// ```
+pub trait AgentHandler: Send + Sync + 'static {
+    /// 0x10.
+    fn on_request_headers(
+        &self,
+        event: RequestHeadersEvent,
+    ) -> impl Future<Output = AgentResponse> + Send {
+        let _ = event;
+        async { AgentResponse::allow() }
+    }
+
+    /// 0x11.
+    fn on_request_body_chunk(
+        &self,
+        event: RequestBodyChunkEvent,
+    ) -> impl Future<Output = AgentResponse> + Send {
+        let _ = event;
+        async { AgentResponse::allow() }
+    }
+
+    /// 0x12.
+    fn on_response_headers(
+        &self,
+        event: ResponseHeadersEvent,
+    ) -> impl Future<Output = AgentResponse> + Send {
+        let _ = event;
+        async { AgentResponse::allow() }
+    }
+
+    /// 0x13.
+    fn on_response_body_chunk(
+        &self,
+        event: ResponseBodyChunkEvent,
+    ) -> impl Future<Output = AgentResponse> + Send {
+        let _ = event;
+        async { AgentResponse::allow() }
+    }
+
+    /// 0x14.
+    fn on_request_complete(
+        &self,
+        event: RequestCompleteEvent,
+    ) -> impl Future<Output = AgentResponse> + Send {
+        let _ = event;
+        async { AgentResponse::allow() }
+    }
+
+    /// 0x15. The default forwards the frame.
+    fn on_websocket_frame(
+        &self,
+        event: WebSocketFrameEvent,
+    ) -> impl Future<Output = AgentResponse> + Send {
+        let _ = event;
+        async {
+            let mut r = AgentResponse::allow();
+            r.websocket_decision = Some(WebSocketDecision::Allow);
+            r
+        }
+    }
+
+    /// 0x16. The default reports nothing detected.
+    fn on_guardrail_inspect(
+        &self,
+        event: GuardrailInspectEvent,
+    ) -> impl Future<Output = AgentResponse> + Send {
+        let _ = event;
+        async { AgentResponse::allow().with_guardrail(&GuardrailResponse::default()) }
+    }
+
+    /// 0x17. The default accepts the configuration.
+    fn on_configure(&self, event: ConfigureEvent) -> impl Future<Output = AgentResponse> + Send {
+        let _ = event;
+        async { AgentResponse::allow() }
+    }
+}
+
+/// Routes an event to its handler method. One `async fn`, so every request's future has the
+/// same type and no boxing is needed to run them side by side.
+pub async fn dispatch<H: AgentHandler>(
+    handler: Arc<H>,
+    id: RequestId,
+    event: Event,
+) -> (RequestId, AgentResponse) {
+    let response = match event {
+        Event::RequestHeaders(e) => handler.on_request_headers(e).await,
+        Event::RequestBodyChunk(e) => handler.on_request_body_chunk(e).await,
+        Event::ResponseHeaders(e) => handler.on_response_headers(e).await,
+        Event::ResponseBodyChunk(e) => handler.on_response_body_chunk(e).await,
+        Event::RequestComplete(e) => handler.on_request_complete(e).await,
+        Event::WebSocketFrame(e) => handler.on_websocket_frame(e).await,
+        Event::GuardrailInspect(e) => handler.on_guardrail_inspect(e).await,
+        Event::Configure(e) => handler.on_configure(e).await,
+    };
+    (id, response)
+}
