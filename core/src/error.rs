@@ -64,9 +64,8 @@ impl ConnectionError {
     /// Whose fault.
     pub fn fault(&self) -> Fault {
         match self {
-            Self::Frame(_) | Self::Malformed(_) | Self::Protocol(_) | Self::Registration(_) => {
-                Fault::Peer
-            }
+            Self::Registration(e) => e.fault(),
+            Self::Frame(_) | Self::Malformed(_) | Self::Protocol(_) => Fault::Peer,
             Self::Handshake(HandshakeError::Timeout(_)) | Self::PingTimeout(_) => Fault::Timeout,
             Self::Handshake(_) => Fault::Peer,
             Self::Encode(_) => Fault::Local,

@@ -334,9 +334,8 @@ impl ProxyConnection {
         let mut conn = Self::blank(config, now);
         match ProxyHandshake::start(&conn.config.handshake, now, &mut conn.out) {
             Ok(hs) => conn.state = State::Handshaking(hs),
-            Err(e) => conn.close_with(ConnectionError::Protocol(format!(
-                "cannot encode the handshake: {e}"
-            ))),
+            // Our own configuration (proxy id, encodings) could not be encoded: our fault.
+            Err(e) => conn.close_with(ConnectionError::Encode(e)),
         }
         conn
     }

@@ -94,6 +94,25 @@ pub enum RegistrationError {
     Rejected(String),
 }
 
+impl RegistrationError {
+    /// Whose fault: a deadline is a timeout, the pool refusing an agent is our own (the proxy's)
+    /// decision, and everything else is what the peer sent or decided.
+    pub fn fault(&self) -> crate::error::Fault {
+        use crate::error::Fault;
+        match self {
+            Self::Timeout(_) => Fault::Timeout,
+            Self::PoolRefused(_) => Fault::Local,
+            Self::UnexpectedFrame { .. }
+            | Self::Malformed(_)
+            | Self::VersionMismatch(_)
+            | Self::EmptyAgentId
+            | Self::NotAllowed(_)
+            | Self::AuthFailed(_)
+            | Self::Rejected(_) => Fault::Peer,
+        }
+    }
+}
+
 /// Proxy-side registration policy.
 #[derive(Clone, Debug)]
 pub struct RegistrationPolicy {
@@ -294,7 +313,9 @@ fn write_response(
     encoding::encode_frame(out, FrameType::HandshakeResponse, Encoding::Json, &response)
 }
 
-/// The agent's side of a reverse connection's registration.
+/// The agent's side of a reverse connection's registration: its deadline and its reading of
+/// the proxy's answer. The [`AgentConnection`](crate::agent::AgentConnection) of a reverse
+/// connection drives it (see `AgentConnection::new_reverse`).
 #[derive(Debug)]
 pub struct AgentRegistration {
     deadline: Instant,
@@ -302,18 +323,12 @@ pub struct AgentRegistration {
 }
 
 impl AgentRegistration {
-    /// Writes the request to `out` and starts the clock.
-    pub fn start(
-        request: &RegistrationRequest,
-        timeout: Duration,
-        now: Instant,
-        out: &mut BytesMut,
-    ) -> Result<Self, EncodeError> {
-        encoding::encode_frame(out, FrameType::HandshakeRequest, Encoding::Json, request)?;
-        Ok(Self {
+    /// Starts the clock: the answer must come within `timeout` of `now`.
+    pub fn new(timeout: Duration, now: Instant) -> Self {
+        Self {
             deadline: now + timeout,
             timeout,
-        })
+        }
     }
 
     /// When the exchange gives up.
@@ -330,16 +345,12 @@ impl AgentRegistration {
         }
     }
 
-    /// Processes the proxy's answer; returns the connection id on success.
-    pub fn handle_frame(&self, frame: &Frame) -> Result<RegistrationResponse, RegistrationError> {
-        if frame.frame_type != FrameType::HandshakeResponse {
-            return Err(RegistrationError::UnexpectedFrame {
-                expected: FrameType::HandshakeResponse,
-                got: frame.frame_type.as_byte(),
-            });
-        }
-        let response: RegistrationResponse = serde_json::from_slice(&frame.payload)
-            .map_err(|e| RegistrationError::Malformed(e.to_string()))?;
+    /// Reads the proxy's answer: the response on success, [`RegistrationError::Rejected`] with
+    /// the proxy's reason otherwise.
+    pub fn handle_response(
+        &self,
+        response: RegistrationResponse,
+    ) -> Result<RegistrationResponse, RegistrationError> {
         if response.success {
             Ok(response)
         } else {
@@ -350,6 +361,11 @@ impl AgentRegistration {
             ))
         }
     }
+}
+
+/// Reads a RegistrationResponse payload (always JSON).
+pub fn decode_response(payload: &[u8]) -> Result<RegistrationResponse, RegistrationError> {
+    serde_json::from_slice(payload).map_err(|e| RegistrationError::Malformed(e.to_string()))
 }
 
 #[cfg(test)]
@@ -421,11 +437,13 @@ mod tests {
     fn agent_sees_rejection_text() {
         let policy = RegistrationPolicy::default();
         let mut wire = BytesMut::new();
-        let agent = AgentRegistration::start(
-            &request("a", None, 1),
-            Duration::from_secs(1),
-            Instant::now(),
+        let agent = AgentRegistration::new(Duration::from_secs(1), Instant::now());
+        let sent = request("a", None, 1);
+        encoding::encode_frame(
             &mut wire,
+            FrameType::HandshakeRequest,
+            Encoding::Json,
+            &sent,
         )
         .unwrap();
         let mut dec = crate::frame::FrameDecoder::new();
@@ -438,7 +456,7 @@ mod tests {
             panic!("no answer")
         };
         assert_eq!(
-            agent.handle_frame(&answer),
+            agent.handle_response(decode_response(&answer.payload).unwrap()),
             Err(RegistrationError::Rejected(
                 "Protocol version mismatch: expected 2, got 1".into()
             ))

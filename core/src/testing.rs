@@ -9,6 +9,7 @@ use bytes::Bytes;
 use crate::agent::{AgentCodec, AgentConfig, AgentConnection, Unsent};
 use crate::encoding::Encoding;
 use crate::error::ConnectionError;
+use crate::registration::RegistrationRequest;
 
 /// An [`AgentConnection`] behind its [`AgentCodec`]: an agent on a byte stream, without the
 /// stream. Bytes go in with [`FramedAgent::handle_input`] and come out of
@@ -49,7 +50,16 @@ impl FramedAgent {
         }
     }
 
-    /// A connection established without a handshake (a reverse connection).
+    /// A reverse connection: it sends `request` and waits for the proxy's acceptance.
+    pub fn reverse(config: AgentConfig, request: RegistrationRequest, now: Instant) -> Self {
+        Self {
+            codec: AgentCodec::registering(&config),
+            conn: AgentConnection::new_reverse(config, request, now),
+            unsent: Vec::new(),
+        }
+    }
+
+    /// A connection established without a handshake or registration.
     pub fn established(config: AgentConfig, encoding: Encoding) -> Self {
         Self {
             codec: AgentCodec::established(&config, encoding),

@@ -17,10 +17,10 @@ use agent_protocol_core::frame::{Decoded, Frame, FrameDecoder};
 use agent_protocol_core::handshake::{Negotiated, PROTOCOL_VERSION};
 use agent_protocol_core::pool::Backoff;
 use agent_protocol_core::registration::{
-    AgentRegistration, PendingRegistration, ProxyRegistration, RegistrationError,
-    RegistrationPolicy, RegistrationRequest, RegistrationResponse,
+    PendingRegistration, ProxyRegistration, RegistrationError, RegistrationPolicy,
+    RegistrationRequest, RegistrationResponse,
 };
-use agent_protocol_core::{Capabilities, Encoding};
+use agent_protocol_core::{Capabilities, ConnectionError, Encoding};
 use bytes::BytesMut;
 use tokio::sync::{mpsc, watch};
 
@@ -46,30 +46,31 @@ impl ReverseTarget {
     }
 }
 
-/// Reads frames until one complete frame is available; returns it and whatever followed it.
+/// Reads until one complete frame is available; returns it and whatever followed it. Each way
+/// it can fail keeps its cause: the deadline ([`RegistrationError::Timeout`], the policy's
+/// `timeout`), bytes that cannot be framed, the peer leaving, or a read error.
 async fn read_first_frame<R: Runtime>(
     stream: &mut R::Stream,
     deadline: Instant,
-) -> io::Result<(Frame, BytesMut)> {
+    timeout: Duration,
+) -> Result<(Frame, BytesMut), ConnectionError> {
     let mut decoder = FrameDecoder::new();
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(Decoded::Frame(f))) => return Ok((f, buf)),
-                Ok(Some(Decoded::Skipped { .. })) => continue,
-                Ok(None) => break,
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            match decoder.decode(&mut buf)? {
+                Some(Decoded::Frame(f)) => return Ok((f, buf)),
+                Some(Decoded::Skipped { .. }) => continue,
+                None => break,
             }
         }
-        let n = runtime::timeout_at::<R, _>(deadline, runtime::read_buf(stream, &mut buf))
+        let read = runtime::timeout_at::<R, _>(deadline, runtime::read_buf(stream, &mut buf))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "registration timed out"))??;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "peer closed during registration",
-            ));
+            .map_err(|_| RegistrationError::Timeout(timeout))?;
+        match read {
+            Ok(0) => return Err(ConnectionError::PeerClosed),
+            Ok(_) => {}
+            Err(e) => return Err(ConnectionError::Io(e.to_string())),
         }
     }
 }
@@ -182,28 +183,29 @@ impl<R: Runtime> ReverseListener<R> {
         }
     }
 
-    async fn register<F>(&self, mut stream: R::Stream, admit: &F) -> Result<(), RegistrationError>
+    async fn register<F>(&self, mut stream: R::Stream, admit: &F) -> Result<(), ConnectionError>
     where
         F: Fn(RegisteredAgent<R>) -> Result<(), String>,
     {
         let now = Instant::now();
         let registration = ProxyRegistration::new(&self.policy, now);
-        let (frame, leftover) = read_first_frame::<R>(&mut stream, registration.deadline())
-            .await
-            .map_err(|e| RegistrationError::Malformed(e.to_string()))?;
+        let deadline = registration.deadline();
+        let (frame, leftover) =
+            read_first_frame::<R>(&mut stream, deadline, self.policy.timeout).await?;
         let mut out = BytesMut::new();
         let pending = match registration.handle_frame(&self.policy, &frame, &mut out) {
             Ok(p) => p,
             Err(e) => {
                 let _ = runtime::write_all(&mut stream, &out).await;
-                return Err(e);
+                return Err(e.into());
             }
         };
         if !leftover.is_empty() {
             // The agent must wait for our answer before sending anything.
             return Err(RegistrationError::Malformed(
                 "agent sent data before the registration answer".into(),
-            ));
+            )
+            .into());
         }
         let PendingRegistration { request } = pending.clone();
         let negotiated = Negotiated {
@@ -230,16 +232,16 @@ impl<R: Runtime> ReverseListener<R> {
             Ok(()) => {
                 pending
                     .accept(&self.policy, &connection_id, &mut answer)
-                    .map_err(|e| RegistrationError::Malformed(e.to_string()))?;
+                    .map_err(ConnectionError::Encode)?;
                 gate.open(answer.freeze());
                 Ok(())
             }
             Err(reason) => {
                 let err = pending
                     .reject(&self.policy, &reason, &mut answer)
-                    .map_err(|e| RegistrationError::Malformed(e.to_string()))?;
+                    .map_err(ConnectionError::Encode)?;
                 gate.refuse(answer.freeze());
-                Err(err)
+                Err(err.into())
             }
         }
     }
@@ -312,14 +314,22 @@ impl<H: AgentHandler, R: Runtime> ReverseConnector<H, R> {
         }
     }
 
-    /// Dials and registers once; on success serves the connection until it ends.
-    pub async fn connect_once(&self) -> Result<RegistrationResponse, RegistrationError> {
-        let mut stream = self
+    /// Dials, registers, and serves the connection until it ends; returns the proxy's
+    /// acceptance, or why the connection ended before it was accepted: the connect or a write
+    /// failed ([`ConnectionError::Io`]), or registration failed
+    /// ([`ConnectionError::Registration`]: refused by the proxy, or no answer in time).
+    ///
+    /// Registration is the first state of the core's connection
+    /// ([`AgentConnection::new_reverse`]), driven by the same connection task as every other
+    /// agent connection, so frames the proxy sends right behind its acceptance are served, not
+    /// lost.
+    pub async fn connect_once(&self) -> Result<RegistrationResponse, ConnectionError> {
+        let stream = self
             .config
             .target
             .connect::<R>()
             .await
-            .map_err(|e| RegistrationError::Malformed(format!("connect failed: {e}")))?;
+            .map_err(|e| ConnectionError::Io(format!("connect failed: {e}")))?;
         let request = RegistrationRequest {
             protocol_version: PROTOCOL_VERSION,
             agent_id: self.config.agent_id.clone(),
@@ -327,32 +337,15 @@ impl<H: AgentHandler, R: Runtime> ReverseConnector<H, R> {
             auth_token: self.config.auth_token.clone(),
             metadata: self.config.metadata.clone(),
         };
-        let now = Instant::now();
-        let mut out = BytesMut::new();
-        let registration =
-            AgentRegistration::start(&request, self.config.registration_timeout, now, &mut out)
-                .map_err(|e| RegistrationError::Malformed(e.to_string()))?;
-        runtime::write_all(&mut stream, &out)
-            .await
-            .map_err(|e| RegistrationError::Malformed(e.to_string()))?;
-        let (frame, leftover) = read_first_frame::<R>(&mut stream, registration.deadline())
-            .await
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::TimedOut => {
-                    RegistrationError::Timeout(self.config.registration_timeout)
-                }
-                _ => RegistrationError::Malformed(e.to_string()),
-            })?;
-        let response = registration.handle_frame(&frame)?;
-        let config = AgentConfig {
+        let mut config = AgentConfig {
             max_in_flight: self.config.max_in_flight,
             ..AgentConfig::default()
         };
-        let mut codec = AgentCodec::established(&config, Encoding::Json);
-        // Frames the proxy sent right behind its answer are read first.
-        codec.read_buffer().extend_from_slice(&leftover);
-        let conn = AgentConnection::new_established(config, Encoding::Json);
-        serve_stream::<H, R>(
+        config.handshake.capabilities = self.config.capabilities.clone();
+        config.handshake.timeout = self.config.registration_timeout;
+        let codec = AgentCodec::registering(&config);
+        let conn = AgentConnection::new_reverse(config, request, Instant::now());
+        let conn = serve_stream::<H, R>(
             stream,
             codec,
             conn,
@@ -361,7 +354,11 @@ impl<H: AgentHandler, R: Runtime> ReverseConnector<H, R> {
             self.config.drain_timeout,
         )
         .await;
-        Ok(response)
+        match (conn.registration(), conn.close_reason()) {
+            (Some(accepted), _) => Ok(accepted.clone()),
+            (None, Some(reason)) => Err(reason.clone()),
+            (None, None) => Err(ConnectionError::LocalClose),
+        }
     }
 
     /// Keeps a registered connection up until shutdown, reconnecting with backoff.

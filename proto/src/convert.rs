@@ -1334,9 +1334,12 @@ impl From<Outgoing> for v2::ProxyToAgent {
 }
 
 /// Converts what the core's agent connection emits. A pong's own `timestamp_ms` is `now_ms`.
-pub fn agent_outgoing_to_proto(message: AgentOutgoing, now_ms: u64) -> v2::AgentToProxy {
+/// `None` for a registration: reverse connections are framed only, and this schema has no
+/// message for it (an agent connection over gRPC never emits one).
+pub fn agent_outgoing_to_proto(message: AgentOutgoing, now_ms: u64) -> Option<v2::AgentToProxy> {
     use v2::agent_to_proxy::Message as M;
     let message = match message {
+        AgentOutgoing::Register(_) => return None,
         AgentOutgoing::Handshake(h) => M::Handshake(h.into()),
         AgentOutgoing::Response {
             correlation_id,
@@ -1348,9 +1351,9 @@ pub fn agent_outgoing_to_proto(message: AgentOutgoing, now_ms: u64) -> v2::Agent
         AgentOutgoing::Metrics(m) => M::Metrics(m.into()),
         AgentOutgoing::ConfigUpdate(c) => M::ConfigUpdate(c.into()),
     };
-    v2::AgentToProxy {
+    Some(v2::AgentToProxy {
         message: Some(message),
-    }
+    })
 }
 
 /// What a [`v2::AgentToProxy`] message is, for the proxy.

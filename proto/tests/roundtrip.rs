@@ -538,7 +538,7 @@ fn agent_side(message: Outgoing) -> AgentIncoming {
 }
 
 fn proxy_side(message: AgentOutgoing) -> Incoming {
-    match AgentMessage::from(wire(agent_outgoing_to_proto(message, 0))) {
+    match AgentMessage::from(wire(agent_outgoing_to_proto(message, 0).unwrap())) {
         AgentMessage::Protocol(m) => m,
         other => panic!("{other:?}"),
     }

@@ -10,6 +10,7 @@ use crate::error::ConnectionError;
 use crate::frame::{self, Decoded, Frame, FrameDecoder, FrameType, FRAME_HEADER_LEN};
 use crate::handshake::{self, HandshakeError};
 use crate::limits::MessageLimits;
+use crate::registration::{self, RegistrationError};
 
 use super::fail_closed::FailClosed;
 use super::{AgentConfig, AgentIncoming, AgentOutgoing};
@@ -17,6 +18,8 @@ use super::{AgentConfig, AgentIncoming, AgentOutgoing};
 /// Where the codec is in the connection's life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// A reverse connection: only the proxy's RegistrationResponse may come.
+    AwaitingRegistration,
     /// Only a HandshakeRequest may come.
     AwaitingHandshake,
     /// The handshake request was read; nothing more is decoded until the answer is written.
@@ -112,6 +115,12 @@ impl AgentCodec {
         Self::with_phase(config, Phase::AwaitingHandshake)
     }
 
+    /// The codec of a reverse connection: it writes the registration, and the first frame read
+    /// must be the proxy's answer; after a successful one, payloads are JSON.
+    pub fn registering(config: &AgentConfig) -> Self {
+        Self::with_phase(config, Phase::AwaitingRegistration)
+    }
+
     /// The codec of a connection that starts established (a reverse connection, after its
     /// registration), reading and writing payloads in `encoding`.
     pub fn established(config: &AgentConfig, encoding: Encoding) -> Self {
@@ -154,12 +163,9 @@ impl AgentCodec {
         loop {
             let encoding = match self.phase {
                 Phase::Open(encoding) => Some(encoding),
-                Phase::AwaitingHandshake => {
+                Phase::AwaitingHandshake | Phase::AwaitingRegistration => {
                     if let Some(got) = self.premature_frame() {
-                        return Some(Err(self.break_with(HandshakeError::UnexpectedFrame {
-                            expected: FrameType::HandshakeRequest,
-                            got,
-                        })));
+                        return Some(Err(self.unexpected_first_frame(got)));
                     }
                     None
                 }
@@ -177,17 +183,14 @@ impl AgentCodec {
                     if encoding.is_none() {
                         // Normally caught by `premature_frame` already (zero-length headers
                         // are not).
-                        return Some(Err(self.break_with(HandshakeError::UnexpectedFrame {
-                            expected: FrameType::HandshakeRequest,
-                            got: type_byte,
-                        })));
+                        return Some(Err(self.unexpected_first_frame(type_byte)));
                     }
                     continue;
                 }
                 Err(e) => return Some(Err(self.break_with(e))),
             };
             let decoded = match encoding {
-                None => self.on_handshake_frame(frame),
+                None => self.on_first_frame(frame),
                 Some(encoding) => self.on_frame(encoding, frame),
             };
             if decoded.is_some() {
@@ -196,9 +199,18 @@ impl AgentCodec {
         }
     }
 
-    /// While waiting for the handshake, the type byte of a buffered frame header that is not
-    /// 0x01: the connection is refused as soon as the header is seen, before its payload (up to
-    /// 16 MiB) is buffered or skipped. Zero-length headers are left to the decoder.
+    /// The type of the one frame that may come first: the proxy's handshake request, or its
+    /// answer to a reverse connection's registration.
+    fn first_frame_type(&self) -> FrameType {
+        match self.phase {
+            Phase::AwaitingRegistration => FrameType::HandshakeResponse,
+            _ => FrameType::HandshakeRequest,
+        }
+    }
+
+    /// Before the first frame, the type byte of a buffered frame header of another type: the
+    /// connection is refused as soon as the header is seen, before its payload (up to 16 MiB) is
+    /// buffered or skipped. Zero-length headers are left to the decoder.
     fn premature_frame(&self) -> Option<u8> {
         let b = &self.read_buf;
         if b.len() < FRAME_HEADER_LEN {
@@ -206,25 +218,43 @@ impl AgentCodec {
         }
         let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
         let ty = b[4];
-        (len != 0 && ty != FrameType::HandshakeRequest.as_byte()).then_some(ty)
+        (len != 0 && ty != self.first_frame_type().as_byte()).then_some(ty)
     }
 
-    fn on_handshake_frame(
-        &mut self,
-        frame: Frame,
-    ) -> Option<Result<AgentIncoming, ConnectionError>> {
-        if frame.frame_type != FrameType::HandshakeRequest {
-            return Some(Err(self.break_with(HandshakeError::UnexpectedFrame {
-                expected: FrameType::HandshakeRequest,
-                got: frame.frame_type.as_byte(),
-            })));
-        }
-        Some(match handshake::decode_request(&frame.payload) {
-            Ok(request) => {
-                self.phase = Phase::AwaitingAnswer;
-                Ok(AgentIncoming::Handshake(request))
+    fn unexpected_first_frame(&mut self, got: u8) -> ConnectionError {
+        let expected = self.first_frame_type();
+        match self.phase {
+            Phase::AwaitingRegistration => {
+                self.break_with(RegistrationError::UnexpectedFrame { expected, got })
             }
-            Err(e) => Err(self.break_with(e)),
+            _ => self.break_with(HandshakeError::UnexpectedFrame { expected, got }),
+        }
+    }
+
+    fn on_first_frame(&mut self, frame: Frame) -> Option<Result<AgentIncoming, ConnectionError>> {
+        if frame.frame_type != self.first_frame_type() {
+            return Some(Err(self.unexpected_first_frame(frame.frame_type.as_byte())));
+        }
+        Some(match self.phase {
+            Phase::AwaitingRegistration => match registration::decode_response(&frame.payload) {
+                Ok(response) => {
+                    // Frames the proxy sends right behind its acceptance are events, in JSON.
+                    self.phase = if response.success {
+                        Phase::Open(Encoding::Json)
+                    } else {
+                        Phase::Broken
+                    };
+                    Ok(AgentIncoming::Registered(response))
+                }
+                Err(e) => Err(self.break_with(e)),
+            },
+            _ => match handshake::decode_request(&frame.payload) {
+                Ok(request) => {
+                    self.phase = Phase::AwaitingAnswer;
+                    Ok(AgentIncoming::Handshake(request))
+                }
+                Err(e) => Err(self.break_with(e)),
+            },
         })
     }
 
@@ -297,6 +327,9 @@ impl AgentCodec {
                     Ok(()) => Ok(()),
                     Err(error) => Err(self.replace_answer(encoding, &correlation_id, error)),
                 };
+            }
+            AgentOutgoing::Register(request) => {
+                encoding::encode_frame(out, FrameType::HandshakeRequest, Encoding::Json, &request)
             }
             AgentOutgoing::Handshake(answer) => {
                 let ty = FrameType::HandshakeResponse;

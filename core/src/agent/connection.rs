@@ -12,6 +12,7 @@ use crate::error::ConnectionError;
 use crate::event::Event;
 use crate::frame::FrameType;
 use crate::handshake::{AgentHandshake, HandshakeRequest, Negotiated, PROTOCOL_VERSION};
+use crate::registration::{AgentRegistration, RegistrationRequest, RegistrationResponse};
 use crate::response::AgentResponse;
 
 use super::fail_closed::FailClosed;
@@ -30,6 +31,8 @@ struct Tracked {
 
 #[derive(Debug)]
 enum State {
+    /// A reverse connection waiting for the proxy to accept its registration.
+    Registering(AgentRegistration),
     Handshaking(AgentHandshake),
     Established,
     Closed(ConnectionError),
@@ -82,12 +85,13 @@ enum State {
 /// byte streams, the gRPC adapter converts them to protobuf.
 ///
 /// Its states and every transition between them are in [`AgentConnection::handle_message`]
-/// (handshake), [`AgentConnection::handle_timeout`] (handshake deadline) and one `close_with`
-/// (every end):
+/// (handshake, registration), [`AgentConnection::handle_timeout`] (their deadline) and one
+/// `close_with` (every end):
 ///
 /// ```text
-/// Handshaking --Handshake ok--> Established --transport end / malformed / close()--> Closed
-///      |--refused / deadline / transport end / close()----------------------------------^
+/// Handshaking  --Handshake ok---> Established --transport end / malformed / close()--> Closed
+/// Registering  --Registered ok--/      (reverse connections start in Registering)       ^
+///      |--refused / deadline / transport end / close()-----------------------------------|
 /// ```
 #[derive(Debug)]
 pub struct AgentConnection {
@@ -106,6 +110,8 @@ pub struct AgentConnection {
     by_correlation: HashMap<String, SmallVec<[RequestId; 2]>>,
     next_id: RequestId,
     notices_dropped: u64,
+    /// The proxy's acceptance of a reverse connection's registration.
+    registration: Option<RegistrationResponse>,
 }
 
 impl AgentConnection {
@@ -125,16 +131,64 @@ impl AgentConnection {
     /// adapter completed with [`crate::registration::AgentRegistration`] (reverse connections
     /// use [`Encoding::Json`]). Queues [`AgentEvent::Established`] with `proxy: None`.
     pub fn new_established(config: AgentConfig, encoding: Encoding) -> Self {
+        let mut conn = Self::with_state(config, State::Established, None);
+        conn.establish_without_handshake(encoding);
+        conn
+    }
+
+    /// Opens a connection that had no handshake (a reverse one): the capabilities in force are
+    /// ours, as announced.
+    fn establish_without_handshake(&mut self, encoding: Encoding) {
         let negotiated = Negotiated {
             encoding,
-            capabilities: config.handshake.capabilities.clone(),
+            capabilities: self.config.handshake.capabilities.clone(),
             protocol_version: PROTOCOL_VERSION,
         };
-        let mut conn = Self::with_state(config, State::Established, Some(encoding));
-        conn.events.push_back(AgentEvent::Established {
+        self.state = State::Established;
+        self.encoding = Some(encoding);
+        self.events.push_back(AgentEvent::Established {
             negotiated,
             proxy: None,
         });
+    }
+
+    /// A reverse connection: the agent dialed the proxy, and the first thing it sends is
+    /// `request` ([`AgentOutgoing::Register`]); the proxy must accept it
+    /// ([`AgentIncoming::Registered`]) within `config.handshake.timeout`. The connection is then
+    /// established in [`Encoding::Json`] (queuing [`AgentEvent::Established`] with
+    /// `proxy: None`); a refusal or the deadline closes it with
+    /// [`ConnectionError::Registration`].
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use agent_protocol_core::agent::{AgentConfig, AgentConnection, AgentEvent, AgentIncoming, AgentOutgoing};
+    /// use agent_protocol_core::registration::{RegistrationRequest, RegistrationResponse};
+    /// use agent_protocol_core::Capabilities;
+    ///
+    /// let now = Instant::now();
+    /// let request = RegistrationRequest {
+    ///     protocol_version: 2,
+    ///     agent_id: "waf-1".into(),
+    ///     capabilities: Capabilities::new("waf-1", "WAF", "1"),
+    ///     auth_token: None,
+    ///     metadata: None,
+    /// };
+    /// let mut agent = AgentConnection::new_reverse(AgentConfig::default(), request, now);
+    /// assert!(matches!(agent.poll_message(), Some(AgentOutgoing::Register(_))));
+    /// agent.handle_message(now, AgentIncoming::Registered(RegistrationResponse {
+    ///     success: true,
+    ///     error: None,
+    ///     proxy_id: "proxy".into(),
+    ///     proxy_version: "1".into(),
+    ///     connection_id: "waf-1-1".into(),
+    /// }));
+    /// assert!(matches!(agent.poll_event(), Some(AgentEvent::Established { proxy: None, .. })));
+    /// assert_eq!(agent.registration().unwrap().connection_id, "waf-1-1");
+    /// ```
+    pub fn new_reverse(config: AgentConfig, request: RegistrationRequest, now: Instant) -> Self {
+        let registration = AgentRegistration::new(config.handshake.timeout, now);
+        let mut conn = Self::with_state(config, State::Registering(registration), None);
+        conn.outgoing.push_back(AgentOutgoing::Register(request));
         conn
     }
 
@@ -150,6 +204,7 @@ impl AgentConnection {
             by_correlation: HashMap::new(),
             next_id: RequestId::from_raw(0),
             notices_dropped: 0,
+            registration: None,
         }
     }
 
@@ -166,6 +221,7 @@ impl AgentConnection {
         }
         match message {
             AgentIncoming::Handshake(request) => self.on_handshake(request),
+            AgentIncoming::Registered(response) => self.on_registered(response),
             AgentIncoming::Event(event) => self.on_event(event),
             AgentIncoming::MalformedEvent {
                 correlation_id: Some(correlation_id),
@@ -179,6 +235,23 @@ impl AgentConnection {
             } => self.close_with(ConnectionError::Malformed(error)),
             AgentIncoming::Cancel(cancel) => self.on_cancel(cancel),
             AgentIncoming::Ping(ping) => self.outgoing.push_back(AgentOutgoing::Pong(ping)),
+        }
+    }
+
+    fn on_registered(&mut self, response: RegistrationResponse) {
+        let State::Registering(registration) = &self.state else {
+            self.notice(AgentEvent::Ignored {
+                frame_type: FrameType::HandshakeResponse,
+            });
+            return;
+        };
+        match registration.handle_response(response) {
+            Ok(response) => {
+                self.registration = Some(response);
+                // Reverse connections always carry JSON.
+                self.establish_without_handshake(Encoding::Json);
+            }
+            Err(e) => self.close_with(ConnectionError::Registration(e)),
         }
     }
 
@@ -210,7 +283,7 @@ impl AgentConnection {
     fn on_event(&mut self, event: Event) {
         let frame_type = event.frame_type();
         let encoding = self.encoding.unwrap_or_default();
-        if matches!(self.state, State::Handshaking(_)) {
+        if matches!(self.state, State::Handshaking(_) | State::Registering(_)) {
             let why = FailClosed::HandshakeRequired;
             self.answer_fail_closed(event.correlation_id().to_owned(), frame_type, why);
             return;
@@ -273,7 +346,7 @@ impl AgentConnection {
     /// Answers an event the application will not see (undecodable, over a limit, without an
     /// id) with a block, and reports it.
     fn refuse(&mut self, correlation_id: String, error: DecodeError) {
-        let why = if matches!(self.state, State::Handshaking(_)) {
+        let why = if matches!(self.state, State::Handshaking(_) | State::Registering(_)) {
             FailClosed::HandshakeRequired
         } else {
             FailClosed::for_decode_error(&error)
@@ -324,10 +397,13 @@ impl AgentConnection {
     /// A handshake that arrived in time is accepted even if the adapter hands it over late: the
     /// adapter passes the time it read it.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let State::Handshaking(hs) = &self.state {
-            if let Err(e) = hs.handle_timeout(now) {
-                self.close_with(ConnectionError::Handshake(e));
-            }
+        let expired = match &self.state {
+            State::Handshaking(hs) => hs.handle_timeout(now).map_err(ConnectionError::Handshake),
+            State::Registering(r) => r.handle_timeout(now).map_err(ConnectionError::Registration),
+            State::Established | State::Closed(_) => Ok(()),
+        };
+        if let Err(reason) = expired {
+            self.close_with(reason);
         }
     }
 
@@ -344,6 +420,7 @@ impl AgentConnection {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.state {
             State::Handshaking(hs) => Some(hs.deadline()),
+            State::Registering(r) => Some(r.deadline()),
             _ => None,
         }
     }
@@ -375,7 +452,9 @@ impl AgentConnection {
         match &self.state {
             State::Established => {}
             State::Closed(reason) => return Err(RespondError::Closed(reason.clone())),
-            State::Handshaking(_) => return Err(RespondError::UnknownRequest(id)),
+            State::Handshaking(_) | State::Registering(_) => {
+                return Err(RespondError::UnknownRequest(id))
+            }
         }
         let correlation_id = self.forget(id).ok_or(RespondError::UnknownRequest(id))?;
         self.outgoing.push_back(AgentOutgoing::Response {
@@ -409,7 +488,7 @@ impl AgentConnection {
         match &self.state {
             State::Established => {}
             State::Closed(reason) => return Err(SendError::Closed(reason.clone())),
-            State::Handshaking(_) => return Err(SendError::NotEstablished),
+            State::Handshaking(_) | State::Registering(_) => return Err(SendError::NotEstablished),
         }
         self.outgoing.push_back(message());
         Ok(())
@@ -483,6 +562,11 @@ impl AgentConnection {
     /// Whether the connection is closed.
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed(_))
+    }
+
+    /// The proxy's acceptance of this reverse connection's registration, once it came.
+    pub fn registration(&self) -> Option<&RegistrationResponse> {
+        self.registration.as_ref()
     }
 
     /// Why the connection closed, if it did.

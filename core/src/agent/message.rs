@@ -9,6 +9,7 @@ use crate::control::{Cancel, ConfigUpdateRequest, FlowControl, HealthStatus, Met
 use crate::encoding::DecodeError;
 use crate::event::Event;
 use crate::handshake::{HandshakeRequest, HandshakeResponse};
+use crate::registration::{RegistrationRequest, RegistrationResponse};
 use crate::response::AgentResponse;
 
 /// A message from the proxy.
@@ -18,6 +19,8 @@ use crate::response::AgentResponse;
 pub enum AgentIncoming {
     /// The proxy's handshake request.
     Handshake(HandshakeRequest),
+    /// The proxy's answer to a reverse connection's registration.
+    Registered(RegistrationResponse),
     /// An event to answer.
     Event(Event),
     /// An event the transport could not turn into an [`Event`]. With a correlation id it is
@@ -43,6 +46,8 @@ pub enum AgentIncoming {
 pub enum AgentOutgoing {
     /// The handshake answer (a refusal is followed by the close).
     Handshake(HandshakeResponse),
+    /// A reverse connection's registration, the first message on it.
+    Register(RegistrationRequest),
     /// An answer. The correlation id travels beside the response, which is exactly what the
     /// application gave [`AgentConnection::respond`](super::AgentConnection::respond); the
     /// framed codec copies the id into `audit.custom.correlation_id`, where framed proxies read

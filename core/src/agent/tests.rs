@@ -1788,3 +1788,93 @@ fn message_transports_weigh_events_by_their_contents() {
         "{weights:?}"
     );
 }
+
+fn registration_request() -> crate::registration::RegistrationRequest {
+    crate::registration::RegistrationRequest {
+        protocol_version: 2,
+        agent_id: "waf-1".into(),
+        capabilities: crate::Capabilities::new("waf-1", "WAF", "1"),
+        auth_token: Some("s3cret".into()),
+        metadata: None,
+    }
+}
+
+fn registration_answer(success: bool) -> Vec<u8> {
+    let answer = crate::registration::RegistrationResponse {
+        success,
+        error: (!success).then(|| "not in the allowed list".into()),
+        proxy_id: "proxy".into(),
+        proxy_version: "1".into(),
+        connection_id: if success {
+            "waf-1-7".into()
+        } else {
+            String::new()
+        },
+    };
+    raw_frame(0x02, &serde_json::to_vec(&answer).unwrap())
+}
+
+#[test]
+fn reverse_registration_is_the_first_state_and_frames_behind_the_acceptance_are_served() {
+    let now = t0();
+    let mut conn = FramedAgent::reverse(AgentConfig::default(), registration_request(), now);
+    let sent = transmitted(&mut conn);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].frame_type, FrameType::HandshakeRequest);
+    let request: crate::registration::RegistrationRequest =
+        serde_json::from_slice(&sent[0].payload).unwrap();
+    assert_eq!(request, registration_request());
+    assert!(!conn.is_established());
+    assert_eq!(
+        conn.poll_timeout(),
+        Some(now + AgentConfig::default().handshake.timeout)
+    );
+    // The acceptance and an event in the same read: the event is decoded as JSON and served.
+    let mut wire = registration_answer(true);
+    wire.extend(event_frame(Encoding::Json, &complete("right-behind")));
+    for chunk in wire.chunks(7) {
+        conn.handle_input(t0(), chunk);
+    }
+    let evs = events(&mut conn);
+    assert!(
+        matches!(&evs[..], [AgentEvent::Established { negotiated, proxy: None }, AgentEvent::Request { event, .. }]
+            if negotiated.encoding == Encoding::Json && event.correlation_id() == "right-behind"),
+        "{evs:?}"
+    );
+    assert_eq!(conn.registration().unwrap().connection_id, "waf-1-7");
+    assert_eq!(conn.poll_timeout(), None);
+}
+
+#[test]
+fn reverse_registration_refused_late_or_answered_wrongly_closes_with_its_cause() {
+    let refused = {
+        let mut conn = FramedAgent::reverse(AgentConfig::default(), registration_request(), t0());
+        conn.handle_input(t0(), &registration_answer(false));
+        conn.close_reason().cloned().unwrap()
+    };
+    assert!(
+        matches!(&refused, ConnectionError::Registration(crate::registration::RegistrationError::Rejected(m)) if m.contains("allowed list")),
+        "{refused:?}"
+    );
+    assert_eq!(refused.fault(), crate::Fault::Peer);
+
+    let mut conn = FramedAgent::reverse(AgentConfig::default(), registration_request(), t0());
+    conn.handle_timeout(t0() + Duration::from_secs(60));
+    let late = conn.close_reason().cloned().unwrap();
+    assert!(matches!(
+        late,
+        ConnectionError::Registration(crate::registration::RegistrationError::Timeout(_))
+    ));
+    assert_eq!(late.fault(), crate::Fault::Timeout);
+
+    // An event header instead of the answer is refused before its payload is read.
+    let mut conn = FramedAgent::reverse(AgentConfig::default(), registration_request(), t0());
+    conn.handle_input(t0(), &event_frame(Encoding::Json, &complete("x"))[..5]);
+    assert!(matches!(
+        conn.close_reason(),
+        Some(ConnectionError::Registration(
+            crate::registration::RegistrationError::UnexpectedFrame { got: 0x14, .. }
+        ))
+    ));
+    assert!(conn.codec.read_buffer().is_empty());
+}

@@ -114,6 +114,8 @@ pub trait AgentLink: Send {
 
 /// Serves one agent connection over `link` until it closes: hands each event to `handler`,
 /// sends the answers, and drains on shutdown within `drain_timeout`. Counts itself in `handle`.
+/// Returns the closed connection, for what it learnt ([`AgentConnection::close_reason`],
+/// [`AgentConnection::registration`]).
 ///
 /// The framed link ([`FramedLink`](super::FramedLink): Unix sockets, TCP, reverse connections)
 /// lives in this crate, the gRPC link in the tokio adapter; fairness, back-pressure, draining
@@ -132,7 +134,7 @@ pub async fn serve_link<L: AgentLink, H: AgentHandler, R: Runtime>(
     handler: Arc<H>,
     handle: ServerHandle,
     drain_timeout: Duration,
-) {
+) -> AgentConnection {
     handle.connection_opened();
     let mut task = ConnectionTask {
         conn,
@@ -145,6 +147,7 @@ pub async fn serve_link<L: AgentLink, H: AgentHandler, R: Runtime>(
     };
     task.run::<R>(drain_timeout).await;
     handle.connection_closed();
+    task.conn
 }
 
 /// How often a draining connection looks at its drain deadline.

@@ -429,7 +429,7 @@ impl<H: AgentHandler, R: Runtime> AgentServer<H, R> {
                             );
                             let alive = alive.clone();
                             R::spawn(async move {
-                                task.await;
+                                let _closed = task.await;
                                 drop(alive);
                             });
                         }
@@ -453,8 +453,8 @@ impl<H: AgentHandler, R: Runtime> AgentServer<H, R> {
     }
 }
 
-/// Serves one agent connection on a byte stream until it closes: the accepted connections of
-/// [`AgentServer`], and reverse connections after their registration.
+/// Serves one agent connection on a byte stream until it closes (the accepted connections of
+/// [`AgentServer`], and reverse connections), and hands back the closed connection.
 pub(crate) async fn serve_stream<H: AgentHandler, R: Runtime>(
     stream: R::Stream,
     codec: AgentCodec,
@@ -462,10 +462,10 @@ pub(crate) async fn serve_stream<H: AgentHandler, R: Runtime>(
     handler: Arc<H>,
     handle: ServerHandle,
     drain_timeout: Duration,
-) {
+) -> AgentConnection {
     let (read, write) = stream.into_split();
     let link = FramedLink::new(codec, read, write);
-    serve_link::<_, H, R>(conn, link, handler, handle, drain_timeout).await;
+    serve_link::<_, H, R>(conn, link, handler, handle, drain_timeout).await
 }
 
 /// Resolves once shutdown is requested (or the handle is gone). The borrow of the watched

@@ -306,7 +306,7 @@ fn implicit_handshake() -> HandshakeRequest {
 }
 
 fn next_answer(conn: &mut AgentConnection) -> Option<AgentToProxy> {
-    let mut message = convert::agent_outgoing_to_proto(conn.poll_message()?, unix_ms());
+    let mut message = convert::agent_outgoing_to_proto(conn.poll_message()?, unix_ms())?;
     bound_response(&mut message);
     Some(message)
 }
@@ -463,7 +463,9 @@ impl AgentLink for GrpcLink {
         message: AgentOutgoing,
         handler_time: Option<Duration>,
     ) -> Result<(), ConnectionError> {
-        let mut message = convert::agent_outgoing_to_proto(message, unix_ms());
+        let Some(mut message) = convert::agent_outgoing_to_proto(message, unix_ms()) else {
+            return Ok(());
+        };
         bound_response(&mut message);
         if let Some(elapsed) = handler_time {
             set_processing_time(&mut message, elapsed);

@@ -141,21 +141,21 @@ pub async fn wrong_or_missing_token_and_unknown_agent_are_refused<R: Harness>() 
         .connect_once()
         .await;
     assert!(
-        matches!(&wrong, Err(RegistrationError::Rejected(msg)) if msg.contains("authentication failed")),
+        matches!(&wrong, Err(ConnectionError::Registration(RegistrationError::Rejected(msg))) if msg.contains("authentication failed")),
         "{wrong:?}"
     );
     let missing = connector::<R>(target.clone(), "waf-1", None)
         .connect_once()
         .await;
     assert!(
-        matches!(&missing, Err(RegistrationError::Rejected(msg)) if msg.contains("authentication failed")),
+        matches!(&missing, Err(ConnectionError::Registration(RegistrationError::Rejected(msg))) if msg.contains("authentication failed")),
         "{missing:?}"
     );
     let unknown = connector::<R>(target.clone(), "intruder", Some("s3cret"))
         .connect_once()
         .await;
     assert!(
-        matches!(&unknown, Err(RegistrationError::Rejected(msg)) if msg.contains("not in the allowed list")),
+        matches!(&unknown, Err(ConnectionError::Registration(RegistrationError::Rejected(msg))) if msg.contains("not in the allowed list")),
         "{unknown:?}"
     );
     assert!(admitted.lock().unwrap().is_empty());
@@ -181,7 +181,7 @@ pub async fn full_pool_refusal_is_reported_to_the_agent<R: Harness>() {
         .connect_once()
         .await;
     assert!(
-        matches!(&full, Err(RegistrationError::Rejected(msg)) if msg.contains("pool is full")),
+        matches!(&full, Err(ConnectionError::Registration(RegistrationError::Rejected(msg))) if msg.contains("pool is full")),
         "{full:?}"
     );
     assert!(admitted.lock().unwrap().is_empty());
