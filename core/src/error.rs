@@ -1,5 +1,6 @@
 //! Errors shared by the connection state machines, each saying whose fault it is.
 
+use std::io;
 use std::time::Duration;
 
 use crate::control::CancelReason;
@@ -52,15 +53,39 @@ pub enum ConnectionError {
     /// The peer closed the stream.
     #[error("connection closed by peer")]
     PeerClosed,
-    /// Reading or writing failed (reported by the adapter).
-    #[error("I/O error: {0}")]
-    Io(String),
+    /// Reading or writing failed (reported by the adapter). `kind` is the `io::ErrorKind` of
+    /// the failure (`Other` for a transport error that is not an `io::Error`, such as a gRPC
+    /// status), so callers can tell a reset from a timeout without parsing `message`.
+    #[error("I/O error ({kind}): {message}")]
+    Io {
+        /// What kind of failure.
+        kind: io::ErrorKind,
+        /// What the adapter said.
+        message: String,
+    },
     /// Closed by our side.
     #[error("connection closed locally")]
     LocalClose,
 }
 
+impl From<io::Error> for ConnectionError {
+    fn from(error: io::Error) -> Self {
+        Self::Io {
+            kind: error.kind(),
+            message: error.to_string(),
+        }
+    }
+}
+
 impl ConnectionError {
+    /// A transport failure that is not an `io::Error` (a gRPC status, say).
+    pub fn transport(message: impl Into<String>) -> Self {
+        Self::Io {
+            kind: io::ErrorKind::Other,
+            message: message.into(),
+        }
+    }
+
     /// Whose fault.
     pub fn fault(&self) -> Fault {
         match self {
@@ -69,7 +94,7 @@ impl ConnectionError {
             Self::Handshake(HandshakeError::Timeout(_)) | Self::PingTimeout(_) => Fault::Timeout,
             Self::Handshake(_) => Fault::Peer,
             Self::Encode(_) => Fault::Local,
-            Self::PeerClosed | Self::Io(_) | Self::LocalClose => Fault::Closed,
+            Self::PeerClosed | Self::Io { .. } | Self::LocalClose => Fault::Closed,
         }
     }
 }

@@ -57,6 +57,10 @@ pub struct Headers {
     /// Exact name -> position, kept while names are appended by exact match and there are more
     /// than [`INDEXED_FROM`] of them; dropped by any other change (rebuilt when needed).
     index: Option<Box<NameIndex>>,
+    /// Values held, and bytes of names (once per entry) and values: kept as headers change, so
+    /// [`Headers::load`] is free however many headers there are.
+    values: usize,
+    bytes: usize,
 }
 
 impl PartialEq for Headers {
@@ -99,7 +103,7 @@ impl Headers {
     pub fn with_capacity(names: usize) -> Self {
         Self {
             entries: Vec::with_capacity(names),
-            index: None,
+            ..Self::default()
         }
     }
 
@@ -115,19 +119,65 @@ impl Headers {
 
     /// Total number of values across all names.
     pub fn value_count(&self) -> usize {
-        self.entries.iter().map(|e| e.values.len()).sum()
+        self.values
+    }
+
+    /// The values held and the bytes of their names and values, a name counting once per
+    /// entry, as [`HeaderLimits`](crate::limits::HeaderLimits) counts them. Constant time.
+    ///
+    /// ```
+    /// use agent_protocol_core::Headers;
+    /// let mut h = Headers::new();
+    /// h.append("set-cookie", "a=1");
+    /// h.append("set-cookie", "b=2");
+    /// assert_eq!(h.load(), (2, "set-cookie".len() + 6));
+    /// h.insert("set-cookie", "c");
+    /// assert_eq!(h.load(), (1, "set-cookie".len() + 1));
+    /// h.remove("set-cookie");
+    /// assert_eq!(h.load(), (0, 0));
+    /// ```
+    pub fn load(&self) -> (usize, usize) {
+        (self.values, self.bytes)
+    }
+
+    /// Counts a value added.
+    fn count_value(&mut self, value: &str) {
+        self.values += 1;
+        self.bytes += value.len();
+    }
+
+    /// Counts a new entry's name and value.
+    fn count_entry(&mut self, name: &str, value: &str) {
+        self.bytes += name.len();
+        self.count_value(value);
+    }
+
+    /// Uncounts an entry's values (and its name, with `name`).
+    fn uncount(&mut self, name: Option<&str>, values: &[String]) {
+        self.bytes -= name.map_or(0, str::len);
+        for value in values {
+            self.values -= 1;
+            self.bytes -= value.len();
+        }
     }
 
     /// Adds a value, after any existing values of the same name (case-insensitive).
     pub fn append(&mut self, name: impl Into<String>, value: impl Into<String>) {
         let name = name.into();
+        let value = value.into();
         self.index = None;
         match self.position(&name) {
-            Some(i) => self.entries[i].values.push(value.into()),
-            None => self.entries.push(HeaderEntry {
-                name,
-                values: smallvec::smallvec![value.into()],
-            }),
+            Some(i) => {
+                self.count_value(&value);
+                self.entries[i].values.push(value);
+            }
+            None => {
+                self.count_entry(&name, &value);
+                self.entries.push(HeaderEntry {
+                    name,
+                    values: smallvec::smallvec![value],
+                });
+            }
         }
     }
 
@@ -152,17 +202,22 @@ impl Headers {
     /// Replaces every value of `name` with one value.
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
         let name = name.into();
+        let value = value.into();
         self.index = None;
         match self.position(&name) {
             Some(i) => {
-                let values = &mut self.entries[i].values;
-                values.clear();
-                values.push(value.into());
+                let old = std::mem::take(&mut self.entries[i].values);
+                self.uncount(None, &old);
+                self.count_value(&value);
+                self.entries[i].values.push(value);
             }
-            None => self.entries.push(HeaderEntry {
-                name,
-                values: smallvec::smallvec![value.into()],
-            }),
+            None => {
+                self.count_entry(&name, &value);
+                self.entries.push(HeaderEntry {
+                    name,
+                    values: smallvec::smallvec![value],
+                });
+            }
         }
     }
 
@@ -170,7 +225,9 @@ impl Headers {
     pub fn remove(&mut self, name: &str) -> Option<HeaderValues> {
         let i = self.position(name)?;
         self.index = None;
-        Some(self.entries.remove(i).values)
+        let entry = self.entries.remove(i);
+        self.uncount(Some(&entry.name), &entry.values);
+        Some(entry.values)
     }
 
     /// The values of `name` (case-insensitive).
@@ -224,6 +281,8 @@ impl Headers {
     /// apart as the sender wrote them (lower-casing them would lose which value came with which
     /// spelling). Amortised constant time per call, whatever the number of names.
     fn push_exact(&mut self, name: String, values: HeaderValues) {
+        self.values += values.len();
+        self.bytes += values.iter().map(String::len).sum::<usize>();
         // Repeated names usually arrive together: look at the last entry first.
         if let Some(last) = self.entries.last_mut() {
             if last.name == name {
@@ -239,6 +298,7 @@ impl Headers {
         match found {
             Some(i) => self.entries[i].values.extend(values),
             None => {
+                self.bytes += name.len();
                 if let Some(index) = &mut self.index {
                     let h = index.hasher.hash_one(name.as_str());
                     index.positions.entry(h).or_insert(self.entries.len());
@@ -391,5 +451,36 @@ mod tests {
         assert_eq!(h.get("a").unwrap().as_slice(), ["x".to_string()]);
         assert_eq!(h.remove("a").unwrap().len(), 1);
         assert!(h.is_empty());
+    }
+
+    /// The load counted from scratch.
+    fn recount(h: &Headers) -> (usize, usize) {
+        h.entries().iter().fold((0, 0), |(count, bytes), e| {
+            let values: usize = e.values.iter().map(String::len).sum();
+            (count + e.values.len(), bytes + e.name.len() + values)
+        })
+    }
+
+    proptest::proptest! {
+        /// The kept load always equals a recount, whatever sequence of changes made the headers
+        /// (past the index threshold too).
+        #[test]
+        fn load_is_kept_exactly(ops in proptest::collection::vec((0u8..4, 0u8..80, "[a-c]{0,3}"), 0..300)) {
+            let mut h = Headers::new();
+            for (op, name, value) in ops {
+                let name = format!("n{name}");
+                match op {
+                    0 => h.append(name.clone(), value),
+                    1 => h.append_exact(name.clone(), value),
+                    2 => h.insert(name.clone(), value),
+                    _ => {
+                        h.remove(&name);
+                    }
+                }
+                proptest::prop_assert_eq!(h.load(), recount(&h));
+            }
+            let decoded: Headers = serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
+            proptest::prop_assert_eq!(decoded.load(), recount(&decoded));
+        }
     }
 }

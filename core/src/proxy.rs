@@ -537,9 +537,9 @@ impl ProxyConnection {
         self.close_with(ConnectionError::PeerClosed);
     }
 
-    /// Reading or writing failed.
-    pub fn handle_io_error(&mut self, message: impl Into<String>) {
-        self.close_with(ConnectionError::Io(message.into()));
+    /// The transport failed: `error` says how (usually [`ConnectionError::Io`], with its kind).
+    pub fn handle_io_error(&mut self, error: ConnectionError) {
+        self.close_with(error);
     }
 
     /// Closes the connection from our side; pending requests fail at once.

@@ -1,154 +1,37 @@
 //! A proxy connection wired to an agent connection in memory, with a simulated clock: the
 //! deterministic harness for whole-protocol behaviour (as quinn-proto's `Pair`).
 
-use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::time::Duration;
 
-use agent_protocol_core::agent::{AgentConfig, AgentEvent, Unsent};
-use agent_protocol_core::proxy::{ProxyConfig, ProxyConnection, ProxyEvent, RequestId};
-use agent_protocol_core::testing::FramedAgent;
+use agent_protocol_core::agent::Unsent;
+use agent_protocol_core::proxy::{ProxyConfig, RequestId};
+use agent_protocol_core::testing::{Pair, Transport};
 use agent_protocol_core::*;
 use bytes::Bytes;
 use proptest::prelude::*;
 
-/// The two ends, a clock, and what each side has reported.
-struct Pair {
-    now: Instant,
-    proxy: ProxyConnection,
-    agent: FramedAgent,
-    /// Requests the agent has received and not yet answered: agent id -> correlation id.
-    agent_pending: Vec<(agent_protocol_core::agent::RequestId, String)>,
-    outcomes: HashMap<RequestId, Result<AgentResponse, RequestError>>,
-    proxy_closed: Option<ConnectionError>,
-    agent_cancelled: Vec<String>,
-    /// When false, bytes are dropped on the floor (a dead wire).
-    wire_up: bool,
+/// What the tests' agent answers: an allow echoing the correlation id in a header op, so a
+/// misrouted answer shows.
+trait EchoAnswer {
+    fn answer(&mut self, index: usize) -> bool;
 }
 
-impl Pair {
-    fn new(proxy_encodings: &[Encoding], agent_encodings: &[Encoding]) -> Self {
-        let now = Instant::now();
-        let mut pcfg = ProxyConfig::default();
-        pcfg.handshake.encodings = proxy_encodings.iter().copied().collect();
-        let mut acfg = AgentConfig::default();
-        acfg.handshake.encodings = agent_encodings.iter().copied().collect();
-        acfg.handshake.capabilities =
-            Capabilities::new("pair-agent", "Pair", "1").with_all_events();
-        let mut pair = Pair {
-            now,
-            proxy: ProxyConnection::new(pcfg, now),
-            agent: FramedAgent::new(acfg, now),
-            agent_pending: Vec::new(),
-            outcomes: HashMap::new(),
-            proxy_closed: None,
-            agent_cancelled: Vec::new(),
-            wire_up: true,
-        };
-        pair.drive();
-        pair
-    }
-
-    /// Moves bytes both ways and collects events until nothing changes.
-    fn drive(&mut self) {
-        loop {
-            let mut moved = false;
-            if let Some(b) = self.proxy.poll_transmit() {
-                if self.wire_up {
-                    self.agent.handle_input(self.now, &b);
-                }
-                moved = true;
-            }
-            if let Some(b) = self.agent.poll_transmit() {
-                if self.wire_up {
-                    self.proxy.handle_input(self.now, &b);
-                }
-                moved = true;
-            }
-            while let Some(e) = self.proxy.poll_event() {
-                moved = true;
-                match e {
-                    ProxyEvent::Response { id, response, .. } => {
-                        assert!(
-                            self.outcomes.insert(id, Ok(response)).is_none(),
-                            "second outcome for {id}"
-                        );
-                    }
-                    ProxyEvent::Failed { id, error, .. } => {
-                        assert!(
-                            self.outcomes.insert(id, Err(error)).is_none(),
-                            "second outcome for {id}"
-                        );
-                    }
-                    ProxyEvent::Closed(e) => self.proxy_closed = Some(e),
-                    _ => {}
-                }
-            }
-            while let Some(e) = self.agent.poll_event() {
-                moved = true;
-                match e {
-                    AgentEvent::Request { id, event } => self
-                        .agent_pending
-                        .push((id, event.correlation_id().to_owned())),
-                    AgentEvent::Cancelled {
-                        id, correlation_id, ..
-                    } => {
-                        self.agent_pending.retain(|(i, _)| *i != id);
-                        self.agent_cancelled.push(correlation_id);
-                    }
-                    _ => {}
-                }
-            }
-            if !moved {
-                return;
-            }
-        }
-    }
-
-    fn advance(&mut self, by: Duration) {
-        self.now += by;
-        self.proxy.handle_timeout(self.now);
-        self.agent.handle_timeout(self.now);
-        self.drive();
-    }
-
-    fn submit(
-        &mut self,
-        event: Event,
-        timeout: Option<Duration>,
-    ) -> Result<RequestId, SubmitError> {
-        let r = self.proxy.send_event(self.now, event, timeout);
-        self.drive();
-        r
-    }
-
-    /// The agent answers its `index`-th pending request (modulo), echoing the id in a header op.
+impl EchoAnswer for Pair {
     fn answer(&mut self, index: usize) -> bool {
-        if self.agent_pending.is_empty() {
-            return false;
-        }
-        let (id, cid) = self.agent_pending.remove(index % self.agent_pending.len());
-        let mut r = AgentResponse::allow();
-        r.request_headers.push(HeaderOp::Set {
-            name: "x-cid".into(),
-            value: cid,
-        });
-        self.agent.respond(id, r).unwrap();
-        self.drive();
-        true
-    }
-
-    /// The agent answers its oldest pending request with `response`; returns what `respond`
-    /// said.
-    fn answer_with(
-        &mut self,
-        response: AgentResponse,
-    ) -> Result<(), agent_protocol_core::agent::RespondError> {
-        let (id, _) = self.agent_pending.remove(0);
-        let r = self.agent.respond(id, response);
-        self.drive();
-        r
+        self.answer_nth(index, |cid| {
+            let mut r = AgentResponse::allow();
+            r.request_headers.push(HeaderOp::Set {
+                name: "x-cid".into(),
+                value: cid.to_owned(),
+            });
+            r
+        })
     }
 }
+
+/// Both transports, for the tests that hold on either.
+const TRANSPORTS: [Transport; 2] = [Transport::Framed, Transport::Messages];
 
 fn headers(cid: &str) -> Event {
     let meta = RequestMetadata {
@@ -193,7 +76,7 @@ fn handshake_negotiates_and_pipelined_requests_route_out_of_order() {
             Encoding::Json,
         ),
     ] {
-        let mut pair = Pair::new(&p, &a);
+        let mut pair = Pair::new(Transport::Framed, &p, &a);
         assert_eq!(pair.proxy.encoding(), expect);
         assert_eq!(pair.agent.encoding(), Some(expect));
         let ids: Vec<_> = (0..10)
@@ -221,105 +104,119 @@ fn handshake_negotiates_and_pipelined_requests_route_out_of_order() {
 
 #[test]
 fn timeouts_cancel_at_the_agent_and_leave_nothing_behind() {
-    let mut pair = Pair::new(&[Encoding::MsgPack], &[Encoding::MsgPack, Encoding::Json]);
-    let id = pair
-        .submit(headers("slow"), Some(Duration::from_millis(50)))
-        .unwrap();
-    pair.advance(Duration::from_millis(50));
-    assert!(matches!(pair.outcomes[&id], Err(RequestError::Timeout(_))));
-    assert_eq!(pair.agent_cancelled, vec!["slow".to_string()]);
-    assert!(pair.agent_pending.is_empty());
-    assert_eq!(pair.agent.in_flight(), 0);
-    assert_eq!(pair.proxy.in_flight(), 0);
+    for transport in TRANSPORTS {
+        let mut pair = Pair::new(
+            transport,
+            &[Encoding::MsgPack],
+            &[Encoding::MsgPack, Encoding::Json],
+        );
+        let id = pair
+            .submit(headers("slow"), Some(Duration::from_millis(50)))
+            .unwrap();
+        pair.advance(Duration::from_millis(50));
+        assert!(matches!(pair.outcomes[&id], Err(RequestError::Timeout(_))));
+        assert_eq!(pair.agent_cancelled, vec!["slow".to_string()]);
+        assert!(pair.agent_pending.is_empty());
+        assert_eq!(pair.agent.in_flight(), 0);
+        assert_eq!(pair.proxy.in_flight(), 0);
+    }
 }
 
 #[test]
 fn cancel_and_pause_resume_through_the_agent() {
-    let mut pair = Pair::new(&[Encoding::Json], &[Encoding::Json]);
-    let id = pair.submit(headers("x"), None).unwrap();
-    assert!(pair.proxy.cancel(pair.now, "x", CancelReason::Manual));
-    pair.drive();
-    assert!(matches!(
-        pair.outcomes[&id],
-        Err(RequestError::Cancelled(CancelReason::Manual))
-    ));
-    assert_eq!(pair.agent.in_flight(), 0);
+    for transport in TRANSPORTS {
+        let mut pair = Pair::new(transport, &[Encoding::Json], &[Encoding::Json]);
+        let id = pair.submit(headers("x"), None).unwrap();
+        assert!(pair.proxy.cancel(pair.now, "x", CancelReason::Manual));
+        pair.drive();
+        assert!(matches!(
+            pair.outcomes[&id],
+            Err(RequestError::Cancelled(CancelReason::Manual))
+        ));
+        assert_eq!(pair.agent.in_flight(), 0);
 
-    pair.agent
-        .send_flow_control(&FlowControl {
-            action: FlowAction::Pause,
-            correlation_id: None,
-            buffer_available: None,
-            timestamp_ms: 0,
-        })
-        .unwrap();
-    pair.drive();
-    assert!(matches!(
-        pair.submit(headers("y"), None),
-        Err(SubmitError::FlowControlPaused { .. })
-    ));
-    pair.agent
-        .send_flow_control(&FlowControl {
-            action: FlowAction::Resume,
-            correlation_id: None,
-            buffer_available: None,
-            timestamp_ms: 0,
-        })
-        .unwrap();
-    pair.drive();
-    let id = pair.submit(headers("y"), None).unwrap();
-    pair.answer(0);
-    assert!(pair.outcomes[&id].is_ok());
+        pair.agent
+            .send_flow_control(&FlowControl {
+                action: FlowAction::Pause,
+                correlation_id: None,
+                buffer_available: None,
+                timestamp_ms: 0,
+            })
+            .unwrap();
+        pair.drive();
+        assert!(matches!(
+            pair.submit(headers("y"), None),
+            Err(SubmitError::FlowControlPaused { .. })
+        ));
+        pair.agent
+            .send_flow_control(&FlowControl {
+                action: FlowAction::Resume,
+                correlation_id: None,
+                buffer_available: None,
+                timestamp_ms: 0,
+            })
+            .unwrap();
+        pair.drive();
+        let id = pair.submit(headers("y"), None).unwrap();
+        pair.answer(0);
+        assert!(pair.outcomes[&id].is_ok());
+    }
 }
 
 #[test]
 fn connection_loss_fails_everything_at_once() {
-    let mut pair = Pair::new(&[Encoding::MsgPack], &[Encoding::MsgPack]);
-    let ids: Vec<_> = (0..4)
-        .map(|i| pair.submit(headers(&format!("l{i}")), None).unwrap())
-        .collect();
-    pair.proxy.handle_eof();
-    pair.drive();
-    for id in ids {
-        assert!(matches!(
-            pair.outcomes[&id],
-            Err(RequestError::ConnectionClosed(ConnectionError::PeerClosed))
-        ));
+    for transport in TRANSPORTS {
+        let mut pair = Pair::new(transport, &[Encoding::MsgPack], &[Encoding::MsgPack]);
+        let ids: Vec<_> = (0..4)
+            .map(|i| pair.submit(headers(&format!("l{i}")), None).unwrap())
+            .collect();
+        pair.proxy.handle_eof();
+        pair.drive();
+        for id in ids {
+            assert!(matches!(
+                pair.outcomes[&id],
+                Err(RequestError::ConnectionClosed(ConnectionError::PeerClosed))
+            ));
+        }
+        assert_eq!(pair.proxy_closed, Some(ConnectionError::PeerClosed));
     }
-    assert_eq!(pair.proxy_closed, Some(ConnectionError::PeerClosed));
 }
 
 #[test]
 fn dead_wire_is_detected_by_ping() {
-    let mut pair = Pair::new(&[Encoding::Json], &[Encoding::Json]);
-    pair.wire_up = false;
-    let id = pair
-        .submit(headers("d"), Some(Duration::from_secs(60)))
-        .unwrap();
-    pair.advance(Duration::from_secs(10)); // ping sent, never arrives
-    pair.advance(Duration::from_secs(5)); // no sign of life: dead
-    assert!(matches!(
-        pair.outcomes[&id],
-        Err(RequestError::ConnectionClosed(
-            ConnectionError::PingTimeout(_)
-        ))
-    ));
+    for transport in TRANSPORTS {
+        let mut pair = Pair::new(transport, &[Encoding::Json], &[Encoding::Json]);
+        pair.wire_up = false;
+        let id = pair
+            .submit(headers("d"), Some(Duration::from_secs(60)))
+            .unwrap();
+        pair.advance(Duration::from_secs(10)); // ping sent, never arrives
+        pair.advance(Duration::from_secs(5)); // no sign of life: dead
+        assert!(matches!(
+            pair.outcomes[&id],
+            Err(RequestError::ConnectionClosed(
+                ConnectionError::PingTimeout(_)
+            ))
+        ));
+    }
 }
 
 #[test]
 fn body_stream_flows_through_the_pair() {
-    let mut pair = Pair::new(&[Encoding::MsgPack], &[Encoding::MsgPack]);
-    pair.submit(headers("b"), None).unwrap();
-    pair.answer(0);
-    for i in 0..3 {
-        let id = pair.submit(chunk("b", i, i == 2), None).unwrap();
+    for transport in TRANSPORTS {
+        let mut pair = Pair::new(transport, &[Encoding::MsgPack], &[Encoding::MsgPack]);
+        pair.submit(headers("b"), None).unwrap();
         pair.answer(0);
-        assert!(pair.outcomes[&id].is_ok());
+        for i in 0..3 {
+            let id = pair.submit(chunk("b", i, i == 2), None).unwrap();
+            pair.answer(0);
+            assert!(pair.outcomes[&id].is_ok());
+        }
+        assert!(matches!(
+            pair.submit(chunk("b", 3, true), None),
+            Err(SubmitError::BodyOutOfSequence(_))
+        ));
     }
-    assert!(matches!(
-        pair.submit(chunk("b", 3, true), None),
-        Err(SubmitError::BodyOutOfSequence(_))
-    ));
 }
 
 #[derive(Debug, Clone)]
@@ -355,9 +252,10 @@ proptest! {
     /// Whatever happens, every accepted request ends exactly once (the harness asserts no second
     /// outcome), and once everything has settled nothing is left in flight on either side.
     #[test]
-    fn every_request_ends_exactly_once(ops in proptest::collection::vec(op(), 1..80), msgpack in any::<bool>()) {
+    fn every_request_ends_exactly_once(ops in proptest::collection::vec(op(), 1..80), msgpack in any::<bool>(), messages in any::<bool>()) {
         let enc = if msgpack { Encoding::MsgPack } else { Encoding::Json };
-        let mut pair = Pair::new(&[enc], &[enc]);
+        let transport = if messages { Transport::Messages } else { Transport::Framed };
+        let mut pair = Pair::new(transport, &[enc], &[enc]);
         let mut accepted: HashSet<RequestId> = HashSet::new();
         for op in ops {
             match op {
@@ -413,135 +311,139 @@ fn chunk_answered(pair: &mut Pair, cid: &str, response: AgentResponse) -> Reques
 
 #[test]
 fn blocked_bodies_release_their_streams_at_once() {
-    let mut pair = Pair::new(&[Encoding::MsgPack], &[Encoding::MsgPack]);
-    let cap = ProxyConfig::default().max_body_streams;
-    // More blocked bodies than the table holds: each one's stream must be gone with its block,
-    // or the table fills and every new body is refused until the idle expiry (minutes).
-    for i in 0..cap + 10 {
-        let id = chunk_answered(
-            &mut pair,
-            &format!("blocked-{i}"),
-            AgentResponse::block(403, "no"),
-        );
+    for transport in TRANSPORTS {
+        let mut pair = Pair::new(transport, &[Encoding::MsgPack], &[Encoding::MsgPack]);
+        let cap = ProxyConfig::default().max_body_streams;
+        // More blocked bodies than the table holds: each one's stream must be gone with its block,
+        // or the table fills and every new body is refused until the idle expiry (minutes).
+        for i in 0..cap + 10 {
+            let id = chunk_answered(
+                &mut pair,
+                &format!("blocked-{i}"),
+                AgentResponse::block(403, "no"),
+            );
+            assert!(pair.outcomes[&id].is_ok());
+            assert_eq!(pair.proxy.body_streams(), 0, "after block {i}");
+        }
+        // A body that goes on still works, and a provisional block (needs_more) keeps its stream.
+        let mut provisional = AgentResponse::block(403, "maybe");
+        provisional.needs_more = true;
+        chunk_answered(&mut pair, "provisional", provisional);
+        assert_eq!(pair.proxy.body_streams(), 1);
+        pair.submit(chunk("provisional", 1, true), None).unwrap();
+        pair.answer(0);
+        // Other final answers end the request too: a redirect, a challenge.
+        for (i, decision) in [
+            Decision::Redirect {
+                url: "/x".into(),
+                status: 302,
+            },
+            Decision::Challenge {
+                challenge_type: "captcha".into(),
+                params: Default::default(),
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            chunk_answered(
+                &mut pair,
+                &format!("final-{i}"),
+                AgentResponse::new(decision),
+            );
+        }
+        // A WebSocket decision on a body chunk's answer means nothing: the body goes on.
+        let mut stray = AgentResponse::allow();
+        stray.websocket_decision = Some(WebSocketDecision::Close {
+            code: 1008,
+            reason: "policy".into(),
+        });
+        chunk_answered(&mut pair, "ws-stray", stray);
+        assert_eq!(pair.proxy.body_streams(), 2);
+        pair.submit(chunk("ws-stray", 1, true), None).unwrap();
+        pair.answer(0);
+        // A guardrail inspection's block is about its content, not the request under that id.
+        let id = pair
+            .submit(
+                Event::GuardrailInspect(GuardrailInspectEvent {
+                    correlation_id: "ws-stray".into(),
+                    ..Default::default()
+                }),
+                None,
+            )
+            .unwrap();
+        pair.answer_with(AgentResponse::block(403, "flagged"))
+            .unwrap();
         assert!(pair.outcomes[&id].is_ok());
-        assert_eq!(pair.proxy.body_streams(), 0, "after block {i}");
-    }
-    // A body that goes on still works, and a provisional block (needs_more) keeps its stream.
-    let mut provisional = AgentResponse::block(403, "maybe");
-    provisional.needs_more = true;
-    chunk_answered(&mut pair, "provisional", provisional);
-    assert_eq!(pair.proxy.body_streams(), 1);
-    pair.submit(chunk("provisional", 1, true), None).unwrap();
-    pair.answer(0);
-    // Other final answers end the request too: a redirect, a challenge.
-    for (i, decision) in [
-        Decision::Redirect {
-            url: "/x".into(),
-            status: 302,
-        },
-        Decision::Challenge {
-            challenge_type: "captcha".into(),
-            params: Default::default(),
-        },
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        chunk_answered(
-            &mut pair,
-            &format!("final-{i}"),
-            AgentResponse::new(decision),
-        );
-    }
-    // A WebSocket decision on a body chunk's answer means nothing: the body goes on.
-    let mut stray = AgentResponse::allow();
-    stray.websocket_decision = Some(WebSocketDecision::Close {
-        code: 1008,
-        reason: "policy".into(),
-    });
-    chunk_answered(&mut pair, "ws-stray", stray);
-    assert_eq!(pair.proxy.body_streams(), 2);
-    pair.submit(chunk("ws-stray", 1, true), None).unwrap();
-    pair.answer(0);
-    // A guardrail inspection's block is about its content, not the request under that id.
-    let id = pair
-        .submit(
-            Event::GuardrailInspect(GuardrailInspectEvent {
-                correlation_id: "ws-stray".into(),
+        assert_eq!(pair.proxy.body_streams(), 2);
+        pair.proxy.end_request("ws-stray");
+        assert_eq!(pair.proxy.body_streams(), 1, "only 'provisional' is left");
+        pair.submit(
+            Event::RequestComplete(RequestCompleteEvent {
+                correlation_id: "provisional".into(),
                 ..Default::default()
             }),
             None,
         )
         .unwrap();
-    pair.answer_with(AgentResponse::block(403, "flagged"))
-        .unwrap();
-    assert!(pair.outcomes[&id].is_ok());
-    assert_eq!(pair.proxy.body_streams(), 2);
-    pair.proxy.end_request("ws-stray");
-    assert_eq!(pair.proxy.body_streams(), 1, "only 'provisional' is left");
-    pair.submit(
-        Event::RequestComplete(RequestCompleteEvent {
-            correlation_id: "provisional".into(),
-            ..Default::default()
-        }),
-        None,
-    )
-    .unwrap();
-    assert_eq!(pair.proxy.body_streams(), 0);
+        assert_eq!(pair.proxy.body_streams(), 0);
+    }
 }
 
 #[test]
 fn every_other_end_releases_the_body_stream() {
-    let mut pair = Pair::new(&[Encoding::Json], &[Encoding::Json]);
-    let cap = ProxyConfig::default().max_body_streams;
-    for i in 0..cap + 10 {
-        let cid = format!("r{i}");
-        match i % 4 {
-            // The chunk times out.
-            0 => {
-                let id = pair
-                    .submit(chunk(&cid, 0, false), Some(Duration::from_millis(5)))
-                    .unwrap();
-                pair.advance(Duration::from_millis(5));
-                assert!(matches!(pair.outcomes[&id], Err(RequestError::Timeout(_))));
+    for transport in TRANSPORTS {
+        let mut pair = Pair::new(transport, &[Encoding::Json], &[Encoding::Json]);
+        let cap = ProxyConfig::default().max_body_streams;
+        for i in 0..cap + 10 {
+            let cid = format!("r{i}");
+            match i % 4 {
+                // The chunk times out.
+                0 => {
+                    let id = pair
+                        .submit(chunk(&cid, 0, false), Some(Duration::from_millis(5)))
+                        .unwrap();
+                    pair.advance(Duration::from_millis(5));
+                    assert!(matches!(pair.outcomes[&id], Err(RequestError::Timeout(_))));
+                }
+                // The chunk is cancelled while pending.
+                1 => {
+                    pair.submit(chunk(&cid, 0, false), None).unwrap();
+                    assert!(pair.proxy.cancel(pair.now, &cid, CancelReason::Manual));
+                    pair.drive();
+                }
+                // Cancelled between two chunks: nothing pending, but the request is over.
+                2 => {
+                    chunk_answered(&mut pair, &cid, AgentResponse::allow());
+                    assert!(!pair
+                        .proxy
+                        .cancel(pair.now, &cid, CancelReason::UpstreamError));
+                    pair.drive();
+                }
+                // The caller ends it without RequestComplete (the proxy answered the client itself).
+                _ => {
+                    chunk_answered(&mut pair, &cid, AgentResponse::allow());
+                    assert!(pair.proxy.end_request(&cid));
+                    assert!(
+                        !pair.proxy.end_request(&cid),
+                        "nothing left the second time"
+                    );
+                }
             }
-            // The chunk is cancelled while pending.
-            1 => {
-                pair.submit(chunk(&cid, 0, false), None).unwrap();
-                assert!(pair.proxy.cancel(pair.now, &cid, CancelReason::Manual));
-                pair.drive();
-            }
-            // Cancelled between two chunks: nothing pending, but the request is over.
-            2 => {
-                chunk_answered(&mut pair, &cid, AgentResponse::allow());
-                assert!(!pair
-                    .proxy
-                    .cancel(pair.now, &cid, CancelReason::UpstreamError));
-                pair.drive();
-            }
-            // The caller ends it without RequestComplete (the proxy answered the client itself).
-            _ => {
-                chunk_answered(&mut pair, &cid, AgentResponse::allow());
-                assert!(pair.proxy.end_request(&cid));
-                assert!(
-                    !pair.proxy.end_request(&cid),
-                    "nothing left the second time"
-                );
-            }
+            assert_eq!(pair.proxy.body_streams(), 0, "after request {i}");
         }
-        assert_eq!(pair.proxy.body_streams(), 0, "after request {i}");
+        assert!(pair.agent_pending.is_empty());
+        let id = pair.submit(chunk("fresh", 0, true), None).unwrap();
+        pair.answer(0);
+        assert!(pair.outcomes[&id].is_ok());
     }
-    assert!(pair.agent_pending.is_empty());
-    let id = pair.submit(chunk("fresh", 0, true), None).unwrap();
-    pair.answer(0);
-    assert!(pair.outcomes[&id].is_ok());
 }
 
 #[test]
 fn an_answer_too_large_for_a_frame_is_answered_fail_closed() {
     const OVER: usize = 17 * 1024 * 1024; // the frame limit is 16 MiB
     for enc in [Encoding::Json, Encoding::MsgPack] {
-        let mut pair = Pair::new(&[enc], &[enc]);
+        let mut pair = Pair::new(Transport::Framed, &[enc], &[enc]);
         let ws = Event::WebSocketFrame(WebSocketFrameEvent {
             correlation_id: "big-ws".into(),
             data: Bytes::from_static(b"hi"),

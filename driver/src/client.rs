@@ -839,7 +839,7 @@ impl ClientDriver {
                 biased;
                 r = runtime::write_buf(&mut write, &mut write_buf), if !write_buf.is_empty() => {
                     if let Err(e) = r {
-                        self.conn.handle_io_error(e.to_string());
+                        self.conn.handle_io_error(e.into());
                         write_buf.clear();
                     } else if write_buf.is_empty() {
                         write_buf.clear();
@@ -871,7 +871,7 @@ impl ClientDriver {
                     match r {
                         Ok(0) => self.conn.handle_eof(),
                         Ok(_) => self.process_read(&mut read_buf),
-                        Err(e) => self.conn.handle_io_error(e.to_string()),
+                        Err(e) => self.conn.handle_io_error(e.into()),
                     }
                 }
             }

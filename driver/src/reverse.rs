@@ -70,7 +70,7 @@ async fn read_first_frame<R: Runtime>(
         match read {
             Ok(0) => return Err(ConnectionError::PeerClosed),
             Ok(_) => {}
-            Err(e) => return Err(ConnectionError::Io(e.to_string())),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -329,7 +329,7 @@ impl<H: AgentHandler, R: Runtime> ReverseConnector<H, R> {
             .target
             .connect::<R>()
             .await
-            .map_err(|e| ConnectionError::Io(format!("connect failed: {e}")))?;
+            .map_err(ConnectionError::from)?;
         let request = RegistrationRequest {
             protocol_version: PROTOCOL_VERSION,
             agent_id: self.config.agent_id.clone(),

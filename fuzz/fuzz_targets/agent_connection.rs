@@ -416,7 +416,7 @@ impl Harness {
                 self.conn.handle_timeout(self.now);
             }
             Op::Eof => self.conn.handle_eof(),
-            Op::IoError => self.conn.handle_closed(ConnectionError::Io("fuzz".into())),
+            Op::IoError => self.conn.handle_closed(ConnectionError::transport("fuzz")),
             Op::Close => self.conn.close(),
         }
         self.after_op();

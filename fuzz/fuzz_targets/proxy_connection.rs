@@ -506,7 +506,9 @@ impl Harness {
             Op::AdvanceSecs { secs } => self.advance(Duration::from_secs(u64::from(secs))),
             Op::Transmit { how, partial } => self.transmit(how, partial),
             Op::Eof => self.conn.handle_eof(),
-            Op::IoError => self.conn.handle_io_error("fuzz"),
+            Op::IoError => self
+                .conn
+                .handle_io_error(ConnectionError::transport("fuzz")),
             Op::Close => self.conn.close(),
         }
         self.drain_events();

@@ -427,6 +427,7 @@ impl AgentConnection {
 
     /// The next event for the application. After [`AgentEvent::Closed`] it returns `None`.
     #[must_use]
+    #[inline]
     pub fn poll_event(&mut self) -> Option<AgentEvent> {
         self.events.pop_front()
     }
@@ -435,6 +436,7 @@ impl AgentConnection {
     /// answers) are still returned after it; the adapter should send them if its transport
     /// still works.
     #[must_use]
+    #[inline]
     pub fn poll_message(&mut self) -> Option<AgentOutgoing> {
         self.outgoing.pop_front()
     }

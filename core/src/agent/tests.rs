@@ -702,7 +702,7 @@ fn framing_errors_close_once_and_everything_after_is_refused() {
     );
     conn.handle_input(t0(), &event_frame(Encoding::Json, &complete("y")));
     conn.handle_eof();
-    conn.handle_closed(ConnectionError::Io("x".into()));
+    conn.handle_closed(ConnectionError::transport("x"));
     conn.close();
     assert_eq!(conn.poll_event(), None);
     assert!(matches!(
@@ -742,7 +742,7 @@ fn framing_errors_close_once_and_everything_after_is_refused() {
 fn eof_io_error_and_local_close() {
     for (close, expected) in [
         (0, ConnectionError::PeerClosed),
-        (1, ConnectionError::Io("reset".into())),
+        (1, ConnectionError::transport("reset")),
         (2, ConnectionError::LocalClose),
     ] {
         let mut conn = established(Encoding::Json);
@@ -752,7 +752,7 @@ fn eof_io_error_and_local_close() {
         };
         match close {
             0 => conn.handle_eof(),
-            1 => conn.handle_closed(ConnectionError::Io("reset".into())),
+            1 => conn.handle_closed(ConnectionError::transport("reset")),
             _ => conn.close(),
         }
         assert_eq!(

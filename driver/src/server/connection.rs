@@ -181,11 +181,11 @@ struct ConnectionTask<L, H> {
 }
 
 /// What woke the connection task, in the order the task looks at them.
-// Answers are the common case; boxing them would cost an allocation each.
-#[allow(clippy::large_enum_variant)]
 enum Wake {
     Flushed(Result<(), ConnectionError>),
-    Answered(Result<Answer, Aborted>),
+    /// A handler finished; its answer is in the task's `answered` slot (kept out of this enum,
+    /// so waking stays a small copy).
+    Answered,
     Configured,
     Pushed(Result<Push, RecvError>),
     Shutdown,
@@ -204,7 +204,7 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
         loop {
             // Whatever is already received (bytes that came with a handshake or registration
             // answer, the rest of the last read) goes to the connection first.
-            self.receive(Instant::now());
+            self.receive();
             while let Some(event) = self.conn.poll_event() {
                 match event {
                     AgentEvent::Request { id, event } => {
@@ -259,6 +259,7 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
             ));
             let link = &mut self.link;
             let configure = &mut self.configure.running;
+            let mut answered = None;
             // A hand-written biased select: each source is looked at only when it has work,
             // and reading comes last, so a peer that keeps the transport readable cannot hold
             // back answers, pushes, a drain or the handshake deadline.
@@ -269,7 +270,8 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
                     }
                 }
                 if let Poll::Ready(Some(done)) = running.poll_next_unpin(cx) {
-                    return Poll::Ready(Wake::Answered(done));
+                    answered = Some(done);
+                    return Poll::Ready(Wake::Answered);
                 }
                 if let Some(future) = configure.as_mut() {
                     if future.as_mut().poll(cx).is_ready() {
@@ -302,8 +304,10 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
             match wake {
                 Wake::Flushed(Err(reason)) => self.conn.handle_closed(reason),
                 Wake::Flushed(Ok(())) | Wake::Tick | Wake::Read => {}
-                Wake::Answered(done) => {
-                    self.finish(done);
+                Wake::Answered => {
+                    if let Some(done) = answered {
+                        self.finish(done);
+                    }
                     // Everything else already finished goes out with it.
                     while let Some(Some(done)) = running.next().now_or_never() {
                         self.finish(done);
@@ -348,8 +352,11 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
     /// Hands everything the link has already received to the connection, one message at a
     /// time, sending the connection's messages after each: the framed link decodes nothing
     /// after a handshake request until the answer is written.
-    fn receive(&mut self, now: Instant) {
+    fn receive(&mut self) {
+        // Read the clock only when something arrived, once per batch.
+        let mut now = None;
         while let Some(received) = self.link.try_recv() {
+            let now = *now.get_or_insert_with(Instant::now);
             match received {
                 Received::Message(message) => self.conn.handle_message(now, message),
                 Received::Unanswered(event) => {

@@ -59,11 +59,12 @@ impl<Rd: ByteRead, Wr: ByteWrite> AgentLink for FramedLink<Rd, Wr> {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(0)) => self.ended = Some(ConnectionError::PeerClosed),
             Poll::Ready(Ok(_)) => {}
-            Poll::Ready(Err(e)) => self.ended = Some(ConnectionError::Io(e.to_string())),
+            Poll::Ready(Err(e)) => self.ended = Some(e.into()),
         }
         Poll::Ready(())
     }
 
+    #[inline]
     fn try_recv(&mut self) -> Option<Received> {
         match self.codec.poll_incoming() {
             Some(Ok(message)) => Some(Received::Message(message)),
@@ -75,6 +76,7 @@ impl<Rd: ByteRead, Wr: ByteWrite> AgentLink for FramedLink<Rd, Wr> {
         }
     }
 
+    #[inline]
     fn send(
         &mut self,
         message: AgentOutgoing,
@@ -119,7 +121,7 @@ impl<Rd: ByteRead, Wr: ByteWrite> AgentLink for FramedLink<Rd, Wr> {
                 // Nothing more can reach the peer.
                 self.writing = Bytes::new();
                 let _ = self.codec.poll_transmit();
-                Err(ConnectionError::Io(e.to_string()))
+                Err(e.into())
             }
         })
     }

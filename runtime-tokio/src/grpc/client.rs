@@ -167,7 +167,7 @@ async fn start(
     let inbound = match opened {
         Ok(Ok(response)) => response.into_inner(),
         Ok(Err(status)) => {
-            return Err(ClientError::Closed(ConnectionError::Io(format!(
+            return Err(ClientError::Closed(ConnectionError::transport(format!(
                 "ProcessStream refused: {status}"
             ))))
         }
@@ -239,7 +239,7 @@ async fn run(
                         }
                     }
                 }
-                Err(_) => driver.conn.handle_io_error("gRPC request stream closed"),
+                Err(_) => driver.conn.handle_io_error(ConnectionError::transport("gRPC request stream closed")),
             },
             cmd = driver.rx.recv(), if commands_open => match cmd {
                 Some(cmd) => {
@@ -272,7 +272,7 @@ async fn run(
                         }
                     },
                     Ok(None) => driver.conn.handle_eof(),
-                    Err(status) => driver.conn.handle_io_error(stream_error(&status)),
+                    Err(status) => driver.conn.handle_io_error(ConnectionError::transport(stream_error(&status))),
                 }
                 // The timer branch only runs when nothing else is ready; an agent that keeps
                 // this branch ready must not keep a passed deadline from being seen.

@@ -437,10 +437,12 @@ impl GrpcLink {
             Some(Err(status)) if status.code() == Code::OutOfRange => {
                 tracing::debug!(%status, "a ProxyToAgent message over the limit ends the stream");
                 self.end_status = Some(message_too_large("a ProxyToAgent message"));
-                let reason = ConnectionError::Io(status.message().to_owned());
+                let reason = ConnectionError::transport(status.message());
                 Some(Received::Closed(reason))
             }
-            Some(Err(status)) => Some(Received::Closed(ConnectionError::Io(status.to_string()))),
+            Some(Err(status)) => Some(Received::Closed(ConnectionError::transport(
+                status.to_string(),
+            ))),
         }
     }
 }
@@ -543,7 +545,9 @@ impl GrpcLink {
 /// an orderly end.
 fn close_status(reason: &ConnectionError) -> Option<Status> {
     match reason {
-        ConnectionError::PeerClosed | ConnectionError::LocalClose | ConnectionError::Io(_) => None,
+        ConnectionError::PeerClosed | ConnectionError::LocalClose | ConnectionError::Io { .. } => {
+            None
+        }
         // The refusal itself was sent as a handshake answer.
         ConnectionError::Handshake(
             agent_protocol_core::handshake::HandshakeError::VersionMismatch { .. },

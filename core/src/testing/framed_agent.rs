@@ -1,5 +1,4 @@
-//! Test harnesses (feature `test-util`): the protocol's state machines driven without I/O, as
-//! the drivers drive them, for tests, benches and fuzz targets.
+//! [`FramedAgent`]: an agent connection behind its codec, fed and drained as bytes.
 
 use std::ops::{Deref, DerefMut};
 use std::time::Instant;
