@@ -130,7 +130,7 @@ impl<R: Runtime> PoolInner<R> {
     async fn run(
         &self,
         entry: &AgentEntry,
-        event: Event,
+        mut event: Event,
         submitted: Instant,
         deadline: Instant,
     ) -> (Result<AgentResponse, PoolError>, Verdict) {
@@ -182,52 +182,40 @@ impl<R: Runtime> PoolInner<R> {
             let grpc_cid = (route == Route::Bind
                 && matches!(entry.origin, Origin::Outbound(Endpoint::Grpc { .. })))
             .then(|| cid.to_owned());
-            let result = if retry {
-                // Keep the event: a pause that races the selection means sending it again.
-                let r = send_on::<R>(&conn, event.clone(), deadline).await;
-                if let Err(e) = &r {
-                    if e.is_flow_control() {
-                        match self
-                            .backpressure(
-                                entry,
-                                std::slice::from_ref(&conn),
-                                false,
-                                submitted,
-                                deadline,
-                            )
-                            .await
-                        {
-                            Flow::Retry => continue,
-                            Flow::Done(r) => return (r, Verdict::Neutral),
-                        }
-                    }
-                }
-                r
+            // Under wait-and-retry, a pause that races the selection means sending the event
+            // again: the connection gets a copy and the original is kept. Otherwise the event
+            // itself goes, saving the copy.
+            let (attempt, kept) = if retry {
+                (event.clone(), Some(event))
             } else {
-                let r = send_on::<R>(&conn, event, deadline).await;
-                if let Err(e) = &r {
-                    if e.is_flow_control() {
-                        let outcome = match self
-                            .backpressure(
-                                entry,
-                                std::slice::from_ref(&conn),
-                                false,
-                                submitted,
-                                deadline,
-                            )
-                            .await
-                        {
-                            Flow::Done(r) => r,
-                            // Only wait-and-retry waits, and it never takes this branch.
-                            Flow::Retry => Err(PoolError::FlowControlPaused {
-                                agent: entry.id.to_string(),
-                            }),
+                (event, None)
+            };
+            let result = send_on::<R>(&conn, attempt, deadline).await;
+            if result.as_ref().is_err_and(ClientError::is_flow_control) {
+                let flow = self
+                    .backpressure(
+                        entry,
+                        std::slice::from_ref(&conn),
+                        false,
+                        submitted,
+                        deadline,
+                    )
+                    .await;
+                match (flow, kept) {
+                    (Flow::Retry, Some(again)) => {
+                        event = again;
+                        continue;
+                    }
+                    (Flow::Done(r), _) => return (r, Verdict::Neutral),
+                    // Only wait-and-retry waits, and it always keeps the event.
+                    (Flow::Retry, None) => {
+                        let paused = PoolError::FlowControlPaused {
+                            agent: entry.id.to_string(),
                         };
-                        return (outcome, Verdict::Neutral);
+                        return (Err(paused), Verdict::Neutral);
                     }
                 }
-                r
-            };
+            }
             if route == Route::Bind {
                 if let Ok(response) = &result {
                     // The answer carries the request's id (it was routed by it), so the pin is
