@@ -220,7 +220,7 @@ impl ConnectionStatus {
         now.saturating_duration_since(self.epoch + used)
     }
 
-    pub(crate) fn touch(&self) {
+    fn touch(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last_used_ms.store(ms, Ordering::Relaxed);
     }
@@ -633,7 +633,7 @@ impl ClientHandle {
         }
     }
 
-    pub(crate) async fn ping<R: Runtime>(&self) -> Result<Duration, ClientError> {
+    async fn ping<R: Runtime>(&self) -> Result<Duration, ClientError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command(CommandKind::Ping { reply }))

@@ -91,17 +91,17 @@ impl<R: Runtime> Default for AgentPoolConfig<R> {
 
 impl<R: Runtime> AgentPoolConfig<R> {
     /// The connection count actually used (at least 1).
-    pub(crate) fn per_agent(&self) -> usize {
+    pub(super) fn per_agent(&self) -> usize {
         self.connections_per_agent.max(1)
     }
 
     /// The maintenance period actually used.
-    pub(crate) fn tick(&self) -> Duration {
+    pub(super) fn tick(&self) -> Duration {
         self.health_check_interval.max(Duration::from_millis(10))
     }
 
     /// The client settings with the pool's own timeouts applied.
-    pub(crate) fn client_config(&self) -> ClientConfig<R> {
+    pub(super) fn client_config(&self) -> ClientConfig<R> {
         let mut c = self.client.clone();
         c.connect_timeout = self.connect_timeout;
         c.connection.request_timeout = self.request_timeout;

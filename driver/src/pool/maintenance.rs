@@ -15,7 +15,7 @@ use agent_protocol_core::pool::Endpoint;
 use tokio::sync::{watch, Notify};
 
 use super::entry::{lock, AgentEntry, Origin, PooledConnection};
-use super::{deadline_after, open_client, random_u64, wait_for, PoolInner};
+use super::registry::{deadline_after, open_client, random_u64, wait_for, PoolInner};
 use crate::client::ClientConfig;
 use crate::runtime::{self, Runtime};
 
