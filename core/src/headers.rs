@@ -196,7 +196,8 @@ impl Headers {
     /// assert_eq!(h.entries()[0].values.as_slice(), ["1", "3"]);
     /// ```
     pub fn append_exact(&mut self, name: String, value: String) {
-        self.push_exact(name, smallvec::smallvec![value]);
+        let bytes = value.len();
+        self.push_exact(name, smallvec::smallvec![value], bytes);
     }
 
     /// Replaces every value of `name` with one value.
@@ -280,9 +281,10 @@ impl Headers {
     /// [`Headers::append_exact`] come through here: two names that differ only in case are kept
     /// apart as the sender wrote them (lower-casing them would lose which value came with which
     /// spelling). Amortised constant time per call, whatever the number of names.
-    fn push_exact(&mut self, name: String, values: HeaderValues) {
+    /// `value_bytes` is the length of `values` together, which callers have at hand.
+    fn push_exact(&mut self, name: String, values: HeaderValues, value_bytes: usize) {
         self.values += values.len();
-        self.bytes += values.iter().map(String::len).sum::<usize>();
+        self.bytes += value_bytes;
         // Repeated names usually arrive together: look at the last entry first.
         if let Some(last) = self.entries.last_mut() {
             if last.name == name {
@@ -365,7 +367,7 @@ impl<'de> Visitor<'de> for HeadersVisitor {
         while let Some(name) = map.next_key::<String>()? {
             charge(0, name.len())?;
             let values: ValuesOrOne = map.next_value()?;
-            headers.push_exact(name, values.0);
+            headers.push_exact(name, values.values, values.bytes);
         }
         Ok(headers)
     }
@@ -376,8 +378,12 @@ fn charge<E: serde::de::Error>(values: usize, bytes: usize) -> Result<(), E> {
     crate::limits::charge(values, bytes).map_err(E::custom)
 }
 
-/// Header values: an array of strings, or (leniently) a single string.
-struct ValuesOrOne(HeaderValues);
+/// Header values: an array of strings, or (leniently) a single string; and their length
+/// together, counted as they are charged to the limits.
+struct ValuesOrOne {
+    values: HeaderValues,
+    bytes: usize,
+}
 
 impl<'de> Deserialize<'de> for ValuesOrOne {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -389,19 +395,27 @@ impl<'de> Deserialize<'de> for ValuesOrOne {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ValuesOrOne, A::Error> {
                 let mut values = HeaderValues::new();
+                let mut bytes = 0;
                 while let Some(v) = seq.next_element::<String>()? {
                     charge(1, v.len())?;
+                    bytes += v.len();
                     values.push(v);
                 }
-                Ok(ValuesOrOne(values))
+                Ok(ValuesOrOne { values, bytes })
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ValuesOrOne, E> {
                 charge(1, v.len())?;
-                Ok(ValuesOrOne(smallvec::smallvec![v.to_owned()]))
+                Ok(ValuesOrOne {
+                    bytes: v.len(),
+                    values: smallvec::smallvec![v.to_owned()],
+                })
             }
             fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ValuesOrOne, E> {
                 charge(1, v.len())?;
-                Ok(ValuesOrOne(smallvec::smallvec![v]))
+                Ok(ValuesOrOne {
+                    bytes: v.len(),
+                    values: smallvec::smallvec![v],
+                })
             }
         }
         deserializer.deserialize_any(V)

@@ -157,16 +157,16 @@ const DRAIN_TICK: Duration = Duration::from_millis(50);
 /// answers).
 type Answer = (RequestId, AgentResponse, Option<Instant>);
 
-/// Runs the handler for one request. One `async fn`, so every request's future has the same
-/// type and they run side by side unboxed.
-async fn answer<H: AgentHandler, L: AgentLink>(
+/// Runs the handler for one request. Every request's future has the same type, so they run
+/// side by side unboxed; the start time is a plain `map` around the dispatch rather than
+/// another async layer, which would move each event once more.
+fn answer<H: AgentHandler, L: AgentLink>(
     handler: Arc<H>,
     id: RequestId,
     event: Event,
-) -> Answer {
+) -> impl Future<Output = Answer> + Send {
     let started = L::TIMES_ANSWERS.then(Instant::now);
-    let (id, response) = dispatch(handler, id, event).await;
-    (id, response, started)
+    dispatch(handler, id, event).map(move |(id, response)| (id, response, started))
 }
 
 struct ConnectionTask<L, H> {
