@@ -12,8 +12,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use agent_protocol_core::agent::{AgentConfig, AgentEvent, RequestId};
-use agent_protocol_core::proxy::{ProxyConfig, ProxyConnection, ProxyEvent};
-use agent_protocol_core::testing::FramedAgent;
+use agent_protocol_core::proxy::{ProxyConfig, ProxyEvent, RequestId as ProxyRequestId};
+use agent_protocol_core::testing::{FramedAgent, FramedProxy};
 use agent_protocol_core::{
     AgentResponse, AuditMetadata, Capabilities, Decision, Encoding, HeaderOp, RequestHeadersEvent,
 };
@@ -232,30 +232,28 @@ pub fn connect_pool(
     })
 }
 
-/// A [`ProxyConnection`] and an agent ([`FramedAgent`]) wired together in memory after a real
-/// handshake in `encoding`: the deterministic harness of the allocation budgets.
+/// A proxy ([`FramedProxy`]) and an agent ([`FramedAgent`]) wired together in memory after a
+/// real handshake in `encoding`: the deterministic harness of the allocation budgets.
 ///
-/// The proxy side is driven the way the Tokio client drives it: output taken with
-/// [`ProxyConnection::take_transmit`] into a recycled buffer, input read straight into
-/// [`ProxyConnection::read_buffer`].
+/// Each side is driven the way the drivers drive it: the connection behind its codec, output
+/// taken whole from the codec, input read straight into the codec's read buffer.
 pub struct MemoryPair {
     /// The proxy side.
-    pub proxy: ProxyConnection,
+    pub proxy: FramedProxy,
     /// The agent side.
     pub agent: FramedAgent,
     /// Simulated clock.
     pub now: std::time::Instant,
-    write_buf: bytes::BytesMut,
+    /// What the proxy wrote and the agent has not read yet.
+    wire: bytes::Bytes,
 }
 
 impl MemoryPair {
     /// Handshakes a pair in `encoding`.
     pub fn new(encoding: Encoding) -> Self {
         let now = std::time::Instant::now();
-        let mut pcfg = ProxyConfig {
-            ping_interval: None,
-            ..ProxyConfig::default()
-        };
+        let mut pcfg = ProxyConfig::default();
+        pcfg.ping_interval = None;
         pcfg.handshake.encodings = [encoding].into_iter().collect();
         let mut acfg = AgentConfig::default();
         acfg.handshake.encodings = [encoding].into_iter().collect();
@@ -263,10 +261,10 @@ impl MemoryPair {
             .with_all_events()
             .with_control_features();
         let mut pair = Self {
-            proxy: ProxyConnection::new(pcfg, now),
+            proxy: FramedProxy::new(pcfg, now),
             agent: FramedAgent::new(acfg, now),
             now,
-            write_buf: bytes::BytesMut::new(),
+            wire: bytes::Bytes::new(),
         };
         pair.proxy_to_agent();
         while pair.agent.poll_event().is_some() {}
@@ -278,30 +276,29 @@ impl MemoryPair {
         pair
     }
 
-    /// Moves the proxy's queued output to the agent (proxy side: `take_transmit`).
+    /// Moves the proxy's queued output to the agent.
     pub fn proxy_to_agent(&mut self) {
-        self.proxy.take_transmit(&mut self.write_buf);
-        if !self.write_buf.is_empty() {
-            self.agent.handle_input(self.now, &self.write_buf);
-            self.write_buf.clear();
+        if let Some(wire) = self.proxy.poll_transmit() {
+            self.agent.handle_input(self.now, &wire);
         }
     }
 
-    /// Proxy-side calls only: queue the event's frame and take it for writing.
-    pub fn proxy_submit(&mut self, event: agent_protocol_core::Event) -> u64 {
+    /// Proxy-side calls only: encode the event through the codec and take its bytes for
+    /// writing.
+    pub fn proxy_submit(&mut self, event: agent_protocol_core::Event) -> ProxyRequestId {
         let id = self
             .proxy
             .send_event(self.now, event, None)
             .expect("submit");
-        self.proxy.take_transmit(&mut self.write_buf);
+        self.wire = self.proxy.poll_transmit().unwrap_or_default();
         id
     }
 
     /// Agent side: read what the proxy wrote (from [`MemoryPair::proxy_submit`]), and return
     /// the request it decoded.
     pub fn agent_receive(&mut self) -> (RequestId, agent_protocol_core::Event) {
-        self.agent.handle_input(self.now, &self.write_buf);
-        self.write_buf.clear();
+        let wire = std::mem::take(&mut self.wire);
+        self.agent.handle_input(self.now, &wire);
         match self.agent.poll_event() {
             Some(AgentEvent::Request { id, event }) => (id, event),
             other => panic!("expected a request, got {other:?}"),
@@ -316,7 +313,7 @@ impl MemoryPair {
 
     /// Proxy-side calls only: feed the agent's bytes and deliver the decided response.
     pub fn proxy_deliver(&mut self, wire: &[u8]) -> AgentResponse {
-        self.proxy.read_buffer().extend_from_slice(wire);
+        self.proxy.codec.read_buffer().extend_from_slice(wire);
         self.proxy.process_input(self.now);
         match self.proxy.poll_event() {
             Some(ProxyEvent::Response { response, .. }) => response,

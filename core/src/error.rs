@@ -27,6 +27,7 @@ pub enum Fault {
 /// Why a connection ended. Every request pending on it fails with
 /// [`RequestError::ConnectionClosed`] carrying this.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectionError {
     /// The byte stream could not be framed.
     #[error("framing error: {0}")]
@@ -40,9 +41,6 @@ pub enum ConnectionError {
     /// A frame that cannot be attributed to one request was malformed.
     #[error(transparent)]
     Malformed(#[from] DecodeError),
-    /// A frame that this role never receives, or that is not valid at this point.
-    #[error("protocol violation: {0}")]
-    Protocol(String),
     /// Something we had to send could not be encoded, not even as a fail-closed substitute:
     /// our side cannot go on speaking the protocol on this connection.
     #[error("cannot encode what we must send: {0}")]
@@ -90,7 +88,7 @@ impl ConnectionError {
     pub fn fault(&self) -> Fault {
         match self {
             Self::Registration(e) => e.fault(),
-            Self::Frame(_) | Self::Malformed(_) | Self::Protocol(_) => Fault::Peer,
+            Self::Frame(_) | Self::Malformed(_) => Fault::Peer,
             Self::Handshake(HandshakeError::Timeout(_)) | Self::PingTimeout(_) => Fault::Timeout,
             Self::Handshake(_) => Fault::Peer,
             Self::Encode(_) => Fault::Local,
@@ -101,6 +99,7 @@ impl ConnectionError {
 
 /// Why one request ended without a decision.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RequestError {
     /// Its deadline passed (the agent was told to cancel).
     #[error("request timed out after {0:?}")]
@@ -131,6 +130,7 @@ impl RequestError {
 /// Why the proxy connection refused to send an event. Nothing was sent and nothing is tracked:
 /// the caller still owns the outcome.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SubmitError {
     /// The handshake has not finished.
     #[error("connection not ready (handshake in progress)")]

@@ -33,7 +33,6 @@ fn connection_errors_blame_who_acted() {
         // What the peer sent.
         (C::Frame(FrameError::ZeroLength), Fault::Peer),
         (C::Malformed(decode_error()), Fault::Peer),
-        (C::Protocol("bad frame".into()), Fault::Peer),
         (
             C::Handshake(HandshakeError::VersionMismatch { peer: vec![1] }),
             Fault::Peer,

@@ -4,16 +4,15 @@ use std::time::{Duration, Instant};
 
 use agent_protocol_core::encoding::{self, encode_frame};
 use agent_protocol_core::frame::{Decoded, Frame, FrameDecoder, FrameType};
-use agent_protocol_core::proxy::{
-    ConnectionState, Notice, ProxyConfig, ProxyConnection, ProxyEvent,
-};
+use agent_protocol_core::proxy::{ConnectionState, ProxyConfig, ProxyConnection, ProxyEvent};
+use agent_protocol_core::testing::FramedProxy;
 use agent_protocol_core::*;
 use bytes::{Bytes, BytesMut};
 use serde_json::json;
 
-fn open(encoding: Encoding, caps: Capabilities) -> (ProxyConnection, Instant) {
+fn open(encoding: Encoding, caps: Capabilities) -> (FramedProxy, Instant) {
     let now = Instant::now();
-    let mut conn = ProxyConnection::new(ProxyConfig::default(), now);
+    let mut conn = FramedProxy::new(ProxyConfig::default(), now);
     let hello = frames(conn.poll_transmit().unwrap());
     assert_eq!(hello[0].frame_type, FrameType::HandshakeRequest);
     let answer = json!({"protocol_version": 2, "capabilities": caps, "success": true, "encoding": encoding.as_str()});
@@ -75,13 +74,13 @@ fn chunk(cid: &str, index: u32, data: &'static [u8], is_last: bool) -> Event {
     }))
 }
 
-fn answer(conn: &mut ProxyConnection, now: Instant, encoding: Encoding, response: &AgentResponse) {
+fn answer(conn: &mut FramedProxy, now: Instant, encoding: Encoding, response: &AgentResponse) {
     let mut wire = BytesMut::new();
     encode_frame(&mut wire, FrameType::AgentResponse, encoding, response).unwrap();
     conn.handle_input(now, &wire);
 }
 
-fn drain(conn: &mut ProxyConnection) -> Vec<ProxyEvent> {
+fn drain(conn: &mut FramedProxy) -> Vec<ProxyEvent> {
     std::iter::from_fn(|| conn.poll_event()).collect()
 }
 
@@ -212,7 +211,7 @@ fn cancel_completes_at_once_and_sends_0x40() {
 #[test]
 fn flow_control_pause_resume_and_credit_are_enforced() {
     let (mut conn, now) = open(Encoding::Json, Capabilities::default());
-    let signal = |conn: &mut ProxyConnection, v: serde_json::Value| {
+    let signal = |conn: &mut FramedProxy, v: serde_json::Value| {
         let mut wire = BytesMut::new();
         encode_frame(&mut wire, FrameType::FlowControl, Encoding::Json, &v).unwrap();
         conn.handle_input(now, &wire);
@@ -263,7 +262,7 @@ fn flow_control_pause_resume_and_credit_are_enforced() {
         Encoding::Json,
         &AgentResponse::allow().with_correlation_id("p"),
     );
-    conn.poll_event();
+    let _ = conn.poll_event();
     assert!(matches!(
         conn.send_event(now, chunk("p", 1, b"de", true), None),
         Err(SubmitError::InsufficientCredit {
@@ -300,7 +299,7 @@ fn agent_limits_are_enforced() {
         Encoding::Json,
         &AgentResponse::allow().with_correlation_id("a"),
     );
-    conn.poll_event();
+    let _ = conn.poll_event();
     conn.send_event(now, chunk("a", 0, b"1234", false), None)
         .unwrap();
     answer(
@@ -309,7 +308,7 @@ fn agent_limits_are_enforced() {
         Encoding::Json,
         &AgentResponse::allow().with_correlation_id("a"),
     );
-    conn.poll_event();
+    let _ = conn.poll_event();
     assert!(matches!(
         conn.send_event(now, chunk("a", 1, b"56", true), None),
         Err(SubmitError::BodyTooLarge { total: 6, limit: 5 })
@@ -319,7 +318,7 @@ fn agent_limits_are_enforced() {
 #[test]
 fn body_chunks_are_sequenced_and_counted() {
     let (mut conn, now) = open(Encoding::Json, Capabilities::default());
-    let ok = |conn: &mut ProxyConnection, e: Event| {
+    let ok = |conn: &mut FramedProxy, e: Event| {
         let cid = e.correlation_id().to_owned();
         conn.send_event(now, e, None).unwrap();
         answer(
@@ -486,26 +485,23 @@ fn unknown_frames_are_skipped_and_health_is_tracked() {
         conn.handle_input(now, &[*b]);
     }
     let events = drain(&mut conn);
-    assert_eq!(
-        events[0],
-        ProxyEvent::Notice(Notice::FrameSkipped { type_byte: 0xF0 })
-    );
-    assert!(matches!(&events[1], ProxyEvent::Health(h) if h.state == HealthState::Draining));
-    assert!(matches!(&events[2], ProxyEvent::Response { id: got, .. } if *got == id));
+    assert_eq!(conn.codec.frames_skipped(), 1);
+    assert!(matches!(&events[0], ProxyEvent::Health(h) if h.state == HealthState::Draining));
+    assert!(matches!(&events[1], ProxyEvent::Response { id: got, .. } if *got == id));
     assert_eq!(conn.health(), HealthState::Draining);
 }
 
 #[test]
 fn handshake_failures_close_with_a_typed_error() {
     let now = Instant::now();
-    let mut conn = ProxyConnection::new(ProxyConfig::default(), now);
+    let mut conn = FramedProxy::new(ProxyConfig::default(), now);
     conn.handle_timeout(now + Duration::from_secs(5));
     assert!(matches!(
         conn.poll_event(),
         Some(ProxyEvent::Closed(ConnectionError::Handshake(_)))
     ));
 
-    let mut conn = ProxyConnection::new(ProxyConfig::default(), now);
+    let mut conn = FramedProxy::new(ProxyConfig::default(), now);
     let mut wire = BytesMut::new();
     encode_frame(
         &mut wire,
@@ -524,13 +520,9 @@ fn handshake_failures_close_with_a_typed_error() {
 #[test]
 fn message_transport_shares_every_behaviour() {
     use agent_protocol_core::handshake::HandshakeResponse;
-    use agent_protocol_core::proxy::{Incoming, Outgoing};
+    use agent_protocol_core::proxy::{ProxyIncoming as Incoming, ProxyOutgoing as Outgoing};
     let now = Instant::now();
-    let mut conn = ProxyConnection::new_messages(ProxyConfig::default(), now);
-    assert!(
-        conn.poll_transmit().is_none(),
-        "no bytes on a message transport"
-    );
+    let mut conn = ProxyConnection::new(ProxyConfig::default(), now);
     assert!(matches!(conn.poll_message(), Some(Outgoing::Handshake(_))));
     conn.handle_message(
         now,
@@ -539,23 +531,33 @@ fn message_transport_shares_every_behaviour() {
             capabilities: Capabilities::default(),
             success: true,
             error: None,
-            encoding: String::new(),
+            encoding: "json".into(),
         }),
     );
     assert!(matches!(conn.poll_event(), Some(ProxyEvent::Connected(_))));
-    let a = conn.send_event(now, headers("a"), None).unwrap();
+    let mut sent = Vec::new();
+    let mut wire = |m| {
+        sent.push(m);
+        Ok(())
+    };
+    let a = conn.send_event(now, headers("a"), None, &mut wire).unwrap();
     let b = conn
-        .send_event(now, headers("b"), Some(Duration::from_millis(10)))
+        .send_event(
+            now,
+            headers("b"),
+            Some(Duration::from_millis(10)),
+            &mut wire,
+        )
         .unwrap();
-    assert!(matches!(conn.poll_message(), Some(Outgoing::Event(e)) if e.correlation_id() == "a"));
-    assert!(matches!(conn.poll_message(), Some(Outgoing::Event(_))));
+    assert!(matches!(&sent[0], Outgoing::Event(e) if e.correlation_id() == "a"));
+    assert!(matches!(&sent[1], Outgoing::Event(_)));
     // The answer's id travels beside it; audit values stay exactly as the agent sent them.
     let mut response = AgentResponse::allow();
     response.audit.custom.insert("k".into(), json!("v"));
     conn.handle_message(
         now,
         Incoming::Response {
-            correlation_id: "a".into(),
+            correlation_id: Some("a".into()),
             response: response.clone(),
         },
     );
@@ -578,9 +580,9 @@ fn message_transport_fails_one_request_for_an_undecodable_answer() {
     use agent_protocol_core::encoding::DecodeError;
     use agent_protocol_core::frame::FrameType;
     use agent_protocol_core::handshake::HandshakeResponse;
-    use agent_protocol_core::proxy::Incoming;
+    use agent_protocol_core::proxy::ProxyIncoming as Incoming;
     let now = Instant::now();
-    let mut conn = ProxyConnection::new_messages(ProxyConfig::default(), now);
+    let mut conn = ProxyConnection::new(ProxyConfig::default(), now);
     conn.handle_message(
         now,
         Incoming::Handshake(HandshakeResponse {
@@ -588,12 +590,13 @@ fn message_transport_fails_one_request_for_an_undecodable_answer() {
             capabilities: Capabilities::default(),
             success: true,
             error: None,
-            encoding: String::new(),
+            encoding: "json".into(),
         }),
     );
     assert!(matches!(conn.poll_event(), Some(ProxyEvent::Connected(_))));
-    let a = conn.send_event(now, headers("a"), None).unwrap();
-    conn.send_event(now, headers("b"), None).unwrap();
+    let mut wire = |_| Ok(());
+    let a = conn.send_event(now, headers("a"), None, &mut wire).unwrap();
+    conn.send_event(now, headers("b"), None, &mut wire).unwrap();
     let error = DecodeError {
         frame_type: FrameType::AgentResponse,
         encoding: Encoding::Json,
@@ -630,12 +633,10 @@ fn message_transport_fails_one_request_for_an_undecodable_answer() {
 #[test]
 fn a_zero_ping_interval_disables_pings() {
     let now = Instant::now();
-    let config = ProxyConfig {
-        ping_interval: Some(Duration::ZERO),
-        ping_timeout: Duration::ZERO,
-        ..ProxyConfig::default()
-    };
-    let mut conn = ProxyConnection::new(config, now);
+    let mut config = ProxyConfig::default();
+    config.ping_interval = Some(Duration::ZERO);
+    config.ping_timeout = Duration::ZERO;
+    let mut conn = FramedProxy::new(config, now);
     let answer =
         json!({"protocol_version": 2, "capabilities": {}, "success": true, "encoding": "json"});
     let mut wire = BytesMut::new();
@@ -662,12 +663,10 @@ fn a_zero_ping_interval_disables_pings() {
 #[test]
 fn send_buffer_and_body_stream_caps_refuse_without_tracking() {
     let now = Instant::now();
-    let config = ProxyConfig {
-        max_send_buffer: 64,
-        max_body_streams: 1,
-        ..ProxyConfig::default()
-    };
-    let mut conn = ProxyConnection::new(config, now);
+    let mut config = ProxyConfig::default();
+    config.max_send_buffer = 64;
+    config.max_body_streams = 1;
+    let mut conn = FramedProxy::new(config, now);
     let answer =
         json!({"protocol_version": 2, "capabilities": {}, "success": true, "encoding": "json"});
     let mut wire = BytesMut::new();

@@ -21,6 +21,7 @@ pub mod pool;
 pub mod reverse;
 pub mod runtime;
 pub mod server;
+mod stream;
 
 pub use agent_protocol_core as core;
 pub use runtime::Runtime;

@@ -25,13 +25,12 @@ use std::time::{Duration, Instant};
 use agent_protocol_core::encoding::decode_event;
 use agent_protocol_core::frame::{Frame, FrameType};
 use agent_protocol_core::handshake::{HandshakeRequest, HandshakeResponse, Negotiated};
-use agent_protocol_core::proxy::{
-    ConnectionState, ProxyConfig, ProxyConnection, ProxyEvent, RequestId,
-};
+use agent_protocol_core::proxy::{ConnectionState, ProxyConfig, ProxyEvent, RequestId};
+use agent_protocol_core::testing::FramedProxy;
 use agent_protocol_core::*;
 use agent_protocol_fuzz::wire::{cid, frame_bytes, raw_frame, OutputReader, StreamTracker};
 use arbitrary::Arbitrary;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -138,11 +137,8 @@ enum Op {
     AdvanceSecs {
         secs: u8,
     },
-    /// Drain output: 0 poll_transmit, 1 take_transmit, 2 a partial write of `partial` bytes.
-    Transmit {
-        how: u8,
-        partial: u16,
-    },
+    /// Drain output, taken whole as the drivers take it.
+    Transmit,
     Eof,
     IoError,
     Close,
@@ -163,7 +159,7 @@ fn capabilities(limits: AgentLimits) -> Capabilities {
 
 struct Harness {
     now: Instant,
-    conn: ProxyConnection,
+    conn: FramedProxy,
     started_established: bool,
     /// Accepted requests not yet ended: id -> correlation id.
     outstanding: BTreeMap<RequestId, String>,
@@ -175,7 +171,6 @@ struct Harness {
     output: OutputReader,
     /// Framing of what we fed.
     stream: StreamTracker,
-    take_buf: BytesMut,
     // Counts checked against the output at the end.
     accepted: u64,
     event_frames: u64,
@@ -212,9 +207,9 @@ impl Harness {
                     capabilities: capabilities(setup.limits),
                     protocol_version: 2,
                 };
-                ProxyConnection::new_established(config, negotiated, now)
+                FramedProxy::established(config, negotiated, now)
             }
-            None => ProxyConnection::new(config, now),
+            None => FramedProxy::new(config, now),
         };
         Harness {
             now,
@@ -227,7 +222,6 @@ impl Harness {
             closed: false,
             output: OutputReader::default(),
             stream: StreamTracker::default(),
-            take_buf: BytesMut::new(),
             accepted: 0,
             event_frames: 0,
             cancels_expected: 0,
@@ -435,7 +429,9 @@ impl Harness {
             } => {
                 let cid = cid(n);
                 let event = self.build_event(cid.clone(), &event);
-                let queued = self.conn.transmit_buffer().len();
+                // What the connection queued before (cancels, pings) goes ahead of the event.
+                self.conn.flush_messages();
+                let queued = self.conn.codec.pending_transmit();
                 let in_flight = self.conn.in_flight();
                 let open = self.conn.state() == ConnectionState::Open;
                 let duplicate = self.is_pending(&cid);
@@ -451,7 +447,7 @@ impl Harness {
                         self.accepted += 1;
                     }
                     Err(e) => {
-                        assert_eq!(self.conn.transmit_buffer().len(), queued, "{e}: queued");
+                        assert_eq!(self.conn.codec.pending_transmit(), queued, "{e}: queued");
                         assert_eq!(self.conn.in_flight(), in_flight, "{e}: tracked");
                         if open && !cid.is_empty() && duplicate {
                             assert!(matches!(e, SubmitError::DuplicateCorrelationId(_)), "{e}");
@@ -504,11 +500,11 @@ impl Harness {
             }
             Op::Advance { ms } => self.advance(Duration::from_millis(u64::from(ms))),
             Op::AdvanceSecs { secs } => self.advance(Duration::from_secs(u64::from(secs))),
-            Op::Transmit { how, partial } => self.transmit(how, partial),
+            Op::Transmit => self.transmit(),
             Op::Eof => self.conn.handle_eof(),
             Op::IoError => self
                 .conn
-                .handle_io_error(ConnectionError::transport("fuzz")),
+                .handle_closed(ConnectionError::transport("fuzz")),
             Op::Close => self.conn.close(),
         }
         self.drain_events();
@@ -530,26 +526,8 @@ impl Harness {
         }
     }
 
-    fn transmit(&mut self, how: u8, partial: u16) {
-        let bytes: Vec<u8> = match how % 3 {
-            0 => self
-                .conn
-                .poll_transmit()
-                .map(|b| b.to_vec())
-                .unwrap_or_default(),
-            1 => {
-                self.take_buf.clear();
-                self.conn.take_transmit(&mut self.take_buf);
-                self.take_buf.to_vec()
-            }
-            _ => {
-                let buffered = self.conn.transmit_buffer();
-                let n = usize::from(partial) % (buffered.len() + 1);
-                let bytes = buffered[..n].to_vec();
-                self.conn.advance_transmit(n);
-                bytes
-            }
-        };
+    fn transmit(&mut self) {
+        let bytes = self.conn.poll_transmit().unwrap_or_default();
         for frame in self.output.push(&bytes) {
             self.check_output(frame);
         }
@@ -646,7 +624,7 @@ impl Harness {
             "requests left after every deadline"
         );
         assert!(self.outstanding.is_empty());
-        self.transmit(0, 0);
+        self.transmit();
         assert!(
             !self.output.has_partial(),
             "a partial frame was left queued"

@@ -8,7 +8,7 @@ use agent_protocol_core::control::{
 };
 use agent_protocol_core::frame::FrameType;
 use agent_protocol_core::handshake::{HandshakeRequest, HandshakeResponse};
-use agent_protocol_core::proxy::{Incoming, Outgoing};
+use agent_protocol_core::proxy::{ProxyIncoming as Incoming, ProxyOutgoing as Outgoing};
 use agent_protocol_core::*;
 use agent_protocol_proto::convert::{
     agent_outgoing_to_proto, event_from_proto, response_from_proto, response_to_proto,
@@ -558,7 +558,7 @@ proptest! {
             correlation_id: cid.clone(),
             response: response.clone(),
         });
-        prop_assert_eq!(back, Incoming::Response { correlation_id: cid, response });
+        prop_assert_eq!(back, Incoming::Response { correlation_id: Some(cid), response });
     }
 
     #[test]
@@ -590,9 +590,11 @@ proptest! {
             error,
             encoding,
         };
+        // gRPC carries no payload encoding: the proxy sees the nominal JSON whatever is named.
+        let seen = HandshakeResponse { encoding: "json".into(), ..response.clone() };
         prop_assert_eq!(
-            proxy_side(AgentOutgoing::Handshake(response.clone())),
-            Incoming::Handshake(response)
+            proxy_side(AgentOutgoing::Handshake(response)),
+            Incoming::Handshake(seen)
         );
     }
 

@@ -89,7 +89,7 @@ pub use runtime::AsyncStd;
 /// [`agent_protocol_driver::client`]).
 pub mod client {
     pub use agent_protocol_driver::client::{
-        set_wall_clock, ClientDriver, ClientError, Command, ConnectionStatus, ControlMessage, Gate,
+        ClientError, Command, ConnectionStatus, ControlMessage, FramedLink, Gate, ProxyLink,
         CHANNEL_BUFFER_SIZE,
     };
 

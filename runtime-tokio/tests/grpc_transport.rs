@@ -461,7 +461,10 @@ async fn unreachable_and_malformed_endpoints_fail_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_over_the_limit_fail_alone_and_the_stream_lives_on() {
-    let (addr, _handle, _server) = start_grpc(ServerConfig::default()).await;
+    // An agent that takes bodies of any size: the message limit is what refuses.
+    let mut config = ServerConfig::default();
+    config.capabilities.limits.max_body_size = 0;
+    let (addr, _handle, _server) = start_grpc(config).await;
     let client = client(addr).await;
     // A body too large for one message is refused before it is sent.
     let r = client

@@ -20,8 +20,8 @@ use agent_protocol_core::agent::{AgentConfig, AgentEvent};
 use agent_protocol_core::encoding::encode_frame;
 use agent_protocol_core::frame::{self, Decoded, FrameDecoder, FrameType, MAX_FRAME_LEN};
 use agent_protocol_core::limits::{LimitExceeded, DEFAULT_MAX_ELEMENTS};
-use agent_protocol_core::proxy::{ProxyConfig, ProxyConnection, ProxyEvent};
-use agent_protocol_core::testing::FramedAgent;
+use agent_protocol_core::proxy::{ProxyConfig, ProxyEvent};
+use agent_protocol_core::testing::{FramedAgent, FramedProxy};
 use agent_protocol_core::*;
 use bytes::BytesMut;
 
@@ -238,9 +238,9 @@ fn agent_case(encoding: Encoding, frame_type: FrameType, payload: &[u8]) -> (u64
     (growth, outcome)
 }
 
-fn open_proxy(encoding: Encoding) -> ProxyConnection {
+fn open_proxy(encoding: Encoding) -> FramedProxy {
     let now = Instant::now();
-    let mut conn = ProxyConnection::new(ProxyConfig::default(), now);
+    let mut conn = FramedProxy::new(ProxyConfig::default(), now);
     let _hello = conn.poll_transmit();
     let answer = serde_json::json!({"protocol_version": 2, "capabilities": {}, "success": true, "encoding": encoding.as_str()});
     let mut wire = BytesMut::new();

@@ -1,6 +1,6 @@
 //! [`Pair`]: both ends of one connection in memory, with a simulated clock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::agent::{AgentConfig, AgentEvent, AgentIncoming, AgentOutgoing};
@@ -9,10 +9,10 @@ use crate::capabilities::Capabilities;
 use crate::encoding::Encoding;
 use crate::error::{ConnectionError, RequestError, SubmitError};
 use crate::event::Event;
-use crate::proxy::{Incoming, Outgoing, ProxyConfig, ProxyConnection, ProxyEvent, RequestId};
+use crate::proxy::{ProxyConfig, ProxyEvent, ProxyIncoming, ProxyOutgoing, RequestId};
 use crate::response::AgentResponse;
 
-use super::FramedAgent;
+use super::{FramedAgent, FramedProxy};
 
 /// What carries the pair's messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,8 +45,8 @@ pub struct Pair {
     pub transport: Transport,
     /// The simulated clock.
     pub now: Instant,
-    /// The proxy end.
-    pub proxy: ProxyConnection,
+    /// The proxy end (its codec is idle on [`Transport::Messages`]).
+    pub proxy: FramedProxy,
     /// The agent end (its codec is idle on [`Transport::Messages`]).
     pub agent: FramedAgent,
     /// Requests the agent has received and not yet answered: its id, and the correlation id.
@@ -59,6 +59,8 @@ pub struct Pair {
     pub agent_cancelled: Vec<String>,
     /// When false, whatever either end sends is lost (a dead wire).
     pub wire_up: bool,
+    /// Messages the proxy sent on [`Transport::Messages`], not yet delivered.
+    to_agent: VecDeque<ProxyOutgoing>,
 }
 
 impl Pair {
@@ -77,13 +79,11 @@ impl Pair {
         acfg.handshake.encodings = agent_encodings.iter().copied().collect();
         acfg.handshake.capabilities =
             Capabilities::new("pair-agent", "Pair", "1").with_all_events();
-        let proxy = match transport {
-            Transport::Framed => ProxyConnection::new(pcfg, now),
-            Transport::Messages => {
-                acfg.handshake.encodings = [Encoding::Json].into_iter().collect();
-                ProxyConnection::new_messages(pcfg, now)
-            }
-        };
+        if transport == Transport::Messages {
+            pcfg.handshake.encodings = [Encoding::Json].into_iter().collect();
+            acfg.handshake.encodings = [Encoding::Json].into_iter().collect();
+        }
+        let proxy = FramedProxy::new(pcfg, now);
         let mut pair = Pair {
             transport,
             now,
@@ -94,6 +94,7 @@ impl Pair {
             proxy_closed: None,
             agent_cancelled: Vec::new(),
             wire_up: true,
+            to_agent: VecDeque::new(),
         };
         pair.drive();
         pair
@@ -166,6 +167,9 @@ impl Pair {
     fn move_messages(&mut self) -> bool {
         let mut moved = false;
         while let Some(message) = self.proxy.poll_message() {
+            self.to_agent.push_back(message);
+        }
+        while let Some(message) = self.to_agent.pop_front() {
             moved = true;
             if self.wire_up {
                 self.agent.conn.handle_message(self.now, to_agent(message));
@@ -194,7 +198,19 @@ impl Pair {
         event: Event,
         timeout: Option<Duration>,
     ) -> Result<RequestId, SubmitError> {
-        let r = self.proxy.send_event(self.now, event, timeout);
+        let r = match self.transport {
+            Transport::Framed => self.proxy.send_event(self.now, event, timeout),
+            Transport::Messages => {
+                let queue = &mut self.to_agent;
+                let transmit = |message| {
+                    queue.push_back(message);
+                    Ok(())
+                };
+                self.proxy
+                    .conn
+                    .send_event(self.now, event, timeout, transmit)
+            }
+        };
         self.drive();
         r
     }
@@ -229,32 +245,32 @@ impl Pair {
 }
 
 /// What the proxy sends, as the agent receives it.
-fn to_agent(message: Outgoing) -> AgentIncoming {
+fn to_agent(message: ProxyOutgoing) -> AgentIncoming {
     match message {
-        Outgoing::Handshake(h) => AgentIncoming::Handshake(h),
-        Outgoing::Event(e) => AgentIncoming::Event(e),
-        Outgoing::Cancel(c) => AgentIncoming::Cancel(c),
-        Outgoing::Ping(p) => AgentIncoming::Ping(p),
+        ProxyOutgoing::Handshake(h) => AgentIncoming::Handshake(h),
+        ProxyOutgoing::Event(e) => AgentIncoming::Event(e),
+        ProxyOutgoing::Cancel(c) => AgentIncoming::Cancel(c),
+        ProxyOutgoing::Ping(p) => AgentIncoming::Ping(p),
     }
 }
 
 /// What the agent sends, as the proxy receives it (registration has no place on a message
 /// transport).
-fn to_proxy(message: AgentOutgoing) -> Option<Incoming> {
+fn to_proxy(message: AgentOutgoing) -> Option<ProxyIncoming> {
     Some(match message {
-        AgentOutgoing::Handshake(h) => Incoming::Handshake(h),
+        AgentOutgoing::Handshake(h) => ProxyIncoming::Handshake(h),
         AgentOutgoing::Response {
             correlation_id,
             response,
-        } => Incoming::Response {
-            correlation_id,
+        } => ProxyIncoming::Response {
+            correlation_id: Some(correlation_id),
             response,
         },
-        AgentOutgoing::Pong(p) => Incoming::Pong(p),
-        AgentOutgoing::Health(h) => Incoming::Health(h),
-        AgentOutgoing::FlowControl(f) => Incoming::FlowControl(f),
-        AgentOutgoing::Metrics(m) => Incoming::Metrics(m),
-        AgentOutgoing::ConfigUpdate(c) => Incoming::ConfigUpdate(c),
+        AgentOutgoing::Pong(p) => ProxyIncoming::Pong(p),
+        AgentOutgoing::Health(h) => ProxyIncoming::Health(h),
+        AgentOutgoing::FlowControl(f) => ProxyIncoming::FlowControl(f),
+        AgentOutgoing::Metrics(m) => ProxyIncoming::Metrics(m),
+        AgentOutgoing::ConfigUpdate(c) => ProxyIncoming::ConfigUpdate(c),
         AgentOutgoing::Register(_) => return None,
     })
 }

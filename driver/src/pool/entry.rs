@@ -333,7 +333,7 @@ mod tests {
         let status = Arc::new(ConnectionStatus::new());
         status.mark_connected();
         let (conn, _commands) = pooled(&status);
-        status.mark_disconnected();
+        status.mark_closed(agent_protocol_core::ConnectionError::PeerClosed);
         assert!(conn.is_dead(Instant::now()));
     }
 

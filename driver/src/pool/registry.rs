@@ -240,11 +240,13 @@ impl<R: Runtime> PoolInner<R> {
                 }
             }
         }
-        if opened.is_empty() {
+        // At least one connection was attempted (`per_agent` is at least 1), so when none
+        // opened there is a last error to report.
+        if let (true, Some(source)) = (opened.is_empty(), last_error) {
             return Err(PoolError::ConnectFailed {
                 agent: agent_id.to_owned(),
                 attempted: n,
-                source: last_error.unwrap_or(ClientError::Closed(ConnectionError::LocalClose)),
+                source,
             });
         }
         if let Err(e) = self.publish(entry) {

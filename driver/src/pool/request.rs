@@ -513,9 +513,9 @@ enum Class {
 
 fn classify(e: &ClientError) -> Class {
     match e {
-        ClientError::QueueTimeout(_) | ClientError::Request(RequestError::Timeout(_)) => {
-            Class::Timeout
-        }
+        ClientError::QueueTimeout(_)
+        | ClientError::PingTimeout(_)
+        | ClientError::Request(RequestError::Timeout(_)) => Class::Timeout,
         ClientError::Request(RequestError::Cancelled(_)) => Class::Cancelled,
         ClientError::Connect { .. }
         | ClientError::Closed(_)
@@ -523,9 +523,10 @@ fn classify(e: &ClientError) -> Class {
         | ClientError::Rejected(SubmitError::NotReady | SubmitError::Closed(_)) => {
             Class::Connection
         }
-        ClientError::Request(RequestError::MalformedResponse(_)) => Class::Protocol,
+        // A malformed answer, or a way of failing added to the core since.
+        ClientError::Request(_) => Class::Protocol,
         ClientError::Rejected(SubmitError::Encode(_)) => Class::Serialization,
-        ClientError::Rejected(_) => Class::Rejected,
+        ClientError::Rejected(_) | ClientError::PingRefused => Class::Rejected,
     }
 }
 

@@ -1,17 +1,15 @@
 //! [`FramedLink`]: the agent's [`AgentLink`] over a byte stream (Unix socket, TCP, reverse
 //! connection), with the core's [`AgentCodec`] doing the framing.
 
-use std::io;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use agent_protocol_core::agent::{AgentCodec, AgentOutgoing, Unsent};
 use agent_protocol_core::ConnectionError;
-use bytes::{Buf, Bytes};
 
 use super::connection::{AgentLink, Received};
-use crate::client::{shrink_after_large_frame, READ_CHUNK};
-use crate::runtime::{self, ByteRead, ByteWrite};
+use crate::runtime::{ByteRead, ByteWrite};
+use crate::stream::ByteStream;
 
 /// Unsent output (answers, pongs, pushes), in bytes, past which an agent connection stops
 /// reading until its socket drains.
@@ -27,12 +25,7 @@ pub const MAX_PENDING_TRANSMIT: usize = 1024 * 1024;
 #[derive(Debug)]
 pub struct FramedLink<Rd, Wr> {
     codec: AgentCodec,
-    read: Rd,
-    write: Wr,
-    /// What the socket is writing now: the codec's output, taken whole.
-    writing: Bytes,
-    /// How the stream ended, once a read saw it; reported after what was read before it.
-    ended: Option<ConnectionError>,
+    stream: ByteStream<Rd, Wr>,
 }
 
 impl<Rd: ByteRead, Wr: ByteWrite> FramedLink<Rd, Wr> {
@@ -41,27 +34,14 @@ impl<Rd: ByteRead, Wr: ByteWrite> FramedLink<Rd, Wr> {
     pub fn new(codec: AgentCodec, read: Rd, write: Wr) -> Self {
         Self {
             codec,
-            read,
-            write,
-            writing: Bytes::new(),
-            ended: None,
+            stream: ByteStream::new(read, write),
         }
     }
 }
 
 impl<Rd: ByteRead, Wr: ByteWrite> AgentLink for FramedLink<Rd, Wr> {
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let buf = self.codec.read_buffer();
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
-        match self.read.poll_read_buf(cx, buf) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(0)) => self.ended = Some(ConnectionError::PeerClosed),
-            Poll::Ready(Ok(_)) => {}
-            Poll::Ready(Err(e)) => self.ended = Some(e.into()),
-        }
-        Poll::Ready(())
+        self.stream.poll_read(cx, self.codec.read_buffer())
     }
 
     #[inline]
@@ -69,10 +49,10 @@ impl<Rd: ByteRead, Wr: ByteWrite> AgentLink for FramedLink<Rd, Wr> {
         match self.codec.poll_incoming() {
             Some(Ok(message)) => Some(Received::Message(message)),
             Some(Err(reason)) => Some(Received::Closed(reason)),
-            None => {
-                shrink_after_large_frame(self.codec.read_buffer());
-                self.ended.take().map(Received::Closed)
-            }
+            None => self
+                .stream
+                .take_ended(self.codec.read_buffer())
+                .map(Received::Closed),
         }
     }
 
@@ -93,40 +73,19 @@ impl<Rd: ByteRead, Wr: ByteWrite> AgentLink for FramedLink<Rd, Wr> {
     }
 
     fn has_unsent(&self) -> bool {
-        !self.writing.is_empty() || self.codec.pending_transmit() > 0
+        self.stream.writing() > 0 || self.codec.pending_transmit() > 0
     }
 
     fn is_backlogged(&self) -> bool {
-        self.writing.len() + self.codec.pending_transmit() > MAX_PENDING_TRANSMIT
+        self.stream.writing() + self.codec.pending_transmit() > MAX_PENDING_TRANSMIT
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
-        if self.writing.is_empty() {
-            match self.codec.poll_transmit() {
-                Some(bytes) => self.writing = bytes,
-                None => return Poll::Ready(Ok(())),
-            }
-        }
-        let written = match self.write.poll_write(cx, &self.writing) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(0)) => Err(io::Error::from(io::ErrorKind::WriteZero)),
-            Poll::Ready(written) => written,
-        };
-        Poll::Ready(match written {
-            Ok(n) => {
-                self.writing.advance(n);
-                Ok(())
-            }
-            Err(e) => {
-                // Nothing more can reach the peer.
-                self.writing = Bytes::new();
-                let _ = self.codec.poll_transmit();
-                Err(e.into())
-            }
-        })
+        let codec = &mut self.codec;
+        self.stream.poll_write(cx, || codec.poll_transmit())
     }
 
     async fn shutdown(&mut self) {
-        let _ = runtime::shutdown(&mut self.write).await;
+        self.stream.shutdown().await;
     }
 }

@@ -8,7 +8,8 @@ use agent_protocol_core::capabilities::EventKind;
 use agent_protocol_core::encoding::DecodeError;
 use agent_protocol_core::event::event_frame_type;
 use agent_protocol_core::frame::FrameType;
-use agent_protocol_core::proxy::{Incoming, Outgoing};
+use agent_protocol_core::handshake::HandshakeResponse;
+use agent_protocol_core::proxy::{ProxyIncoming as Incoming, ProxyOutgoing as Outgoing};
 use agent_protocol_core::{AgentIncoming, AgentOutgoing, Encoding};
 
 // ----- proxy -> agent --------------------------------------------------------------------------
@@ -119,7 +120,7 @@ pub fn agent_outgoing_to_proto(message: AgentOutgoing, now_ms: u64) -> Option<v2
 #[derive(Clone, Debug, PartialEq)]
 pub enum AgentMessage {
     /// Something the core's proxy connection takes. An answer that does not convert but names
-    /// its request is [`Incoming::MalformedResponse`], so just that request fails.
+    /// its request is [`ProxyIncoming::MalformedResponse`](Incoming::MalformedResponse), so just that request fails.
     Protocol(Incoming),
     /// A log line from the agent (no protocol meaning).
     Log(v2::LogMessage),
@@ -137,10 +138,16 @@ impl From<v2::AgentToProxy> for AgentMessage {
             return AgentMessage::Unknown;
         };
         let incoming = match message {
-            M::Handshake(h) => Ok(Incoming::Handshake(h.into())),
+            M::Handshake(h) => {
+                // gRPC carries no payload encoding: whatever the agent names, messages are
+                // protobuf, and the connection sees the nominal JSON it offered.
+                let mut h = HandshakeResponse::from(h);
+                h.encoding = Encoding::Json.as_str().to_owned();
+                Ok(Incoming::Handshake(h))
+            }
             M::Response(r) => match response_from_proto(r) {
                 Ok((correlation_id, response)) => Ok(Incoming::Response {
-                    correlation_id,
+                    correlation_id: Some(correlation_id),
                     response,
                 }),
                 Err(e) => match e.correlation_id.clone() {

@@ -1,39 +1,43 @@
-//! The proxy side of the gRPC transport: an [`AgentClient`] whose connection task owns a
-//! message-mode [`ProxyConnection`] and one `ProcessStream`.
+//! The proxy side of the gRPC transport: an [`AgentClient`] whose connection task (the driver's
+//! one client task) drives a [`ProxyConnection`] over a `GrpcLink`: one `ProcessStream`.
 //!
 //! Requests are multiplexed on the stream by correlation id exactly as on UDS (the core routes
 //! answers); when the stream breaks, every pending request fails at once with a closed error and
 //! the client reports itself disconnected, so the pool replaces it.
 //!
 //! An agent cannot starve the connection task by flooding it with valid messages (health
-//! reports, pongs, answers for unknown ids): each turn handles the timers, the request stream and
-//! the callers' commands before it reads one message from the agent, and request deadlines are
-//! checked again after every message read, so requests are still sent and still time out on
-//! time. An answer over [`MAX_MESSAGE_SIZE`] fails every request on the stream at once, with an
-//! error naming the limit.
+//! reports, pongs, answers for unknown ids): the task is the same as on sockets, so each turn
+//! handles the request stream, the timers and the callers' commands before it reads one message
+//! from the agent, and request deadlines are checked again after every message read. An answer
+//! over [`MAX_MESSAGE_SIZE`] fails every request on the stream at once, with an error naming the
+//! limit; an event whose body would not fit one message is refused before it is sent.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use agent_protocol_core::encoding::EncodeError;
+use agent_protocol_core::frame::PayloadTooLarge;
 use agent_protocol_core::handshake::HandshakeError;
 use agent_protocol_core::pool::Endpoint;
-use agent_protocol_core::proxy::{ConnectionState, ProxyConnection};
-use agent_protocol_core::ConnectionError;
+use agent_protocol_core::proxy::{ProxyConnection, ProxyIncoming, ProxyOutgoing};
+use agent_protocol_core::{ConnectionError, Encoding, SubmitError};
+use agent_protocol_driver::client::ProxyLink;
 use agent_protocol_proto::convert::AgentMessage;
 use agent_protocol_proto::v2::agent_service_v2_client::AgentServiceV2Client;
 use agent_protocol_proto::v2::{self, AgentToProxy, ProxyToAgent};
 use agent_protocol_proto::MAX_MESSAGE_SIZE;
-use tokio::sync::{mpsc, oneshot};
+use futures_util::Stream;
+use tokio::sync::mpsc::error::{SendError, TrySendError};
+use tokio::sync::mpsc::{self, OwnedPermit};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Streaming;
 
-use super::{sleep_until, CONNECTION_WINDOW, STREAM_BUFFER, STREAM_WINDOW};
-use crate::client::{
-    AgentClient, ClientConfig, ClientDriver, ClientError, ConnectionStatus, ControlMessage,
-    CHANNEL_BUFFER_SIZE,
-};
+use super::{CONNECTION_WINDOW, STREAM_BUFFER, STREAM_WINDOW};
+use crate::client::{AgentClient, ClientConfig, ClientError, ControlMessage};
 
 /// Largest body (chunk data or WebSocket payload) one event may carry on gRPC: the message
 /// limit less room for the event's other fields. A larger one is refused before it is sent,
@@ -137,24 +141,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 async fn start(
     channel: Channel,
-    config: ClientConfig,
+    mut config: ClientConfig,
     control: Option<mpsc::Sender<ControlMessage>>,
 ) -> Result<AgentClient, ClientError> {
-    let request_timeout = config.connection.request_timeout;
+    // Protobuf carries the messages: payload encodings mean nothing here.
+    config.connection.handshake.encodings = [Encoding::Json].into_iter().collect();
     let handshake_timeout = config.connection.handshake.timeout;
-    let mut conn = ProxyConnection::new_messages(config.connection, Instant::now());
-    crate::client::set_wall_clock(&mut conn);
+    let mut conn = ProxyConnection::new(config.connection, Instant::now());
     let (out_tx, out_rx) = mpsc::channel::<ProxyToAgent>(STREAM_BUFFER);
-    // The handshake leads the request stream.
-    let mut out = VecDeque::new();
+    // The handshake leads the request stream: tonic sends the call's headers only with a first
+    // message to hand over.
     while let Some(message) = conn.poll_message() {
-        out.push_back(ProxyToAgent::from(message));
-    }
-    while let Some(first) = out.pop_front() {
         // Cannot be full: the channel is new and larger than what the core queues at start.
-        if out_tx.try_send(first).is_err() {
-            return Err(ClientError::Closed(ConnectionError::LocalClose));
-        }
+        let _ = out_tx.try_send(ProxyToAgent::from(message));
     }
     let mut client = AgentServiceV2Client::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -177,117 +176,119 @@ async fn start(
             )))
         }
     };
-    let (tx, rx) = mpsc::channel(CHANNEL_BUFFER_SIZE);
-    let status = Arc::new(ConnectionStatus::new());
-    let (ready_tx, ready_rx) = oneshot::channel();
-    let mut driver = ClientDriver::new(conn, rx, status.clone(), control, ready_tx);
-    // A message over the limit would end the whole stream (and every request on it).
-    driver.set_max_event_body(MAX_BODY_PER_MESSAGE);
-    tokio::spawn(run(driver, inbound, out_tx));
-    // The core enforces the handshake deadline, so this resolves in bounded time.
-    let negotiated = ready_rx
-        .await
-        .map_err(|_| ClientError::Closed(ConnectionError::LocalClose))?
-        .map_err(ClientError::Closed)?;
-    Ok(AgentClient::from_parts(
-        tx,
-        status,
-        negotiated,
-        request_timeout,
-    ))
+    AgentClient::start(conn, GrpcLink::new(inbound, out_tx), control).await
 }
 
-/// The connection task: feeds the core what the stream brings, commands from callers, and the
-/// time; moves what the core queues onto the request stream.
-async fn run(
-    mut driver: ClientDriver,
-    mut inbound: Streaming<AgentToProxy>,
+/// The proxy's [`ProxyLink`] over one `ProcessStream`: the response stream in, the request
+/// stream out, one message per read.
+struct GrpcLink {
+    inbound: Streaming<AgentToProxy>,
     out_tx: mpsc::Sender<ProxyToAgent>,
-) {
-    let mut out: VecDeque<ProxyToAgent> = VecDeque::new();
-    let mut commands_open = true;
-    loop {
-        driver.dispatch_events();
-        while let Some(message) = driver.conn.poll_message() {
-            out.push_back(ProxyToAgent::from(message));
+    /// Converted messages the request stream has no room for yet.
+    out: VecDeque<ProxyToAgent>,
+    /// Waiting for room on a full request stream (rare: only then is a future kept).
+    room: Option<Room>,
+    /// What the last read brought.
+    received: Option<Result<ProxyIncoming, ConnectionError>>,
+}
+
+type Room = Pin<Box<dyn Future<Output = Result<OwnedPermit<ProxyToAgent>, SendError<()>>> + Send>>;
+
+impl GrpcLink {
+    fn new(inbound: Streaming<AgentToProxy>, out_tx: mpsc::Sender<ProxyToAgent>) -> Self {
+        Self {
+            inbound,
+            out_tx,
+            out: VecDeque::new(),
+            room: None,
+            received: None,
         }
-        let closed = driver.conn.state() == ConnectionState::Closed;
-        if closed {
-            break;
-        }
-        let deadline = driver.conn.poll_timeout();
-        // Timers, writes and commands before reads, one read per turn: however fast the agent
-        // sends, requests are sent and time out on time.
-        tokio::select! {
-            biased;
-            _ = sleep_until(deadline), if deadline.is_some() => {
-                driver.conn.handle_timeout(Instant::now());
-            }
-            permit = out_tx.reserve(), if !out.is_empty() => match permit {
-                Ok(permit) => {
-                    if let Some(message) = out.pop_front() {
-                        permit.send(message);
-                    }
-                    while !out.is_empty() {
-                        match out_tx.try_reserve() {
-                            Ok(permit) => {
-                                if let Some(message) = out.pop_front() {
-                                    permit.send(message);
-                                }
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                }
-                Err(_) => driver.conn.handle_io_error(ConnectionError::transport("gRPC request stream closed")),
-            },
-            cmd = driver.rx.recv(), if commands_open => match cmd {
-                Some(cmd) => {
-                    let now = Instant::now();
-                    driver.handle_command(now, cmd);
-                    // Drain the burst so it is converted and queued together.
-                    for _ in 0..CHANNEL_BUFFER_SIZE {
-                        match driver.rx.try_recv() {
-                            Ok(cmd) => driver.handle_command(now, cmd),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                None => {
-                    commands_open = false;
-                    driver.conn.close();
-                }
-            },
-            message = inbound.message() => {
-                let now = Instant::now();
-                match message {
-                    Ok(Some(message)) => match AgentMessage::from(message) {
-                        AgentMessage::Protocol(incoming) => driver.conn.handle_message(now, incoming),
-                        AgentMessage::Log(log) => log_from_agent(&log),
-                        AgentMessage::Invalid(e) => {
-                            tracing::debug!(error = %e, "ignored a control message from the agent");
-                        }
-                        AgentMessage::Unknown => {
-                            tracing::debug!("skipped an AgentToProxy message of unknown type");
-                        }
-                    },
-                    Ok(None) => driver.conn.handle_eof(),
-                    Err(status) => driver.conn.handle_io_error(ConnectionError::transport(stream_error(&status))),
-                }
-                // The timer branch only runs when nothing else is ready; an agent that keeps
-                // this branch ready must not keep a passed deadline from being seen.
-                if deadline.is_some_and(|d| now >= d) {
-                    driver.conn.handle_timeout(now);
-                }
-            }
-        }
-        driver.publish_status();
     }
-    driver.wind_down();
-    // Dropping the request stream's sender and the response stream ends the RPC; the channel
-    // closes its connection when the last handle to it is gone.
-    drop(out_tx);
-    drop(inbound);
+
+    fn stream_closed() -> ConnectionError {
+        ConnectionError::transport("gRPC request stream closed")
+    }
+}
+
+impl ProxyLink for GrpcLink {
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let message = match Pin::new(&mut self.inbound).poll_next(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(message) => message,
+        };
+        self.received = match message {
+            Some(Ok(message)) => match AgentMessage::from(message) {
+                AgentMessage::Protocol(incoming) => Some(Ok(incoming)),
+                AgentMessage::Log(log) => {
+                    log_from_agent(&log);
+                    None
+                }
+                AgentMessage::Invalid(e) => {
+                    tracing::debug!(error = %e, "ignored a control message from the agent");
+                    None
+                }
+                AgentMessage::Unknown => {
+                    tracing::debug!("skipped an AgentToProxy message of unknown type");
+                    None
+                }
+            },
+            None => Some(Err(ConnectionError::PeerClosed)),
+            Some(Err(status)) => Some(Err(ConnectionError::transport(stream_error(&status)))),
+        };
+        Poll::Ready(())
+    }
+
+    fn try_recv(&mut self) -> Option<Result<ProxyIncoming, ConnectionError>> {
+        self.received.take()
+    }
+
+    fn send(&mut self, message: ProxyOutgoing) -> Result<(), SubmitError> {
+        if let ProxyOutgoing::Event(event) = &message {
+            // A message over the limit would end the whole stream (and every request on it).
+            if event.body_len() > MAX_BODY_PER_MESSAGE {
+                return Err(SubmitError::Encode(EncodeError::TooLarge(
+                    PayloadTooLarge {
+                        len: event.body_len(),
+                        max: MAX_BODY_PER_MESSAGE,
+                    },
+                )));
+            }
+        }
+        self.out.push_back(ProxyToAgent::from(message));
+        Ok(())
+    }
+
+    fn has_unsent(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+        while let Some(message) = self.out.pop_front() {
+            if let Some(room) = self.room.as_mut() {
+                match room.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        self.out.push_front(message);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Ok(permit)) => {
+                        self.room = None;
+                        permit.send(message);
+                        continue;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(Self::stream_closed())),
+                }
+            }
+            match self.out_tx.try_send(message) {
+                Ok(()) => {}
+                Err(TrySendError::Full(message)) => {
+                    self.out.push_front(message);
+                    self.room = Some(Box::pin(self.out_tx.clone().reserve_owned()));
+                }
+                Err(TrySendError::Closed(_)) => return Poll::Ready(Err(Self::stream_closed())),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// What a broken response stream is reported as. A message over the limit (which tonic's

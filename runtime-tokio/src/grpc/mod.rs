@@ -3,7 +3,8 @@
 //! Both ends drive the same Sans-IO state machines as the UDS transport: the agent side one
 //! [`AgentConnection`] per `ProcessStream`, run by the driver's one agent connection task over a
 //! gRPC [`AgentLink`] (the UDS server runs it over a framed one), the proxy side a
-//! [`ProxyConnection::new_messages`] inside an ordinary [`AgentClient`]. Deadlines, cancel, pings,
+//! [`ProxyConnection`] run by the driver's one client task over a gRPC [`ProxyLink`], inside an
+//! ordinary [`AgentClient`]. Deadlines, cancel, pings,
 //! flow control, health, limits and body sequencing therefore behave exactly as on UDS; only the
 //! framing differs (protobuf over HTTP/2, converted by [`agent_protocol_proto::convert`]).
 //!
@@ -44,7 +45,8 @@
 //!
 //! [`AgentConnection`]: agent_protocol_core::AgentConnection
 //! [`AgentLink`]: agent_protocol_driver::server::AgentLink
-//! [`ProxyConnection::new_messages`]: agent_protocol_core::proxy::ProxyConnection::new_messages
+//! [`ProxyConnection`]: agent_protocol_core::proxy::ProxyConnection
+//! [`ProxyLink`]: agent_protocol_driver::client::ProxyLink
 //! [`AgentClient`]: crate::client::AgentClient
 //! [`AgentClient::connect`]: crate::client::AgentClient::connect
 //! [`AgentHandler`]: crate::server::AgentHandler
@@ -59,7 +61,7 @@ pub use agent_protocol_proto::MAX_MESSAGE_SIZE;
 pub use client::GrpcOptions;
 pub use server::{GrpcService, ServeGrpc};
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// HTTP/2 flow-control window per stream (both sides): large enough that a 1 MiB body in 64 KiB
 /// chunks flows without waiting for window updates.
@@ -68,10 +70,6 @@ pub(crate) const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 pub(crate) const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// Messages buffered between a stream's driver task and tonic, per direction.
 pub(crate) const STREAM_BUFFER: usize = 64;
-
-pub(crate) async fn sleep_until(deadline: Option<Instant>) {
-    agent_protocol_driver::runtime::sleep_until_opt::<crate::Tokio>(deadline).await
-}
 
 /// Milliseconds since the Unix epoch, now.
 pub(crate) fn unix_ms() -> u64 {
