@@ -153,10 +153,8 @@ impl AgentThread {
             .spawn(move || {
                 let rt = current_thread_runtime();
                 rt.block_on(async move {
-                    let config = ServerConfig {
-                        drain_timeout: Duration::from_millis(200),
-                        ..ServerConfig::default()
-                    };
+                    let config =
+                        ServerConfig::default().with_drain_timeout(Duration::from_millis(200));
                     let server = AgentServer::new(AllowAll, config);
                     let listener = server.bind_uds(&socket).expect("bind agent socket");
                     tx.send(server.handle()).expect("report handle");
@@ -204,13 +202,11 @@ pub fn current_thread_runtime() -> Runtime {
 /// Pool settings for the benches: `connections` per agent, only `encoding` offered, no idle
 /// closing, no pings (nothing periodic disturbs a measurement).
 pub fn pool_config(encoding: Encoding, connections: usize) -> AgentPoolConfig {
-    let mut config = AgentPoolConfig {
-        connections_per_agent: connections,
-        request_timeout: Duration::from_secs(10),
-        idle_timeout: None,
-        health_check_interval: Duration::from_secs(3600),
-        ..AgentPoolConfig::default()
-    };
+    let mut config = AgentPoolConfig::default()
+        .with_connections_per_agent(connections)
+        .with_request_timeout(Duration::from_secs(10))
+        .with_idle_timeout(None)
+        .with_health_check_interval(Duration::from_secs(3600));
     config.client.connection.handshake.encodings = [encoding].into_iter().collect();
     config.client.connection.ping_interval = None;
     config

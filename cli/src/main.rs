@@ -198,11 +198,9 @@ fn pool_config<R: Runtime>(
     connections: usize,
     timeout: Duration,
 ) -> agent_protocol_driver::pool::AgentPoolConfig<R> {
-    let mut config = agent_protocol_driver::pool::AgentPoolConfig {
-        connections_per_agent: connections,
-        request_timeout: timeout,
-        ..Default::default()
-    };
+    let mut config = agent_protocol_driver::pool::AgentPoolConfig::default()
+        .with_connections_per_agent(connections)
+        .with_request_timeout(timeout);
     config.client.connection.request_timeout = timeout;
     config.client.connection.handshake.encodings = encodings.iter().copied().collect();
     config

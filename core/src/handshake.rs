@@ -129,7 +129,22 @@ pub struct Negotiated {
 }
 
 /// Proxy-side handshake settings.
+///
+/// Built from [`Default`] and the `with_*` setters (fields may be added in any release, so the
+/// struct cannot be built literally outside this crate); the fields stay public to read and set.
+///
+/// ```
+/// use std::time::Duration;
+/// use agent_protocol_core::handshake::ProxyHandshakeConfig;
+/// use agent_protocol_core::Encoding;
+/// let config = ProxyHandshakeConfig::default()
+///     .with_proxy_id("edge-1")
+///     .with_encodings([Encoding::Json])
+///     .with_timeout(Duration::from_secs(2));
+/// assert_eq!(config.encodings.as_slice(), &[Encoding::Json]);
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ProxyHandshakeConfig {
     /// Our identifier.
     pub proxy_id: String,
@@ -152,6 +167,43 @@ impl Default for ProxyHandshakeConfig {
             config: None,
             timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
+    }
+}
+
+impl ProxyHandshakeConfig {
+    /// Sets [`proxy_id`](Self::proxy_id), the identifier announced to the agent.
+    #[must_use]
+    pub fn with_proxy_id(mut self, proxy_id: impl Into<String>) -> Self {
+        self.proxy_id = proxy_id.into();
+        self
+    }
+
+    /// Sets [`proxy_version`](Self::proxy_version), the version announced to the agent.
+    #[must_use]
+    pub fn with_proxy_version(mut self, proxy_version: impl Into<String>) -> Self {
+        self.proxy_version = proxy_version.into();
+        self
+    }
+
+    /// Sets [`encodings`](Self::encodings), the encodings offered, preferred first.
+    #[must_use]
+    pub fn with_encodings(mut self, encodings: impl IntoIterator<Item = Encoding>) -> Self {
+        self.encodings = encodings.into_iter().collect();
+        self
+    }
+
+    /// Sets [`config`](Self::config) to `config`, the configuration passed to the agent.
+    #[must_use]
+    pub fn with_config(mut self, config: serde_json::Value) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Sets [`timeout`](Self::timeout), the deadline for the agent's answer.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 }
 
@@ -264,7 +316,20 @@ impl ProxyHandshake {
 }
 
 /// Agent-side handshake settings.
+///
+/// Built from [`Default`] and the `with_*` setters (fields may be added in any release, so the
+/// struct cannot be built literally outside this crate); the fields stay public to read and set.
+///
+/// ```
+/// use agent_protocol_core::handshake::AgentHandshakeConfig;
+/// use agent_protocol_core::{Capabilities, Encoding};
+/// let config = AgentHandshakeConfig::default()
+///     .with_capabilities(Capabilities::new("waf-1", "WAF", "1.0.0"))
+///     .with_encodings([Encoding::Json]);
+/// assert_eq!(config.capabilities.agent_id, "waf-1");
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct AgentHandshakeConfig {
     /// What we announce.
     pub capabilities: Capabilities,
@@ -281,6 +346,29 @@ impl Default for AgentHandshakeConfig {
             encodings: smallvec::smallvec![Encoding::MsgPack, Encoding::Json],
             timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
+    }
+}
+
+impl AgentHandshakeConfig {
+    /// Sets [`capabilities`](Self::capabilities), what the agent announces.
+    #[must_use]
+    pub fn with_capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities = capabilities;
+        self
+    }
+
+    /// Sets [`encodings`](Self::encodings), the encodings the agent can speak.
+    #[must_use]
+    pub fn with_encodings(mut self, encodings: impl IntoIterator<Item = Encoding>) -> Self {
+        self.encodings = encodings.into_iter().collect();
+        self
+    }
+
+    /// Sets [`timeout`](Self::timeout), the deadline for the proxy's request.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 }
 
@@ -424,10 +512,7 @@ mod tests {
     fn proxy_refuses_an_encoding_it_did_not_offer() {
         let now = Instant::now();
         let mut wire = BytesMut::new();
-        let cfg = ProxyHandshakeConfig {
-            encodings: smallvec::smallvec![Encoding::Json],
-            ..Default::default()
-        };
+        let cfg = ProxyHandshakeConfig::default().with_encodings([Encoding::Json]);
         let proxy = ProxyHandshake::start(&cfg, now, &mut wire).unwrap();
         let body = br#"{"protocol_version":2,"capabilities":{},"success":true,"error":null,"encoding":"msgpack"}"#;
         let frame = Frame {

@@ -29,14 +29,14 @@
 //! use agent_protocol_core::Encoding;
 //!
 //! let payload = br#"{"correlation_id":"c","status":200,"headers":{"a":["1","2"],"b":["3"]}}"#;
-//! let tight = HeaderLimits { max_count: 2, ..HeaderLimits::default() };
+//! let tight = HeaderLimits::default().with_max_count(2);
 //! let err = decode_event_with_limits(FrameType::ResponseHeaders, Encoding::Json, payload, &tight)
 //!     .unwrap()
 //!     .unwrap_err();
 //! assert_eq!(err.limit, Some(LimitExceeded::HeaderCount { max: 2 }));
 //!
 //! // Eight elements: three top-level entries, two header names, three header values.
-//! let few = MessageLimits { max_elements: 7, ..MessageLimits::default() };
+//! let few = MessageLimits::default().with_max_elements(7);
 //! let err = decode_event_with_limits(FrameType::ResponseHeaders, Encoding::Json, payload, few)
 //!     .unwrap()
 //!     .unwrap_err();
@@ -70,7 +70,21 @@ pub const DEFAULT_MAX_ELEMENTS: usize = 100_000;
 /// How many headers one message may carry. Every header map of the message counts (request and
 /// response headers, a block decision's headers): names and values both count towards
 /// `max_bytes`, each value counts once towards `max_count`.
+///
+/// Built from [`Default`] (or [`HeaderLimits::UNLIMITED`]) and the `with_*` setters, which are
+/// `const` (fields may be added in any release, so the struct cannot be built literally outside
+/// this crate); the fields stay public to read and set.
+///
+/// ```
+/// use agent_protocol_core::limits::HeaderLimits;
+/// let limits = HeaderLimits::default().with_max_count(100).with_max_bytes(64 * 1024);
+/// assert_eq!(limits.check(100, 64 * 1024), Ok(()));
+/// assert!(limits.check(101, 0).is_err());
+/// const STRICT: HeaderLimits = HeaderLimits::UNLIMITED.with_max_count(10).with_max_bytes(1024);
+/// # assert_eq!(STRICT.max_count, 10);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HeaderLimits {
     /// Header values in one message.
     pub max_count: usize,
@@ -94,6 +108,20 @@ impl HeaderLimits {
         max_bytes: usize::MAX,
     };
 
+    /// Sets [`max_count`](Self::max_count), the header values one message may carry.
+    #[must_use]
+    pub const fn with_max_count(mut self, max_count: usize) -> Self {
+        self.max_count = max_count;
+        self
+    }
+
+    /// Sets [`max_bytes`](Self::max_bytes), the bytes of header names and values in one message.
+    #[must_use]
+    pub const fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
     /// Checks headers already decoded (by a transport that decodes them itself, such as gRPC)
     /// against the limits: `count` values and `bytes` bytes of names and values.
     pub fn check(&self, count: usize, bytes: usize) -> Result<(), LimitExceeded> {
@@ -113,6 +141,10 @@ impl HeaderLimits {
 
 /// Everything one message may carry: its headers and its element budget.
 ///
+/// Built from [`Default`] (or [`MessageLimits::UNLIMITED`], or a [`HeaderLimits`]) and the
+/// `with_*` setters, which are `const` (fields may be added in any release, so the struct cannot
+/// be built literally outside this crate); the fields stay public to read and set.
+///
 /// `From<HeaderLimits>` (and `From<&HeaderLimits>`) keep the given header limits with the
 /// default element budget: an element budget is never lifted implicitly, not even by
 /// [`HeaderLimits::UNLIMITED`]; use [`MessageLimits::UNLIMITED`] for that.
@@ -121,10 +153,11 @@ impl HeaderLimits {
 /// use agent_protocol_core::limits::{HeaderLimits, MessageLimits, DEFAULT_MAX_ELEMENTS};
 /// let limits = MessageLimits::from(HeaderLimits::UNLIMITED);
 /// assert_eq!(limits.max_elements, DEFAULT_MAX_ELEMENTS);
-/// let strict = MessageLimits { max_elements: 1_000, ..MessageLimits::default() };
+/// let strict = MessageLimits::default().with_max_elements(1_000);
 /// assert_eq!(strict.headers, HeaderLimits::default());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MessageLimits {
     /// Header values and bytes, checked while headers are decoded.
     pub headers: HeaderLimits,
@@ -148,6 +181,21 @@ impl MessageLimits {
         headers: HeaderLimits::UNLIMITED,
         max_elements: usize::MAX,
     };
+
+    /// Sets [`headers`](Self::headers), the header limits checked while headers are decoded.
+    #[must_use]
+    pub const fn with_headers(mut self, headers: HeaderLimits) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Sets [`max_elements`](Self::max_elements), the array items plus map entries of one
+    /// message.
+    #[must_use]
+    pub const fn with_max_elements(mut self, max_elements: usize) -> Self {
+        self.max_elements = max_elements;
+        self
+    }
 }
 
 impl From<HeaderLimits> for MessageLimits {
@@ -259,10 +307,7 @@ mod tests {
     #[test]
     fn charges_count_only_inside_a_scope_and_scopes_nest() {
         assert_eq!(charge(usize::MAX, usize::MAX), Ok(()));
-        let tight = HeaderLimits {
-            max_count: 2,
-            max_bytes: 10,
-        };
+        let tight = HeaderLimits::default().with_max_count(2).with_max_bytes(10);
         let ((), over) = decode_with(&tight, || {
             assert_eq!(charge(1, 4), Ok(()));
             let ((), inner) = decode_with(&HeaderLimits::UNLIMITED, || {

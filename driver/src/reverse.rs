@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use agent_protocol_core::agent::{AgentCodec, AgentConfig, AgentConnection};
 use agent_protocol_core::frame::{Decoded, Frame, FrameDecoder};
-use agent_protocol_core::handshake::{Negotiated, PROTOCOL_VERSION};
+use agent_protocol_core::handshake::{AgentHandshakeConfig, Negotiated, PROTOCOL_VERSION};
 use agent_protocol_core::pool::Backoff;
 use agent_protocol_core::registration::{
     PendingRegistration, ProxyRegistration, RegistrationError, RegistrationPolicy,
@@ -248,7 +248,22 @@ impl<R: Runtime> ReverseListener<R> {
 }
 
 /// Agent-side settings for a reverse connection.
+///
+/// Built from [`ReverseAgentConfig::new`] and the `with_*` setters (fields may be added in any
+/// release, so the struct cannot be built literally outside this crate); the fields stay public
+/// to read and set.
+///
+/// ```
+/// use std::time::Duration;
+/// use agent_protocol_driver::reverse::{ReverseAgentConfig, ReverseTarget};
+/// let target = ReverseTarget::Tcp("127.0.0.1:7000".into());
+/// let config = ReverseAgentConfig::new(target, "waf-1")
+///     .with_auth_token("secret")
+///     .with_registration_timeout(Duration::from_secs(2));
+/// assert_eq!(config.auth_token.as_deref(), Some("secret"));
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ReverseAgentConfig {
     /// The proxy's reverse listener.
     pub target: ReverseTarget,
@@ -291,6 +306,56 @@ impl ReverseAgentConfig {
             max_in_flight: 4096,
             drain_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// Sets [`auth_token`](Self::auth_token) to `auth_token`, the shared secret sent to the
+    /// proxy.
+    #[must_use]
+    pub fn with_auth_token(mut self, auth_token: impl Into<String>) -> Self {
+        self.auth_token = Some(auth_token.into());
+        self
+    }
+
+    /// Sets [`capabilities`](Self::capabilities), what the agent announces.
+    #[must_use]
+    pub fn with_capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities = capabilities;
+        self
+    }
+
+    /// Sets [`metadata`](Self::metadata) to `metadata`, free-form data sent at registration.
+    #[must_use]
+    pub fn with_metadata(mut self, metadata: serde_json::Value) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// Sets [`registration_timeout`](Self::registration_timeout), the deadline for the answer.
+    #[must_use]
+    pub fn with_registration_timeout(mut self, registration_timeout: Duration) -> Self {
+        self.registration_timeout = registration_timeout;
+        self
+    }
+
+    /// Sets [`backoff`](Self::backoff), the delay between reconnection attempts.
+    #[must_use]
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Sets [`max_in_flight`](Self::max_in_flight), the unanswered requests before refusals.
+    #[must_use]
+    pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight;
+        self
+    }
+
+    /// Sets [`drain_timeout`](Self::drain_timeout), how long shutdown waits for requests.
+    #[must_use]
+    pub fn with_drain_timeout(mut self, drain_timeout: Duration) -> Self {
+        self.drain_timeout = drain_timeout;
+        self
     }
 }
 
@@ -337,12 +402,13 @@ impl<H: AgentHandler, R: Runtime> ReverseConnector<H, R> {
             auth_token: self.config.auth_token.clone(),
             metadata: self.config.metadata.clone(),
         };
-        let mut config = AgentConfig {
-            max_in_flight: self.config.max_in_flight,
-            ..AgentConfig::default()
-        };
-        config.handshake.capabilities = self.config.capabilities.clone();
-        config.handshake.timeout = self.config.registration_timeout;
+        let config = AgentConfig::default()
+            .with_max_in_flight(self.config.max_in_flight)
+            .with_handshake(
+                AgentHandshakeConfig::default()
+                    .with_capabilities(self.config.capabilities.clone())
+                    .with_timeout(self.config.registration_timeout),
+            );
         let codec = AgentCodec::registering(&config);
         let conn = AgentConnection::new_reverse(config, request, Instant::now());
         let conn = serve_stream::<H, R>(

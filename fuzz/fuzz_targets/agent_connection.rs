@@ -189,10 +189,8 @@ struct Harness {
 impl Harness {
     fn new(setup: &Setup) -> Self {
         let now = Instant::now();
-        let mut config = AgentConfig {
-            max_in_flight: usize::from(setup.max_in_flight % 9),
-            ..AgentConfig::default()
-        };
+        let mut config =
+            AgentConfig::default().with_max_in_flight(usize::from(setup.max_in_flight % 9));
         config.handshake.capabilities = Capabilities::new("fuzz", "Fuzz", "1").with_all_events();
         config.handshake.encodings = if setup.agent_msgpack {
             [Encoding::MsgPack, Encoding::Json].into_iter().collect()

@@ -29,10 +29,7 @@ const EVENT_TYPES: [FrameType; 8] = [
     FrameType::Configure,
 ];
 
-const TIGHT: HeaderLimits = HeaderLimits {
-    max_count: 3,
-    max_bytes: 48,
-};
+const TIGHT: HeaderLimits = HeaderLimits::UNLIMITED.with_max_count(3).with_max_bytes(48);
 
 /// Element budgets the templates straddle, so that mutations push them either way: the event
 /// templates have 21 (RequestHeaders), 6 (RequestBodyChunk) and 8 (ResponseHeaders) elements,
@@ -41,18 +38,11 @@ const TIGHT_ELEMENTS: usize = 8;
 const TIGHT_RESPONSE_ELEMENTS: usize = 24;
 
 const LIMITS: [MessageLimits; 3] = [
-    MessageLimits {
-        headers: TIGHT,
-        max_elements: usize::MAX,
-    },
-    MessageLimits {
-        headers: HeaderLimits::UNLIMITED,
-        max_elements: TIGHT_ELEMENTS,
-    },
-    MessageLimits {
-        headers: TIGHT,
-        max_elements: TIGHT_ELEMENTS,
-    },
+    MessageLimits::UNLIMITED.with_headers(TIGHT),
+    MessageLimits::UNLIMITED.with_max_elements(TIGHT_ELEMENTS),
+    MessageLimits::UNLIMITED
+        .with_headers(TIGHT)
+        .with_max_elements(TIGHT_ELEMENTS),
 ];
 
 fn templates() -> Vec<Logical> {

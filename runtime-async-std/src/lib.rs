@@ -213,7 +213,7 @@ pub mod pool {
     ///
     /// ```
     /// use agent_protocol_async_std::pool::AgentPoolConfig;
-    /// let config = AgentPoolConfig { connections_per_agent: 2, ..AgentPoolConfig::default() };
+    /// let config = AgentPoolConfig::default().with_connections_per_agent(2);
     /// assert_eq!(config.connections_per_agent, 2);
     /// ```
     pub type AgentPoolConfig = agent_protocol_driver::pool::AgentPoolConfig<crate::AsyncStd>;

@@ -56,15 +56,16 @@ fn pause_wait_and_retry_succeeds_after_resume_under_smol() {
         })
         .detach();
 
-        let pool = AgentPool::new(AgentPoolConfig {
-            connections_per_agent: 1,
-            request_timeout: Duration::from_secs(30),
-            flow_control: FlowControlPolicy {
-                mode: FlowControlMode::WaitAndRetry,
-                max_wait: Duration::from_secs(30),
-            },
-            ..AgentPoolConfig::default()
-        });
+        let pool = AgentPool::new(
+            AgentPoolConfig::default()
+                .with_connections_per_agent(1)
+                .with_request_timeout(Duration::from_secs(30))
+                .with_flow_control(
+                    FlowControlPolicy::default()
+                        .with_mode(FlowControlMode::WaitAndRetry)
+                        .with_max_wait(Duration::from_secs(30)),
+                ),
+        );
         pool.add_agent("a", path.to_str().unwrap()).await.unwrap();
 
         // Pause (again on every poll: a push reaches only connections already subscribed).

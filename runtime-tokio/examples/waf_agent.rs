@@ -63,12 +63,11 @@ async fn main() -> std::io::Result<()> {
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "/tmp/waf.sock".into());
-    let config = ServerConfig {
-        capabilities: Capabilities::new("example-waf", "Example WAF", "1.0.0")
+    let config = ServerConfig::default().with_capabilities(
+        Capabilities::new("example-waf", "Example WAF", "1.0.0")
             .with_event(agent_protocol_core::EventKind::RequestBodyChunk)
             .with_control_features(),
-        ..ServerConfig::default()
-    };
+    );
     let server = AgentServer::new(Waf, config);
     let listener = server.bind_uds(&path)?;
     let handle = server.handle();

@@ -371,10 +371,7 @@ async fn an_uncorrelated_event_on_process_event_is_blocked_not_handled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipelining_proxy_still_sees_the_agent_drain() {
     let _serial = SERIAL.lock().await;
-    let config = ServerConfig {
-        drain_timeout: Duration::from_secs(2),
-        ..ServerConfig::default()
-    };
+    let config = ServerConfig::default().with_drain_timeout(Duration::from_secs(2));
     let (addr, handle, _agent) = start_grpc(config).await;
     let mut raw = raw(addr).await;
     let (tx, mut inbound) = open_stream(&mut raw).await;

@@ -14,17 +14,15 @@ use bytes::Bytes;
 use grpc_support::*;
 
 fn pool_config() -> AgentPoolConfig {
-    AgentPoolConfig {
-        connections_per_agent: 3,
-        request_timeout: Duration::from_secs(10),
-        health_check_interval: Duration::from_millis(20),
-        reconnect: Backoff {
-            initial: Duration::from_millis(20),
-            max: Duration::from_millis(200),
-            ..Backoff::default()
-        },
-        ..AgentPoolConfig::default()
-    }
+    AgentPoolConfig::default()
+        .with_connections_per_agent(3)
+        .with_request_timeout(Duration::from_secs(10))
+        .with_health_check_interval(Duration::from_millis(20))
+        .with_reconnect(
+            Backoff::default()
+                .with_initial(Duration::from_millis(20))
+                .with_max(Duration::from_millis(200)),
+        )
 }
 
 fn connected(pool: &AgentPool, agent: &str) -> usize {

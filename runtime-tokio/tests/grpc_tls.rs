@@ -62,10 +62,7 @@ async fn serve_tls(tls: ServerTls) -> SocketAddr {
 }
 
 fn quick() -> ClientConfig {
-    let mut config = ClientConfig {
-        connect_timeout: Duration::from_secs(3),
-        ..ClientConfig::default()
-    };
+    let mut config = ClientConfig::default().with_connect_timeout(Duration::from_secs(3));
     config.connection.handshake.timeout = Duration::from_secs(3);
     config
 }

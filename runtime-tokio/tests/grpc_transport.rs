@@ -286,10 +286,7 @@ async fn a_killed_agent_fails_pending_requests_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_requests() {
-    let config = ServerConfig {
-        drain_timeout: Duration::from_secs(2),
-        ..ServerConfig::default()
-    };
+    let config = ServerConfig::default().with_drain_timeout(Duration::from_secs(2));
     let (addr, handle, _server) = start_grpc(config).await;
     let client = client(addr).await;
     let c2 = client.clone();

@@ -447,11 +447,9 @@ async fn agent_process_killed_mid_flight_fails_pending_at_once_then_reconnects()
     let path = dir.path().join("child.sock");
     let mut child = spawn_child_agent(&path);
     wait_for_socket(&path).await;
-    let mut config = AgentPoolConfig {
-        request_timeout: Duration::from_secs(30),
-        health_check_interval: Duration::from_millis(100),
-        ..Default::default()
-    };
+    let mut config = AgentPoolConfig::default()
+        .with_request_timeout(Duration::from_secs(30))
+        .with_health_check_interval(Duration::from_millis(100));
     // Eight failures open the breaker; let it probe again soon.
     config.circuit_breaker.open_timeout = Duration::from_millis(300);
     let pool = AgentPool::new(config);

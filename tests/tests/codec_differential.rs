@@ -38,10 +38,7 @@ fn logical_event(event: &Event) -> Logical {
     Logical::from_json(&out[5..]).expect("our JSON")
 }
 
-const TIGHT: HeaderLimits = HeaderLimits {
-    max_count: 3,
-    max_bytes: 48,
-};
+const TIGHT: HeaderLimits = HeaderLimits::UNLIMITED.with_max_count(3).with_max_bytes(48);
 
 /// Element budgets near the median of the generated events (7 elements; 90% have at most 20)
 /// and answers (40; 31 to 49 for 80% of them), so that about half are refused.
@@ -53,14 +50,10 @@ fn all_limits() -> [MessageLimits; 4] {
     [
         MessageLimits::default(),
         MessageLimits::from(TIGHT),
-        MessageLimits {
-            max_elements: TIGHT_EVENT_ELEMENTS,
-            ..MessageLimits::default()
-        },
-        MessageLimits {
-            headers: TIGHT,
-            max_elements: TIGHT_EVENT_ELEMENTS,
-        },
+        MessageLimits::default().with_max_elements(TIGHT_EVENT_ELEMENTS),
+        MessageLimits::default()
+            .with_headers(TIGHT)
+            .with_max_elements(TIGHT_EVENT_ELEMENTS),
     ]
 }
 
@@ -279,10 +272,7 @@ fn the_element_budget_stops_both_decoders_at_the_same_count() {
         .collect();
     let message = response_headers(Logical::Map(many));
     assert_eq!(message.elements(), 23);
-    let budget = |max_elements| MessageLimits {
-        max_elements,
-        ..MessageLimits::default()
-    };
+    let budget = |max_elements| MessageLimits::default().with_max_elements(max_elements);
     assert_eq!(
         decide_event(FrameType::ResponseHeaders, &message, budget(22)).unwrap(),
         Decision::Refused {

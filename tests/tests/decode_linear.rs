@@ -155,10 +155,7 @@ fn default_limits_refuse_the_100_000_name_event_in_both_encodings() {
         );
         // ... and, were the budget lifted, by the header limits while decoding.
         assert_eq!(
-            refusal(MessageLimits {
-                max_elements: usize::MAX,
-                ..MessageLimits::default()
-            }),
+            refusal(MessageLimits::default().with_max_elements(usize::MAX)),
             Some(LimitExceeded::HeaderCount { max: 2000 }),
             "{encoding}"
         );

@@ -133,10 +133,9 @@ impl AgentCodec {
             read_buf: BytesMut::new(),
             out: BytesMut::new(),
             phase,
-            limits: MessageLimits {
-                headers: config.header_limits,
-                max_elements: config.max_elements,
-            },
+            limits: MessageLimits::default()
+                .with_headers(config.header_limits)
+                .with_max_elements(config.max_elements),
             frames_ignored: 0,
         }
     }

@@ -18,12 +18,17 @@ pub const MAX_QUEUED_NOTICES: usize = 1024;
 /// Settings of an [`AgentConnection`](super::AgentConnection) and of the
 /// [`AgentCodec`](super::AgentCodec) in front of it.
 ///
+/// Built from [`Default`] and the `with_*` setters (fields may be added in any release, so the
+/// struct cannot be built literally outside this crate); the fields stay public to read and set.
+///
 /// ```
 /// use agent_protocol_core::agent::AgentConfig;
-/// let mut config = AgentConfig::default();
-/// config.max_in_flight = 64; // answer the 65th concurrent event with a 503 block
+/// // Answer the 65th concurrent event with a 503 block.
+/// let config = AgentConfig::default().with_max_in_flight(64);
+/// assert_eq!(config.max_in_flight, 64);
 /// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct AgentConfig {
     /// Handshake settings: capabilities announced, encodings supported, deadline. A transport
     /// that encodes messages itself (gRPC) offers only [`Encoding::Json`](crate::Encoding::Json)
@@ -56,5 +61,42 @@ impl Default for AgentConfig {
             header_limits: HeaderLimits::default(),
             max_elements: DEFAULT_MAX_ELEMENTS,
         }
+    }
+}
+
+impl AgentConfig {
+    /// Sets [`handshake`](Self::handshake): capabilities, encodings and deadline of the handshake.
+    #[must_use]
+    pub fn with_handshake(mut self, handshake: AgentHandshakeConfig) -> Self {
+        self.handshake = handshake;
+        self
+    }
+
+    /// Sets [`max_frame_len`](Self::max_frame_len), the largest frame accepted.
+    #[must_use]
+    pub fn with_max_frame_len(mut self, max_frame_len: u32) -> Self {
+        self.max_frame_len = max_frame_len;
+        self
+    }
+
+    /// Sets [`max_in_flight`](Self::max_in_flight), the unanswered requests tracked at once.
+    #[must_use]
+    pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight;
+        self
+    }
+
+    /// Sets [`header_limits`](Self::header_limits), the headers one event may carry.
+    #[must_use]
+    pub fn with_header_limits(mut self, header_limits: HeaderLimits) -> Self {
+        self.header_limits = header_limits;
+        self
+    }
+
+    /// Sets [`max_elements`](Self::max_elements), the array items plus map entries of one event.
+    #[must_use]
+    pub fn with_max_elements(mut self, max_elements: usize) -> Self {
+        self.max_elements = max_elements;
+        self
     }
 }

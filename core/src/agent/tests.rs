@@ -654,10 +654,7 @@ fn undecodable_event_without_id_closes_the_connection() {
 
 #[test]
 fn overload_is_answered_at_once_and_never_tracked() {
-    let config = AgentConfig {
-        max_in_flight: 2,
-        ..Default::default()
-    };
+    let config = AgentConfig::default().with_max_in_flight(2);
     let mut conn = established_with(config, Encoding::Json);
     let mut wire = Vec::new();
     for cid in ["a", "b", "c"] {
@@ -723,10 +720,7 @@ fn framing_errors_close_once_and_everything_after_is_refused() {
     assert!(conn.codec.read_buffer().is_empty());
 
     let mut conn = established_with(
-        AgentConfig {
-            max_frame_len: 200,
-            ..Default::default()
-        },
+        AgentConfig::default().with_max_frame_len(200),
         Encoding::Json,
     );
     conn.handle_input(t0(), &201u32.to_be_bytes());
@@ -859,10 +853,7 @@ fn reverse_connection_starts_established_and_zero_copy_input_works() {
 
 #[test]
 fn notices_are_bounded_when_nobody_polls() {
-    let config = AgentConfig {
-        max_in_flight: 1,
-        ..Default::default()
-    };
+    let config = AgentConfig::default().with_max_in_flight(1);
     let mut conn = established_with(config, Encoding::Json);
     let mut wire = event_frame(Encoding::Json, &complete("kept"));
     // Each of these is answered 503 and reported as a notice.
@@ -1054,7 +1045,7 @@ proptest! {
         max_in_flight in 0usize..5,
         respond_every in 1usize..4,
     ) {
-        let config = AgentConfig { max_in_flight, ..Default::default() };
+        let config = AgentConfig::default().with_max_in_flight(max_in_flight);
         let mut conn = established_with(config, encoding);
         let wire: Vec<u8> = pieces.iter().flat_map(|p| render(p, encoding)).collect();
         let mut rest = &wire[..];
@@ -1124,7 +1115,7 @@ proptest! {
             0..80,
         ),
     ) {
-        let config = AgentConfig { max_in_flight: 3, ..Default::default() };
+        let config = AgentConfig::default().with_max_in_flight(3);
         let mut conn = established_with(config, encoding);
         let mut issued: Vec<RequestId> = Vec::new();
         let mut answered: HashSet<RequestId> = HashSet::new();
@@ -1442,10 +1433,7 @@ fn messages_malformed_events_fail_closed_or_close() {
 
 #[test]
 fn messages_overload_and_control_messages() {
-    let config = AgentConfig {
-        max_in_flight: 1,
-        ..Default::default()
-    };
+    let config = AgentConfig::default().with_max_in_flight(1);
     let mut conn = message_established(config);
     conn.handle_message(t0(), AgentIncoming::Event(complete("a")));
     conn.handle_message(t0(), AgentIncoming::Event(complete("b")));
@@ -1511,13 +1499,11 @@ fn many_headers(cid: &str, names: usize) -> Event {
 }
 
 fn tight() -> AgentConfig {
-    AgentConfig {
-        header_limits: HeaderLimits {
-            max_count: 4,
-            max_bytes: 1024,
-        },
-        ..AgentConfig::default()
-    }
+    AgentConfig::default().with_header_limits(
+        HeaderLimits::default()
+            .with_max_count(4)
+            .with_max_bytes(1024),
+    )
 }
 
 #[test]
@@ -1558,10 +1544,7 @@ fn configure(cid: &str, entries: usize) -> Event {
 #[test]
 fn events_over_the_element_budget_are_answered_413_in_both_encodings() {
     // A Configure event has 3 top-level entries plus its config's.
-    let config = AgentConfig {
-        max_elements: 10,
-        ..AgentConfig::default()
-    };
+    let config = AgentConfig::default().with_max_elements(10);
     for encoding in [Encoding::Json, Encoding::MsgPack] {
         let mut conn = established_with(config.clone(), encoding);
         let mut wire = event_frame(encoding, &configure("big", 8));
@@ -1701,10 +1684,7 @@ fn in_flight_bytes_count_admitted_payloads_until_answered_or_cancelled() {
 
 #[test]
 fn refused_events_weigh_nothing() {
-    let config = AgentConfig {
-        max_in_flight: 1,
-        ..AgentConfig::default()
-    };
+    let config = AgentConfig::default().with_max_in_flight(1);
     let mut conn = established_with(config, Encoding::Json);
     let first = event_frame(Encoding::Json, &body_chunk("kept", 5000));
     conn.handle_input(t0(), &first);

@@ -17,17 +17,22 @@ use super::saturating_add;
 /// the same agent do not reconnect in lockstep. Out-of-range parameters are tolerated: a
 /// multiplier below 1 (or NaN) is read as 1, jitter is clamped to `[0, 1]` (NaN reads as 0).
 ///
+/// Built from [`Default`] and the `with_*` setters, which are `const` (fields may be added in any
+/// release, so the struct cannot be built literally outside this crate); the fields stay public
+/// to read and set.
+///
 /// ```
 /// use agent_protocol_core::pool::Backoff;
 /// use std::time::Duration;
 ///
-/// let b = Backoff { jitter: 0.0, ..Backoff::default() };
+/// let b = Backoff::default().with_jitter(0.0);
 /// assert_eq!(b.delay(0, 0), Duration::from_millis(100));
 /// assert_eq!(b.delay(3, 0), Duration::from_millis(800));
 /// assert_eq!(b.delay(u32::MAX, 0), Duration::from_secs(30));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct Backoff {
     /// Delay before the first retry.
     pub initial: Duration,
@@ -51,6 +56,34 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// Sets [`initial`](Self::initial), the delay before the first retry.
+    #[must_use]
+    pub const fn with_initial(mut self, initial: Duration) -> Self {
+        self.initial = initial;
+        self
+    }
+
+    /// Sets [`max`](Self::max), the largest delay before jitter.
+    #[must_use]
+    pub const fn with_max(mut self, max: Duration) -> Self {
+        self.max = max;
+        self
+    }
+
+    /// Sets [`multiplier`](field@Self::multiplier), the growth factor per attempt.
+    #[must_use]
+    pub const fn with_multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier;
+        self
+    }
+
+    /// Sets [`jitter`](field@Self::jitter), the relative jitter (0.2 meaning ±20%).
+    #[must_use]
+    pub const fn with_jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
     fn multiplier(&self) -> f64 {
         // NaN compares false, so it lands on 1.0 too.
         if self.multiplier >= 1.0 {
@@ -104,7 +137,7 @@ impl Backoff {
 /// use std::time::{Duration, Instant};
 ///
 /// let t0 = Instant::now();
-/// let mut s = ReconnectSchedule::new(Backoff { jitter: 0.0, ..Backoff::default() });
+/// let mut s = ReconnectSchedule::new(Backoff::default().with_jitter(0.0));
 /// assert!(s.is_due(t0)); // nothing failed yet
 /// let next = s.record_failure(t0, 0);
 /// assert_eq!(next, t0 + Duration::from_millis(100));
@@ -168,10 +201,7 @@ mod tests {
 
     #[test]
     fn default_sequence_doubles_to_cap() {
-        let b = Backoff {
-            jitter: 0.0,
-            ..Backoff::default()
-        };
+        let b = Backoff::default().with_jitter(0.0);
         let ms: Vec<u128> = (0..12).map(|a| b.delay(a, 0).as_millis()).collect();
         assert_eq!(
             ms,

@@ -16,15 +16,24 @@ use super::saturating_add;
 /// Zero thresholds are treated as 1: a breaker that opens before any failure, closes before any
 /// success, or admits no probe at all would never let the agent recover.
 ///
+/// Built from [`Default`] and the `with_*` setters, which are `const` (fields may be added in any
+/// release, so the struct cannot be built literally outside this crate); the fields stay public
+/// to read and set.
+///
 /// ```
 /// use agent_protocol_core::pool::CircuitBreakerConfig;
 /// use std::time::Duration;
 /// let c = CircuitBreakerConfig::default();
 /// assert_eq!((c.failure_threshold, c.success_threshold, c.half_open_max_requests), (5, 2, 1));
 /// assert_eq!(c.open_timeout, Duration::from_secs(30));
+/// let config = CircuitBreakerConfig::default()
+///     .with_failure_threshold(3)
+///     .with_open_timeout(Duration::from_secs(5));
+/// assert_eq!(config.failure_threshold, 3);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct CircuitBreakerConfig {
     /// Consecutive failures (while closed) that open the circuit.
     pub failure_threshold: u32,
@@ -44,6 +53,39 @@ impl Default for CircuitBreakerConfig {
             open_timeout: Duration::from_secs(30),
             half_open_max_requests: 1,
         }
+    }
+}
+
+impl CircuitBreakerConfig {
+    /// Sets [`failure_threshold`](Self::failure_threshold), the consecutive failures that open
+    /// the circuit.
+    #[must_use]
+    pub const fn with_failure_threshold(mut self, failure_threshold: u32) -> Self {
+        self.failure_threshold = failure_threshold;
+        self
+    }
+
+    /// Sets [`success_threshold`](Self::success_threshold), the half-open successes that close
+    /// the circuit.
+    #[must_use]
+    pub const fn with_success_threshold(mut self, success_threshold: u32) -> Self {
+        self.success_threshold = success_threshold;
+        self
+    }
+
+    /// Sets [`open_timeout`](Self::open_timeout), how long the circuit stays open before a probe.
+    #[must_use]
+    pub const fn with_open_timeout(mut self, open_timeout: Duration) -> Self {
+        self.open_timeout = open_timeout;
+        self
+    }
+
+    /// Sets [`half_open_max_requests`](Self::half_open_max_requests), the probes in flight at
+    /// once while half-open.
+    #[must_use]
+    pub const fn with_half_open_max_requests(mut self, half_open_max_requests: u32) -> Self {
+        self.half_open_max_requests = half_open_max_requests;
+        self
     }
 }
 
@@ -74,7 +116,7 @@ pub enum CircuitState {
 /// use agent_protocol_core::pool::{CircuitBreaker, CircuitBreakerConfig};
 /// use std::time::{Duration, Instant};
 /// let now = Instant::now();
-/// let mut b = CircuitBreaker::new(CircuitBreakerConfig { failure_threshold: 1, ..Default::default() });
+/// let mut b = CircuitBreaker::new(CircuitBreakerConfig::default().with_failure_threshold(1));
 /// b.record_failure(now);
 /// let err = b.try_acquire(now).unwrap_err();
 /// assert_eq!(err.retry_at, now + Duration::from_secs(30));

@@ -51,11 +51,15 @@ pub enum FlowDecision {
 
 /// Flow-control mode plus its wait bound.
 ///
+/// Built from [`Default`] and the `with_*` setters, which are `const` (fields may be added in any
+/// release, so the struct cannot be built literally outside this crate); the fields stay public
+/// to read and set.
+///
 /// ```
 /// use agent_protocol_core::pool::{FlowControlMode, FlowControlPolicy, FlowDecision};
 /// use std::time::{Duration, Instant};
 ///
-/// let policy = FlowControlPolicy { mode: FlowControlMode::WaitAndRetry, ..Default::default() };
+/// let policy = FlowControlPolicy::default().with_mode(FlowControlMode::WaitAndRetry);
 /// let submitted = Instant::now();
 /// let deadline = submitted + Duration::from_millis(100);
 /// assert_eq!(policy.on_paused(submitted, submitted), FlowDecision::WaitUntil(deadline));
@@ -63,6 +67,7 @@ pub enum FlowDecision {
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct FlowControlPolicy {
     /// The reaction to backpressure.
     pub mode: FlowControlMode,
@@ -81,6 +86,21 @@ impl Default for FlowControlPolicy {
 }
 
 impl FlowControlPolicy {
+    /// Sets [`mode`](Self::mode), the reaction to backpressure.
+    #[must_use]
+    pub const fn with_mode(mut self, mode: FlowControlMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets [`max_wait`](Self::max_wait), the longest wait of
+    /// [`FlowControlMode::WaitAndRetry`].
+    #[must_use]
+    pub const fn with_max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
     /// The decision for a request submitted at `submitted_at` that finds the agent paused at
     /// `now`.
     pub fn on_paused(&self, submitted_at: Instant, now: Instant) -> FlowDecision {

@@ -10,8 +10,9 @@ use crate::handshake::ProxyHandshakeConfig;
 /// ```
 /// use std::time::Duration;
 /// use agent_protocol_core::proxy::ProxyConfig;
-/// let mut config = ProxyConfig::default();
-/// config.request_timeout = Duration::from_millis(200);
+/// let config = ProxyConfig::default()
+///     .with_request_timeout(Duration::from_millis(200))
+///     .with_ping_interval(None);
 /// assert_eq!(config.max_in_flight, 1024);
 /// ```
 #[derive(Clone, Debug)]
@@ -52,5 +53,70 @@ impl Default for ProxyConfig {
             body_stream_ttl: Duration::from_secs(300),
             max_frame_len: MAX_FRAME_LEN,
         }
+    }
+}
+
+impl ProxyConfig {
+    /// Sets [`handshake`](Self::handshake).
+    #[must_use]
+    pub fn with_handshake(mut self, handshake: ProxyHandshakeConfig) -> Self {
+        self.handshake = handshake;
+        self
+    }
+
+    /// Sets [`request_timeout`](Self::request_timeout).
+    #[must_use]
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets [`ping_interval`](Self::ping_interval) (`None` disables pings).
+    #[must_use]
+    pub fn with_ping_interval(mut self, interval: Option<Duration>) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Sets [`ping_timeout`](Self::ping_timeout).
+    #[must_use]
+    pub fn with_ping_timeout(mut self, timeout: Duration) -> Self {
+        self.ping_timeout = timeout;
+        self
+    }
+
+    /// Sets [`max_in_flight`](Self::max_in_flight).
+    #[must_use]
+    pub fn with_max_in_flight(mut self, max: u32) -> Self {
+        self.max_in_flight = max;
+        self
+    }
+
+    /// Sets [`max_send_buffer`](Self::max_send_buffer).
+    #[must_use]
+    pub fn with_max_send_buffer(mut self, bytes: usize) -> Self {
+        self.max_send_buffer = bytes;
+        self
+    }
+
+    /// Sets [`max_body_streams`](Self::max_body_streams).
+    #[must_use]
+    pub fn with_max_body_streams(mut self, max: usize) -> Self {
+        self.max_body_streams = max;
+        self
+    }
+
+    /// Sets [`body_stream_ttl`](Self::body_stream_ttl).
+    #[must_use]
+    pub fn with_body_stream_ttl(mut self, ttl: Duration) -> Self {
+        self.body_stream_ttl = ttl;
+        self
+    }
+
+    /// Sets [`max_frame_len`](Self::max_frame_len).
+    #[must_use]
+    pub fn with_max_frame_len(mut self, max: u32) -> Self {
+        self.max_frame_len = max;
+        self
     }
 }

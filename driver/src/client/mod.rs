@@ -109,8 +109,19 @@ impl ClientError {
     }
 }
 
-/// Client settings.
+/// Client settings, built from [`Default`] and the `with_*` setters.
+///
+/// ```
+/// use std::time::Duration;
+/// use agent_protocol_tokio::client::ClientConfig;
+/// use agent_protocol_tokio::core::proxy::ProxyConfig;
+/// let config = ClientConfig::default()
+///     .with_connect_timeout(Duration::from_secs(1))
+///     .with_connection(ProxyConfig::default().with_request_timeout(Duration::from_millis(200)));
+/// assert_eq!(config.connection.request_timeout, Duration::from_millis(200));
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ClientConfig<R: Runtime> {
     /// The core connection's settings (handshake, request timeout, pings, caps).
     pub connection: ProxyConfig,
@@ -134,6 +145,29 @@ impl<R: Runtime> Default for ClientConfig<R> {
             connect_timeout: Duration::from_secs(5),
             transport: R::TransportOptions::default(),
         }
+    }
+}
+
+impl<R: Runtime> ClientConfig<R> {
+    /// Sets [`connection`](Self::connection), the core connection's settings.
+    #[must_use]
+    pub fn with_connection(mut self, connection: ProxyConfig) -> Self {
+        self.connection = connection;
+        self
+    }
+
+    /// Sets [`connect_timeout`](Self::connect_timeout).
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets [`transport`](Self::transport), the options only the runtime's extra transports use.
+    #[must_use]
+    pub fn with_transport(mut self, transport: R::TransportOptions) -> Self {
+        self.transport = transport;
+        self
     }
 }
 

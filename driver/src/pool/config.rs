@@ -15,21 +15,23 @@ use crate::runtime::Runtime;
 /// Every field is used (unlike the reference's `connect_timeout`, `channel_buffer_size` and
 /// `max_reconnect_attempts`: the first two are never read there, the third makes it give up).
 ///
+/// Built from [`Default`] and the `with_*` setters (fields may be added in any release, so the
+/// struct cannot be built literally outside this crate); the fields stay public to read and set.
+///
 /// ```
 /// use agent_protocol_tokio::pool::AgentPoolConfig;
 /// use agent_protocol_tokio::core::pool::{FlowControlMode, LoadBalanceStrategy};
 /// use std::time::Duration;
 ///
-/// let config = AgentPoolConfig {
-///     connections_per_agent: 2,
-///     load_balance_strategy: LoadBalanceStrategy::LeastConnections,
-///     request_timeout: Duration::from_millis(200),
-///     ..AgentPoolConfig::default()
-/// };
+/// let config = AgentPoolConfig::default()
+///     .with_connections_per_agent(2)
+///     .with_load_balance_strategy(LoadBalanceStrategy::LeastConnections)
+///     .with_request_timeout(Duration::from_millis(200));
 /// assert_eq!(config.flow_control.mode, FlowControlMode::FailClosed);
 /// assert_eq!(AgentPoolConfig::default().connections_per_agent, 4);
 /// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct AgentPoolConfig<R: Runtime> {
     /// Connections [`add_agent`](super::AgentPool::add_agent) opens per agent, the number the
     /// maintenance task keeps open, and the cap for reverse connections. 0 reads as 1.
@@ -90,6 +92,100 @@ impl<R: Runtime> Default for AgentPoolConfig<R> {
 }
 
 impl<R: Runtime> AgentPoolConfig<R> {
+    /// Sets [`connections_per_agent`](Self::connections_per_agent), the connections per agent.
+    #[must_use]
+    pub fn with_connections_per_agent(mut self, connections_per_agent: usize) -> Self {
+        self.connections_per_agent = connections_per_agent;
+        self
+    }
+
+    /// Sets [`load_balance_strategy`](Self::load_balance_strategy), how requests are spread.
+    #[must_use]
+    pub fn with_load_balance_strategy(
+        mut self,
+        load_balance_strategy: LoadBalanceStrategy,
+    ) -> Self {
+        self.load_balance_strategy = load_balance_strategy;
+        self
+    }
+
+    /// Sets [`connect_timeout`](Self::connect_timeout), the deadline for establishing a socket.
+    #[must_use]
+    pub fn with_connect_timeout(mut self, connect_timeout: Duration) -> Self {
+        self.connect_timeout = connect_timeout;
+        self
+    }
+
+    /// Sets [`request_timeout`](Self::request_timeout), the default deadline of every request.
+    #[must_use]
+    pub fn with_request_timeout(mut self, request_timeout: Duration) -> Self {
+        self.request_timeout = request_timeout;
+        self
+    }
+
+    /// Sets [`client`](Self::client), the per-connection settings.
+    #[must_use]
+    pub fn with_client(mut self, client: ClientConfig<R>) -> Self {
+        self.client = client;
+        self
+    }
+
+    /// Sets [`reconnect`](Self::reconnect), the delay between reconnection attempts.
+    #[must_use]
+    pub fn with_reconnect(mut self, reconnect: Backoff) -> Self {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// Sets [`health_check_interval`](Self::health_check_interval), the maintenance period.
+    #[must_use]
+    pub fn with_health_check_interval(mut self, health_check_interval: Duration) -> Self {
+        self.health_check_interval = health_check_interval;
+        self
+    }
+
+    /// Sets [`flow_control`](Self::flow_control), what a request does when the agent paused.
+    #[must_use]
+    pub fn with_flow_control(mut self, flow_control: FlowControlPolicy) -> Self {
+        self.flow_control = flow_control;
+        self
+    }
+
+    /// Sets [`circuit_breaker`](Self::circuit_breaker), the per-agent breaker thresholds.
+    #[must_use]
+    pub fn with_circuit_breaker(mut self, circuit_breaker: CircuitBreakerConfig) -> Self {
+        self.circuit_breaker = circuit_breaker;
+        self
+    }
+
+    /// Sets [`affinity_capacity`](Self::affinity_capacity), the most affinities kept at once.
+    #[must_use]
+    pub fn with_affinity_capacity(mut self, affinity_capacity: usize) -> Self {
+        self.affinity_capacity = affinity_capacity;
+        self
+    }
+
+    /// Sets [`affinity_ttl`](Self::affinity_ttl), how long an unused affinity is kept.
+    #[must_use]
+    pub fn with_affinity_ttl(mut self, affinity_ttl: Duration) -> Self {
+        self.affinity_ttl = affinity_ttl;
+        self
+    }
+
+    /// Sets [`idle_timeout`](Self::idle_timeout): idle connections close after it; `None` never.
+    #[must_use]
+    pub fn with_idle_timeout(mut self, idle_timeout: Option<Duration>) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// Sets [`metrics_prefix`](Self::metrics_prefix), the prefix of the pool's metric families.
+    #[must_use]
+    pub fn with_metrics_prefix(mut self, metrics_prefix: impl Into<String>) -> Self {
+        self.metrics_prefix = metrics_prefix.into();
+        self
+    }
+
     /// The connection count actually used (at least 1).
     pub(super) fn per_agent(&self) -> usize {
         self.connections_per_agent.max(1)

@@ -37,7 +37,20 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::runtime::{self, Connection, Runtime};
 
 /// Server settings.
+///
+/// Built from [`Default`] and the `with_*` setters (fields may be added in any release, so the
+/// struct cannot be built literally outside this crate); the fields stay public to read and set.
+///
+/// ```
+/// use std::time::Duration;
+/// use agent_protocol_driver::server::ServerConfig;
+/// let config = ServerConfig::default()
+///     .with_max_in_flight(256)
+///     .with_drain_timeout(Duration::from_secs(5));
+/// assert_eq!(config.agent_config().max_in_flight, 256);
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Capabilities announced in the handshake.
     pub capabilities: Capabilities,
@@ -73,20 +86,61 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// Sets [`capabilities`](Self::capabilities), what the agent announces in the handshake.
+    #[must_use]
+    pub fn with_capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities = capabilities;
+        self
+    }
+
+    /// Sets [`encodings`](Self::encodings), the encodings accepted.
+    #[must_use]
+    pub fn with_encodings(mut self, encodings: impl IntoIterator<Item = Encoding>) -> Self {
+        self.encodings = encodings.into_iter().collect();
+        self
+    }
+
+    /// Sets [`handshake_timeout`](Self::handshake_timeout), the handshake deadline.
+    #[must_use]
+    pub fn with_handshake_timeout(mut self, handshake_timeout: Duration) -> Self {
+        self.handshake_timeout = handshake_timeout;
+        self
+    }
+
+    /// Sets [`max_in_flight`](Self::max_in_flight), the unanswered requests per connection.
+    #[must_use]
+    pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight;
+        self
+    }
+
+    /// Sets [`socket_mode`](Self::socket_mode), the mode of the socket file.
+    #[must_use]
+    pub fn with_socket_mode(mut self, socket_mode: u32) -> Self {
+        self.socket_mode = socket_mode;
+        self
+    }
+
+    /// Sets [`drain_timeout`](Self::drain_timeout), how long graceful shutdown waits.
+    #[must_use]
+    pub fn with_drain_timeout(mut self, drain_timeout: Duration) -> Self {
+        self.drain_timeout = drain_timeout;
+        self
+    }
+
     /// The core agent connection's settings these server settings imply.
     pub fn agent_config(&self) -> AgentConfig {
         let mut caps = self.capabilities.clone();
         caps.features.cancellation = true;
         caps.features.concurrent_requests = self.max_in_flight.min(u32::MAX as usize) as u32;
-        AgentConfig {
-            handshake: AgentHandshakeConfig {
-                capabilities: caps,
-                encodings: self.encodings.iter().copied().collect(),
-                timeout: self.handshake_timeout,
-            },
-            max_in_flight: self.max_in_flight,
-            ..AgentConfig::default()
-        }
+        AgentConfig::default()
+            .with_handshake(
+                AgentHandshakeConfig::default()
+                    .with_capabilities(caps)
+                    .with_encodings(self.encodings.iter().copied())
+                    .with_timeout(self.handshake_timeout),
+            )
+            .with_max_in_flight(self.max_in_flight)
     }
 }
 

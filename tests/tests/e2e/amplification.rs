@@ -279,11 +279,10 @@ fn hostile_agent(
     let listener = UnixListener::bind(path).unwrap();
     std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
-        let config = AgentHandshakeConfig {
-            capabilities: Capabilities::new("hostile", "hostile", "1").with_all_events(),
-            encodings: vec![encoding].into(),
-            timeout: Duration::from_secs(5),
-        };
+        let config = AgentHandshakeConfig::default()
+            .with_capabilities(Capabilities::new("hostile", "hostile", "1").with_all_events())
+            .with_encodings([encoding])
+            .with_timeout(Duration::from_secs(5));
         let mut decoder = FrameDecoder::new();
         let mut buf = BytesMut::new();
         let mut next = |s: &mut UnixStream, buf: &mut BytesMut| loop {

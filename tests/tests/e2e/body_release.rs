@@ -26,10 +26,7 @@ const STREAMS: usize = 4;
 const REQUESTS: usize = CONNS * STREAMS + 2 * CONNS;
 
 fn config<R: Runtime>() -> AgentPoolConfig<R> {
-    let mut config = AgentPoolConfig {
-        connections_per_agent: CONNS,
-        ..fast_config()
-    };
+    let mut config = fast_config().with_connections_per_agent(CONNS);
     config.client.connection.max_body_streams = STREAMS;
     config
 }

@@ -50,10 +50,7 @@ struct Running<R: Harness> {
 
 /// Both encodings accepted (the `msgpack` feature only changes the defaults).
 fn server_config() -> ServerConfig {
-    ServerConfig {
-        encodings: vec![Encoding::MsgPack, Encoding::Json],
-        ..ServerConfig::default()
-    }
+    ServerConfig::default().with_encodings([Encoding::MsgPack, Encoding::Json])
 }
 
 /// Starts a [`TestAgent`] server on `R` (call inside the runtime).
@@ -464,11 +461,11 @@ pub async fn pause_refuses_requests_until_resume<R: Harness>() {
 
 pub async fn metrics_and_health_pushes_reach_the_pool<R: Harness>() {
     let agent = start::<R>();
-    let pool = AgentPool::<R>::new(AgentPoolConfig {
-        connections_per_agent: 2,
-        health_check_interval: Duration::from_millis(20),
-        ..AgentPoolConfig::default()
-    });
+    let pool = AgentPool::<R>::new(
+        AgentPoolConfig::default()
+            .with_connections_per_agent(2)
+            .with_health_check_interval(Duration::from_millis(20)),
+    );
     pool.add_agent("waf", &agent.path).await.unwrap();
     assert_eq!(agent.handle.connections(), 2);
     let r = pool
@@ -546,10 +543,7 @@ pub async fn socket_file_gets_the_configured_mode<R: Harness>() {
     let path = agent.dir.path().join("0640.sock");
     let server = AgentServer::<TestAgent, R>::new(
         TestAgent::default(),
-        ServerConfig {
-            socket_mode: 0o640,
-            ..server_config()
-        },
+        server_config().with_socket_mode(0o640),
     );
     let l = server.bind_uds(&path).unwrap();
     assert_eq!(mode(&path), 0o640);

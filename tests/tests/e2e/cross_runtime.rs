@@ -26,11 +26,9 @@ use bytes::Bytes;
 use crate::agents::{request_headers, TestAgent as Agent};
 
 fn pool_config<R: Runtime>(encoding: Encoding) -> AgentPoolConfig<R> {
-    let mut config = AgentPoolConfig::<R> {
-        connections_per_agent: 2,
-        request_timeout: Duration::from_secs(10),
-        ..Default::default()
-    };
+    let mut config = AgentPoolConfig::<R>::default()
+        .with_connections_per_agent(2)
+        .with_request_timeout(Duration::from_secs(10));
     config.client.connection.handshake.encodings = [encoding].into_iter().collect();
     config
 }

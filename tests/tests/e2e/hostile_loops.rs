@@ -255,11 +255,10 @@ pub fn enlarge_send_buffer(s: &impl std::os::fd::AsRawFd, bytes: usize) {
 
 fn flood(mut s: UnixStream, flooded: &AtomicU64, stop: &AtomicBool) {
     enlarge_send_buffer(&s, 4 << 20);
-    let config = AgentHandshakeConfig {
-        capabilities: Capabilities::new("flood", "flood", "1").with_all_events(),
-        encodings: vec![Encoding::Json].into(),
-        timeout: Duration::from_secs(5),
-    };
+    let config = AgentHandshakeConfig::default()
+        .with_capabilities(Capabilities::new("flood", "flood", "1").with_all_events())
+        .with_encodings([Encoding::Json])
+        .with_timeout(Duration::from_secs(5));
     let mut decoder = FrameDecoder::new();
     let mut buf = BytesMut::with_capacity(4096);
     let frame: Frame = loop {
@@ -348,11 +347,11 @@ pub async fn flooding_agent_cannot_hold_pool_requests_past_their_timeout<R: Harn
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let agent = FloodingAgent::start(dir.path());
-    let pool = AgentPool::<R>::new(AgentPoolConfig {
-        request_timeout: REQUEST_TIMEOUT,
-        connections_per_agent: 1,
-        ..AgentPoolConfig::default()
-    });
+    let pool = AgentPool::<R>::new(
+        AgentPoolConfig::default()
+            .with_request_timeout(REQUEST_TIMEOUT)
+            .with_connections_per_agent(1),
+    );
     let endpoint = format!("unix:{}", agent.path.display());
     timeout::<R, _>(WAIT, "pool connects", pool.add_agent("flood", &endpoint))
         .await

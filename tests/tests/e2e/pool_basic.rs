@@ -16,7 +16,7 @@ use agent_protocol_core::{
     GuardrailInspectEvent, MetricsReport, RequestCompleteEvent, ResponseBodyChunkEvent,
     ResponseHeadersEvent, WebSocketFrameEvent,
 };
-use agent_protocol_driver::pool::{AgentPool, AgentPoolConfig, PoolError};
+use agent_protocol_driver::pool::{AgentPool, PoolError};
 
 use crate::pool_support::{chunk, fast_config, guardrail, headers, stats, FakeAgent, WAIT};
 use crate::support::{eventually, spawn, timeout};
@@ -139,10 +139,7 @@ pub async fn other_strategies_use_every_connection<R: Harness>() {
         let agent = FakeAgent::<R>::start(dir.path(), "s", &[Encoding::Json]).await;
         // Slow answers so concurrent requests overlap and in-flight counts differ.
         agent.set_behaviour(|b| b.delay = Duration::from_millis(100));
-        let pool = AgentPool::<R>::new(AgentPoolConfig {
-            load_balance_strategy: strategy,
-            ..fast_config()
-        });
+        let pool = AgentPool::<R>::new(fast_config().with_load_balance_strategy(strategy));
         pool.add_agent("s", &agent.endpoint()).await.unwrap();
         let tasks: Vec<_> = (0..40)
             .map(|i| {
@@ -285,10 +282,7 @@ pub async fn add_and_remove_agents_at_runtime<R: Harness>() {
     let dir = tempfile::tempdir().unwrap();
     let a = FakeAgent::<R>::start(dir.path(), "a", &[Encoding::Json]).await;
     let b = FakeAgent::<R>::start(dir.path(), "b", &[Encoding::Json]).await;
-    let pool = AgentPool::<R>::new(AgentPoolConfig {
-        connections_per_agent: 2,
-        ..fast_config()
-    });
+    let pool = AgentPool::<R>::new(fast_config().with_connections_per_agent(2));
     pool.add_agent("a", &a.endpoint()).await.unwrap();
     assert_eq!(a.live_connections(), 2);
 
@@ -357,12 +351,10 @@ pub async fn add_agent_fails_on_a_silent_handshake<R: Harness>() {
     let agent = FakeAgent::<R>::start(dir.path(), "mute", &[Encoding::Json]).await;
     agent.set_behaviour(|b| b.hang_handshake = true);
     let handshake_timeout = Duration::from_millis(300);
-    let mut config = AgentPoolConfig {
-        // Only the handshake deadline can end the attempt within the guard below.
-        connect_timeout: Duration::from_secs(30),
-        request_timeout: Duration::from_secs(30),
-        ..fast_config()
-    };
+    // Only the handshake deadline can end the attempt within the guard below.
+    let mut config = fast_config()
+        .with_connect_timeout(Duration::from_secs(30))
+        .with_request_timeout(Duration::from_secs(30));
     config.client.connection.handshake.timeout = handshake_timeout;
     let pool = AgentPool::<R>::new(config);
     let started = Instant::now();
@@ -463,10 +455,7 @@ pub async fn prometheus_has_pool_and_agent_families<R: Harness>() {
 pub async fn config_updates_reach_the_receiver<R: Harness>() {
     let dir = tempfile::tempdir().unwrap();
     let agent = FakeAgent::<R>::start(dir.path(), "cu", &[Encoding::Json]).await;
-    let pool = AgentPool::<R>::new(AgentPoolConfig {
-        connections_per_agent: 1,
-        ..fast_config()
-    });
+    let pool = AgentPool::<R>::new(fast_config().with_connections_per_agent(1));
     let mut updates = pool.take_config_updates().unwrap();
     assert!(pool.take_config_updates().is_none());
     pool.add_agent("cu", &agent.endpoint()).await.unwrap();

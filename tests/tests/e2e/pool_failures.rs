@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use agent_protocol_core::pool::{CircuitBreakerConfig, CircuitState};
 use agent_protocol_core::{AgentResponse, CancelReason, Encoding, Event, RequestError};
 use agent_protocol_driver::client::ClientError;
-use agent_protocol_driver::pool::{AgentPool, AgentPoolConfig, PoolError};
+use agent_protocol_driver::pool::{AgentPool, PoolError};
 use agent_protocol_driver::runtime::timeout_at;
 
 use crate::pool_support::{fast_config, headers, stats, FakeAgent, WAIT};
@@ -26,21 +26,17 @@ fn is_closed(e: &PoolError) -> bool {
 
 /// A breaker that keeps out of the way: these scenarios are about the connections.
 fn no_breaker() -> CircuitBreakerConfig {
-    CircuitBreakerConfig {
-        failure_threshold: 1000,
-        ..Default::default()
-    }
+    CircuitBreakerConfig::default().with_failure_threshold(1000)
 }
 
 /// A breaker that opens after `failures` and stays open for 1 s: long enough that checks right
 /// after it opened never race its half-open transition, even on a loaded machine.
 fn quick_breaker(failures: u32) -> CircuitBreakerConfig {
-    CircuitBreakerConfig {
-        failure_threshold: failures,
-        success_threshold: 1,
-        open_timeout: Duration::from_secs(1),
-        half_open_max_requests: 1,
-    }
+    CircuitBreakerConfig::default()
+        .with_failure_threshold(failures)
+        .with_success_threshold(1)
+        .with_open_timeout(Duration::from_secs(1))
+        .with_half_open_max_requests(1)
 }
 
 /// Sends until the breaker admits the request (after its open timeout); any other error fails.
@@ -61,11 +57,11 @@ pub async fn killed_agent_fails_pending_at_once_and_is_reconnected<R: Harness>()
     let dir = tempfile::tempdir().unwrap();
     let mut agent = FakeAgent::<R>::start(dir.path(), "k", &[Encoding::Json]).await;
     agent.set_behaviour(|b| b.silent = true);
-    let pool = AgentPool::<R>::new(AgentPoolConfig {
-        request_timeout: Duration::from_secs(60),
-        circuit_breaker: no_breaker(),
-        ..fast_config()
-    });
+    let pool = AgentPool::<R>::new(
+        fast_config()
+            .with_request_timeout(Duration::from_secs(60))
+            .with_circuit_breaker(no_breaker()),
+    );
     pool.add_agent("k", &agent.endpoint()).await.unwrap();
 
     let pending: Vec<_> = (0..8)
@@ -127,11 +123,11 @@ pub async fn breaker_opens_while_the_agent_is_down_and_requests_succeed_after_re
 >() {
     let dir = tempfile::tempdir().unwrap();
     let mut agent = FakeAgent::<R>::start(dir.path(), "down", &[Encoding::MsgPack]).await;
-    let pool = AgentPool::<R>::new(AgentPoolConfig {
-        connections_per_agent: 2,
-        circuit_breaker: quick_breaker(5),
-        ..fast_config()
-    });
+    let pool = AgentPool::<R>::new(
+        fast_config()
+            .with_connections_per_agent(2)
+            .with_circuit_breaker(quick_breaker(5)),
+    );
     pool.add_agent("down", &agent.endpoint()).await.unwrap();
     pool.send_request_headers("down", headers("a"))
         .await
@@ -173,10 +169,7 @@ pub async fn garbage_from_one_agent_connection_fails_only_that_connection<R: Har
     let dir = tempfile::tempdir().unwrap();
     let agent = FakeAgent::<R>::start(dir.path(), "g", &[Encoding::Json]).await;
     agent.set_behaviour(|b| b.delay = Duration::from_millis(300));
-    let pool = AgentPool::<R>::new(AgentPoolConfig {
-        circuit_breaker: no_breaker(),
-        ..fast_config()
-    });
+    let pool = AgentPool::<R>::new(fast_config().with_circuit_breaker(no_breaker()));
     pool.add_agent("g", &agent.endpoint()).await.unwrap();
     // Slow requests spread over the connections.
     let pending: Vec<_> = (0..4)
@@ -228,10 +221,7 @@ pub async fn timeouts_and_cancels_leave_nothing_in_flight<R: Harness>() {
     let agent = FakeAgent::<R>::start(dir.path(), "t", &[Encoding::Json]).await;
     agent.set_behaviour(|b| b.silent = true);
     let request_timeout = Duration::from_millis(150);
-    let pool = AgentPool::<R>::new(AgentPoolConfig {
-        request_timeout,
-        ..fast_config()
-    });
+    let pool = AgentPool::<R>::new(fast_config().with_request_timeout(request_timeout));
     pool.add_agent("t", &agent.endpoint()).await.unwrap();
     let metrics = pool.metrics("t").unwrap();
 
@@ -275,10 +265,7 @@ pub async fn timeouts_and_cancels_leave_nothing_in_flight<R: Harness>() {
 
     // Cancel: the waiting caller gets Cancelled long before its 60 s deadline, the agent is
     // told.
-    let pool2 = AgentPool::<R>::new(AgentPoolConfig {
-        request_timeout: Duration::from_secs(60),
-        ..fast_config()
-    });
+    let pool2 = AgentPool::<R>::new(fast_config().with_request_timeout(Duration::from_secs(60)));
     pool2.add_agent("t", &agent.endpoint()).await.unwrap();
     let m2 = pool2.metrics("t").unwrap();
     // And a short per-call timeout ends a request long before that default.
@@ -360,11 +347,11 @@ pub async fn circuit_opens_after_repeated_failures_and_recovers<R: Harness>() {
     let dir = tempfile::tempdir().unwrap();
     let agent = FakeAgent::<R>::start(dir.path(), "cb", &[Encoding::Json]).await;
     agent.set_behaviour(|b| b.silent = true);
-    let pool = AgentPool::<R>::new(AgentPoolConfig {
-        request_timeout: Duration::from_millis(50),
-        circuit_breaker: quick_breaker(3),
-        ..fast_config()
-    });
+    let pool = AgentPool::<R>::new(
+        fast_config()
+            .with_request_timeout(Duration::from_millis(50))
+            .with_circuit_breaker(quick_breaker(3)),
+    );
     pool.add_agent("cb", &agent.endpoint()).await.unwrap();
     for i in 0..3 {
         let e = pool
@@ -459,10 +446,7 @@ pub async fn shutdown_closes_after_the_drain_timeout<R: Harness>() {
     let dir = tempfile::tempdir().unwrap();
     let agent = FakeAgent::<R>::start(dir.path(), "sd2", &[Encoding::Json]).await;
     agent.set_behaviour(|b| b.silent = true);
-    let pool = AgentPool::<R>::new(AgentPoolConfig {
-        request_timeout: Duration::from_secs(60),
-        ..fast_config()
-    });
+    let pool = AgentPool::<R>::new(fast_config().with_request_timeout(Duration::from_secs(60)));
     pool.add_agent("sd2", &agent.endpoint()).await.unwrap();
     let stuck = {
         let pool = pool.clone();
@@ -488,10 +472,8 @@ pub async fn shutdown_closes_after_the_drain_timeout<R: Harness>() {
 pub async fn idle_connections_close_and_reopen_on_demand<R: Harness>() {
     let dir = tempfile::tempdir().unwrap();
     let agent = FakeAgent::<R>::start(dir.path(), "idle", &[Encoding::Json]).await;
-    let pool = AgentPool::<R>::new(AgentPoolConfig {
-        idle_timeout: Some(Duration::from_millis(150)),
-        ..fast_config()
-    });
+    let pool =
+        AgentPool::<R>::new(fast_config().with_idle_timeout(Some(Duration::from_millis(150))));
     pool.add_agent("idle", &agent.endpoint()).await.unwrap();
     eventually::<R>("idle connections closed down to one", WAIT, || {
         stats(&pool, "idle").connections == 1 && agent.live_connections() == 1

@@ -37,10 +37,11 @@ async fn paused_pool<R: Harness>(
 }
 
 fn policy<R: Harness>(mode: FlowControlMode, max_wait: Duration) -> AgentPoolConfig<R> {
-    AgentPoolConfig {
-        flow_control: FlowControlPolicy { mode, max_wait },
-        ..fast_config()
-    }
+    fast_config().with_flow_control(
+        FlowControlPolicy::default()
+            .with_mode(mode)
+            .with_max_wait(max_wait),
+    )
 }
 
 pub async fn pause_fail_closed<R: Harness>() {
@@ -87,10 +88,10 @@ pub async fn pause_fail_open_allows_without_the_agent<R: Harness>() {
 }
 
 pub async fn pause_wait_and_retry_succeeds_after_resume<R: Harness>() {
-    let (_dir, agent, pool) = paused_pool::<R>(AgentPoolConfig {
-        request_timeout: Duration::from_secs(30),
-        ..policy(FlowControlMode::WaitAndRetry, Duration::from_secs(30))
-    })
+    let (_dir, agent, pool) = paused_pool::<R>(
+        policy(FlowControlMode::WaitAndRetry, Duration::from_secs(30))
+            .with_request_timeout(Duration::from_secs(30)),
+    )
     .await;
     let mut waiting = {
         let pool = pool.clone();
@@ -117,10 +118,10 @@ pub async fn pause_wait_and_retry_succeeds_after_resume<R: Harness>() {
 
 pub async fn pause_wait_and_retry_gives_up_after_max_wait<R: Harness>() {
     let max_wait = Duration::from_millis(150);
-    let (_dir, agent, pool) = paused_pool::<R>(AgentPoolConfig {
-        request_timeout: Duration::from_secs(30),
-        ..policy(FlowControlMode::WaitAndRetry, max_wait)
-    })
+    let (_dir, agent, pool) = paused_pool::<R>(
+        policy(FlowControlMode::WaitAndRetry, max_wait)
+            .with_request_timeout(Duration::from_secs(30)),
+    )
     .await;
     let started = Instant::now();
     let e = timeout::<R, _>(
@@ -140,10 +141,10 @@ pub async fn pause_wait_and_retry_gives_up_after_max_wait<R: Harness>() {
 pub async fn pause_wait_is_bounded_by_the_request_deadline<R: Harness>() {
     // The max wait (30 s) is out of reach: only a request deadline can end these waits.
     let default_timeout = Duration::from_millis(200);
-    let (_dir, agent, pool) = paused_pool::<R>(AgentPoolConfig {
-        request_timeout: default_timeout,
-        ..policy(FlowControlMode::WaitAndRetry, Duration::from_secs(30))
-    })
+    let (_dir, agent, pool) = paused_pool::<R>(
+        policy(FlowControlMode::WaitAndRetry, Duration::from_secs(30))
+            .with_request_timeout(default_timeout),
+    )
     .await;
     // The pool's request timeout.
     let started = Instant::now();
@@ -285,10 +286,7 @@ pub async fn reported_health_steers_selection<R: Harness>() {
 pub async fn reverse_connections_join_and_respect_the_cap<R: Harness>() {
     let dir = tempfile::tempdir().unwrap();
     let agent = FakeAgent::<R>::start(dir.path(), "unused", &[Encoding::Json]).await;
-    let pool = AgentPool::<R>::new(AgentPoolConfig {
-        connections_per_agent: 2,
-        ..fast_config()
-    });
+    let pool = AgentPool::<R>::new(fast_config().with_connections_per_agent(2));
     let d = dir.path();
     pool.add_reverse_connection("rev", reverse_client(d, &pool, &agent, "rev").await)
         .unwrap();
@@ -341,10 +339,7 @@ pub async fn reverse_connections_join_and_respect_the_cap<R: Harness>() {
 pub async fn concurrent_first_registrations_create_one_agent<R: Harness>() {
     let dir = tempfile::tempdir().unwrap();
     let agent = FakeAgent::<R>::start(dir.path(), "unused", &[Encoding::Json]).await;
-    let pool = AgentPool::<R>::new(AgentPoolConfig {
-        connections_per_agent: 3,
-        ..fast_config()
-    });
+    let pool = AgentPool::<R>::new(fast_config().with_connections_per_agent(3));
     let mut clients: Vec<AgentClient<R>> = Vec::new();
     for _ in 0..12 {
         clients.push(reverse_client(dir.path(), &pool, &agent, "race").await);
@@ -380,10 +375,7 @@ pub async fn concurrent_first_registrations_create_one_agent<R: Harness>() {
 pub async fn gated_reverse_connection_is_used_once_opened<R: Harness>() {
     let dir = tempfile::tempdir().unwrap();
     let agent = FakeAgent::<R>::start(dir.path(), "unused", &[Encoding::Json]).await;
-    let pool = AgentPool::<R>::new(AgentPoolConfig {
-        connections_per_agent: 1,
-        ..fast_config()
-    });
+    let pool = AgentPool::<R>::new(fast_config().with_connections_per_agent(1));
     let (proxy_end, agent_end) = stream_pair::<R>(dir.path()).await;
     agent.adopt_established(agent_end);
     let (client, gate) = AgentClient::<R>::from_established_gated(

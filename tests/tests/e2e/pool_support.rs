@@ -385,13 +385,14 @@ async fn serve<R: Runtime>(
     let (mut rd, mut wr) = stream.into_split();
     let mut decoder = FrameDecoder::new();
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let hs_config = AgentHandshakeConfig {
-        capabilities: Capabilities::new("fake", "fake", "1")
-            .with_all_events()
-            .with_control_features(),
-        encodings: state.encodings.clone().into(),
-        timeout: Duration::from_secs(5),
-    };
+    let hs_config = AgentHandshakeConfig::default()
+        .with_capabilities(
+            Capabilities::new("fake", "fake", "1")
+                .with_all_events()
+                .with_control_features(),
+        )
+        .with_encodings(state.encodings.iter().copied())
+        .with_timeout(Duration::from_secs(5));
     loop {
         tokio::select! {
             biased;
@@ -539,19 +540,18 @@ pub fn negotiated(id: &str) -> Negotiated {
 
 /// A pool configuration with short timers for tests.
 pub fn fast_config<R: Runtime>() -> AgentPoolConfig<R> {
-    let mut config = AgentPoolConfig {
-        request_timeout: Duration::from_secs(3),
-        health_check_interval: Duration::from_millis(50),
-        connect_timeout: Duration::from_secs(1),
-        reconnect: agent_protocol_core::pool::Backoff {
-            initial: Duration::from_millis(20),
-            max: Duration::from_millis(200),
-            multiplier: 2.0,
-            jitter: 0.2,
-        },
-        idle_timeout: None,
-        ..AgentPoolConfig::default()
-    };
+    let mut config = AgentPoolConfig::default()
+        .with_request_timeout(Duration::from_secs(3))
+        .with_health_check_interval(Duration::from_millis(50))
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_reconnect(
+            agent_protocol_core::pool::Backoff::default()
+                .with_initial(Duration::from_millis(20))
+                .with_max(Duration::from_millis(200))
+                .with_multiplier(2.0)
+                .with_jitter(0.2),
+        )
+        .with_idle_timeout(None);
     config.client.connection.handshake.timeout = Duration::from_secs(1);
     config
 }

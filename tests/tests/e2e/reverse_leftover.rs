@@ -139,12 +139,11 @@ fn reverse_exchange(mut s: impl RawStream, n: usize) -> Result<(), String> {
 /// A reverse agent reconnecting (quickly) to `target` until its handle shuts down.
 fn reverse_agent<R: Harness>(target: ReverseTarget) -> ServerHandle {
     let mut config = ReverseAgentConfig::new(target, "leftover");
-    config.backoff = Backoff {
-        initial: Duration::from_millis(1),
-        max: Duration::from_millis(5),
-        multiplier: 2.0,
-        jitter: 0.0,
-    };
+    config.backoff = Backoff::default()
+        .with_initial(Duration::from_millis(1))
+        .with_max(Duration::from_millis(5))
+        .with_multiplier(2.0)
+        .with_jitter(0.0);
     let handle = ServerHandle::new("leftover");
     let connector =
         ReverseConnector::<AllowAll, R>::new(Arc::new(AllowAll), config, handle.clone());
@@ -307,11 +306,10 @@ fn health_frame(state: HealthState) -> Vec<u8> {
 /// Degraded report and `n` bytes of an Unhealthy one in one write, then the rest; then it
 /// answers one request.
 fn agent_exchange(mut s: UnixStream, n: usize) -> Result<(), String> {
-    let config = AgentHandshakeConfig {
-        capabilities: Capabilities::new("raw-agent", "raw-agent", "1").with_all_events(),
-        encodings: vec![Encoding::Json].into(),
-        timeout: EXCHANGE,
-    };
+    let config = AgentHandshakeConfig::default()
+        .with_capabilities(Capabilities::new("raw-agent", "raw-agent", "1").with_all_events())
+        .with_encodings([Encoding::Json])
+        .with_timeout(EXCHANGE);
     let (ty, payload) = read_frame(&mut s).map_err(|e| format!("handshake request: {e}"))?;
     let frame = agent_protocol_core::frame::Frame {
         frame_type: FrameType::from_byte(ty)
