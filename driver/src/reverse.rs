@@ -187,7 +187,7 @@ impl<R: Runtime> ReverseListener<R> {
     where
         F: Fn(RegisteredAgent<R>) -> Result<(), String>,
     {
-        let now = Instant::now();
+        let now = R::now();
         let registration = ProxyRegistration::new(&self.policy, now);
         let deadline = registration.deadline();
         let (frame, leftover) =
@@ -410,7 +410,7 @@ impl<H: AgentHandler, R: Runtime> ReverseConnector<H, R> {
                     .with_timeout(self.config.registration_timeout),
             );
         let codec = AgentCodec::registering(&config);
-        let conn = AgentConnection::new_reverse(config, request, Instant::now());
+        let conn = AgentConnection::new_reverse(config, request, R::now());
         let conn = serve_stream::<H, R>(
             stream,
             codec,
@@ -432,13 +432,15 @@ impl<H: AgentHandler, R: Runtime> ReverseConnector<H, R> {
         let mut attempt = 0u32;
         let mut stop = self.handle.shutdown_receiver();
         loop {
-            let started = Instant::now();
+            let started = R::now();
             let result = tokio::select! {
                 r = self.connect_once() => r,
                 _ = shutdown_signal(&mut stop) => return,
             };
             match result {
-                Ok(_) if started.elapsed() > Duration::from_secs(10) => attempt = 0,
+                Ok(_) if R::now().saturating_duration_since(started) > Duration::from_secs(10) => {
+                    attempt = 0
+                }
                 Ok(_) => {}
                 Err(e) => tracing::info!(error = %e, "reverse connection attempt failed"),
             }

@@ -28,14 +28,13 @@ use std::fmt::Debug;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use agent_protocol_core::pool::Endpoint;
 use bytes::{Buf, BytesMut};
-use tokio::sync::mpsc;
 
-use crate::client::{AgentClient, ClientConfig, ClientError, ControlMessage};
+use crate::client::Connector;
 
 /// The read side of a connected socket.
 pub trait ByteRead: Send + Unpin + 'static {
@@ -68,7 +67,8 @@ pub trait Connection: ByteRead + ByteWrite + Debug {
     fn into_split(self) -> (Self::ReadHalf, Self::WriteHalf);
 }
 
-/// An async runtime: spawning, timers, and Unix/TCP sockets.
+/// An async runtime: spawning, timers and the clock, and Unix/TCP sockets. Nothing about
+/// transports beyond byte streams: those are a [`Connector`]'s, held by the client config.
 ///
 /// Implemented by a zero-sized marker type (`agent_protocol_tokio::Tokio`,
 /// `agent_protocol_async_std::AsyncStd`); every method is an associated function.
@@ -81,15 +81,19 @@ pub trait Runtime: Clone + Copy + Debug + Default + Send + Sync + 'static {
     type TcpListener: Debug + Send + Sync + 'static;
     /// What [`Runtime::sleep_until`] returns.
     type Sleep: Future<Output = ()> + Send;
-    /// Client settings only this runtime's extra transports use (gRPC on tokio), kept in
-    /// [`ClientConfig::transport`]. `()` when there are none.
-    type TransportOptions: Clone + Debug + Default + Send + Sync + 'static;
 
     /// Runs `future` as an independent task.
     fn spawn<F: Future<Output = ()> + Send + 'static>(future: F);
 
     /// A future that completes at `deadline`.
     fn sleep_until(deadline: Instant) -> Self::Sleep;
+
+    /// The current time, on the clock [`Runtime::sleep_until`] counts on. Every clock read of
+    /// the drivers goes through it, so a runtime whose clock can be paused and advanced (tokio's
+    /// test-util) runs them on simulated time.
+    fn now() -> Instant {
+        Instant::now()
+    }
 
     /// Connects to a Unix socket.
     fn connect_unix(path: &Path) -> impl Future<Output = io::Result<Self::Stream>> + Send;
@@ -112,29 +116,11 @@ pub trait Runtime: Clone + Copy + Debug + Default + Send + Sync + 'static {
         listener: &Self::TcpListener,
     ) -> impl Future<Output = io::Result<Self::Stream>> + Send;
 
-    /// Whether [`Runtime::connect_other`] opens gRPC endpoints (`host:port`, `http(s)://`); the
-    /// pool refuses them up front when it does not.
-    fn opens_grpc() -> bool {
-        false
-    }
-
-    /// Opens endpoints that are not byte streams (gRPC on tokio). The default refuses them.
-    fn connect_other(
-        endpoint: &Endpoint,
-        config: ClientConfig<Self>,
-        control: Option<mpsc::Sender<ControlMessage>>,
-    ) -> impl Future<Output = Result<AgentClient<Self>, ClientError>> + Send {
-        let _ = (config, control);
-        let endpoint = endpoint.to_string();
-        async move {
-            Err(ClientError::Connect {
-                source: io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    format!("this runtime adapter cannot open {endpoint} (gRPC needs agent-protocol-tokio with the `grpc` feature)"),
-                ),
-                endpoint,
-            })
-        }
+    /// The connector a [`ClientConfig`](crate::client::ClientConfig) starts with, for
+    /// endpoints that are not Unix sockets (see [`Connector`]). `None`: such endpoints are
+    /// refused.
+    fn default_connector() -> Option<Arc<dyn Connector<Self>>> {
+        None
     }
 }
 
@@ -197,5 +183,5 @@ pub async fn sleep_until_opt<R: Runtime>(deadline: Option<Instant>) {
 
 /// Sleeps for `duration`.
 pub async fn sleep<R: Runtime>(duration: std::time::Duration) {
-    R::sleep_until(Instant::now() + duration).await
+    R::sleep_until(R::now() + duration).await
 }

@@ -60,7 +60,6 @@ impl Runtime for AsyncStd {
     type UnixListener = Async<UnixListener>;
     type TcpListener = Async<TcpListener>;
     type Sleep = Sleep;
-    type TransportOptions = ();
 
     fn spawn<F: Future<Output = ()> + Send + 'static>(future: F) {
         // Dropping an async-executor task cancels it: detach so it runs to completion.
@@ -188,7 +187,7 @@ mod tests {
 
     #[test]
     fn grpc_endpoints_are_refused_with_a_clear_error() {
-        assert!(!AsyncStd::opens_grpc());
+        assert!(AsyncStd::default_connector().is_none());
         async_io::block_on(async {
             for endpoint in ["127.0.0.1:50051", "http://127.0.0.1:50051"] {
                 let err = AgentClient::<AsyncStd>::connect(endpoint, Default::default())

@@ -30,8 +30,8 @@ pub use runtime::Tokio;
 /// [`agent_protocol_driver::client`]).
 pub mod client {
     pub use agent_protocol_driver::client::{
-        ClientError, Command, ConnectionStatus, ControlMessage, FramedLink, Gate, ProxyLink,
-        CHANNEL_BUFFER_SIZE,
+        unsupported, ClientError, Command, ConnectionStatus, Connector, ControlMessage, FramedLink,
+        Gate, ProxyLink, CHANNEL_BUFFER_SIZE,
     };
 
     /// One connection to an agent, on tokio.

@@ -2,13 +2,12 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
-use agent_protocol_core::pool::Endpoint;
-use agent_protocol_driver::client::{AgentClient, ClientConfig, ClientError, ControlMessage};
+use agent_protocol_driver::client::Connector;
 use agent_protocol_driver::Runtime;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::mpsc;
 
 use crate::transport::Stream;
 
@@ -31,10 +30,6 @@ impl Runtime for Tokio {
     type UnixListener = UnixListener;
     type TcpListener = TcpListener;
     type Sleep = tokio::time::Sleep;
-    #[cfg(feature = "grpc")]
-    type TransportOptions = crate::grpc::GrpcOptions;
-    #[cfg(not(feature = "grpc"))]
-    type TransportOptions = ();
 
     fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(future: F) {
         tokio::spawn(future);
@@ -42,6 +37,12 @@ impl Runtime for Tokio {
 
     fn sleep_until(deadline: Instant) -> Self::Sleep {
         tokio::time::sleep_until(deadline.into())
+    }
+
+    /// Tokio's clock: the real time, unless the runtime's clock is paused (`start_paused`,
+    /// `tokio::time::pause`), when it is the simulated time its timers fire on.
+    fn now() -> Instant {
+        tokio::time::Instant::now().into_std()
     }
 
     async fn connect_unix(path: &Path) -> io::Result<Stream> {
@@ -68,29 +69,16 @@ impl Runtime for Tokio {
         Ok(Stream::Tcp(s))
     }
 
-    fn opens_grpc() -> bool {
-        cfg!(feature = "grpc")
-    }
-
-    async fn connect_other(
-        endpoint: &Endpoint,
-        config: ClientConfig<Self>,
-        control: Option<mpsc::Sender<ControlMessage>>,
-    ) -> Result<AgentClient<Self>, ClientError> {
+    /// With the `grpc` feature, the gRPC connector (without TLS settings: replace it with one
+    /// that has them to reach `https://` agents).
+    fn default_connector() -> Option<Arc<dyn Connector<Self>>> {
         #[cfg(feature = "grpc")]
         {
-            crate::grpc::client::connect(endpoint, config, control).await
+            Some(Arc::new(crate::grpc::GrpcConnector::new()))
         }
         #[cfg(not(feature = "grpc"))]
         {
-            let _ = (config, control);
-            Err(ClientError::Connect {
-                endpoint: endpoint.to_string(),
-                source: io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "gRPC endpoints need the `grpc` feature of agent-protocol-tokio",
-                ),
-            })
+            None
         }
     }
 }

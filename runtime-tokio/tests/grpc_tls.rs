@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use agent_protocol_tokio::client::{AgentClient, ClientConfig, ClientError};
 use agent_protocol_tokio::grpc::tls::{ClientTls, ServerTls};
-use agent_protocol_tokio::grpc::ServeGrpc;
+use agent_protocol_tokio::grpc::{GrpcConnector, ServeGrpc};
 use agent_protocol_tokio::server::{AgentServer, ServerConfig};
 use grpc_support::{headers_event, EchoAgent};
 use rcgen::{
@@ -68,9 +68,7 @@ fn quick() -> ClientConfig {
 }
 
 fn client_config(tls: ClientTls) -> ClientConfig {
-    let mut config = quick();
-    config.transport.tls = Some(tls);
-    config
+    quick().with_connector(GrpcConnector::new().with_tls(tls))
 }
 
 async fn connect_and_ask(addr: SocketAddr, config: ClientConfig) -> Result<(), ClientError> {

@@ -104,7 +104,7 @@ impl ClientTask {
     pub(super) async fn run<L: ProxyLink, R: Runtime>(mut self, mut link: L) {
         let mut commands_open = true;
         loop {
-            self.receive(&mut link);
+            self.receive::<L, R>(&mut link);
             self.flush_messages(&mut link);
             // The status first: a caller woken by its answer sees the request gone.
             self.status.publish(&self.conn);
@@ -150,9 +150,9 @@ impl ClientTask {
             match wake {
                 Wake::Flushed(Ok(())) => {}
                 Wake::Flushed(Err(reason)) => self.conn.handle_closed(reason),
-                Wake::Deadline => self.conn.handle_timeout(Instant::now()),
+                Wake::Deadline => self.conn.handle_timeout(R::now()),
                 Wake::Command => {
-                    let now = Instant::now();
+                    let now = R::now();
                     if let Some(command) = command {
                         self.handle_command(now, command, &mut link);
                     }
@@ -168,7 +168,7 @@ impl ClientTask {
                     commands_open = false;
                     self.conn.close();
                 }
-                Wake::Read => self.conn.handle_activity(Instant::now()),
+                Wake::Read => self.conn.handle_activity(R::now()),
             }
         }
         self.wind_down();
@@ -178,9 +178,9 @@ impl ClientTask {
     /// Hands everything the link has already received to the connection, then handles the
     /// deadlines that passed meanwhile: decoding a large read takes time, and the timer must
     /// not be the only way a deadline is noticed.
-    fn receive<L: ProxyLink>(&mut self, link: &mut L) {
+    fn receive<L: ProxyLink, R: Runtime>(&mut self, link: &mut L) {
         let mut received = false;
-        let now = Instant::now();
+        let now = R::now();
         while let Some(message) = link.try_recv() {
             received = true;
             match message {
@@ -189,7 +189,7 @@ impl ClientTask {
             }
         }
         if received {
-            let now = Instant::now();
+            let now = R::now();
             if self.conn.poll_timeout().is_some_and(|due| due <= now) {
                 self.conn.handle_timeout(now);
             }

@@ -97,8 +97,8 @@ impl ClientHandle {
         event: Event,
         deadline: Instant,
     ) -> Result<AgentResponse, ClientError> {
-        let submitted = Instant::now();
-        self.status.touch();
+        let submitted = R::now();
+        self.status.touch(submitted);
         let (reply, rx) = oneshot::channel();
         let correlation_id = event.correlation_id().to_owned();
         let command = Command(CommandKind::Send {
@@ -182,7 +182,7 @@ impl ClientHandle {
         {
             return Err(self.closed());
         }
-        match runtime::timeout_at::<R, _>(Instant::now() + self.request_timeout, rx).await {
+        match runtime::timeout_at::<R, _>(R::now() + self.request_timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(self.closed()),
             Err(_) => Err(ClientError::PingTimeout(self.request_timeout)),

@@ -9,11 +9,13 @@
 //! the core guarantees exactly one outcome by then. A request on a connection that ended fails
 //! with the reason it ended ([`ConnectionStatus::close_reason`]).
 
+mod connect;
 mod connection;
 mod framed;
 mod handle;
 mod status;
 
+pub use connect::{unsupported, Connector};
 pub use connection::ProxyLink;
 pub use framed::FramedLink;
 pub use handle::{Command, Gate};
@@ -127,8 +129,9 @@ pub struct ClientConfig<R: Runtime> {
     pub connection: ProxyConfig,
     /// Deadline for establishing the socket.
     pub connect_timeout: Duration,
-    /// Settings only the runtime's extra transports use (on tokio: gRPC and its TLS).
-    pub transport: R::TransportOptions,
+    /// Opens what is not a Unix socket (gRPC on tokio, with its TLS settings); starts as the
+    /// runtime adapter's own ([`Runtime::default_connector`]). `None` refuses such endpoints.
+    pub connector: Option<Arc<dyn Connector<R>>>,
 }
 
 impl<R: Runtime> Default for ClientConfig<R> {
@@ -143,7 +146,7 @@ impl<R: Runtime> Default for ClientConfig<R> {
         Self {
             connection,
             connect_timeout: Duration::from_secs(5),
-            transport: R::TransportOptions::default(),
+            connector: R::default_connector(),
         }
     }
 }
@@ -163,11 +166,17 @@ impl<R: Runtime> ClientConfig<R> {
         self
     }
 
-    /// Sets [`transport`](Self::transport), the options only the runtime's extra transports use.
+    /// Sets [`connector`](Self::connector).
     #[must_use]
-    pub fn with_transport(mut self, transport: R::TransportOptions) -> Self {
-        self.transport = transport;
+    pub fn with_connector(mut self, connector: impl Connector<R>) -> Self {
+        self.connector = Some(Arc::new(connector));
         self
+    }
+
+    /// Whether `endpoint` can be opened: a Unix socket, or what the connector opens.
+    pub fn opens(&self, endpoint: &Endpoint) -> bool {
+        matches!(endpoint, Endpoint::Uds(_))
+            || self.connector.as_ref().is_some_and(|c| c.opens(endpoint))
     }
 }
 
@@ -202,10 +211,9 @@ pub struct AgentClient<R: Runtime> {
 
 impl<R: Runtime> AgentClient<R> {
     /// Connects to an agent and completes the handshake, each within its deadline: a Unix
-    /// socket (`unix:PATH`, an absolute path, or `*.sock`), or an endpoint the runtime adapter
-    /// opens itself (on tokio with the `grpc` feature: a gRPC agent at `host:port`,
-    /// `http://host:port` or, with TLS settings in [`ClientConfig::transport`],
-    /// `https://host:port`).
+    /// socket (`unix:PATH`, an absolute path, or `*.sock`), or an endpoint the config's
+    /// [`Connector`] opens (on tokio with the `grpc` feature: a gRPC agent at `host:port`,
+    /// `http://host:port` or, with TLS settings in the connector, `https://host:port`).
     pub async fn connect(endpoint: &str, config: ClientConfig<R>) -> Result<Self, ClientError> {
         Self::connect_with_control(endpoint, config, None).await
     }
@@ -231,10 +239,15 @@ impl<R: Runtime> AgentClient<R> {
         control: Option<mpsc::Sender<ControlMessage>>,
     ) -> Result<Self, ClientError> {
         let Endpoint::Uds(path) = endpoint else {
-            return R::connect_other(endpoint, config, control).await;
+            return match config.connector.clone() {
+                Some(connector) if connector.opens(endpoint) => {
+                    connector.connect(endpoint, config, control).await
+                }
+                _ => Err(unsupported(endpoint)),
+            };
         };
         let timeout = config.connect_timeout;
-        let stream = runtime::timeout_at::<R, _>(Instant::now() + timeout, R::connect_unix(path))
+        let stream = runtime::timeout_at::<R, _>(R::now() + timeout, R::connect_unix(path))
             .await
             .unwrap_or_else(|_| {
                 Err(std::io::Error::new(
@@ -275,7 +288,7 @@ impl<R: Runtime> AgentClient<R> {
         control: Option<mpsc::Sender<ControlMessage>>,
     ) -> Result<Self, ClientError> {
         let codec = ProxyCodec::new(&config.connection);
-        let conn = ProxyConnection::new(config.connection, Instant::now());
+        let conn = ProxyConnection::new(config.connection, R::now());
         let (read, write) = stream.into_split();
         Self::start(conn, FramedLink::new(codec, read, write), control).await
     }
@@ -288,10 +301,10 @@ impl<R: Runtime> AgentClient<R> {
         link: L,
         control: Option<mpsc::Sender<ControlMessage>>,
     ) -> Result<Self, ClientError> {
-        set_wall_clock(&mut conn);
+        set_wall_clock::<R>(&mut conn);
         let request_timeout = conn.config().request_timeout;
         let (tx, rx) = mpsc::channel(CHANNEL_BUFFER_SIZE);
-        let status = Arc::new(ConnectionStatus::new());
+        let status = Arc::new(ConnectionStatus::starting_at(R::now()));
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = ClientTask::new(conn, rx, status.clone(), control, Some(ready_tx));
         R::spawn(task.run::<L, R>(link));
@@ -337,10 +350,10 @@ impl<R: Runtime> AgentClient<R> {
         let request_timeout = config.connection.request_timeout;
         let codec = ProxyCodec::established(&config.connection, negotiated.encoding);
         let mut conn =
-            ProxyConnection::new_established(config.connection, negotiated.clone(), Instant::now());
-        set_wall_clock(&mut conn);
+            ProxyConnection::new_established(config.connection, negotiated.clone(), R::now());
+        set_wall_clock::<R>(&mut conn);
         let (tx, rx) = mpsc::channel(CHANNEL_BUFFER_SIZE);
-        let status = Arc::new(ConnectionStatus::new());
+        let status = Arc::new(ConnectionStatus::starting_at(R::now()));
         if gate.is_none() {
             status.mark_connected();
         }
@@ -407,7 +420,7 @@ impl<R: Runtime> AgentClient<R> {
         event: Event,
         timeout: Duration,
     ) -> Result<AgentResponse, ClientError> {
-        self.send_until(event, Instant::now() + timeout).await
+        self.send_until(event, R::now() + timeout).await
     }
 
     /// Sends an event that must be answered by `deadline` (queueing included).
@@ -450,14 +463,14 @@ impl<R: Runtime> AgentClient<R> {
     }
 }
 
-/// Tells the core the wall-clock time (Unix milliseconds) that corresponds to `Instant::now()`,
+/// Tells the core the wall-clock time (Unix milliseconds) that corresponds to `R::now()`,
 /// for the timestamps it writes into events.
-pub(crate) fn set_wall_clock(conn: &mut ProxyConnection) {
+pub(crate) fn set_wall_clock<R: Runtime>(conn: &mut ProxyConnection) {
     let unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    conn.set_unix_time(Instant::now(), unix_ms);
+    conn.set_unix_time(R::now(), unix_ms);
 }
 
 #[cfg(test)]

@@ -38,6 +38,14 @@ impl ConnectionStatus {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// A fresh status whose idle time counts from `now` (the runtime's clock).
+    pub(crate) fn starting_at(now: Instant) -> Self {
+        Self {
+            epoch: now,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for ConnectionStatus {
@@ -115,8 +123,8 @@ impl ConnectionStatus {
         now.saturating_duration_since(self.epoch + used)
     }
 
-    pub(super) fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
+    pub(super) fn touch(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         self.last_used_ms.store(ms, Ordering::Relaxed);
     }
 

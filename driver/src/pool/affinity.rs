@@ -109,7 +109,7 @@ mod tests {
     #[test]
     fn stripes_keep_keys_apart() {
         let t = ShardedAffinity::new(1000, Duration::from_secs(60));
-        let now = Instant::now();
+        let now = std::time::Instant::now();
         for i in 0..200u64 {
             t.insert((i % 3) as u32, &format!("c{i}"), i, now).unwrap();
         }
@@ -127,7 +127,7 @@ mod tests {
     #[test]
     fn tiny_capacity_is_one_stripe() {
         let t = ShardedAffinity::new(1, Duration::from_secs(60));
-        let now = Instant::now();
+        let now = std::time::Instant::now();
         t.insert(0, "a", 1, now).unwrap();
         assert!(t.insert(0, "b", 2, now).is_err());
         t.clear();

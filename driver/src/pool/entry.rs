@@ -112,8 +112,11 @@ impl AgentEntry {
 
     /// Drops dead connections (see [`PooledConnection::is_dead`]) from the live list; returns
     /// them. The caller holds the slot lock.
-    pub(crate) fn prune_dead(&self, _slots: &mut [Slot]) -> Vec<Arc<PooledConnection>> {
-        let now = Instant::now();
+    pub(crate) fn prune_dead(
+        &self,
+        _slots: &mut [Slot],
+        now: Instant,
+    ) -> Vec<Arc<PooledConnection>> {
         let current = self.conns.load_full();
         if !current.iter().any(|c| c.is_dead(now)) {
             return Vec::new();
@@ -173,14 +176,14 @@ pub(crate) struct BreakerPermit<'a> {
 }
 
 impl BreakerPermit<'_> {
-    pub(crate) fn success(mut self) {
+    pub(crate) fn success(mut self, now: Instant) {
         self.done = true;
-        lock(&self.entry.breaker).record_success(Instant::now());
+        lock(&self.entry.breaker).record_success(now);
     }
 
-    pub(crate) fn failure(mut self) {
+    pub(crate) fn failure(mut self, now: Instant) {
         self.done = true;
-        lock(&self.entry.breaker).record_failure(Instant::now());
+        lock(&self.entry.breaker).record_failure(now);
     }
 
     pub(crate) fn abandon(self) {
@@ -215,7 +218,7 @@ pub(crate) struct PooledConnection {
 const NEVER_CONNECTED_GRACE: Duration = Duration::from_secs(10);
 
 impl PooledConnection {
-    pub(crate) fn new(id: ConnId, slot: usize, client: ClientHandle) -> Self {
+    pub(crate) fn new(id: ConnId, slot: usize, client: ClientHandle, created: Instant) -> Self {
         Self {
             id,
             slot,
@@ -223,7 +226,7 @@ impl PooledConnection {
             errors: ErrorRate::new(),
             pending: AtomicU32::new(0),
             seen_paused: AtomicBool::new(false),
-            created: Instant::now(),
+            created,
         }
     }
 
@@ -324,7 +327,7 @@ mod tests {
         tokio::sync::mpsc::Receiver<crate::client::Command>,
     ) {
         let (handle, rx) = ClientHandle::detached(status.clone());
-        (PooledConnection::new(1, 0, handle), rx)
+        (PooledConnection::new(1, 0, handle, Instant::now()), rx)
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub(super) async fn run<R: Runtime>(
     wake: Arc<Notify>,
     tick: Duration,
 ) {
-    let mut next_tick = deadline_after(Instant::now(), tick);
+    let mut next_tick = deadline_after(R::now(), tick);
     let mut next_wake = next_tick;
     loop {
         tokio::select! {
@@ -43,7 +43,7 @@ pub(super) async fn run<R: Runtime>(
             _ = R::sleep_until(next_wake) => {}
         }
         let Some(pool) = pool.upgrade() else { break };
-        let now = Instant::now();
+        let now = R::now();
         let full = now >= next_tick;
         if full {
             next_tick = deadline_after(now, tick);
@@ -95,7 +95,7 @@ impl<R: Runtime> PoolInner<R> {
         let mut earliest: Option<Instant> = None;
         {
             let mut slots = entry.lock_slots();
-            let dead = entry.prune_dead(&mut slots);
+            let dead = entry.prune_dead(&mut slots, R::now());
             if !dead.is_empty() {
                 tracing::info!(agent = %entry.id, closed = dead.len(), "dropped closed agent connections");
             }
@@ -189,7 +189,7 @@ async fn reconnect<R: Runtime>(
         }
         return;
     };
-    let now = Instant::now();
+    let now = R::now();
     let mut unwanted = None;
     {
         let mut slots = entry.lock_slots();
@@ -232,10 +232,6 @@ async fn reconnect<R: Runtime>(
 /// Closes an idle connection once nothing is pending on it.
 async fn retire_connection<R: Runtime>(conn: Arc<PooledConnection>, max_wait: Duration) {
     runtime::sleep::<R>(RETIRE_GRACE).await;
-    wait_for::<R>(
-        || conn.pending() == 0,
-        deadline_after(Instant::now(), max_wait),
-    )
-    .await;
+    wait_for::<R>(|| conn.pending() == 0, deadline_after(R::now(), max_wait)).await;
     conn.client.close().await;
 }

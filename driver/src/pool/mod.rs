@@ -153,9 +153,9 @@ impl<R: Runtime> AgentPool<R> {
     ///
     /// Endpoints: `unix:PATH`, an absolute path, or anything ending in `.sock` is a Unix socket;
     /// `host:port` and `http(s)://host:port` are gRPC (one HTTP/2 connection and one
-    /// `ProcessStream` per pool connection; `https` takes its TLS settings from
-    /// `client.transport`) on tokio with the `grpc` feature; refused with
-    /// [`PoolError::GrpcUnavailable`] where the runtime adapter cannot open them.
+    /// `ProcessStream` per pool connection; `https` takes its TLS settings from the
+    /// `client.connector`) on tokio with the `grpc` feature; refused with
+    /// [`PoolError::GrpcUnavailable`] where the config's connector does not open them.
     ///
     /// Succeeds when at least one connection opened; the others are retried in the background
     /// with backoff. Fails with [`PoolError::AlreadyExists`] when the id is taken (remove the old

@@ -198,12 +198,10 @@ impl<R: Runtime> PoolInner<R> {
             endpoint: endpoint.to_owned(),
             source,
         })?;
-        if let Endpoint::Grpc { uri, .. } = &parsed {
-            if !R::opens_grpc() {
-                return Err(PoolError::GrpcUnavailable {
-                    endpoint: uri.clone(),
-                });
-            }
+        if !self.client_config.opens(&parsed) {
+            return Err(PoolError::GrpcUnavailable {
+                endpoint: parsed.to_string(),
+            });
         }
         let _reservation = self.reserve(agent_id)?;
         let n = self.config.per_agent();
@@ -218,7 +216,7 @@ impl<R: Runtime> PoolInner<R> {
         }))
         .await;
 
-        let now = Instant::now();
+        let now = R::now();
         let mut opened = Vec::new();
         let mut last_error = None;
         {
@@ -280,7 +278,7 @@ impl<R: Runtime> PoolInner<R> {
         let metrics = entry.metrics.clone();
         wait_for::<R>(
             || metrics.in_flight() == 0,
-            deadline_after(Instant::now(), self.config.request_timeout),
+            deadline_after(R::now(), self.config.request_timeout),
         )
         .await;
         close_all(&entry).await;
@@ -320,7 +318,7 @@ impl<R: Runtime> PoolInner<R> {
         if entry.removed.load(Ordering::SeqCst) {
             return Err(PoolError::AgentNotFound(agent_id.to_owned()));
         }
-        entry.prune_dead(&mut slots);
+        entry.prune_dead(&mut slots, R::now());
         let taken: Vec<usize> = entry.conns.load().iter().map(|c| c.slot).collect();
         let free = (0..slots.len()).find(|i| !taken.contains(i) && !slots[*i].connecting);
         let Some(slot) = free else {
@@ -347,7 +345,7 @@ impl<R: Runtime> PoolInner<R> {
         self.closing.store(true, Ordering::SeqCst);
         wait_for::<R>(
             || self.active.load(Ordering::SeqCst) == 0,
-            deadline_after(Instant::now(), drain_timeout),
+            deadline_after(R::now(), drain_timeout),
         )
         .await;
         let _ = self.stop.send(true);
@@ -421,7 +419,12 @@ impl<R: Runtime> PoolInner<R> {
     /// Gives an opened client its pool-wide connection id.
     pub(super) fn wrap(&self, slot: usize, client: AgentClient<R>) -> Arc<PooledConnection> {
         let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        Arc::new(PooledConnection::new(id, slot, client.into_handle()))
+        Arc::new(PooledConnection::new(
+            id,
+            slot,
+            client.into_handle(),
+            R::now(),
+        ))
     }
 
     fn reserve(&self, agent_id: &str) -> Result<Reservation<'_, R>, PoolError> {
@@ -465,8 +468,7 @@ impl<R: Runtime> PoolInner<R> {
         match message {
             ControlMessage::Metrics(report) => {
                 let (counters, gauges) = report_series(&report);
-                let summary =
-                    lock(&self.agent_metrics).ingest(agent, &counters, &gauges, Instant::now());
+                let summary = lock(&self.agent_metrics).ingest(agent, &counters, &gauges, R::now());
                 if summary.invalid + summary.over_limit > 0 {
                     tracing::debug!(
                         agent,
@@ -536,9 +538,8 @@ pub(super) fn deadline_after(start: Instant, timeout: Duration) -> Instant {
 
 /// Polls `done` until it holds or `deadline` passes.
 pub(super) async fn wait_for<R: Runtime>(done: impl Fn() -> bool, deadline: Instant) {
-    while !done() && Instant::now() < deadline {
-        runtime::sleep::<R>(DRAIN_POLL.min(deadline.saturating_duration_since(Instant::now())))
-            .await;
+    while !done() && R::now() < deadline {
+        runtime::sleep::<R>(DRAIN_POLL.min(deadline.saturating_duration_since(R::now()))).await;
     }
 }
 
@@ -566,7 +567,7 @@ pub(super) async fn open_client<R: Runtime>(
     let control = control_channel(pool, agent);
     let limit = config.connect_timeout + config.connection.handshake.timeout;
     let open = AgentClient::connect_endpoint(endpoint, config.clone(), Some(control));
-    match runtime::timeout_at::<R, _>(Instant::now() + limit + HANDSHAKE_GRACE, open).await {
+    match runtime::timeout_at::<R, _>(R::now() + limit + HANDSHAKE_GRACE, open).await {
         Ok(r) => r,
         Err(_) => Err(ClientError::Closed(ConnectionError::Handshake(
             HandshakeError::Timeout(config.connection.handshake.timeout),

@@ -44,7 +44,7 @@ impl<R: Runtime> PoolInner<R> {
         event: Event,
         timeout: Duration,
     ) -> Result<AgentResponse, PoolError> {
-        let submitted = Instant::now();
+        let submitted = R::now();
         let deadline = deadline_after(submitted, timeout);
         let _active = self.enter()?;
         let entry = self
@@ -63,8 +63,8 @@ impl<R: Runtime> PoolInner<R> {
         };
         let (result, verdict) = self.run(&entry, event, submitted, deadline).await;
         match verdict {
-            Verdict::Success => permit.success(),
-            Verdict::Failure => permit.failure(),
+            Verdict::Success => permit.success(R::now()),
+            Verdict::Failure => permit.failure(R::now()),
             Verdict::Neutral => permit.abandon(),
         }
         result
@@ -138,7 +138,7 @@ impl<R: Runtime> PoolInner<R> {
         let retry = self.config.flow_control.mode == FlowControlMode::WaitAndRetry;
         loop {
             let cid = event.correlation_id();
-            let conn = match self.pick(entry, route, cid, Instant::now()) {
+            let conn = match self.pick(entry, route, cid, R::now()) {
                 Ok(c) => c,
                 Err(Pick::Blocked(blockers)) => {
                     match self
@@ -317,7 +317,7 @@ impl<R: Runtime> PoolInner<R> {
         submitted: Instant,
         deadline: Instant,
     ) -> Flow {
-        let now = Instant::now();
+        let now = R::now();
         let reject = || {
             entry.metrics.record_flow_control_rejection();
             Flow::Done(Err(PoolError::FlowControlPaused {
@@ -345,7 +345,7 @@ impl<R: Runtime> PoolInner<R> {
     fn bind(&self, entry: &AgentEntry, cid: &str, conn: ConnId) {
         if self
             .affinity
-            .insert(entry.index, cid, conn, Instant::now())
+            .insert(entry.index, cid, conn, R::now())
             .is_err()
         {
             entry.metrics.record_affinity_rejection();
@@ -363,7 +363,10 @@ impl<R: Runtime> PoolInner<R> {
         let m = &entry.metrics;
         match result {
             Ok(response) => {
-                m.record_response(decision_kind(&response.decision), submitted.elapsed());
+                m.record_response(
+                    decision_kind(&response.decision),
+                    R::now().saturating_duration_since(submitted),
+                );
                 conn.errors.record(true);
                 (Ok(response), Verdict::Success)
             }
@@ -436,7 +439,7 @@ async fn wait_for_resume<R: Runtime>(
     if ready || (check_status && blockers.iter().any(|c| !c.is_paused())) {
         return;
     }
-    let slice = until.min(Instant::now() + RESUME_RECHECK);
+    let slice = until.min(R::now() + RESUME_RECHECK);
     let wait = std::future::poll_fn(|cx| {
         if poll_all(cx) {
             Poll::Ready(())

@@ -238,7 +238,7 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
             }
             if let Some(since) = draining {
                 if (running.is_empty() && !self.link.has_unsent())
-                    || since.elapsed() >= drain_timeout
+                    || R::now().saturating_duration_since(since) >= drain_timeout
                 {
                     self.conn.close();
                     break;
@@ -255,7 +255,7 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
             let mut stopped = pin!(shutdown_signal(&mut shutdown));
             let mut timer = pin!(runtime::sleep_until_opt::<R>(deadline));
             let mut tick = pin!(runtime::sleep_until_opt::<R>(
-                draining.map(|_| Instant::now() + DRAIN_TICK)
+                draining.map(|_| R::now() + DRAIN_TICK)
             ));
             let link = &mut self.link;
             let configure = &mut self.configure.running;
@@ -326,7 +326,7 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
                     }
                 }
                 Wake::Shutdown => {
-                    draining = Some(Instant::now());
+                    draining = Some(R::now());
                     if self.conn.is_established() {
                         let _ = self.conn.send_health(&HealthStatus {
                             agent_id: self.handle.agent_id().to_owned(),
@@ -336,7 +336,7 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
                         });
                     }
                 }
-                Wake::Deadline => self.conn.handle_timeout(Instant::now()),
+                Wake::Deadline => self.conn.handle_timeout(R::now()),
                 Wake::Gone => self.conn.handle_closed(ConnectionError::PeerClosed),
             }
         }

@@ -24,7 +24,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agent_protocol_core::agent::{AgentCodec, AgentConfig, AgentConnection};
 use agent_protocol_core::handshake::AgentHandshakeConfig;
@@ -472,7 +472,7 @@ impl<H: AgentHandler, R: Runtime> AgentServer<H, R> {
                         Ok(stream) => {
                             let config = self.config.agent_config();
                             let codec = AgentCodec::new(&config);
-                            let conn = AgentConnection::new(config, Instant::now());
+                            let conn = AgentConnection::new(config, R::now());
                             let task = serve_stream::<H, R>(
                                 stream,
                                 codec,

@@ -16,7 +16,6 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use agent_protocol_core::encoding::EncodeError;
 use agent_protocol_core::frame::PayloadTooLarge;
@@ -24,11 +23,13 @@ use agent_protocol_core::handshake::HandshakeError;
 use agent_protocol_core::pool::Endpoint;
 use agent_protocol_core::proxy::{ProxyConnection, ProxyIncoming, ProxyOutgoing};
 use agent_protocol_core::{ConnectionError, Encoding, SubmitError};
-use agent_protocol_driver::client::ProxyLink;
+use agent_protocol_driver::client::{Connector, ProxyLink};
+use agent_protocol_driver::Runtime;
 use agent_protocol_proto::convert::AgentMessage;
 use agent_protocol_proto::v2::agent_service_v2_client::AgentServiceV2Client;
 use agent_protocol_proto::v2::{self, AgentToProxy, ProxyToAgent};
 use agent_protocol_proto::MAX_MESSAGE_SIZE;
+use futures_util::future::BoxFuture;
 use futures_util::Stream;
 use tokio::sync::mpsc::error::{SendError, TrySendError};
 use tokio::sync::mpsc::{self, OwnedPermit};
@@ -38,28 +39,65 @@ use tonic::Streaming;
 
 use super::{CONNECTION_WINDOW, STREAM_BUFFER, STREAM_WINDOW};
 use crate::client::{AgentClient, ClientConfig, ClientError, ControlMessage};
+use crate::Tokio;
 
 /// Largest body (chunk data or WebSocket payload) one event may carry on gRPC: the message
 /// limit less room for the event's other fields. A larger one is refused before it is sent,
 /// since a message over the limit would end the whole stream (and every request on it).
 pub(crate) const MAX_BODY_PER_MESSAGE: usize = MAX_MESSAGE_SIZE - 64 * 1024;
 
-/// Settings that only gRPC endpoints use, in [`ClientConfig`]'s `transport` field.
+/// The [`Connector`] of gRPC endpoints (`host:port`, `http://host:port`, `https://host:port`):
+/// the one a tokio [`ClientConfig`] starts with. Replace it to reach `https://` agents, with the
+/// CA that signed their certificate (and our own certificate for mTLS).
 ///
 /// ```
 /// use agent_protocol_tokio::client::ClientConfig;
-/// let config = ClientConfig::default();
+/// use agent_protocol_tokio::grpc::GrpcConnector;
+/// let config = ClientConfig::default().with_connector(GrpcConnector::new());
 /// # #[cfg(feature = "tls")]
-/// assert!(config.transport.tls.is_none());
-/// # let _ = config;
+/// # fn with_tls(ca_pem: Vec<u8>) -> ClientConfig {
+/// use agent_protocol_tokio::grpc::tls::ClientTls;
+/// let tls = ClientTls::new(ca_pem).domain("agent.local");
+/// ClientConfig::default().with_connector(GrpcConnector::new().with_tls(tls))
+/// # }
 /// ```
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
-pub struct GrpcOptions {
-    /// TLS for `https://` endpoints: the CA that signed the agent's certificate, and optionally
-    /// our own certificate for mTLS. An `https://` endpoint without it is refused.
+pub struct GrpcConnector {
+    /// TLS for `https://` endpoints; an `https://` endpoint without it is refused.
     #[cfg(feature = "tls")]
     pub tls: Option<super::tls::ClientTls>,
+}
+
+impl GrpcConnector {
+    /// A connector for plain-text gRPC (`https://` endpoints are refused until TLS settings
+    /// are given, with the `tls` feature's `with_tls`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the TLS settings of `https://` endpoints.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn with_tls(mut self, tls: super::tls::ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
+impl Connector<Tokio> for GrpcConnector {
+    fn opens(&self, endpoint: &Endpoint) -> bool {
+        matches!(endpoint, Endpoint::Grpc { .. })
+    }
+
+    fn connect<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+        config: ClientConfig,
+        control: Option<mpsc::Sender<ControlMessage>>,
+    ) -> BoxFuture<'a, Result<AgentClient, ClientError>> {
+        Box::pin(connect(self, endpoint, config, control))
+    }
 }
 
 fn connect_error(endpoint: &Endpoint, e: impl std::fmt::Display) -> ClientError {
@@ -72,7 +110,8 @@ fn connect_error(endpoint: &Endpoint, e: impl std::fmt::Display) -> ClientError 
 /// Opens the HTTP/2 channel (within `connect_timeout`), starts `ProcessStream` with the
 /// handshake as its first message, and waits for the agent's answer (within the handshake
 /// timeout the core enforces).
-pub(crate) async fn connect(
+async fn connect(
+    connector: &GrpcConnector,
     endpoint: &Endpoint,
     config: ClientConfig,
     control: Option<mpsc::Sender<ControlMessage>>,
@@ -87,7 +126,7 @@ pub(crate) async fn connect(
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW);
     let builder = if *tls {
-        with_tls(builder, &config, endpoint)?
+        with_tls(builder, connector, endpoint)?
     } else {
         builder
     };
@@ -101,13 +140,13 @@ pub(crate) async fn connect(
 #[cfg(feature = "tls")]
 fn with_tls(
     builder: tonic::transport::Endpoint,
-    config: &ClientConfig,
+    connector: &GrpcConnector,
     endpoint: &Endpoint,
 ) -> Result<tonic::transport::Endpoint, ClientError> {
-    let Some(tls) = config.transport.tls.clone() else {
+    let Some(tls) = connector.tls.clone() else {
         return Err(connect_error(
             endpoint,
-            "https endpoint without TLS settings (set ClientConfig::transport.tls)",
+            "https endpoint without TLS settings (use GrpcConnector::with_tls)",
         ));
     };
     builder
@@ -118,7 +157,7 @@ fn with_tls(
 #[cfg(not(feature = "tls"))]
 fn with_tls(
     _builder: tonic::transport::Endpoint,
-    _config: &ClientConfig,
+    _connector: &GrpcConnector,
     endpoint: &Endpoint,
 ) -> Result<tonic::transport::Endpoint, ClientError> {
     Err(connect_error(
@@ -147,7 +186,7 @@ async fn start(
     // Protobuf carries the messages: payload encodings mean nothing here.
     config.connection.handshake.encodings = [Encoding::Json].into_iter().collect();
     let handshake_timeout = config.connection.handshake.timeout;
-    let mut conn = ProxyConnection::new(config.connection, Instant::now());
+    let mut conn = ProxyConnection::new(config.connection, Tokio::now());
     let (out_tx, out_rx) = mpsc::channel::<ProxyToAgent>(STREAM_BUFFER);
     // The handshake leads the request stream: tonic sends the call's headers only with a first
     // message to hand over.

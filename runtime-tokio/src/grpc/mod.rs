@@ -52,13 +52,13 @@
 //! [`AgentHandler`]: crate::server::AgentHandler
 //! [`ServerHandle`]: crate::server::ServerHandle
 
-pub(crate) mod client;
+mod client;
 pub mod server;
 #[cfg(feature = "tls")]
 pub mod tls;
 
 pub use agent_protocol_proto::MAX_MESSAGE_SIZE;
-pub use client::GrpcOptions;
+pub use client::GrpcConnector;
 pub use server::{GrpcService, ServeGrpc};
 
 use std::time::Duration;

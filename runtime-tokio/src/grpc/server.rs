@@ -45,6 +45,7 @@ use agent_protocol_core::handshake::HandshakeRequest;
 use agent_protocol_core::ConfigUpdateResponse;
 use agent_protocol_core::{AgentIncoming, ConnectionError, Encoding, Event};
 use agent_protocol_driver::server::{serve_link, AgentLink, Received};
+use agent_protocol_driver::Runtime;
 use agent_protocol_proto::convert::{self, ProxyMessage};
 use agent_protocol_proto::v2::agent_service_v2_server::{AgentServiceV2, AgentServiceV2Server};
 use agent_protocol_proto::v2::{self, AgentControl, AgentToProxy, ProxyControl, ProxyToAgent};
@@ -175,7 +176,7 @@ async fn serve_grpc_with<H: AgentHandler>(
 
 impl<H> GrpcService<H> {
     fn connection(&self) -> AgentConnection {
-        AgentConnection::new((*self.config).clone(), Instant::now())
+        AgentConnection::new((*self.config).clone(), Tokio::now())
     }
 }
 
@@ -226,7 +227,7 @@ impl<H: AgentHandler> AgentServiceV2 for GrpcService<H> {
         };
         let handle = &self.handle;
         let mut conn = self.connection();
-        let now = Instant::now();
+        let now = Tokio::now();
         match incoming {
             handshake @ AgentIncoming::Handshake(_) => conn.handle_message(now, handshake),
             AgentIncoming::Cancel(_) => {

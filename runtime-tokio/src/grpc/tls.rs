@@ -10,6 +10,7 @@
 //! # async fn demo(ca: Vec<u8>, cert: Vec<u8>, key: Vec<u8>) -> Result<(), Box<dyn std::error::Error>> {
 //! use agent_protocol_tokio::client::{AgentClient, ClientConfig};
 //! use agent_protocol_tokio::grpc::tls::{ClientTls, ServerTls};
+//! use agent_protocol_tokio::grpc::{GrpcConnector, ServeGrpc};
 //! use agent_protocol_tokio::server::{AgentHandler, AgentServer, ServerConfig};
 //!
 //! struct AllowAll;
@@ -19,8 +20,8 @@
 //! let tls = ServerTls::new(cert, key);
 //! tokio::spawn(async move { server.serve_grpc_tls(listener, tls).await });
 //!
-//! let mut config = ClientConfig::default();
-//! config.grpc.tls = Some(ClientTls::new(ca).domain("localhost"));
+//! let tls = ClientTls::new(ca).domain("localhost");
+//! let config = ClientConfig::default().with_connector(GrpcConnector::new().with_tls(tls));
 //! let client = AgentClient::connect("https://127.0.0.1:50443", config).await?;
 //! # drop(client); Ok(()) }
 //! ```

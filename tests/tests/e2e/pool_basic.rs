@@ -326,7 +326,7 @@ pub async fn add_and_remove_agents_at_runtime<R: Harness>() {
     // with its default `grpc` feature), refused up front elsewhere.
     for endpoint in ["127.0.0.1:1", "http://127.0.0.1:1"] {
         let err = pool.add_agent("g", endpoint).await.unwrap_err();
-        if R::opens_grpc() {
+        if R::default_connector().is_some() {
             assert!(matches!(err, PoolError::ConnectFailed { .. }), "{err}");
         } else {
             assert!(matches!(err, PoolError::GrpcUnavailable { .. }), "{err}");
