@@ -16,6 +16,7 @@
 //! tokio runtime.
 #![warn(missing_docs)]
 
+mod adapter;
 pub mod client;
 pub mod pool;
 pub mod reverse;

@@ -153,28 +153,19 @@ pub async fn serve_link<L: AgentLink, H: AgentHandler, R: Runtime>(
 /// How often a draining connection looks at its drain deadline.
 const DRAIN_TICK: Duration = Duration::from_millis(50);
 
-/// A finished handler: the request, its answer, and when it started (when the link times
-/// answers).
-type Answer = (RequestId, AgentResponse, Option<Instant>);
+/// A finished handler: the request and its answer.
+type Answer = (RequestId, AgentResponse);
 
-/// Runs the handler for one request. Every request's future has the same type, so they run
-/// side by side unboxed; the start time is a plain `map` around the dispatch rather than
-/// another async layer, which would move each event once more.
-fn answer<H: AgentHandler, L: AgentLink>(
-    handler: Arc<H>,
-    id: RequestId,
-    event: Event,
-) -> impl Future<Output = Answer> + Send {
-    let started = L::TIMES_ANSWERS.then(Instant::now);
-    dispatch(handler, id, event).map(move |(id, response)| (id, response, started))
-}
+/// A running handler: how to abort it, and when it started (kept only when the link times
+/// answers, beside the future rather than in it, which would move each event once more).
+type Running = (AbortHandle, Option<Instant>);
 
 struct ConnectionTask<L, H> {
     conn: AgentConnection,
     link: L,
     handler: Arc<H>,
     handle: ServerHandle,
-    aborts: HashMap<RequestId, AbortHandle>,
+    aborts: HashMap<RequestId, Running>,
     configure: UnansweredConfigure,
     /// Whether [`AgentLink::close`] was called.
     link_closed: bool,
@@ -209,13 +200,16 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
                 match event {
                     AgentEvent::Request { id, event } => {
                         let (abort, registration) = AbortHandle::new_pair();
-                        self.aborts.insert(id, abort);
+                        let started = L::TIMES_ANSWERS.then(Instant::now);
+                        self.aborts.insert(id, (abort, started));
                         self.handle.requests_started(1);
-                        let request = answer::<H, L>(self.handler.clone(), id, event);
+                        // Every request's future has the same type, so they run side by
+                        // side unboxed.
+                        let request = dispatch(self.handler.clone(), id, event);
                         running.push(Abortable::new(request, registration));
                     }
                     AgentEvent::Cancelled { id, .. } => {
-                        if let Some(abort) = self.aborts.remove(&id) {
+                        if let Some((abort, _)) = self.aborts.remove(&id) {
                             abort.abort();
                         }
                     }
@@ -341,7 +335,7 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
             }
         }
         // Whatever is still running is abandoned with the connection.
-        for (_, abort) in self.aborts.drain() {
+        for (_, (abort, _)) in self.aborts.drain() {
             abort.abort();
         }
         self.configure.abandon(&self.handle);
@@ -389,10 +383,10 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
 
     fn finish(&mut self, done: Result<Answer, Aborted>) {
         self.handle.requests_finished(1);
-        let Ok((id, response, started)) = done else {
+        let Ok((id, response)) = done else {
             return; // cancelled: nothing is sent
         };
-        self.aborts.remove(&id);
+        let started = self.aborts.remove(&id).and_then(|(_, started)| started);
         // UnknownRequest means it was cancelled meanwhile: nothing to send.
         if self.conn.respond(id, response).is_ok() {
             self.flush_messages(started.map(|s| s.elapsed()));
