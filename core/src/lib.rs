@@ -22,6 +22,7 @@ pub mod pool;
 pub mod proxy;
 pub mod registration;
 pub mod repeated_id;
+mod request_id;
 pub mod response;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;

@@ -502,9 +502,7 @@ impl Harness {
             Op::AdvanceSecs { secs } => self.advance(Duration::from_secs(u64::from(secs))),
             Op::Transmit => self.transmit(),
             Op::Eof => self.conn.handle_eof(),
-            Op::IoError => self
-                .conn
-                .handle_closed(ConnectionError::transport("fuzz")),
+            Op::IoError => self.conn.handle_closed(ConnectionError::transport("fuzz")),
             Op::Close => self.conn.close(),
         }
         self.drain_events();

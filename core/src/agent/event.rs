@@ -1,7 +1,4 @@
-//! [`AgentEvent`]: what an agent connection tells the application, and the [`RequestId`] it
-//! answers by.
-
-use std::fmt;
+//! [`AgentEvent`]: what an agent connection tells the application.
 
 use crate::control::CancelReason;
 use crate::encoding::DecodeError;
@@ -9,42 +6,7 @@ use crate::error::ConnectionError;
 use crate::event::Event;
 use crate::frame::FrameType;
 use crate::handshake::{HandshakeRequest, Negotiated};
-
-/// The agent-side handle of one received event, unique within a connection. It is not the
-/// correlation id: several events (say, the body chunks of one request) share a correlation id
-/// and each still gets its own `RequestId` and its own answer.
-///
-/// ```
-/// use agent_protocol_core::agent::RequestId;
-/// let id = RequestId::from_raw(7);
-/// assert_eq!(id.as_u64(), 7);
-/// assert_eq!(id.to_string(), "7");
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RequestId(u64);
-
-impl RequestId {
-    /// The id with this number (connections number their requests from 0).
-    pub const fn from_raw(raw: u64) -> Self {
-        Self(raw)
-    }
-
-    /// Its number.
-    pub const fn as_u64(self) -> u64 {
-        self.0
-    }
-
-    /// The id after this one.
-    pub(crate) fn next(self) -> Self {
-        Self(self.0.wrapping_add(1))
-    }
-}
-
-impl fmt::Display for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+use crate::request_id::RequestId;
 
 /// What the connection has to tell the application.
 #[derive(Clone, Debug, PartialEq)]

@@ -34,11 +34,12 @@ mod message;
 #[cfg(test)]
 mod tests;
 
+pub use crate::request_id::RequestId;
 pub use codec::{AgentCodec, Unsent};
 pub use config::{AgentConfig, DEFAULT_MAX_IN_FLIGHT, MAX_QUEUED_NOTICES};
 pub use connection::AgentConnection;
 pub use error::{RespondError, SendError};
-pub use event::{AgentEvent, RequestId};
+pub use event::AgentEvent;
 pub use fail_closed::{
     unsendable_answer, AGENT_OVERLOADED_REASON, HANDSHAKE_REQUIRED_REASON, HEADER_LIMIT_REASON,
     MALFORMED_EVENT_REASON, MESSAGE_TOO_COMPLEX_REASON, RESPONSE_TOO_LARGE_REASON,

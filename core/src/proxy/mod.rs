@@ -58,8 +58,9 @@ mod flow;
 mod message;
 mod salvage;
 
+pub use crate::request_id::RequestId;
 pub use codec::ProxyCodec;
 pub use config::ProxyConfig;
 pub use connection::{ConnectionState, ProxyConnection, ProxyStats};
-pub use event::{ProxyEvent, RequestId};
+pub use event::ProxyEvent;
 pub use message::{ProxyIncoming, ProxyOutgoing};

@@ -136,15 +136,9 @@ pub struct ClientConfig<R: Runtime> {
 
 impl<R: Runtime> Default for ClientConfig<R> {
     fn default() -> Self {
-        let mut connection = ProxyConfig::default();
-        if !cfg!(feature = "msgpack") {
-            connection
-                .handshake
-                .encodings
-                .retain(|e| *e == Encoding::Json);
-        }
         Self {
-            connection,
+            // MessagePack offered first, then JSON.
+            connection: ProxyConfig::default(),
             connect_timeout: Duration::from_secs(5),
             connector: R::default_connector(),
         }

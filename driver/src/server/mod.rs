@@ -72,11 +72,8 @@ impl Default for ServerConfig {
             capabilities: Capabilities::new("agent", "agent", env!("CARGO_PKG_VERSION"))
                 .with_all_events()
                 .with_control_features(),
-            encodings: if cfg!(feature = "msgpack") {
-                vec![Encoding::MsgPack, Encoding::Json]
-            } else {
-                vec![Encoding::Json]
-            },
+            // The proxy's first offered encoding among these wins.
+            encodings: vec![Encoding::MsgPack, Encoding::Json],
             handshake_timeout: agent_protocol_core::handshake::DEFAULT_HANDSHAKE_TIMEOUT,
             max_in_flight: 4096,
             socket_mode: 0o660,
