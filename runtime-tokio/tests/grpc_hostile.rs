@@ -375,6 +375,13 @@ async fn a_pipelining_proxy_still_sees_the_agent_drain() {
     let (addr, handle, _agent) = start_grpc(config).await;
     let mut raw = raw(addr).await;
     let (tx, mut inbound) = open_stream(&mut raw).await;
+    // A request that never finishes keeps the drain going for its whole timeout. Without one the
+    // drain ends at once, and closing a connection the proxy is still writing to can make TCP
+    // reset it, dropping the notice before the proxy reads it: that would be the transport's
+    // doing, not the drain's.
+    tx.send(ProxyToAgent::from(headers_event("held", "/hang")))
+        .await
+        .unwrap();
     let producer = tokio::spawn(async move {
         for n in 0u64.. {
             if tx.send(ping(n)).await.is_err() {
