@@ -699,3 +699,24 @@ fn send_buffer_and_body_stream_caps_refuse_without_tracking() {
     conn.poll_transmit();
     conn.send_event(now, headers("h"), None).unwrap();
 }
+
+#[test]
+fn cancels_queued_before_a_close_are_still_handed_over() {
+    let (mut conn, now) = open(Encoding::Json, Capabilities::default());
+    conn.send_event(now, headers("late"), Some(Duration::from_millis(10)))
+        .unwrap();
+    let _ = conn.poll_transmit();
+    // The request times out (a Cancel is queued) and the connection closes in the same step.
+    conn.handle_timeout(now + Duration::from_millis(10));
+    conn.close();
+    let events = drain(&mut conn);
+    assert!(matches!(
+        events[0],
+        ProxyEvent::Failed {
+            error: RequestError::Timeout(_),
+            ..
+        }
+    ));
+    let sent = frames(conn.poll_transmit().expect("the cancel is still written"));
+    assert_eq!(sent[0].frame_type, FrameType::Cancel);
+}

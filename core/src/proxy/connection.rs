@@ -704,7 +704,8 @@ impl ProxyConnection {
             return;
         }
         self.state = State::Closed(reason.clone());
-        self.outgoing.clear();
+        // What is queued (the cancels of requests that just ended) is still handed over: on a
+        // local close the transport may still carry it, and the agent learns of every cancel.
         let pending = std::mem::take(&mut self.pending);
         self.deadlines.clear();
         let mut failed: Vec<(RequestId, Arc<str>)> =
