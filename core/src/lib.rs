@@ -12,6 +12,7 @@ pub mod encoding;
 pub mod error;
 pub mod event;
 pub mod frame;
+mod framed_io;
 pub mod handshake;
 pub mod headers;
 pub mod health;

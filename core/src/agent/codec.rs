@@ -7,7 +7,8 @@ use bytes::{Bytes, BytesMut};
 use crate::control::Cancel;
 use crate::encoding::{self, EncodeError, Encoding};
 use crate::error::ConnectionError;
-use crate::frame::{self, Decoded, Frame, FrameDecoder, FrameType, FRAME_HEADER_LEN};
+use crate::frame::{self, Decoded, Frame, FrameType, FRAME_HEADER_LEN};
+use crate::framed_io::FramedIo;
 use crate::handshake::{self, HandshakeError};
 use crate::limits::MessageLimits;
 use crate::registration::{self, RegistrationError};
@@ -100,9 +101,7 @@ pub enum Unsent {
 /// ```
 #[derive(Debug)]
 pub struct AgentCodec {
-    decoder: FrameDecoder,
-    read_buf: BytesMut,
-    out: BytesMut,
+    io: FramedIo,
     phase: Phase,
     limits: MessageLimits,
     frames_ignored: u64,
@@ -129,9 +128,7 @@ impl AgentCodec {
 
     fn with_phase(config: &AgentConfig, phase: Phase) -> Self {
         Self {
-            decoder: FrameDecoder::with_max_frame_len(config.max_frame_len),
-            read_buf: BytesMut::new(),
-            out: BytesMut::new(),
+            io: FramedIo::new(config.max_frame_len),
             phase,
             limits: MessageLimits::default()
                 .with_headers(config.header_limits)
@@ -143,13 +140,13 @@ impl AgentCodec {
     /// The read buffer, for adapters that read straight into it (then call
     /// [`AgentCodec::poll_incoming`]).
     pub fn read_buffer(&mut self) -> &mut BytesMut {
-        &mut self.read_buf
+        &mut self.io.read_buf
     }
 
     /// How many more bytes the codec needs before it can make progress: a hint for sizing the
     /// next read into [`AgentCodec::read_buffer`]. Never more than one frame.
     pub fn read_hint(&self) -> usize {
-        self.decoder.bytes_wanted(&self.read_buf)
+        self.io.decoder.bytes_wanted(&self.io.read_buf)
     }
 
     /// The next message decoded from the read buffer; `None` when a frame is incomplete, or
@@ -171,11 +168,11 @@ impl AgentCodec {
                 Phase::AwaitingAnswer => return None,
                 Phase::Broken => {
                     // Nothing after a framing error can be trusted; nothing is kept either.
-                    self.read_buf = BytesMut::new();
+                    self.io.discard_input();
                     return None;
                 }
             };
-            let frame = match self.decoder.decode(&mut self.read_buf) {
+            let frame = match self.io.decode() {
                 Ok(None) => return None,
                 Ok(Some(Decoded::Frame(frame))) => frame,
                 Ok(Some(Decoded::Skipped { type_byte, .. })) => {
@@ -211,7 +208,7 @@ impl AgentCodec {
     /// connection is refused as soon as the header is seen, before its payload (up to 16 MiB) is
     /// buffered or skipped. Zero-length headers are left to the decoder.
     fn premature_frame(&self) -> Option<u8> {
-        let b = &self.read_buf;
+        let b = &self.io.read_buf;
         if b.len() < FRAME_HEADER_LEN {
             return None;
         }
@@ -283,7 +280,7 @@ impl AgentCodec {
             FrameType::Ping => {
                 // Echoed byte for byte, ahead of any answer still to come; the payload came in a
                 // frame within the limit, so it always fits one.
-                let echoed = frame::encode_frame(&mut self.out, FrameType::Pong, payload);
+                let echoed = frame::encode_frame(&mut self.io.out, FrameType::Pong, payload);
                 debug_assert!(echoed.is_ok());
                 return None;
             }
@@ -300,7 +297,7 @@ impl AgentCodec {
 
     fn break_with(&mut self, reason: impl Into<ConnectionError>) -> ConnectionError {
         self.phase = Phase::Broken;
-        self.read_buf = BytesMut::new();
+        self.io.discard_input();
         reason.into()
     }
 
@@ -313,7 +310,7 @@ impl AgentCodec {
             Phase::Open(encoding) => encoding,
             _ => Encoding::Json,
         };
-        let out = &mut self.out;
+        let out = &mut self.io.out;
         let written = match message {
             AgentOutgoing::Response {
                 correlation_id,
@@ -370,7 +367,7 @@ impl AgentCodec {
     ) -> Unsent {
         let mut block = FailClosed::for_encode_error(&error).response(None);
         block.set_correlation_id(correlation_id);
-        match encoding::encode_frame(&mut self.out, FrameType::AgentResponse, encoding, &block) {
+        match encoding::encode_frame(&mut self.io.out, FrameType::AgentResponse, encoding, &block) {
             Ok(()) => Unsent::Replaced(error),
             Err(_) => Unsent::Fatal(error),
         }
@@ -379,21 +376,17 @@ impl AgentCodec {
     /// Everything written so far, coalesced into one buffer (several frames), or `None`.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        if self.out.is_empty() {
-            None
-        } else {
-            Some(self.out.split().freeze())
-        }
+        self.io.take_output()
     }
 
     /// Bytes written and not yet taken by [`AgentCodec::poll_transmit`].
     pub fn pending_transmit(&self) -> usize {
-        self.out.len()
+        self.io.out.len()
     }
 
     /// Frames with unknown type bytes skipped so far.
     pub fn frames_skipped(&self) -> u64 {
-        self.decoder.frames_skipped()
+        self.io.decoder.frames_skipped()
     }
 
     /// Frames of known types an agent never expects (a second handshake, answers, agent-side

@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 use crate::encoding::{self, Encoding};
 use crate::error::{ConnectionError, SubmitError};
-use crate::frame::{Decoded, Frame, FrameDecoder, FrameType};
+use crate::frame::{Decoded, Frame, FrameType};
+use crate::framed_io::FramedIo;
 use crate::handshake::{HandshakeError, HandshakeResponse};
 
 use super::salvage::salvage_response_id;
@@ -38,9 +39,7 @@ enum Phase {
 /// See the [module docs](super) for the loop that joins it to a connection.
 #[derive(Debug)]
 pub struct ProxyCodec {
-    decoder: FrameDecoder,
-    read_buf: BytesMut,
-    out: BytesMut,
+    io: FramedIo,
     phase: Phase,
     max_send_buffer: usize,
     frames_ignored: u64,
@@ -61,9 +60,7 @@ impl ProxyCodec {
 
     fn with_phase(config: &ProxyConfig, phase: Phase) -> Self {
         Self {
-            decoder: FrameDecoder::with_max_frame_len(config.max_frame_len),
-            read_buf: BytesMut::new(),
-            out: BytesMut::new(),
+            io: FramedIo::new(config.max_frame_len),
             phase,
             max_send_buffer: config.max_send_buffer,
             frames_ignored: 0,
@@ -73,7 +70,7 @@ impl ProxyCodec {
     /// The read buffer, for adapters that read straight into it (then call
     /// [`ProxyCodec::poll_incoming`]).
     pub fn read_buffer(&mut self) -> &mut BytesMut {
-        &mut self.read_buf
+        &mut self.io.read_buf
     }
 
     /// The next message decoded from the read buffer; `None` when no whole frame is buffered.
@@ -85,10 +82,10 @@ impl ProxyCodec {
         loop {
             if self.phase == Phase::Broken {
                 // Nothing after a framing error can be trusted; nothing is kept either.
-                self.read_buf = BytesMut::new();
+                self.io.discard_input();
                 return None;
             }
-            let frame = match self.decoder.decode(&mut self.read_buf) {
+            let frame = match self.io.decode() {
                 Ok(None) => return None,
                 Ok(Some(Decoded::Frame(frame))) => frame,
                 Ok(Some(Decoded::Skipped { .. })) => continue,
@@ -181,7 +178,7 @@ impl ProxyCodec {
 
     fn break_with(&mut self, reason: impl Into<ConnectionError>) -> ConnectionError {
         self.phase = Phase::Broken;
-        self.read_buf = BytesMut::new();
+        self.io.discard_input();
         reason.into()
     }
 
@@ -190,7 +187,7 @@ impl ProxyCodec {
     /// [`ProxyConfig::max_send_buffer`] unsent bytes or when it cannot be encoded (too large
     /// for a frame). Handshakes, cancels and pings are small and written in JSON.
     pub fn encode(&mut self, message: ProxyOutgoing) -> Result<(), SubmitError> {
-        let out = &mut self.out;
+        let out = &mut self.io.out;
         let json = Encoding::Json;
         let written = match &message {
             ProxyOutgoing::Event(event) => {
@@ -218,21 +215,17 @@ impl ProxyCodec {
     /// Everything written so far, coalesced into one buffer (several frames), or `None`.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        if self.out.is_empty() {
-            None
-        } else {
-            Some(self.out.split().freeze())
-        }
+        self.io.take_output()
     }
 
     /// Bytes written and not yet taken by [`ProxyCodec::poll_transmit`].
     pub fn pending_transmit(&self) -> usize {
-        self.out.len()
+        self.io.out.len()
     }
 
     /// Frames with unknown type bytes skipped so far.
     pub fn frames_skipped(&self) -> u64 {
-        self.decoder.frames_skipped()
+        self.io.decoder.frames_skipped()
     }
 
     /// Frames of known types a proxy never expects (events, a second handshake, pings), and
