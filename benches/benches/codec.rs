@@ -9,7 +9,7 @@ use agent_protocol_benches::{
 };
 use agent_protocol_core::encoding::{decode_event, decode_payload, encode_frame};
 use agent_protocol_core::frame::{Decoded, FrameDecoder, FrameType};
-use agent_protocol_core::{AgentResponse, Event, Headers};
+use agent_protocol_core::{AgentResponse, ByteStr, Event, Headers};
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
@@ -138,7 +138,7 @@ fn headers_conversion(c: &mut Criterion) {
     g.bench_function("into_flat_collect", |b| {
         b.iter_batched(
             || headers.clone(),
-            |h| black_box(h.into_flat().collect::<Vec<(String, String)>>()),
+            |h| black_box(h.into_flat().collect::<Vec<(ByteStr, ByteStr)>>()),
             BatchSize::SmallInput,
         )
     });

@@ -70,8 +70,8 @@ pub struct Request {
 /// The browser-like RequestHeaders event for `correlation_id` and `uri`.
 pub fn browser_headers(correlation_id: &str, method: &str, uri: &str) -> RequestHeadersEvent {
     let metadata = RequestMetadata {
-        correlation_id: correlation_id.to_owned(),
-        request_id: format!("req-{correlation_id}"),
+        correlation_id: correlation_id.to_owned().into(),
+        request_id: format!("req-{correlation_id}").into(),
         client_ip: "203.0.113.42".into(),
         client_port: 54321,
         server_name: Some("www.example.com".into()),
@@ -101,7 +101,7 @@ pub fn body_chunks(
             let start = i * chunk_bytes;
             let end = (start + chunk_bytes).min(total);
             RequestBodyChunkEvent(BodyChunk {
-                correlation_id: correlation_id.to_owned(),
+                correlation_id: correlation_id.to_owned().into(),
                 data: body.slice(start..end),
                 is_last: i + 1 == count,
                 total_size: Some(total as u64),

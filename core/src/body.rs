@@ -83,6 +83,11 @@ impl<'de> Visitor<'de> for BodyVisitor {
         decode_base64(v).map_err(|e| E::custom(format_args!("body data is not valid base64: {e}")))
     }
 
+    fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Bytes, E> {
+        // Binary read straight out of the frame being decoded is shared, not copied.
+        Ok(crate::shared_frame::slice(v).unwrap_or_else(|| Bytes::copy_from_slice(v)))
+    }
+
     fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
         Ok(Bytes::copy_from_slice(v))
     }

@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{
@@ -261,6 +261,10 @@ pub fn encode_event(
 /// Decodes an event frame with the default [`MessageLimits`]. `None` if `frame_type` is not an
 /// event type.
 ///
+/// The event's strings and body bytes are slices of `payload` wherever the wire allows (every
+/// string but an escaped JSON one), so decoding allocates nothing per header; see
+/// [`ByteStr`](crate::ByteStr).
+///
 /// Both encodings reach the same decision on the same logical event: a repeated field is an
 /// error (except an identical repeated top-level `correlation_id`, which the reference proxy
 /// sends), a repeated header name merges its values, `null` where a map is required is an error.
@@ -291,7 +295,44 @@ pub fn decode_event_with_limits(
     payload: &[u8],
     limits: impl Into<MessageLimits>,
 ) -> Option<Result<Event, DecodeError>> {
-    let limits = limits.into();
+    decode_shared_event(frame_type, encoding, payload, limits.into()).map(|r| r.map(|(e, _)| e))
+}
+
+/// Payloads up to this size are decoded into events whose strings and body bytes share one
+/// copy of the payload (one allocation for the whole event, instead of one per string); larger
+/// ones are decoded into strings of their own, so that a few bytes kept from a large frame (a
+/// body chunk's correlation id) do not keep the whole frame alive.
+pub const SHARED_PAYLOAD_MAX: usize = 16 * 1024;
+
+/// Decodes an event, and says how many bytes of shared payload it keeps alive beyond its own
+/// fields (0 when it shares nothing): what [`AgentConnection`](crate::agent::AgentConnection)
+/// weighs an event at counts them. The payload is copied first, so the event never keeps the
+/// transport's read buffer alive, only its own bytes.
+pub(crate) fn decode_shared_event(
+    frame_type: FrameType,
+    encoding: Encoding,
+    payload: &[u8],
+    limits: MessageLimits,
+) -> Option<Result<(Event, usize), DecodeError>> {
+    if !frame_type.is_event() {
+        return None;
+    }
+    if payload.len() > SHARED_PAYLOAD_MAX {
+        return decode_event_from(frame_type, encoding, payload, limits).map(|r| r.map(|e| (e, 0)));
+    }
+    let own = Bytes::copy_from_slice(payload);
+    crate::shared_frame::decode_sharing(&own, || {
+        decode_event_from(frame_type, encoding, &own, limits)
+    })
+    .map(|r| r.map(|e| (e, own.len())))
+}
+
+fn decode_event_from(
+    frame_type: FrameType,
+    encoding: Encoding,
+    payload: &[u8],
+    limits: MessageLimits,
+) -> Option<Result<Event, DecodeError>> {
     let p = payload;
     let e = encoding;
     let ty = frame_type;

@@ -12,6 +12,7 @@ use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::byte_str::ByteStr;
 use crate::capabilities::EventKind;
 use crate::frame::FrameType;
 use crate::headers::Headers;
@@ -20,31 +21,31 @@ use crate::headers::Headers;
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RequestMetadata {
     /// Correlation id of the request.
-    pub correlation_id: String,
+    pub correlation_id: ByteStr,
     /// The proxy's request id.
-    pub request_id: String,
+    pub request_id: ByteStr,
     /// Client address.
-    pub client_ip: String,
+    pub client_ip: ByteStr,
     /// Client port.
     pub client_port: u16,
     /// SNI / Host.
-    pub server_name: Option<String>,
+    pub server_name: Option<ByteStr>,
     /// e.g. `"HTTP/1.1"`.
-    pub protocol: String,
+    pub protocol: ByteStr,
     /// TLS version, if TLS.
-    pub tls_version: Option<String>,
+    pub tls_version: Option<ByteStr>,
     /// TLS cipher, if TLS.
-    pub tls_cipher: Option<String>,
+    pub tls_cipher: Option<ByteStr>,
     /// Matched route.
-    pub route_id: Option<String>,
+    pub route_id: Option<ByteStr>,
     /// Chosen upstream.
-    pub upstream_id: Option<String>,
+    pub upstream_id: Option<ByteStr>,
     /// RFC 3339 time (milliseconds as a decimal string on the gRPC path).
-    pub timestamp: String,
+    pub timestamp: ByteStr,
     /// W3C traceparent. Omitted when absent; defaulted on input so the reference's 11-element
     /// MessagePack array (written without the absent traceparent) decodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traceparent: Option<String>,
+    pub traceparent: Option<ByteStr>,
 }
 
 /// 0x10 RequestHeaders.
@@ -67,13 +68,13 @@ pub struct RequestHeadersEvent {
     /// Top-level correlation id. When a peer leaves it out, decoding takes
     /// `metadata.correlation_id` (see [`Event::normalize`]).
     #[serde(default)]
-    pub correlation_id: String,
+    pub correlation_id: ByteStr,
     /// Request metadata.
     pub metadata: RequestMetadata,
     /// HTTP method.
-    pub method: String,
+    pub method: ByteStr,
     /// Request target.
-    pub uri: String,
+    pub uri: ByteStr,
     /// Request headers.
     pub headers: Headers,
 }
@@ -82,8 +83,8 @@ impl RequestHeadersEvent {
     /// Builds the event; the top-level id is taken from the metadata.
     pub fn new(
         metadata: RequestMetadata,
-        method: impl Into<String>,
-        uri: impl Into<String>,
+        method: impl Into<ByteStr>,
+        uri: impl Into<ByteStr>,
         headers: Headers,
     ) -> Self {
         Self {
@@ -100,7 +101,7 @@ impl RequestHeadersEvent {
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct BodyChunk {
     /// Correlation id of the request.
-    pub correlation_id: String,
+    pub correlation_id: ByteStr,
     /// Chunk bytes.
     pub data: Bytes,
     /// Whether this is the final chunk.
@@ -221,7 +222,7 @@ impl<'de> Visitor<'de> for ChunkVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BodyChunk, A::Error> {
-        let mut cid: Option<String> = None;
+        let mut cid: Option<ByteStr> = None;
         let mut data: Option<Bytes> = None;
         let mut is_last: Option<bool> = None;
         let mut total_size: Option<Option<u64>> = None;
@@ -267,7 +268,7 @@ impl<'de> Visitor<'de> for ChunkVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<BodyChunk, A::Error> {
-        let correlation_id: String = seq
+        let correlation_id: ByteStr = seq
             .next_element()?
             .ok_or_else(|| de::Error::invalid_length(0, &self))?;
         let data = seq
@@ -354,7 +355,7 @@ impl<'de> Deserialize<'de> for KeyName<'de> {
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ResponseHeadersEvent {
     /// Correlation id of the request.
-    pub correlation_id: String,
+    pub correlation_id: ByteStr,
     /// Upstream status code.
     pub status: u16,
     /// Response headers.
@@ -365,7 +366,7 @@ pub struct ResponseHeadersEvent {
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RequestCompleteEvent {
     /// Correlation id of the request.
-    pub correlation_id: String,
+    pub correlation_id: ByteStr,
     /// Final status code.
     pub status: u16,
     /// Total duration.
@@ -377,7 +378,7 @@ pub struct RequestCompleteEvent {
     /// Upstream attempts made.
     pub upstream_attempts: u32,
     /// Error text, if the request failed.
-    pub error: Option<String>,
+    pub error: Option<ByteStr>,
 }
 
 /// WebSocket frame opcode (serde names as the reference).
@@ -430,7 +431,7 @@ impl WebSocketOpcode {
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct WebSocketFrameEvent {
     /// Correlation id of the upgraded request.
-    pub correlation_id: String,
+    pub correlation_id: ByteStr,
     /// Frame opcode.
     pub opcode: WebSocketOpcode,
     /// Frame payload.
@@ -443,9 +444,9 @@ pub struct WebSocketFrameEvent {
     /// FIN bit.
     pub fin: bool,
     /// Route.
-    pub route_id: Option<String>,
+    pub route_id: Option<ByteStr>,
     /// Client address.
-    pub client_ip: String,
+    pub client_ip: ByteStr,
 }
 
 /// What a guardrail inspection looks for.
@@ -463,20 +464,20 @@ pub enum GuardrailInspectionType {
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct GuardrailInspectEvent {
     /// Correlation id.
-    pub correlation_id: String,
+    pub correlation_id: ByteStr,
     /// What to look for.
     pub inspection_type: GuardrailInspectionType,
     /// Text to inspect.
-    pub content: String,
+    pub content: ByteStr,
     /// Model name, omitted when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
+    pub model: Option<ByteStr>,
     /// Categories to check.
     #[serde(default)]
     pub categories: Vec<String>,
     /// Route, omitted when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub route_id: Option<String>,
+    pub route_id: Option<ByteStr>,
     /// Extra metadata.
     #[serde(default)]
     pub metadata: HashMap<String, String>,
@@ -487,13 +488,13 @@ pub struct GuardrailInspectEvent {
 pub struct ConfigureEvent {
     /// Correlation id (the agent answers Configure like any other event).
     #[serde(default)]
-    pub correlation_id: String,
+    pub correlation_id: ByteStr,
     /// Agent configuration, any JSON.
     #[serde(default)]
     pub config: serde_json::Value,
     /// Configuration version.
     #[serde(default)]
-    pub config_version: Option<String>,
+    pub config_version: Option<ByteStr>,
 }
 
 /// Any proxy->agent event.
@@ -539,7 +540,7 @@ impl Event {
         let slot = match self {
             Self::RequestHeaders(e) => {
                 if e.metadata.correlation_id != id {
-                    e.metadata.correlation_id = id.to_owned();
+                    e.metadata.correlation_id = id.into();
                 }
                 &mut e.correlation_id
             }
@@ -552,7 +553,7 @@ impl Event {
             Self::Configure(e) => &mut e.correlation_id,
         };
         if slot != id {
-            *slot = id.to_owned();
+            *slot = id.into();
         }
     }
 

@@ -19,14 +19,16 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use smallvec::SmallVec;
 
+use crate::byte_str::ByteStr;
+
 /// The values of one header name; one value is stored inline.
-pub type HeaderValues = SmallVec<[String; 1]>;
+pub type HeaderValues = SmallVec<[ByteStr; 1]>;
 
 /// One header name with its values, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct HeaderEntry {
     /// The name as received (case preserved; comparisons are case-insensitive).
-    pub name: String,
+    pub name: ByteStr,
     /// The values in order.
     pub values: HeaderValues,
 }
@@ -48,7 +50,7 @@ pub const INDEXED_FROM: usize = 64;
 /// let json = serde_json::to_string(&headers).unwrap();
 /// assert_eq!(json, r#"{"Accept":["text/html","application/json"],"host":["example.com"]}"#);
 /// // Flattening moves each string out; nothing is cloned.
-/// let flat: Vec<(String, String)> = headers.into_flat().collect();
+/// let flat: Vec<_> = headers.into_flat().collect();
 /// assert_eq!(flat.len(), 3);
 /// ```
 #[derive(Clone, Debug, Default)]
@@ -153,7 +155,7 @@ impl Headers {
     }
 
     /// Uncounts an entry's values (and its name, with `name`).
-    fn uncount(&mut self, name: Option<&str>, values: &[String]) {
+    fn uncount(&mut self, name: Option<&str>, values: &[ByteStr]) {
         self.bytes -= name.map_or(0, str::len);
         for value in values {
             self.values -= 1;
@@ -162,7 +164,7 @@ impl Headers {
     }
 
     /// Adds a value, after any existing values of the same name (case-insensitive).
-    pub fn append(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn append(&mut self, name: impl Into<ByteStr>, value: impl Into<ByteStr>) {
         let name = name.into();
         let value = value.into();
         self.index = None;
@@ -195,13 +197,14 @@ impl Headers {
     /// assert_eq!(h.len(), 2);
     /// assert_eq!(h.entries()[0].values.as_slice(), ["1", "3"]);
     /// ```
-    pub fn append_exact(&mut self, name: String, value: String) {
+    pub fn append_exact(&mut self, name: impl Into<ByteStr>, value: impl Into<ByteStr>) {
+        let (name, value) = (name.into(), value.into());
         let bytes = value.len();
         self.push_exact(name, smallvec::smallvec![value], bytes);
     }
 
     /// Replaces every value of `name` with one value.
-    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn insert(&mut self, name: impl Into<ByteStr>, value: impl Into<ByteStr>) {
         let name = name.into();
         let value = value.into();
         self.index = None;
@@ -238,7 +241,7 @@ impl Headers {
 
     /// The first value of `name`.
     pub fn first(&self, name: &str) -> Option<&str> {
-        self.get(name).and_then(|v| v.first()).map(String::as_str)
+        self.get(name).and_then(|v| v.first()).map(ByteStr::as_str)
     }
 
     /// Entries in order.
@@ -255,7 +258,7 @@ impl Headers {
 
     /// Consumes the headers into `(name, value)` pairs. Each value string is moved; a name is
     /// cloned only for its second and later values.
-    pub fn into_flat(self) -> impl Iterator<Item = (String, String)> {
+    pub fn into_flat(self) -> impl Iterator<Item = (ByteStr, ByteStr)> {
         self.entries.into_iter().flat_map(|entry| {
             let HeaderEntry { name, values } = entry;
             let n = values.len();
@@ -282,7 +285,7 @@ impl Headers {
     /// apart as the sender wrote them (lower-casing them would lose which value came with which
     /// spelling). Amortised constant time per call, whatever the number of names.
     /// `value_bytes` is the length of `values` together, which callers have at hand.
-    fn push_exact(&mut self, name: String, values: HeaderValues, value_bytes: usize) {
+    fn push_exact(&mut self, name: ByteStr, values: HeaderValues, value_bytes: usize) {
         self.values += values.len();
         self.bytes += value_bytes;
         // Repeated names usually arrive together: look at the last entry first.
@@ -324,7 +327,7 @@ impl Headers {
     }
 }
 
-impl<N: Into<String>, V: Into<String>> FromIterator<(N, V)> for Headers {
+impl<N: Into<ByteStr>, V: Into<ByteStr>> FromIterator<(N, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
         let iter = iter.into_iter();
         let mut headers = Headers::with_capacity(iter.size_hint().0);
@@ -364,7 +367,7 @@ impl<'de> Visitor<'de> for HeadersVisitor {
         // Cap the hint: it comes from the peer. JSON gives none; start with room for a typical
         // browser request so the list does not grow four times on the way to 20 headers.
         let mut headers = Headers::with_capacity(map.size_hint().unwrap_or(24).min(128));
-        while let Some(name) = map.next_key::<String>()? {
+        while let Some(name) = map.next_key::<ByteStr>()? {
             charge(0, name.len())?;
             let values: ValuesOrOne = map.next_value()?;
             headers.push_exact(name, values.values, values.bytes);
@@ -396,25 +399,35 @@ impl<'de> Deserialize<'de> for ValuesOrOne {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ValuesOrOne, A::Error> {
                 let mut values = HeaderValues::new();
                 let mut bytes = 0;
-                while let Some(v) = seq.next_element::<String>()? {
+                while let Some(v) = seq.next_element::<ByteStr>()? {
                     charge(1, v.len())?;
                     bytes += v.len();
                     values.push(v);
                 }
                 Ok(ValuesOrOne { values, bytes })
             }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<ValuesOrOne, E> {
+                charge(1, v.len())?;
+                Ok(ValuesOrOne {
+                    bytes: v.len(),
+                    values: smallvec::smallvec![ByteStr::decoded(v)],
+                })
+            }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ValuesOrOne, E> {
                 charge(1, v.len())?;
                 Ok(ValuesOrOne {
                     bytes: v.len(),
-                    values: smallvec::smallvec![v.to_owned()],
+                    values: smallvec::smallvec![ByteStr::from(v)],
                 })
             }
             fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ValuesOrOne, E> {
                 charge(1, v.len())?;
                 Ok(ValuesOrOne {
                     bytes: v.len(),
-                    values: smallvec::smallvec![v],
+                    values: smallvec::smallvec![ByteStr::from(v)],
                 })
             }
         }
@@ -451,9 +464,9 @@ mod tests {
         assert_eq!(
             flat,
             [
-                ("a".to_string(), "1".to_string()),
-                ("a".to_string(), "2".to_string()),
-                ("b".to_string(), "3".to_string())
+                (ByteStr::from("a"), ByteStr::from("1")),
+                (ByteStr::from("a"), ByteStr::from("2")),
+                (ByteStr::from("b"), ByteStr::from("3"))
             ]
         );
     }
@@ -470,7 +483,7 @@ mod tests {
     /// The load counted from scratch.
     fn recount(h: &Headers) -> (usize, usize) {
         h.entries().iter().fold((0, 0), |(count, bytes), e| {
-            let values: usize = e.values.iter().map(String::len).sum();
+            let values: usize = e.values.iter().map(|v| v.len()).sum();
             (count + e.values.len(), bytes + e.name.len() + values)
         })
     }

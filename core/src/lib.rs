@@ -1,10 +1,13 @@
 //! Sans-IO core of Agent Protocol v2.
-#![forbid(unsafe_code)]
+// One audited exception: `ByteStr::decoded` (strings sliced from a payload the decoder already
+// checked as UTF-8 are not checked twice).
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod agent;
 pub mod body;
 pub mod body_sequence;
+mod byte_str;
 pub mod capabilities;
 pub mod control;
 pub mod element_count;
@@ -25,6 +28,7 @@ pub mod registration;
 pub mod repeated_id;
 mod request_id;
 pub mod response;
+mod shared_frame;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
@@ -32,6 +36,7 @@ pub use agent::{
     AgentCodec, AgentConfig, AgentConnection, AgentEvent, AgentIncoming, AgentOutgoing, RequestId,
     RespondError, SendError,
 };
+pub use byte_str::ByteStr;
 pub use capabilities::{Capabilities, EventKind, EventSet, Features, Limits};
 pub use control::{
     Cancel, CancelReason, ConfigUpdateRequest, ConfigUpdateResponse, ConfigUpdateType, FlowAction,

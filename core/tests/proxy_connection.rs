@@ -48,7 +48,7 @@ fn frames(bytes: Bytes) -> Vec<Frame> {
 fn headers(cid: &str) -> Event {
     let meta = RequestMetadata {
         correlation_id: cid.into(),
-        request_id: format!("req-{cid}"),
+        request_id: format!("req-{cid}").into(),
         client_ip: "127.0.0.1".into(),
         client_port: 1234,
         protocol: "HTTP/1.1".into(),

@@ -262,7 +262,7 @@ impl Harness {
 
     fn build_event(&self, cid: String, op: &EventOp) -> Event {
         let chunk = |index: &u8, is_last: &bool, len: &u8, total: &Option<u16>| BodyChunk {
-            correlation_id: cid.clone(),
+            correlation_id: cid.clone().into(),
             data: Bytes::from(vec![b'x'; usize::from(*len)]),
             is_last: *is_last,
             total_size: total.map(u64::from),
@@ -272,7 +272,7 @@ impl Harness {
         match op {
             EventOp::Headers => {
                 let meta = RequestMetadata {
-                    correlation_id: cid.clone(),
+                    correlation_id: cid.clone().into(),
                     request_id: "r".into(),
                     ..Default::default()
                 };
@@ -292,7 +292,7 @@ impl Harness {
                 index, is_last, len, total_size,
             ))),
             EventOp::ResponseHeaders { status } => Event::ResponseHeaders(ResponseHeadersEvent {
-                correlation_id: cid,
+                correlation_id: cid.into(),
                 status: *status,
                 headers: Headers::new(),
             }),
@@ -305,22 +305,22 @@ impl Harness {
                 index, is_last, len, total_size,
             ))),
             EventOp::Complete { status } => Event::RequestComplete(RequestCompleteEvent {
-                correlation_id: cid,
+                correlation_id: cid.into(),
                 status: *status,
                 ..Default::default()
             }),
             EventOp::WebSocket { len } => Event::WebSocketFrame(WebSocketFrameEvent {
-                correlation_id: cid,
+                correlation_id: cid.into(),
                 data: Bytes::from(vec![1; usize::from(*len)]),
                 ..Default::default()
             }),
             EventOp::Guardrail => Event::GuardrailInspect(GuardrailInspectEvent {
-                correlation_id: cid,
+                correlation_id: cid.into(),
                 content: "text".into(),
                 ..Default::default()
             }),
             EventOp::Configure => Event::Configure(ConfigureEvent {
-                correlation_id: cid,
+                correlation_id: cid.into(),
                 config: serde_json::json!({"k": 1}),
                 config_version: None,
             }),

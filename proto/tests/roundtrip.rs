@@ -110,18 +110,18 @@ fn metadata(cid: String) -> impl Strategy<Value = RequestMetadata> {
                 (tls_version, tls_cipher, route_id),
                 (upstream_id, timestamp, traceparent),
             )| RequestMetadata {
-                correlation_id: cid.clone(),
-                request_id,
-                client_ip,
+                correlation_id: cid.clone().into(),
+                request_id: request_id.into(),
+                client_ip: client_ip.into(),
                 client_port,
-                server_name,
-                protocol,
-                tls_version,
-                tls_cipher,
-                route_id,
-                upstream_id,
-                timestamp,
-                traceparent,
+                server_name: server_name.map(Into::into),
+                protocol: protocol.into(),
+                tls_version: tls_version.map(Into::into),
+                tls_cipher: tls_cipher.map(Into::into),
+                route_id: route_id.map(Into::into),
+                upstream_id: upstream_id.map(Into::into),
+                timestamp: timestamp.into(),
+                traceparent: traceparent.map(Into::into),
             },
         )
 }
@@ -136,7 +136,7 @@ fn chunk(cid: String) -> impl Strategy<Value = BodyChunk> {
     )
         .prop_map(
             move |(data, is_last, total_size, chunk_index, bytes_transferred)| BodyChunk {
-                correlation_id: cid.clone(),
+                correlation_id: cid.clone().into(),
                 data: Bytes::from(data),
                 is_last,
                 total_size,
@@ -164,10 +164,10 @@ fn event() -> impl Strategy<Value = Event> {
             (metadata(cid.clone()), text(), text(), headers()).prop_map(
                 move |(metadata, method, uri, headers)| {
                     Event::RequestHeaders(RequestHeadersEvent {
-                        correlation_id: c.clone(),
+                        correlation_id: c.clone().into(),
                         metadata,
-                        method,
-                        uri,
+                        method: method.into(),
+                        uri: uri.into(),
                         headers,
                     })
                 }
@@ -178,7 +178,7 @@ fn event() -> impl Strategy<Value = Event> {
                 let c = cid.clone();
                 (any::<u16>(), headers()).prop_map(move |(status, headers)| {
                     Event::ResponseHeaders(ResponseHeadersEvent {
-                        correlation_id: c.clone(),
+                        correlation_id: c.clone().into(),
                         status,
                         headers,
                     })
@@ -196,13 +196,13 @@ fn event() -> impl Strategy<Value = Event> {
                 )
                     .prop_map(move |(status, d, rq, rs, attempts, error)| {
                         Event::RequestComplete(RequestCompleteEvent {
-                            correlation_id: c.clone(),
+                            correlation_id: c.clone().into(),
                             status,
                             duration_ms: d,
                             request_body_size: rq,
                             response_body_size: rs,
                             upstream_attempts: attempts,
-                            error,
+                            error: error.map(Into::into),
                         })
                     })
             },
@@ -220,14 +220,14 @@ fn event() -> impl Strategy<Value = Event> {
                     .prop_map(
                         move |(opcode, data, c2s, index, fin, route_id, ip)| {
                             Event::WebSocketFrame(WebSocketFrameEvent {
-                                correlation_id: c.clone(),
+                                correlation_id: c.clone().into(),
                                 opcode,
                                 data: Bytes::from(data),
                                 client_to_server: c2s,
                                 frame_index: index,
                                 fin,
-                                route_id,
-                                client_ip: ip,
+                                route_id: route_id.map(Into::into),
+                                client_ip: ip.into(),
                             })
                         },
                     )
@@ -248,12 +248,12 @@ fn event() -> impl Strategy<Value = Event> {
                     .prop_map(
                         move |(inspection_type, content, model, categories, route_id, metadata)| {
                             Event::GuardrailInspect(GuardrailInspectEvent {
-                                correlation_id: c.clone(),
+                                correlation_id: c.clone().into(),
                                 inspection_type,
-                                content,
-                                model,
+                                content: content.into(),
+                                model: model.map(Into::into),
                                 categories,
-                                route_id,
+                                route_id: route_id.map(Into::into),
                                 metadata,
                             })
                         },
@@ -261,9 +261,9 @@ fn event() -> impl Strategy<Value = Event> {
             },
             (json_value(), option::of(text())).prop_map(move |(config, config_version)| {
                 Event::Configure(ConfigureEvent {
-                    correlation_id: cid.clone(),
+                    correlation_id: cid.clone().into(),
                     config,
-                    config_version,
+                    config_version: config_version.map(Into::into),
                 })
             }),
         ]
@@ -549,7 +549,7 @@ proptest! {
 
     #[test]
     fn every_event_round_trips(event in event()) {
-        prop_assert_eq!(agent_side(Outgoing::Event(event.clone())), AgentIncoming::Event(event));
+        prop_assert_eq!(agent_side(Outgoing::Event(event.clone())), AgentIncoming::from(event));
     }
 
     #[test]

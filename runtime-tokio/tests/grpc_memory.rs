@@ -64,7 +64,7 @@ fn rss() -> usize {
 
 fn chunk(i: usize) -> ProxyToAgent {
     ProxyToAgent::from(Event::RequestBodyChunk(RequestBodyChunkEvent(BodyChunk {
-        correlation_id: format!("held-{i}"),
+        correlation_id: format!("held-{i}").into(),
         data: Bytes::from(vec![b'a'; CHUNK]),
         ..Default::default()
     })))

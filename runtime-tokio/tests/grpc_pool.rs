@@ -73,7 +73,7 @@ async fn the_pool_carries_every_event_over_grpc_with_affinity() {
             .send_response_headers(
                 "waf",
                 ResponseHeadersEvent {
-                    correlation_id: cid.clone(),
+                    correlation_id: cid.clone().into(),
                     status: 200,
                     headers: Headers::from_iter([("content-type", "text/html")]),
                 },
@@ -88,7 +88,7 @@ async fn the_pool_carries_every_event_over_grpc_with_affinity() {
             .send_request_complete(
                 "waf",
                 RequestCompleteEvent {
-                    correlation_id: cid.clone(),
+                    correlation_id: cid.clone().into(),
                     status: 200,
                     ..Default::default()
                 },

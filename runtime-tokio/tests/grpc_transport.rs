@@ -123,7 +123,7 @@ async fn one_mib_body_in_chunks_and_an_eight_mib_message() {
         for (i, c) in chunks.iter().enumerate() {
             sent += c.len() as u64;
             let ev = Event::RequestBodyChunk(RequestBodyChunkEvent(BodyChunk {
-                correlation_id: cid.clone(),
+                correlation_id: cid.clone().into(),
                 data: Bytes::copy_from_slice(c),
                 is_last: i + 1 == chunks.len(),
                 total_size: Some(body.len() as u64),

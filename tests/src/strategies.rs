@@ -84,18 +84,18 @@ pub fn metadata(
                 (tls_version, tls_cipher, route_id, upstream_id, timestamp),
                 traceparent,
             )| RequestMetadata {
-                correlation_id,
-                request_id,
-                client_ip,
+                correlation_id: correlation_id.into(),
+                request_id: request_id.into(),
+                client_ip: client_ip.into(),
                 client_port,
-                server_name,
-                protocol,
-                tls_version,
-                tls_cipher,
-                route_id,
-                upstream_id,
-                timestamp,
-                traceparent,
+                server_name: server_name.map(Into::into),
+                protocol: protocol.into(),
+                tls_version: tls_version.map(Into::into),
+                tls_cipher: tls_cipher.map(Into::into),
+                route_id: route_id.map(Into::into),
+                upstream_id: upstream_id.map(Into::into),
+                timestamp: timestamp.into(),
+                traceparent: traceparent.map(Into::into),
             },
         )
 }
@@ -114,7 +114,7 @@ pub fn request_headers_with(
         .prop_map(|(meta, method, uri, headers, top)| {
             let mut event = RequestHeadersEvent::new(meta, method, uri, headers);
             if let Some(top) = top {
-                event.correlation_id = top;
+                event.correlation_id = top.into();
             }
             event
         })
@@ -136,7 +136,7 @@ pub fn body_chunk() -> impl Strategy<Value = BodyChunk> {
         .prop_map(
             |(correlation_id, data, is_last, total_size, chunk_index, bytes_transferred)| {
                 BodyChunk {
-                    correlation_id,
+                    correlation_id: correlation_id.into(),
                     data,
                     is_last,
                     total_size,
@@ -150,7 +150,7 @@ pub fn body_chunk() -> impl Strategy<Value = BodyChunk> {
 pub fn response_headers() -> impl Strategy<Value = ResponseHeadersEvent> {
     (text(), any::<u16>(), headers()).prop_map(|(correlation_id, status, headers)| {
         ResponseHeadersEvent {
-            correlation_id,
+            correlation_id: correlation_id.into(),
             status,
             headers,
         }
@@ -177,13 +177,13 @@ pub fn request_complete() -> impl Strategy<Value = RequestCompleteEvent> {
                 upstream_attempts,
                 error,
             )| RequestCompleteEvent {
-                correlation_id,
+                correlation_id: correlation_id.into(),
                 status,
                 duration_ms,
                 request_body_size,
                 response_body_size,
                 upstream_attempts,
-                error,
+                error: error.map(Into::into),
             },
         )
 }
@@ -213,14 +213,14 @@ pub fn websocket_frame() -> impl Strategy<Value = WebSocketFrameEvent> {
         .prop_map(
             |(correlation_id, opcode, data, client_to_server, frame_index, fin, route_id, ip)| {
                 WebSocketFrameEvent {
-                    correlation_id,
+                    correlation_id: correlation_id.into(),
                     opcode,
                     data,
                     client_to_server,
                     frame_index,
                     fin,
-                    route_id,
-                    client_ip: ip,
+                    route_id: route_id.map(Into::into),
+                    client_ip: ip.into(),
                 }
             },
         )
@@ -242,12 +242,12 @@ pub fn guardrail_inspect() -> impl Strategy<Value = GuardrailInspectEvent> {
         .prop_map(
             |(correlation_id, inspection_type, content, model, categories, route_id, metadata)| {
                 GuardrailInspectEvent {
-                    correlation_id,
+                    correlation_id: correlation_id.into(),
                     inspection_type,
-                    content,
-                    model,
+                    content: content.into(),
+                    model: model.map(Into::into),
                     categories,
-                    route_id,
+                    route_id: route_id.map(Into::into),
                     metadata,
                 }
             },
@@ -257,9 +257,9 @@ pub fn guardrail_inspect() -> impl Strategy<Value = GuardrailInspectEvent> {
 pub fn configure() -> impl Strategy<Value = ConfigureEvent> {
     (text(), json_value(), opt_text()).prop_map(|(correlation_id, config, config_version)| {
         ConfigureEvent {
-            correlation_id,
+            correlation_id: correlation_id.into(),
             config,
-            config_version,
+            config_version: config_version.map(Into::into),
         }
     })
 }

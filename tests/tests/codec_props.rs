@@ -342,30 +342,35 @@ fn ref_headers(headers: &Headers) -> HashMap<String, Vec<String>> {
     headers
         .entries()
         .iter()
-        .map(|e| (e.name.clone(), e.values.to_vec()))
+        .map(|e| {
+            (
+                e.name.to_string(),
+                e.values.iter().map(|v| v.to_string()).collect(),
+            )
+        })
         .collect()
 }
 
 fn ref_request_headers(e: &RequestHeadersEvent) -> RefRequestHeaders {
     let m = &e.metadata;
     RefRequestHeaders {
-        correlation_id: e.correlation_id.clone(),
+        correlation_id: e.correlation_id.to_string(),
         metadata: RefRequestMetadata {
-            correlation_id: m.correlation_id.clone(),
-            request_id: m.request_id.clone(),
-            client_ip: m.client_ip.clone(),
+            correlation_id: m.correlation_id.to_string(),
+            request_id: m.request_id.to_string(),
+            client_ip: m.client_ip.to_string(),
             client_port: m.client_port,
-            server_name: m.server_name.clone(),
-            protocol: m.protocol.clone(),
-            tls_version: m.tls_version.clone(),
-            tls_cipher: m.tls_cipher.clone(),
-            route_id: m.route_id.clone(),
-            upstream_id: m.upstream_id.clone(),
-            timestamp: m.timestamp.clone(),
-            traceparent: m.traceparent.clone(),
+            server_name: m.server_name.clone().map(Into::into),
+            protocol: m.protocol.to_string(),
+            tls_version: m.tls_version.clone().map(Into::into),
+            tls_cipher: m.tls_cipher.clone().map(Into::into),
+            route_id: m.route_id.clone().map(Into::into),
+            upstream_id: m.upstream_id.clone().map(Into::into),
+            timestamp: m.timestamp.to_string(),
+            traceparent: m.traceparent.clone().map(Into::into),
         },
-        method: e.method.clone(),
-        uri: e.uri.clone(),
+        method: e.method.to_string(),
+        uri: e.uri.to_string(),
         headers: ref_headers(&e.headers),
     }
 }
@@ -475,7 +480,7 @@ proptest! {
     #[test]
     fn reference_decodes_request_body_chunks(chunk in body_chunk()) {
         let expected = RefRequestBodyChunk {
-            correlation_id: chunk.correlation_id.clone(),
+            correlation_id: chunk.correlation_id.to_string(),
             data: StrictBody(chunk.data.to_vec()),
             is_last: chunk.is_last,
             total_size: chunk.total_size,
@@ -492,7 +497,7 @@ proptest! {
     #[test]
     fn reference_decodes_response_headers(event in response_headers()) {
         let expected = RefResponseHeaders {
-            correlation_id: event.correlation_id.clone(),
+            correlation_id: event.correlation_id.to_string(),
             status: event.status,
             headers: ref_headers(&event.headers),
         };
@@ -506,13 +511,13 @@ proptest! {
     #[test]
     fn reference_decodes_request_complete(event in request_complete()) {
         let expected = RefRequestComplete {
-            correlation_id: event.correlation_id.clone(),
+            correlation_id: event.correlation_id.to_string(),
             status: event.status,
             duration_ms: event.duration_ms,
             request_body_size: event.request_body_size,
             response_body_size: event.response_body_size,
             upstream_attempts: event.upstream_attempts,
-            error: event.error.clone(),
+            error: event.error.clone().map(Into::into),
         };
         let event = Event::RequestComplete(event);
         for encoding in ENCODINGS {

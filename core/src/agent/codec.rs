@@ -262,8 +262,8 @@ impl AgentCodec {
         let payload = &frame.payload;
         let message = match frame.frame_type {
             ty if ty.is_event() => {
-                match encoding::decode_event_with_limits(ty, encoding, payload, self.limits)? {
-                    Ok(event) => AgentIncoming::Event(event),
+                match encoding::decode_shared_event(ty, encoding, payload, self.limits)? {
+                    Ok((event, shared)) => AgentIncoming::Event { event, shared },
                     Err(error) => AgentIncoming::MalformedEvent {
                         correlation_id: encoding::salvage_correlation_id(encoding, payload),
                         error,

@@ -62,7 +62,7 @@ enum State {
 ///
 /// // An event arrives; the application answers it.
 /// let event = Event::RequestComplete(RequestCompleteEvent { correlation_id: "c1".into(), ..Default::default() });
-/// agent.handle_message(now, AgentIncoming::Event(event));
+/// agent.handle_message(now, AgentIncoming::from(event));
 /// let Some(AgentEvent::Request { id, .. }) = agent.poll_event() else { panic!() };
 /// agent.respond(id, AgentResponse::allow()).unwrap();
 /// match agent.poll_message() {
@@ -222,7 +222,7 @@ impl AgentConnection {
         match message {
             AgentIncoming::Handshake(request) => self.on_handshake(request),
             AgentIncoming::Registered(response) => self.on_registered(response),
-            AgentIncoming::Event(event) => self.on_event(event),
+            AgentIncoming::Event { event, shared } => self.on_event(event, shared),
             AgentIncoming::MalformedEvent {
                 correlation_id: Some(correlation_id),
                 error,
@@ -280,7 +280,7 @@ impl AgentConnection {
 
     /// Holds an event to the limits, then tracks it and hands it to the application, or answers
     /// it at once with a block.
-    fn on_event(&mut self, event: Event) {
+    fn on_event(&mut self, event: Event, shared: usize) {
         let frame_type = event.frame_type();
         let encoding = self.encoding.unwrap_or_default();
         if matches!(self.state, State::Handshaking(_) | State::Registering(_)) {
@@ -324,7 +324,7 @@ impl AgentConnection {
             }
             return;
         }
-        let bytes = event_weight(&event, header_bytes);
+        let bytes = event_weight(&event, header_bytes) + shared;
         let id = self.next_id;
         self.next_id = id.next();
         let correlation_id = event.correlation_id().to_owned();
@@ -541,7 +541,7 @@ impl AgentConnection {
     /// # while agent.poll_event().is_some() {}
     /// let chunk = BodyChunk { correlation_id: "c1".into(), data: vec![0; 4096].into(), ..Default::default() };
     /// let event = Event::RequestBodyChunk(RequestBodyChunkEvent(chunk));
-    /// agent.handle_message(now, agent_protocol_core::agent::AgentIncoming::Event(event));
+    /// agent.handle_message(now, agent_protocol_core::agent::AgentIncoming::from(event));
     /// let Some(AgentEvent::Request { id, .. }) = agent.poll_event() else { panic!() };
     /// assert!(agent.in_flight_bytes() >= 4096);
     /// agent.respond(id, AgentResponse::allow()).unwrap();
@@ -626,9 +626,9 @@ impl AgentConnection {
     }
 }
 
-/// What an event weighs in [`AgentConnection::in_flight_bytes`]: the bytes it holds on the heap
-/// that the sender chose (correlation id, header names and values, body, URI, inspected text,
-/// configuration), not counting per-allocation overhead. `header_bytes` is the second half of
+/// What an event weighs in [`AgentConnection::in_flight_bytes`], before the payload it shares:
+/// the bytes of what the sender chose (correlation id, header names and values, body, URI,
+/// inspected text, configuration), not counting per-allocation overhead. `header_bytes` is the second half of
 /// [`Event::header_load`], already computed by the caller.
 fn event_weight(event: &Event, header_bytes: usize) -> usize {
     let strings = |v: &[String]| v.iter().map(String::len).sum::<usize>();

@@ -9,6 +9,8 @@ use crate::handshake::{HandshakeRequest, Negotiated};
 use crate::request_id::RequestId;
 
 /// What the connection has to tell the application.
+// Requests dominate; boxing them would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum AgentEvent {

@@ -22,7 +22,14 @@ pub enum AgentIncoming {
     /// The proxy's answer to a reverse connection's registration.
     Registered(RegistrationResponse),
     /// An event to answer.
-    Event(Event),
+    Event {
+        /// The event.
+        event: Event,
+        /// Bytes of the received payload that the event's strings share and keep alive beyond
+        /// its own fields (0 when it owns them all), weighed with it in
+        /// [`AgentConnection::in_flight_bytes`](super::AgentConnection::in_flight_bytes).
+        shared: usize,
+    },
     /// An event the transport could not turn into an [`Event`]. With a correlation id it is
     /// answered fail-closed (a block; its status and reason code follow `error.limit`); without
     /// one the connection closes, so the proxy fails everything at once instead of waiting out
@@ -68,4 +75,11 @@ pub enum AgentOutgoing {
     Metrics(MetricsReport),
     /// Configuration update request.
     ConfigUpdate(ConfigUpdateRequest),
+}
+
+impl From<Event> for AgentIncoming {
+    /// An event that owns its strings.
+    fn from(event: Event) -> Self {
+        AgentIncoming::Event { event, shared: 0 }
+    }
 }

@@ -11,7 +11,9 @@ use super::*;
 use crate::control::{
     Cancel, CancelReason, ConfigUpdateRequest, FlowControl, HealthStatus, MetricsReport, Ping,
 };
-use crate::encoding::{self, decode_payload, encode_event, DecodeError, Encoding};
+use crate::encoding::{
+    self, decode_payload, encode_event, DecodeError, Encoding, SHARED_PAYLOAD_MAX,
+};
 use crate::error::ConnectionError;
 use crate::event::{
     BodyChunk, ConfigureEvent, Event, GuardrailInspectEvent, GuardrailInspectionType,
@@ -1243,7 +1245,7 @@ fn answered(out: &[AgentOutgoing]) -> Vec<(&str, &AgentResponse)> {
 fn messages_every_event_is_answered_with_the_id_beside_and_audit_untouched() {
     let mut conn = message_established(AgentConfig::default());
     for event in every_event("m-1") {
-        conn.handle_message(t0(), AgentIncoming::Event(event));
+        conn.handle_message(t0(), AgentIncoming::from(event));
     }
     let evs = events(&mut conn);
     assert_eq!(evs.len(), 8);
@@ -1278,7 +1280,7 @@ fn messages_every_event_is_answered_with_the_id_beside_and_audit_untouched() {
 #[test]
 fn messages_events_before_the_handshake_get_an_error_answer_not_silence() {
     let mut conn = AgentConnection::new(messages_config(AgentConfig::default()), t0());
-    conn.handle_message(t0(), AgentIncoming::Event(complete("early")));
+    conn.handle_message(t0(), AgentIncoming::from(complete("early")));
     conn.handle_message(
         t0(),
         AgentIncoming::Ping(Ping {
@@ -1332,7 +1334,7 @@ fn messages_version_mismatch_is_refused_and_closes() {
             HandshakeError::VersionMismatch { .. }
         ))]
     ));
-    conn.handle_message(t0(), AgentIncoming::Event(complete("x")));
+    conn.handle_message(t0(), AgentIncoming::from(complete("x")));
     assert!(messages(&mut conn).is_empty());
 }
 
@@ -1359,8 +1361,8 @@ fn messages_handshake_deadline_and_second_handshake() {
 #[test]
 fn messages_cancel_drops_the_request_and_its_answer() {
     let mut conn = message_established(AgentConfig::default());
-    conn.handle_message(t0(), AgentIncoming::Event(complete("c1")));
-    conn.handle_message(t0(), AgentIncoming::Event(complete("c2")));
+    conn.handle_message(t0(), AgentIncoming::from(complete("c1")));
+    conn.handle_message(t0(), AgentIncoming::from(complete("c2")));
     let evs = events(&mut conn);
     conn.handle_message(
         t0(),
@@ -1435,8 +1437,8 @@ fn messages_malformed_events_fail_closed_or_close() {
 fn messages_overload_and_control_messages() {
     let config = AgentConfig::default().with_max_in_flight(1);
     let mut conn = message_established(config);
-    conn.handle_message(t0(), AgentIncoming::Event(complete("a")));
-    conn.handle_message(t0(), AgentIncoming::Event(complete("b")));
+    conn.handle_message(t0(), AgentIncoming::from(complete("a")));
+    conn.handle_message(t0(), AgentIncoming::from(complete("b")));
     let out = messages(&mut conn);
     let [(cid, r)] = &answered(&out)[..] else {
         panic!("{out:?}")
@@ -1589,9 +1591,9 @@ fn an_event_without_a_correlation_id_is_blocked_never_handed_over() {
 #[test]
 fn message_transports_apply_the_same_refusals() {
     let mut conn = message_established(tight());
-    conn.handle_message(t0(), AgentIncoming::Event(many_headers("big", 5)));
-    conn.handle_message(t0(), AgentIncoming::Event(complete("")));
-    conn.handle_message(t0(), AgentIncoming::Event(many_headers("ok", 4)));
+    conn.handle_message(t0(), AgentIncoming::from(many_headers("big", 5)));
+    conn.handle_message(t0(), AgentIncoming::from(complete("")));
+    conn.handle_message(t0(), AgentIncoming::from(many_headers("ok", 4)));
     let out = messages(&mut conn);
     let got = answered(&out);
     assert_eq!(got.len(), 2, "{out:?}");
@@ -1641,8 +1643,17 @@ fn in_flight_bytes_count_admitted_payloads_until_answered_or_cancelled() {
             .zip([1000, 20_000, 300])
             .map(|(cid, len)| event_frame(encoding, &body_chunk(cid, len)))
             .collect();
-        // What each event holds: its correlation id and its body.
-        let payload = |i: usize| 1 + [1000, 20_000, 300][i];
+        // What each event holds: its correlation id and its body, and the copy of its payload
+        // that its strings share when the payload is small enough to be shared.
+        let shared = |i: usize| {
+            let len = frames[i].len() - 5;
+            if len <= SHARED_PAYLOAD_MAX {
+                len
+            } else {
+                0
+            }
+        };
+        let payload = |i: usize| 1 + [1000, 20_000, 300][i] + shared(i);
         let mut expected = 0;
         let mut ids = Vec::new();
         for (i, frame) in frames.iter().enumerate() {
@@ -1689,7 +1700,8 @@ fn refused_events_weigh_nothing() {
     let first = event_frame(Encoding::Json, &body_chunk("kept", 5000));
     conn.handle_input(t0(), &first);
     let held = conn.in_flight_bytes();
-    assert_eq!(held, "kept".len() + 5000);
+    // The id, the body, and the payload copy the id shares.
+    assert_eq!(held, "kept".len() + 5000 + first.len() - 5);
     // Over max_in_flight (answered 503), malformed (500), unknown type: none is tracked.
     conn.handle_input(
         t0(),
@@ -1731,24 +1743,24 @@ fn a_local_close_or_an_unencodable_answer_releases_the_bytes() {
 #[test]
 fn message_transports_weigh_events_by_their_contents() {
     let mut conn = message_established(AgentConfig::default());
-    conn.handle_message(t0(), AgentIncoming::Event(body_chunk("c1", 10_000)));
+    conn.handle_message(t0(), AgentIncoming::from(body_chunk("c1", 10_000)));
     let mut guard = GuardrailInspectEvent {
         correlation_id: "c2".into(),
-        content: "x".repeat(3000),
+        content: "x".repeat(3000).into(),
         ..Default::default()
     };
     guard.categories = vec!["pii".into(); 10];
-    conn.handle_message(t0(), AgentIncoming::Event(Event::GuardrailInspect(guard)));
+    conn.handle_message(t0(), AgentIncoming::from(Event::GuardrailInspect(guard)));
     let config = serde_json::json!({"rules": "y".repeat(2000)});
     conn.handle_message(
         t0(),
-        AgentIncoming::Event(Event::Configure(ConfigureEvent {
+        AgentIncoming::from(Event::Configure(ConfigureEvent {
             correlation_id: "c3".into(),
             config,
             config_version: None,
         })),
     );
-    conn.handle_message(t0(), AgentIncoming::Event(many_headers("c4", 100)));
+    conn.handle_message(t0(), AgentIncoming::from(many_headers("c4", 100)));
     let ids = request_ids(&events(&mut conn));
     assert_eq!(ids.len(), 4);
     let mut weights = Vec::new();

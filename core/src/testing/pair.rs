@@ -248,7 +248,7 @@ impl Pair {
 fn to_agent(message: ProxyOutgoing) -> AgentIncoming {
     match message {
         ProxyOutgoing::Handshake(h) => AgentIncoming::Handshake(h),
-        ProxyOutgoing::Event(e) => AgentIncoming::Event(e),
+        ProxyOutgoing::Event(e) => AgentIncoming::from(e),
         ProxyOutgoing::Cancel(c) => AgentIncoming::Cancel(c),
         ProxyOutgoing::Ping(p) => AgentIncoming::Ping(p),
     }

@@ -13,32 +13,32 @@ use agent_protocol_core::{
 // ----- events: core -> proto -------------------------------------------------------------------
 
 fn metadata_to_proto(m: RequestMetadata, correlation_id: String) -> v2::RequestMetadata {
-    let (timestamp_ms, timestamp) = timestamp_to_proto(m.timestamp);
+    let (timestamp_ms, timestamp) = timestamp_to_proto(m.timestamp.into());
     v2::RequestMetadata {
         correlation_id,
-        request_id: m.request_id,
-        client_ip: m.client_ip,
+        request_id: m.request_id.into(),
+        client_ip: m.client_ip.into(),
         client_port: u32::from(m.client_port),
-        server_name: m.server_name,
-        protocol: m.protocol,
-        tls_version: m.tls_version,
-        route_id: m.route_id,
-        upstream_id: m.upstream_id,
+        server_name: m.server_name.map(Into::into),
+        protocol: m.protocol.into(),
+        tls_version: m.tls_version.map(Into::into),
+        route_id: m.route_id.map(Into::into),
+        upstream_id: m.upstream_id.map(Into::into),
         timestamp_ms,
-        traceparent: m.traceparent,
-        tls_cipher: m.tls_cipher,
+        traceparent: m.traceparent.map(Into::into),
+        tls_cipher: m.tls_cipher.map(Into::into),
         timestamp,
     }
 }
 
 impl From<RequestHeadersEvent> for v2::RequestHeadersEvent {
     fn from(e: RequestHeadersEvent) -> Self {
-        let metadata = metadata_to_proto(e.metadata, e.correlation_id);
+        let metadata = metadata_to_proto(e.metadata, e.correlation_id.into());
         v2::RequestHeadersEvent {
             http_version: metadata.protocol.clone(),
             metadata: Some(metadata),
-            method: e.method,
-            uri: e.uri,
+            method: e.method.into(),
+            uri: e.uri.into(),
             headers: headers_to_proto(e.headers),
         }
     }
@@ -46,7 +46,7 @@ impl From<RequestHeadersEvent> for v2::RequestHeadersEvent {
 
 fn chunk_to_proto(c: BodyChunk) -> v2::BodyChunkEvent {
     v2::BodyChunkEvent {
-        correlation_id: c.correlation_id,
+        correlation_id: c.correlation_id.into(),
         chunk_index: c.chunk_index,
         data: c.data,
         is_last: c.is_last,
@@ -60,7 +60,7 @@ fn chunk_to_proto(c: BodyChunk) -> v2::BodyChunkEvent {
 impl From<ResponseHeadersEvent> for v2::ResponseHeadersEvent {
     fn from(e: ResponseHeadersEvent) -> Self {
         v2::ResponseHeadersEvent {
-            correlation_id: e.correlation_id,
+            correlation_id: e.correlation_id.into(),
             status_code: u32::from(e.status),
             headers: headers_to_proto(e.headers),
         }
@@ -70,14 +70,14 @@ impl From<ResponseHeadersEvent> for v2::ResponseHeadersEvent {
 impl From<RequestCompleteEvent> for v2::RequestCompleteEvent {
     fn from(e: RequestCompleteEvent) -> Self {
         v2::RequestCompleteEvent {
-            correlation_id: e.correlation_id,
+            correlation_id: e.correlation_id.into(),
             status_code: u32::from(e.status),
             duration_ms: e.duration_ms,
             bytes_received: e.request_body_size,
             bytes_sent: e.response_body_size,
             upstream: None,
             from_cache: false,
-            error: e.error,
+            error: e.error.map(Into::into),
             upstream_attempts: e.upstream_attempts,
         }
     }
@@ -98,15 +98,15 @@ fn frame_type_of(opcode: WebSocketOpcode) -> v2::web_socket_frame_event::FrameTy
 impl From<WebSocketFrameEvent> for v2::WebSocketFrameEvent {
     fn from(e: WebSocketFrameEvent) -> Self {
         v2::WebSocketFrameEvent {
-            correlation_id: e.correlation_id,
+            correlation_id: e.correlation_id.into(),
             client_to_server: e.client_to_server,
             frame_type: frame_type_of(e.opcode) as i32,
             payload: e.data,
             opcode: Some(u32::from(e.opcode.as_u8())),
             frame_index: e.frame_index,
             fin: Some(e.fin),
-            route_id: e.route_id,
-            client_ip: e.client_ip,
+            route_id: e.route_id.map(Into::into),
+            client_ip: e.client_ip.into(),
         }
     }
 }
@@ -120,14 +120,14 @@ impl From<GuardrailInspectEvent> for v2::GuardrailInspectEvent {
             GuardrailInspectionType::PiiDetection => v2::GuardrailInspectionType::PiiDetection,
         };
         v2::GuardrailInspectEvent {
-            correlation_id: e.correlation_id,
-            content: e.content,
+            correlation_id: e.correlation_id.into(),
+            content: e.content.into(),
             content_type: v2::GuardrailContentType::Unspecified as i32,
-            model: e.model,
+            model: e.model.map(Into::into),
             context_json: String::new(),
             inspection_type: inspection_type as i32,
             categories: e.categories,
-            route_id: e.route_id,
+            route_id: e.route_id.map(Into::into),
             metadata: e.metadata,
         }
     }
@@ -137,10 +137,10 @@ impl From<ConfigureEvent> for v2::ConfigureEvent {
     fn from(e: ConfigureEvent) -> Self {
         v2::ConfigureEvent {
             config_json: e.config.to_string(),
-            config_version: e.config_version,
+            config_version: e.config_version.map(Into::into),
             is_initial: false,
             timestamp_ms: 0,
-            correlation_id: e.correlation_id,
+            correlation_id: e.correlation_id.into(),
         }
     }
 }
@@ -175,18 +175,18 @@ fn metadata_from_proto(m: v2::RequestMetadata) -> Result<RequestMetadata, Conver
     let client_port = u16_field("RequestMetadata", "client_port", m.client_port)
         .map_err(|e| e.with_id(&m.correlation_id))?;
     Ok(RequestMetadata {
-        correlation_id: m.correlation_id,
-        request_id: m.request_id,
-        client_ip: m.client_ip,
+        correlation_id: m.correlation_id.into(),
+        request_id: m.request_id.into(),
+        client_ip: m.client_ip.into(),
         client_port,
-        server_name: m.server_name,
-        protocol: m.protocol,
-        tls_version: m.tls_version,
-        tls_cipher: m.tls_cipher,
-        route_id: m.route_id,
-        upstream_id: m.upstream_id,
-        timestamp: timestamp_from_proto(m.timestamp_ms, m.timestamp),
-        traceparent: m.traceparent,
+        server_name: m.server_name.map(Into::into),
+        protocol: m.protocol.into(),
+        tls_version: m.tls_version.map(Into::into),
+        tls_cipher: m.tls_cipher.map(Into::into),
+        route_id: m.route_id.map(Into::into),
+        upstream_id: m.upstream_id.map(Into::into),
+        timestamp: timestamp_from_proto(m.timestamp_ms, m.timestamp).into(),
+        traceparent: m.traceparent.map(Into::into),
     })
 }
 
@@ -202,13 +202,13 @@ impl TryFrom<v2::RequestHeadersEvent> for RequestHeadersEvent {
         };
         let mut metadata = metadata_from_proto(metadata)?;
         if metadata.protocol.is_empty() {
-            metadata.protocol = e.http_version;
+            metadata.protocol = e.http_version.into();
         }
         Ok(RequestHeadersEvent {
             correlation_id: metadata.correlation_id.clone(),
             metadata,
-            method: e.method,
-            uri: e.uri,
+            method: e.method.into(),
+            uri: e.uri.into(),
             headers: headers_from_proto(e.headers),
         })
     }
@@ -216,7 +216,7 @@ impl TryFrom<v2::RequestHeadersEvent> for RequestHeadersEvent {
 
 fn chunk_from_proto(c: v2::BodyChunkEvent) -> BodyChunk {
     BodyChunk {
-        correlation_id: c.correlation_id,
+        correlation_id: c.correlation_id.into(),
         data: c.data,
         is_last: c.is_last,
         total_size: c.total_size,
@@ -232,7 +232,7 @@ impl TryFrom<v2::ResponseHeadersEvent> for ResponseHeadersEvent {
         let status = u16_field("ResponseHeadersEvent", "status_code", e.status_code)
             .map_err(|err| err.with_id(&e.correlation_id))?;
         Ok(ResponseHeadersEvent {
-            correlation_id: e.correlation_id,
+            correlation_id: e.correlation_id.into(),
             status,
             headers: headers_from_proto(e.headers),
         })
@@ -246,13 +246,13 @@ impl TryFrom<v2::RequestCompleteEvent> for RequestCompleteEvent {
         let status = u16_field("RequestCompleteEvent", "status_code", e.status_code)
             .map_err(|err| err.with_id(&e.correlation_id))?;
         Ok(RequestCompleteEvent {
-            correlation_id: e.correlation_id,
+            correlation_id: e.correlation_id.into(),
             status,
             duration_ms: e.duration_ms,
             request_body_size: e.bytes_received,
             response_body_size: e.bytes_sent,
             upstream_attempts: e.upstream_attempts,
-            error: e.error,
+            error: e.error.map(Into::into),
         })
     }
 }
@@ -284,14 +284,14 @@ impl TryFrom<v2::WebSocketFrameEvent> for WebSocketFrameEvent {
             .with_id(&e.correlation_id));
         };
         Ok(WebSocketFrameEvent {
-            correlation_id: e.correlation_id,
+            correlation_id: e.correlation_id.into(),
             opcode,
             data: e.payload,
             client_to_server: e.client_to_server,
             frame_index: e.frame_index,
             fin: e.fin.unwrap_or(true),
-            route_id: e.route_id,
-            client_ip: e.client_ip,
+            route_id: e.route_id.map(Into::into),
+            client_ip: e.client_ip.into(),
         })
     }
 }
@@ -303,12 +303,12 @@ impl From<v2::GuardrailInspectEvent> for GuardrailInspectEvent {
             _ => GuardrailInspectionType::PromptInjection,
         };
         GuardrailInspectEvent {
-            correlation_id: e.correlation_id,
+            correlation_id: e.correlation_id.into(),
             inspection_type,
-            content: e.content,
-            model: e.model,
+            content: e.content.into(),
+            model: e.model.map(Into::into),
             categories: e.categories,
-            route_id: e.route_id,
+            route_id: e.route_id.map(Into::into),
             metadata: e.metadata,
         }
     }
@@ -321,9 +321,9 @@ impl TryFrom<v2::ConfigureEvent> for ConfigureEvent {
         let config = json_text("ConfigureEvent", &e.config_json)
             .map_err(|err| err.with_id(&e.correlation_id))?;
         Ok(ConfigureEvent {
-            correlation_id: e.correlation_id,
+            correlation_id: e.correlation_id.into(),
             config,
-            config_version: e.config_version,
+            config_version: e.config_version.map(Into::into),
         })
     }
 }

@@ -5,11 +5,10 @@ use agent_protocol_core::Headers;
 
 pub(super) fn headers_to_proto(headers: Headers) -> Vec<v2::Header> {
     let mut out = Vec::with_capacity(headers.value_count());
-    out.extend(
-        headers
-            .into_flat()
-            .map(|(name, value)| v2::Header { name, value }),
-    );
+    out.extend(headers.into_flat().map(|(name, value)| v2::Header {
+        name: name.into(),
+        value: value.into(),
+    }));
     out
 }
 

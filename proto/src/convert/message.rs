@@ -73,7 +73,7 @@ impl From<v2::ProxyToAgent> for ProxyMessage {
                 // Every remaining variant is an event.
                 let kind = event_kind(&event).unwrap_or(EventKind::RequestHeaders);
                 match event_from_proto(event) {
-                    Ok(event) => AgentIncoming::Event(event),
+                    Ok(event) => AgentIncoming::from(event),
                     Err(e) => AgentIncoming::MalformedEvent {
                         correlation_id: e.correlation_id.clone(),
                         error: DecodeError {

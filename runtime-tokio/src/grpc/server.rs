@@ -235,7 +235,10 @@ impl<H: AgentHandler> AgentServiceV2 for GrpcService<H> {
                     "cancel applies to requests in flight on ProcessStream",
                 ))
             }
-            AgentIncoming::Event(Event::Configure(event)) if event.correlation_id.is_empty() => {
+            AgentIncoming::Event {
+                event: Event::Configure(event),
+                ..
+            } if event.correlation_id.is_empty() => {
                 // The call itself carries the answer: nothing needs correlating.
                 handle.requests_started(1);
                 let _guard = InFlightGuard(handle);
@@ -421,11 +424,10 @@ impl GrpcLink {
     fn on_message(&mut self, message: Option<Result<ProxyToAgent, Status>>) -> Option<Received> {
         match message {
             Some(Ok(message)) => match ProxyMessage::from(message) {
-                ProxyMessage::Protocol(AgentIncoming::Event(Event::Configure(event)))
-                    if event.correlation_id.is_empty() =>
-                {
-                    Some(Received::Unanswered(event))
-                }
+                ProxyMessage::Protocol(AgentIncoming::Event {
+                    event: Event::Configure(event),
+                    ..
+                }) if event.correlation_id.is_empty() => Some(Received::Unanswered(event)),
                 ProxyMessage::Protocol(incoming) => Some(Received::Message(incoming)),
                 ProxyMessage::Unknown => {
                     tracing::debug!("skipped a ProxyToAgent message of unknown type");

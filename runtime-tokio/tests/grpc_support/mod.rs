@@ -275,7 +275,7 @@ impl Drop for AgentProcess {
 pub fn metadata(cid: &str) -> RequestMetadata {
     RequestMetadata {
         correlation_id: cid.into(),
-        request_id: format!("req-{cid}"),
+        request_id: format!("req-{cid}").into(),
         client_ip: "192.0.2.7".into(),
         client_port: 54321,
         server_name: Some("example.com".into()),

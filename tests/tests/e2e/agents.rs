@@ -51,14 +51,14 @@ impl AgentHandler for TestAgent {
                 Timer::after(Duration::from_millis(1)).await;
             }
         }
-        self.answered.lock().unwrap().push(event.uri.clone());
+        self.answered.lock().unwrap().push(event.uri.to_string());
         if event.uri.starts_with("/admin") {
             return AgentResponse::block(403, "admin");
         }
         let mut r = AgentResponse::allow();
         r.request_headers.push(HeaderOp::Set {
             name: "x-seen".into(),
-            value: event.uri.clone(),
+            value: event.uri.to_string(),
         });
         r.request_headers.push(HeaderOp::Remove {
             name: "cookie".into(),

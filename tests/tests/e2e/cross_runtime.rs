@@ -82,7 +82,7 @@ async fn exercise<R: Runtime>(pool: &AgentPool<R>, agent: &str) {
     for (i, c) in chunks.iter().enumerate() {
         sent += c.len() as u64;
         let chunk = RequestBodyChunkEvent(BodyChunk {
-            correlation_id: cid.clone(),
+            correlation_id: cid.clone().into(),
             data: Bytes::copy_from_slice(c),
             is_last: i + 1 == chunks.len(),
             total_size: Some(body.len() as u64),
@@ -97,7 +97,7 @@ async fn exercise<R: Runtime>(pool: &AgentPool<R>, agent: &str) {
         .send_response_headers(
             agent,
             ResponseHeadersEvent {
-                correlation_id: cid.clone(),
+                correlation_id: cid.clone().into(),
                 status: 201,
                 headers: Headers::new(),
             },
@@ -111,7 +111,7 @@ async fn exercise<R: Runtime>(pool: &AgentPool<R>, agent: &str) {
         .send_request_complete(
             agent,
             RequestCompleteEvent {
-                correlation_id: cid.clone(),
+                correlation_id: cid.clone().into(),
                 status: 201,
                 request_body_size: sent,
                 ..Default::default()
@@ -130,7 +130,7 @@ async fn exercise<R: Runtime>(pool: &AgentPool<R>, agent: &str) {
         .send_request_body_chunk(
             agent,
             RequestBodyChunkEvent(BodyChunk {
-                correlation_id: cid.clone(),
+                correlation_id: cid.clone().into(),
                 data: Bytes::from_static(b"some evil payload"),
                 is_last: true,
                 total_size: None,

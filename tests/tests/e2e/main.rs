@@ -58,7 +58,7 @@ impl Harness for Tokio {
             .enable_all()
             .build()
             .expect("tokio runtime")
-            .block_on(future)
+            .block_on(Box::pin(future))
     }
 
     fn tcp_listener(listener: std::net::TcpListener) -> std::io::Result<Self::TcpListener> {
@@ -69,7 +69,9 @@ impl Harness for Tokio {
 
 impl Harness for AsyncStd {
     fn block_on<F: Future>(future: F) -> F::Output {
-        async_std::task::block_on(future)
+        // A scenario is one large future; on the heap, an unoptimised build does not need
+        // more than the test thread's default stack to run it.
+        async_std::task::block_on(Box::pin(future))
     }
 
     fn tcp_listener(listener: std::net::TcpListener) -> std::io::Result<Self::TcpListener> {

@@ -72,7 +72,7 @@ fn cid(i: usize) -> String {
 /// A RequestBodyChunk frame with `CHUNK` bytes of body for `cid(0)`, and where that id sits.
 fn template() -> (Vec<u8>, usize) {
     let event = Event::RequestBodyChunk(RequestBodyChunkEvent(BodyChunk {
-        correlation_id: cid(0),
+        correlation_id: cid(0).into(),
         data: vec![0x5a; CHUNK].into(),
         ..Default::default()
     }));
