@@ -79,15 +79,30 @@ impl ByteStr {
 
     /// Text the decoder read straight out of its input: shared when that input is the frame
     /// being decoded ([`crate::shared_frame`]), copied otherwise.
-    #[allow(unsafe_code)]
     pub(crate) fn decoded(text: &str) -> Self {
         match crate::shared_frame::slice(text.as_bytes()) {
-            // SAFETY: `slice` returns exactly the bytes of `text` (`Bytes::slice_ref` of them),
-            // and `text` is a `str`, so they are UTF-8. Checking them again would cost about
-            // as much as the decoder's own check, on every string of every event.
-            Some(shared) => Self(unsafe { ByteString::from_bytes_unchecked(shared) }),
+            Some(shared) => Self::from_str_bytes(shared),
             None => Self::from(text),
         }
+    }
+
+    /// `payload[range]` as a slice of it, if it is UTF-8 (panics if the range is out of
+    /// bounds). Most header text is ASCII, which is checked a word at a time.
+    pub(crate) fn from_payload(payload: &Bytes, range: std::ops::Range<usize>) -> Option<Self> {
+        let bytes = &payload[range.clone()];
+        if !bytes.is_ascii() {
+            std::str::from_utf8(bytes).ok()?;
+        }
+        Some(Self::from_str_bytes(payload.slice(range)))
+    }
+
+    /// Bytes that are UTF-8: `decoded` slices them from a `str`, `from_payload` checks them
+    /// just before.
+    #[allow(unsafe_code)]
+    fn from_str_bytes(bytes: Bytes) -> Self {
+        // SAFETY: the bytes are those of a `str`, so UTF-8. Checking them again would cost
+        // about as much as the decoder's own check, on every string of every event.
+        Self(unsafe { ByteString::from_bytes_unchecked(bytes) })
     }
 
     /// A copy in its own allocation, so that keeping it does not keep alive the frame the

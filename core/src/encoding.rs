@@ -321,10 +321,34 @@ pub(crate) fn decode_shared_event(
         return decode_event_from(frame_type, encoding, payload, limits).map(|r| r.map(|e| (e, 0)));
     }
     let own = Bytes::copy_from_slice(payload);
+    if frame_type == FrameType::RequestHeaders
+        && effective_encoding(encoding, payload) == Encoding::MsgPack
+    {
+        if let Some(event) = crate::msgpack::request_headers(&own, &limits) {
+            let mut event = Event::RequestHeaders(event);
+            event.normalize();
+            return Some(Ok((event, own.len())));
+        }
+    }
     crate::shared_frame::decode_sharing(&own, || {
         decode_event_from(frame_type, encoding, &own, limits)
     })
     .map(|r| r.map(|e| (e, own.len())))
+}
+
+/// The general decoder alone (sharing a copy of the payload, as `decode_shared_event`), for the
+/// tests that hold the fast paths to it.
+#[cfg(feature = "test-util")]
+pub(crate) fn decode_event_general(
+    frame_type: FrameType,
+    encoding: Encoding,
+    payload: &[u8],
+    limits: MessageLimits,
+) -> Option<Result<Event, DecodeError>> {
+    let own = Bytes::copy_from_slice(payload);
+    crate::shared_frame::decode_sharing(&own, || {
+        decode_event_from(frame_type, encoding, &own, limits)
+    })
 }
 
 fn decode_event_from(

@@ -285,7 +285,7 @@ impl Headers {
     /// apart as the sender wrote them (lower-casing them would lose which value came with which
     /// spelling). Amortised constant time per call, whatever the number of names.
     /// `value_bytes` is the length of `values` together, which callers have at hand.
-    fn push_exact(&mut self, name: ByteStr, values: HeaderValues, value_bytes: usize) {
+    pub(crate) fn push_exact(&mut self, name: ByteStr, values: HeaderValues, value_bytes: usize) {
         self.values += values.len();
         self.bytes += value_bytes;
         // Repeated names usually arrive together: look at the last entry first.

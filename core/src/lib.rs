@@ -1,6 +1,6 @@
 //! Sans-IO core of Agent Protocol v2.
-// One audited exception: `ByteStr::decoded` (strings sliced from a payload the decoder already
-// checked as UTF-8 are not checked twice).
+// One audited exception: `ByteStr::from_str_bytes` (strings sliced from a payload the decoder
+// already checked as UTF-8 are not checked twice).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

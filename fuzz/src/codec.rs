@@ -16,10 +16,11 @@ use agent_protocol_core::encoding::{
 };
 use agent_protocol_core::frame::{Decoded, FrameDecoder, FrameType};
 use agent_protocol_core::handshake::{HandshakeRequest, HandshakeResponse};
+use agent_protocol_core::limits::MessageLimits;
 use agent_protocol_core::registration::{RegistrationRequest, RegistrationResponse};
 use agent_protocol_core::{
-    AgentResponse, Cancel, ConfigUpdateRequest, Encoding, FlowControl, HealthStatus, MetricsReport,
-    Ping,
+    testing, AgentResponse, Cancel, ConfigUpdateRequest, Encoding, Event, FlowControl,
+    HealthStatus, MetricsReport, Ping,
 };
 use bytes::{Bytes, BytesMut};
 use serde::de::DeserializeOwned;
@@ -122,6 +123,7 @@ fn json_view<T: Serialize + Debug>(value: &T) -> serde_json::Value {
 }
 
 fn event(frame_type: FrameType, encoding: Encoding, payload: &[u8]) {
+    fast_path_agrees(frame_type, encoding, payload);
     let Some(Ok(first)) = decode_event(frame_type, encoding, payload) else {
         return;
     };
@@ -139,4 +141,32 @@ fn event(frame_type: FrameType, encoding: Encoding, payload: &[u8]) {
     };
     // Events hold no float outside `serde_json::Value`, so `==` is exact.
     assert_eq!(first, second, "round trip changed the event");
+}
+
+/// Whatever the MessagePack RequestHeaders fast path takes decodes, the general way, to the same
+/// event; and the decoder connections use reaches the general decoder's decision either way.
+fn fast_path_agrees(frame_type: FrameType, encoding: Encoding, payload: &[u8]) {
+    let limits = MessageLimits::default();
+    let general = testing::decode_event_general(frame_type, encoding, payload, limits);
+    let used = decode_event(frame_type, encoding, payload);
+    assert_eq!(
+        used.as_ref().map(|r| r.as_ref().ok()),
+        general.as_ref().map(|r| r.as_ref().ok()),
+        "the decoder in use and the general one disagree"
+    );
+    assert_eq!(
+        used.as_ref().map(Result::is_ok),
+        general.as_ref().map(Result::is_ok)
+    );
+    if frame_type != FrameType::RequestHeaders || encoding != Encoding::MsgPack {
+        return;
+    }
+    if let Some(fast) = testing::fast_request_headers(payload, limits) {
+        let mut fast = Event::RequestHeaders(fast);
+        fast.normalize();
+        match general {
+            Some(Ok(general)) => assert_eq!(fast, general, "the fast path decoded another event"),
+            other => panic!("the fast path took a payload the general decoder refuses: {other:?}"),
+        }
+    }
 }

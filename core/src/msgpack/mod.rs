@@ -34,6 +34,7 @@ mod deserializer;
 mod enums;
 mod error;
 mod header;
+mod request_headers;
 #[cfg(test)]
 mod tests;
 
@@ -41,6 +42,7 @@ use serde::de;
 
 use deserializer::Deserializer;
 pub use error::MsgPackError;
+pub(crate) use request_headers::request_headers;
 
 /// What every step of decoding returns.
 type Result<T> = std::result::Result<T, MsgPackError>;

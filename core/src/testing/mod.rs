@@ -5,6 +5,8 @@
 //! - [`FramedProxy`]: the same for one proxy connection.
 //! - [`Pair`]: a proxy connection and an agent connection wired together in memory with a
 //!   simulated clock (as quinn-proto's `Pair`), over framed bytes or typed messages.
+//! - [`decode_event_general`] and [`fast_request_headers`]: the two event decoders apart, so
+//!   that tests and fuzz targets can hold the fast path to the general one.
 
 mod framed_agent;
 mod framed_proxy;
@@ -13,3 +15,27 @@ mod pair;
 pub use framed_agent::FramedAgent;
 pub use framed_proxy::FramedProxy;
 pub use pair::{Pair, Transport};
+
+use crate::encoding::{DecodeError, Encoding};
+use crate::event::{Event, RequestHeadersEvent};
+use crate::frame::FrameType;
+use crate::limits::MessageLimits;
+
+/// Decodes an event the general way only (serde, every shape and leniency), never through a
+/// fast path: what [`decode_event_with_limits`](crate::encoding::decode_event_with_limits)
+/// must agree with whenever a fast path takes the payload.
+pub fn decode_event_general(
+    frame_type: FrameType,
+    encoding: Encoding,
+    payload: &[u8],
+    limits: MessageLimits,
+) -> Option<Result<Event, DecodeError>> {
+    crate::encoding::decode_event_general(frame_type, encoding, payload, limits)
+}
+
+/// The MessagePack RequestHeaders fast path on its own: `Some` when it takes the payload (a
+/// MessagePack event payload, without its frame header), `None` when it leaves the decision to
+/// the general decoder. The event is not yet normalised (see [`Event::normalize`]).
+pub fn fast_request_headers(payload: &[u8], limits: MessageLimits) -> Option<RequestHeadersEvent> {
+    crate::msgpack::request_headers(&bytes::Bytes::copy_from_slice(payload), &limits)
+}
