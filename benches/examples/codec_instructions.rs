@@ -10,16 +10,16 @@
 //! # (Ir of cg.2000 - Ir of cg.1000) / 1000 = instructions per encode
 //! ```
 //!
-//! Operations: `encode` / `decode` (the 20-header RequestHeaders event through `encode_frame`
-//! / `decode_event`), `encode_response` / `decode_response` (an allow with two header ops),
+//! Operations: `encode` / `decode` (the 20-header RequestHeaders event through `encode_event`
+//! / `decode_event`, what connections use), `encode_response` / `decode_response` (an allow with two header ops),
 //! `clone` (cloning the event). Encodings: `json`, `msgpack`.
 
 use std::hint::black_box;
 
 use agent_protocol_benches::{allow_with_header_ops, request_headers};
-use agent_protocol_core::encoding::{decode_event, decode_payload, encode_frame};
+use agent_protocol_core::encoding::{decode_event, decode_payload, encode_event, encode_frame};
 use agent_protocol_core::frame::FrameType;
-use agent_protocol_core::{AgentResponse, Encoding};
+use agent_protocol_core::{AgentResponse, Encoding, Event};
 use bytes::BytesMut;
 
 fn main() {
@@ -32,6 +32,7 @@ fn main() {
     let n: u64 = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1000);
 
     let event = request_headers("bench-correlation-0001");
+    let wrapped = Event::RequestHeaders(event.clone());
     let response = allow_with_header_ops("bench-correlation-0001");
     let mut out = BytesMut::with_capacity(4096);
     let mut request_frame = BytesMut::new();
@@ -51,8 +52,7 @@ fn main() {
         match op {
             "encode" => {
                 out.clear();
-                encode_frame(&mut out, FrameType::RequestHeaders, enc, black_box(&event))
-                    .expect("encode");
+                encode_event(&mut out, enc, black_box(&wrapped)).expect("encode");
                 black_box(out.len());
             }
             "decode" => {

@@ -1,4 +1,7 @@
-//! The MessagePack RequestHeaders fast path against the general (serde) decoder.
+//! The direct RequestHeaders writers and the MessagePack RequestHeaders reader against the
+//! general (serde) encoder and decoder.
+//!
+//! The writers must produce the general encoder's bytes exactly, in both encodings.
 //!
 //! The fast path must take what our proxy and the reference send, decode it to the event the
 //! general decoder gives, and leave everything else (malformed bytes, other shapes, limits
@@ -8,7 +11,9 @@
 use agent_protocol_core::encoding::{decode_event_with_limits, encode_event};
 use agent_protocol_core::frame::FrameType;
 use agent_protocol_core::limits::{HeaderLimits, MessageLimits};
-use agent_protocol_core::testing::{decode_event_general, fast_request_headers};
+use agent_protocol_core::testing::{
+    decode_event_general, encode_event_general, fast_request_headers,
+};
 use agent_protocol_core::{Encoding, Event};
 use agent_protocol_tests::strategies::request_headers;
 use bytes::BytesMut;
@@ -63,8 +68,71 @@ fn the_reference_s_payload_takes_the_fast_path() {
     assert!(taken > 0, "no MessagePack RequestHeaders vector found");
 }
 
+/// Every length form (fix, 8-, 16- and 32-bit strings; fix and 16-bit maps and arrays) and
+/// every integer form of the port, byte for byte against the general encoder.
+#[test]
+fn writers_match_the_general_encoder_at_every_length_boundary() {
+    use agent_protocol_core::{Headers, RequestHeadersEvent, RequestMetadata};
+    let text = |n: usize| "x".repeat(n);
+    for (i, (port, len)) in [
+        (0u16, 0usize),
+        (127, 31),
+        (128, 32),
+        (255, 255),
+        (256, 256),
+        (65535, 65_536),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut headers = Headers::new();
+        for h in 0..(15 + i) {
+            for v in 0..(if h == 0 { 16 } else { 1 }) {
+                headers.append(format!("h{h}"), format!("{v}\"\u{1}é"));
+            }
+        }
+        let metadata = RequestMetadata {
+            correlation_id: text(len).into(),
+            client_port: port,
+            traceparent: (i % 2 == 0).then(|| text(len).into()),
+            server_name: Some("s\\".into()),
+            ..Default::default()
+        };
+        let event = Event::RequestHeaders(RequestHeadersEvent::new(
+            metadata,
+            "GET",
+            text(len),
+            headers,
+        ));
+        for encoding in [Encoding::Json, Encoding::MsgPack] {
+            let mut direct = BytesMut::new();
+            encode_event(&mut direct, encoding, &event).unwrap();
+            let mut general = BytesMut::new();
+            encode_event_general(&mut general, encoding, &event).unwrap();
+            assert!(
+                direct[..] == general[..],
+                "{encoding}, port {port}, length {len}"
+            );
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The direct writers produce the general encoder's bytes, escapes, non-ASCII text, absent
+    /// options and empty header lists included.
+    #[test]
+    fn writers_produce_the_general_encoder_s_bytes(event in request_headers()) {
+        let event = Event::RequestHeaders(event);
+        for encoding in [Encoding::Json, Encoding::MsgPack] {
+            let mut direct = BytesMut::new();
+            encode_event(&mut direct, encoding, &event).unwrap();
+            let mut general = BytesMut::new();
+            encode_event_general(&mut general, encoding, &event).unwrap();
+            prop_assert_eq!(&direct[..], &general[..], "{}", encoding);
+        }
+    }
 
     /// Everything our proxy sends within the limits is taken, and decodes as the general
     /// decoder decodes it.

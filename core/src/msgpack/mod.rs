@@ -42,7 +42,7 @@ use serde::de;
 
 use deserializer::Deserializer;
 pub use error::MsgPackError;
-pub(crate) use request_headers::request_headers;
+pub(crate) use request_headers::{request_headers, write_request_headers};
 
 /// What every step of decoding returns.
 type Result<T> = std::result::Result<T, MsgPackError>;

@@ -6,7 +6,8 @@
 //! - [`Pair`]: a proxy connection and an agent connection wired together in memory with a
 //!   simulated clock (as quinn-proto's `Pair`), over framed bytes or typed messages.
 //! - [`decode_event_general`] and [`fast_request_headers`]: the two event decoders apart, so
-//!   that tests and fuzz targets can hold the fast path to the general one.
+//!   that tests and fuzz targets can hold the fast path to the general one;
+//!   [`encode_event_general`] likewise for the direct writers.
 
 mod framed_agent;
 mod framed_proxy;
@@ -16,7 +17,7 @@ pub use framed_agent::FramedAgent;
 pub use framed_proxy::FramedProxy;
 pub use pair::{Pair, Transport};
 
-use crate::encoding::{DecodeError, Encoding};
+use crate::encoding::{DecodeError, EncodeError, Encoding};
 use crate::event::{Event, RequestHeadersEvent};
 use crate::frame::FrameType;
 use crate::limits::MessageLimits;
@@ -38,4 +39,14 @@ pub fn decode_event_general(
 /// the general decoder. The event is not yet normalised (see [`Event::normalize`]).
 pub fn fast_request_headers(payload: &[u8], limits: MessageLimits) -> Option<RequestHeadersEvent> {
     crate::msgpack::request_headers(&bytes::Bytes::copy_from_slice(payload), &limits)
+}
+
+/// Encodes an event the general way only (serde), never through a direct writer: the bytes
+/// [`encode_event`](crate::encoding::encode_event) must produce.
+pub fn encode_event_general(
+    out: &mut bytes::BytesMut,
+    encoding: Encoding,
+    event: &Event,
+) -> Result<(), EncodeError> {
+    crate::encoding::encode_event_general(out, encoding, event)
 }
