@@ -331,10 +331,10 @@ pub(crate) fn decode_shared_event(
         return decode_event_from(frame_type, encoding, payload, limits).map(|r| r.map(|e| (e, 0)));
     }
     let own = Bytes::copy_from_slice(payload);
-    if frame_type == FrameType::RequestHeaders
-        && effective_encoding(encoding, payload) == Encoding::MsgPack
-    {
-        if let Some(event) = crate::msgpack::request_headers(&own, &limits) {
+    if frame_type == FrameType::RequestHeaders {
+        if let Some(event) =
+            read_request_headers(effective_encoding(encoding, payload), &own, &limits)
+        {
             let mut event = Event::RequestHeaders(event);
             event.normalize();
             return Some(Ok((event, own.len())));
@@ -344,6 +344,19 @@ pub(crate) fn decode_shared_event(
         decode_event_from(frame_type, encoding, &own, limits)
     })
     .map(|r| r.map(|e| (e, own.len())))
+}
+
+/// The direct RequestHeaders reader of `encoding` (the payload's own): the event, or `None` when
+/// the general decoder must decide.
+pub(crate) fn read_request_headers(
+    encoding: Encoding,
+    payload: &Bytes,
+    limits: &MessageLimits,
+) -> Option<RequestHeadersEvent> {
+    match encoding {
+        Encoding::Json => crate::json_request_headers::read_request_headers(payload, limits),
+        Encoding::MsgPack => crate::msgpack::request_headers(payload, limits),
+    }
 }
 
 /// The general (serde) encoder alone, for the tests that hold the direct writers to it.

@@ -143,7 +143,7 @@ fn event(frame_type: FrameType, encoding: Encoding, payload: &[u8]) {
     assert_eq!(first, second, "round trip changed the event");
 }
 
-/// Whatever the MessagePack RequestHeaders fast path takes decodes, the general way, to the same
+/// Whatever a direct RequestHeaders reader takes decodes, the general way, to the same
 /// event; and the decoder connections use reaches the general decoder's decision either way.
 fn fast_path_agrees(frame_type: FrameType, encoding: Encoding, payload: &[u8]) {
     let limits = MessageLimits::default();
@@ -158,10 +158,10 @@ fn fast_path_agrees(frame_type: FrameType, encoding: Encoding, payload: &[u8]) {
         used.as_ref().map(Result::is_ok),
         general.as_ref().map(Result::is_ok)
     );
-    if frame_type != FrameType::RequestHeaders || encoding != Encoding::MsgPack {
+    if frame_type != FrameType::RequestHeaders {
         return;
     }
-    if let Some(fast) = testing::fast_request_headers(payload, limits) {
+    if let Some(fast) = testing::fast_request_headers(encoding, payload, limits) {
         let mut fast = Event::RequestHeaders(fast);
         fast.normalize();
         match general {

@@ -1,9 +1,9 @@
-//! The direct RequestHeaders writers and the MessagePack RequestHeaders reader against the
-//! general (serde) encoder and decoder.
+//! The direct RequestHeaders writers and readers (JSON and MessagePack) against the general
+//! (serde) encoder and decoder.
 //!
-//! The writers must produce the general encoder's bytes exactly, in both encodings.
+//! The writers must produce the general encoder's bytes exactly.
 //!
-//! The fast path must take what our proxy and the reference send, decode it to the event the
+//! A reader must take what our proxy and the reference send, decode it to the event the
 //! general decoder gives, and leave everything else (malformed bytes, other shapes, limits
 //! reached) to the general decoder, so that the decoder in use always reaches the general
 //! decoder's decision. The fuzz targets check the same on arbitrary bytes.
@@ -23,22 +23,24 @@ use serde_json::Value;
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/vectors.jsonl");
 const TY: FrameType = FrameType::RequestHeaders;
 
-/// The MessagePack payload of `event` as our proxy encodes it (frame header stripped).
-fn payload(event: &Event) -> Vec<u8> {
+const BOTH: [Encoding; 2] = [Encoding::Json, Encoding::MsgPack];
+
+/// The payload of `event` as our proxy encodes it (frame header stripped).
+fn payload(encoding: Encoding, event: &Event) -> Vec<u8> {
     let mut buf = BytesMut::new();
-    encode_event(&mut buf, Encoding::MsgPack, event).unwrap();
+    encode_event(&mut buf, encoding, event).unwrap();
     buf[5..].to_vec()
 }
 
-/// The fast path's event, normalised as the decoder in use normalises it.
-fn fast(payload: &[u8], limits: MessageLimits) -> Option<Event> {
-    let mut event = Event::RequestHeaders(fast_request_headers(payload, limits)?);
+/// The direct reader's event, normalised as the decoder in use normalises it.
+fn fast(encoding: Encoding, payload: &[u8], limits: MessageLimits) -> Option<Event> {
+    let mut event = Event::RequestHeaders(fast_request_headers(encoding, payload, limits)?);
     event.normalize();
     Some(event)
 }
 
-fn general(payload: &[u8], limits: MessageLimits) -> Result<Event, String> {
-    match decode_event_general(TY, Encoding::MsgPack, payload, limits) {
+fn general(encoding: Encoding, payload: &[u8], limits: MessageLimits) -> Result<Event, String> {
+    match decode_event_general(TY, encoding, payload, limits) {
         Some(Ok(event)) => Ok(event),
         Some(Err(e)) => Err(e.to_string()),
         None => Err("not an event".into()),
@@ -46,14 +48,15 @@ fn general(payload: &[u8], limits: MessageLimits) -> Result<Event, String> {
 }
 
 #[test]
-fn the_reference_s_payload_takes_the_fast_path() {
+fn the_reference_s_payloads_take_the_fast_path() {
     let text = std::fs::read_to_string(VECTORS).unwrap();
     let mut taken = 0;
     for line in text.lines() {
         let v: Value = serde_json::from_str(line).unwrap();
-        if v["encoding"] != "msgpack" || v["type_byte"] != "0x10" {
+        if v["type_byte"] != "0x10" {
             continue;
         }
+        let encoding = Encoding::from_name(v["encoding"].as_str().unwrap()).unwrap();
         let hex = v["frame_hex"].as_str().unwrap();
         let frame: Vec<u8> = (0..hex.len())
             .step_by(2)
@@ -61,11 +64,65 @@ fn the_reference_s_payload_takes_the_fast_path() {
             .collect();
         let payload = &frame[5..];
         let limits = MessageLimits::default();
-        let fast = fast(payload, limits).unwrap_or_else(|| panic!("{}: not taken", v["name"]));
-        assert_eq!(Ok(fast), general(payload, limits), "{}", v["name"]);
+        let fast = fast(encoding, payload, limits)
+            .unwrap_or_else(|| panic!("{} ({encoding}): not taken", v["name"]));
+        assert_eq!(
+            Ok(fast),
+            general(encoding, payload, limits),
+            "{}",
+            v["name"]
+        );
         taken += 1;
     }
-    assert!(taken > 0, "no MessagePack RequestHeaders vector found");
+    assert_eq!(taken, 5, "RequestHeaders vectors: 3 JSON, 2 MessagePack");
+}
+
+/// Escapes the JSON reader turns into text itself, and the ones it leaves to the general
+/// decoder; in both cases the decision is the general decoder's.
+#[test]
+fn json_escapes_decode_as_the_general_decoder_decodes_them() {
+    let event = |uri: &str, port: &str| {
+        format!(
+            r#"{{"correlation_id":"c","metadata":{{"correlation_id":"c","request_id":"r","client_ip":"i","client_port":{port},"server_name":null,"protocol":"p","tls_version":null,"tls_cipher":null,"route_id":null,"upstream_id":null,"timestamp":"t"}},"method":"GET","uri":"{uri}","headers":{{"a\"b":["\u00e9\/"],"x":"y"}}}}"#
+        )
+    };
+    let limits = MessageLimits::default();
+    for (uri, port, taken) in [
+        (r#"/plain"#, "1", true),
+        (r#"/q\"\\\/\b\f\n\r\t\u0041\u00e9"#, "0", true),
+        (r#"/pair\ud83d\ude00"#, "1", false),
+        (r#"/lone\ud83d"#, "1", false),
+        (r#"/bad\x"#, "1", false),
+        (r#"/short\u00e"#, "1", false),
+        // A raw control character is not JSON (the general decoder refuses it).
+        ("/raw\u{1}", "1", false),
+        ("/raw\u{1f}", "1", false),
+        ("/plain", "65535", true),
+        ("/plain", "65536", false),
+        ("/plain", "01", false),
+        ("/plain", "1.0", false),
+        ("/plain", "1e2", false),
+        ("/plain", "-1", false),
+        ("/plain", "null", false),
+    ] {
+        let payload = event(uri, port);
+        let fast = fast(Encoding::Json, payload.as_bytes(), limits);
+        assert_eq!(fast.is_some(), taken, "{uri} {port}");
+        let general = general(Encoding::Json, payload.as_bytes(), limits);
+        if let Some(fast) = fast {
+            assert_eq!(Ok(fast), general, "{uri} {port}");
+        }
+        let in_use = decode_event_with_limits(TY, Encoding::Json, payload.as_bytes(), limits)
+            .unwrap()
+            .map_err(|e| e.to_string());
+        assert_eq!(in_use, general, "{uri} {port}");
+    }
+    // Whitespace between tokens, as a pretty-printing proxy would send.
+    let compact = event("/plain", "8080");
+    let pretty =
+        serde_json::to_string_pretty(&serde_json::from_str::<Value>(&compact).unwrap()).unwrap();
+    let fast = fast(Encoding::Json, pretty.as_bytes(), limits).expect("pretty JSON taken");
+    assert_eq!(Ok(fast), general(Encoding::Json, pretty.as_bytes(), limits));
 }
 
 /// Every length form (fix, 8-, 16- and 32-bit strings; fix and 16-bit maps and arrays) and
@@ -138,25 +195,30 @@ proptest! {
     /// decoder decodes it.
     #[test]
     fn takes_what_our_proxy_sends(event in request_headers()) {
-        let payload = payload(&Event::RequestHeaders(event));
-        let limits = MessageLimits::default();
-        let fast = fast(&payload, limits);
-        prop_assert!(fast.is_some(), "not taken");
-        prop_assert_eq!(Ok(fast.unwrap()), general(&payload, limits));
+        let event = Event::RequestHeaders(event);
+        for encoding in BOTH {
+            let payload = payload(encoding, &event);
+            let limits = MessageLimits::default();
+            let fast = fast(encoding, &payload, limits);
+            prop_assert!(fast.is_some(), "{} not taken", encoding);
+            prop_assert_eq!(Ok(fast.unwrap()), general(encoding, &payload, limits));
+        }
     }
 
-    /// Whatever the fast path takes from damaged bytes or under tight limits decodes the same
-    /// the general way; and the decoder in use decides as the general one, taken or not.
+    /// Whatever a reader takes from damaged bytes or under tight limits decodes the same the
+    /// general way; and the decoder in use decides as the general one, taken or not.
     #[test]
     fn what_it_takes_decodes_the_same_and_the_rest_is_decided_the_general_way(
         event in request_headers(),
+        json in any::<bool>(),
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
         cut in any::<Option<prop::sample::Index>>(),
         max_elements in 0usize..64,
         max_values in 0usize..24,
         max_bytes in 0usize..600,
     ) {
-        let mut payload = payload(&Event::RequestHeaders(event));
+        let encoding = if json { Encoding::Json } else { Encoding::MsgPack };
+        let mut payload = payload(encoding, &Event::RequestHeaders(event));
         for (at, byte) in edits {
             let at = at.index(payload.len());
             payload[at] = byte;
@@ -167,11 +229,11 @@ proptest! {
         let limits = MessageLimits::default()
             .with_max_elements(max_elements)
             .with_headers(HeaderLimits::default().with_max_count(max_values).with_max_bytes(max_bytes));
-        let general = general(&payload, limits);
-        if let Some(fast) = fast(&payload, limits) {
+        let general = general(encoding, &payload, limits);
+        if let Some(fast) = fast(encoding, &payload, limits) {
             prop_assert_eq!(Ok(fast), general.clone());
         }
-        let in_use = match decode_event_with_limits(TY, Encoding::MsgPack, &payload, limits) {
+        let in_use = match decode_event_with_limits(TY, encoding, &payload, limits) {
             Some(Ok(event)) => Ok(event),
             Some(Err(e)) => Err(e.to_string()),
             None => Err("not an event".into()),

@@ -34,11 +34,17 @@ pub fn decode_event_general(
     crate::encoding::decode_event_general(frame_type, encoding, payload, limits)
 }
 
-/// The MessagePack RequestHeaders fast path on its own: `Some` when it takes the payload (a
-/// MessagePack event payload, without its frame header), `None` when it leaves the decision to
-/// the general decoder. The event is not yet normalised (see [`Event::normalize`]).
-pub fn fast_request_headers(payload: &[u8], limits: MessageLimits) -> Option<RequestHeadersEvent> {
-    crate::msgpack::request_headers(&bytes::Bytes::copy_from_slice(payload), &limits)
+/// A direct RequestHeaders reader on its own, for a payload in `encoding` (without its frame
+/// header): `Some` when it takes the payload, `None` when it leaves the decision to the general
+/// decoder. The event is not yet normalised (see [`Event::normalize`]).
+pub fn fast_request_headers(
+    encoding: Encoding,
+    payload: &[u8],
+    limits: MessageLimits,
+) -> Option<RequestHeadersEvent> {
+    let payload = bytes::Bytes::copy_from_slice(payload);
+    let encoding = crate::encoding::effective_encoding(encoding, &payload);
+    crate::encoding::read_request_headers(encoding, &payload, &limits)
 }
 
 /// Encodes an event the general way only (serde), never through a direct writer: the bytes
