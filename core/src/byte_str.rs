@@ -88,6 +88,7 @@ impl ByteStr {
 
     /// `payload[range]` as a slice of it, if it is UTF-8 (panics if the range is out of
     /// bounds). Most header text is ASCII, which is checked a word at a time.
+    #[inline]
     pub(crate) fn from_payload(payload: &Bytes, range: std::ops::Range<usize>) -> Option<Self> {
         let bytes = &payload[range.clone()];
         if !bytes.is_ascii() {
@@ -99,6 +100,7 @@ impl ByteStr {
     /// Bytes that are UTF-8: `decoded` slices them from a `str`, `from_payload` checks them
     /// just before.
     #[allow(unsafe_code)]
+    #[inline]
     fn from_str_bytes(bytes: Bytes) -> Self {
         // SAFETY: the bytes are those of a `str`, so UTF-8. Checking them again would cost
         // about as much as the decoder's own check, on every string of every event.

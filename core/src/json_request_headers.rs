@@ -5,22 +5,21 @@
 //! or control character: nearly all of it) is copied as it is; anything else is escaped by
 //! serde_json itself, so the two cannot differ. The property test compares them byte for byte.
 //!
-//! Reading ([`read_request_headers`]) goes straight from the payload to the event, every string
-//! without escapes a slice of the payload. Like the MessagePack reader it takes only the shape
-//! our proxy and the reference send (objects, the five event fields and the twelve metadata
-//! fields, headers as name -> array of strings or one string) within every limit, and gives up
-//! on anything else (an array where an object was expected, a repeated or unknown or escaped
-//! field name, a number that is not a plain `u16`, a surrogate escape, malformed or trailing
-//! bytes): the general decoder then decides, so the decision is always its decision.
+//! Reading ([`read_request_headers`]) is the direct reader of `crate::request_headers_reader`
+//! over JSON's syntax: plain text scanned eight bytes at a time and kept as a slice of the
+//! payload, escaped text unescaped into a string of its own; a field name with escapes, a
+//! number that is not a plain `u16`, a surrogate or unknown escape and a raw control character
+//! are left to the general decoder.
 
 use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::byte_str::ByteStr;
-use crate::event::{RequestHeadersEvent, RequestMetadata};
-use crate::headers::{HeaderValues, Headers};
+use crate::event::RequestHeadersEvent;
+use crate::headers::HeaderValues;
 use crate::limits::MessageLimits;
+use crate::request_headers_reader::{read_event, Budget, Syntax};
 
 /// Appends `event` as serde_json writes it (compact, fields in declaration order, `None` as
 /// `null`, an absent traceparent left out).
@@ -149,12 +148,9 @@ pub(crate) fn read_request_headers(
         input: payload,
         pos: 0,
         payload,
-        limits,
-        elements: 0,
-        header_values: 0,
-        header_bytes: 0,
+        budget: Budget::new(limits),
     };
-    let event = reader.event()?;
+    let event = read_event(&mut reader)?;
     reader.skip_space();
     (reader.pos == payload.len()).then_some(event)
 }
@@ -163,26 +159,11 @@ struct Reader<'a> {
     input: &'a [u8],
     pos: usize,
     payload: &'a Bytes,
-    limits: &'a MessageLimits,
-    /// Object entries and array items read so far (see [`crate::element_count`]).
-    elements: usize,
-    /// What the header limits count: values, and bytes of names and values.
-    header_values: usize,
-    header_bytes: usize,
-}
-
-/// Fills an empty slot; a repeated field gives up.
-fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
-    match slot {
-        Some(_) => None,
-        None => {
-            *slot = Some(value);
-            Some(())
-        }
-    }
+    budget: Budget<'a>,
 }
 
 impl<'a> Reader<'a> {
+    #[inline]
     fn skip_space(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.input.get(self.pos) {
             self.pos += 1;
@@ -190,48 +171,35 @@ impl<'a> Reader<'a> {
     }
 
     /// The next byte after any whitespace, not consumed.
+    #[inline]
     fn peek(&mut self) -> Option<u8> {
         self.skip_space();
         self.input.get(self.pos).copied()
     }
 
+    #[inline]
     fn eat(&mut self, byte: u8) -> Option<()> {
         (self.peek()? == byte).then(|| self.pos += 1)
     }
 
-    fn count(&mut self) -> Option<()> {
-        self.elements += 1;
-        (self.elements <= self.limits.max_elements).then_some(())
-    }
-
-    fn charge(&mut self, values: usize, bytes: usize) -> Option<()> {
-        self.header_values += values;
-        self.header_bytes += bytes;
-        let verdict = self
-            .limits
-            .headers
-            .check(self.header_values, self.header_bytes);
-        verdict.ok()
-    }
-
-    /// Walks an object: `entry` reads each value after its name (already counted).
-    fn object(
+    /// Walks an object or array (`open`, `close`): `item` reads each entry or item, counted.
+    fn each(
         &mut self,
-        mut entry: impl FnMut(&mut Self, Range<usize>) -> Option<()>,
+        open: u8,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Option<()>,
     ) -> Option<()> {
-        self.eat(b'{')?;
-        if self.peek()? == b'}' {
+        self.eat(open)?;
+        if self.peek()? == close {
             self.pos += 1;
             return Some(());
         }
         loop {
-            self.count()?;
-            let name = self.plain_string()?;
-            self.eat(b':')?;
-            entry(self, name)?;
+            self.budget.count(1)?;
+            item(self)?;
             match self.peek()? {
                 b',' => self.pos += 1,
-                b'}' => {
+                b if b == close => {
                     self.pos += 1;
                     return Some(());
                 }
@@ -242,6 +210,7 @@ impl<'a> Reader<'a> {
 
     /// A string's raw contents (between the quotes), and whether they hold escapes. Control
     /// characters are not allowed in JSON strings.
+    #[inline]
     fn raw_string(&mut self) -> Option<(Range<usize>, bool)> {
         self.eat(b'"')?;
         let start = self.pos;
@@ -271,15 +240,51 @@ impl<'a> Reader<'a> {
         self.pos += 1;
         Some((start..end, escaped))
     }
+}
 
-    /// A field name: a string without escapes.
-    fn plain_string(&mut self) -> Option<Range<usize>> {
-        match self.raw_string()? {
-            (range, false) => Some(range),
-            (_, true) => None,
-        }
+impl<'a> Syntax<'a> for Reader<'a> {
+    fn budget(&mut self) -> &mut Budget<'a> {
+        &mut self.budget
     }
 
+    fn fields(&mut self, mut field: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
+        self.each(b'{', b'}', |r| {
+            // A field name with escapes is left to the general decoder.
+            let (name, false) = r.raw_string()? else {
+                return None;
+            };
+            r.eat(b':')?;
+            let input = r.input;
+            field(r, &input[name])
+        })
+    }
+
+    fn header_map(
+        &mut self,
+        mut entry: impl FnMut(&mut Self, ByteStr) -> Option<()>,
+    ) -> Option<()> {
+        self.each(b'{', b'}', |r| {
+            let name = r.text()?;
+            r.eat(b':')?;
+            entry(r, name)
+        })
+    }
+
+    fn values(&mut self) -> Option<HeaderValues> {
+        let mut values = HeaderValues::new();
+        if self.peek()? == b'"' {
+            // One value where an array was expected: taken, as by the general decoder.
+            values.push(self.value()?);
+            return Some(values);
+        }
+        self.each(b'[', b']', |r| {
+            values.push(r.value()?);
+            Some(())
+        })?;
+        Some(values)
+    }
+
+    #[inline]
     fn text(&mut self) -> Option<ByteStr> {
         let (range, escaped) = self.raw_string()?;
         if !escaped {
@@ -289,6 +294,7 @@ impl<'a> Reader<'a> {
         unescape(raw).map(ByteStr::from)
     }
 
+    #[inline]
     fn optional_text(&mut self) -> Option<Option<ByteStr>> {
         if self.peek()? == b'n' {
             return self.input[self.pos..].starts_with(b"null").then(|| {
@@ -317,126 +323,6 @@ impl<'a> Reader<'a> {
             .iter()
             .fold(0u32, |v, d| v * 10 + u32::from(d - b'0'));
         u16::try_from(value).ok()
-    }
-
-    fn name(&self, range: Range<usize>) -> &'a [u8] {
-        &self.input[range]
-    }
-
-    fn event(&mut self) -> Option<RequestHeadersEvent> {
-        let (mut correlation_id, mut metadata, mut method, mut uri, mut headers) =
-            (None, None, None, None, None);
-        self.object(|r, name| match r.name(name) {
-            b"correlation_id" => once(&mut correlation_id, r.text()?),
-            b"metadata" => once(&mut metadata, r.metadata()?),
-            b"method" => once(&mut method, r.text()?),
-            b"uri" => once(&mut uri, r.text()?),
-            b"headers" => once(&mut headers, r.headers()?),
-            _ => None,
-        })?;
-        Some(RequestHeadersEvent {
-            correlation_id: correlation_id.unwrap_or_default(),
-            metadata: metadata?,
-            method: method?,
-            uri: uri?,
-            headers: headers?,
-        })
-    }
-
-    fn metadata(&mut self) -> Option<RequestMetadata> {
-        let (mut correlation_id, mut request_id, mut client_ip, mut client_port) =
-            (None, None, None, None);
-        let (mut server_name, mut protocol, mut tls_version, mut tls_cipher) =
-            (None, None, None, None);
-        let (mut route_id, mut upstream_id, mut timestamp, mut traceparent) =
-            (None, None, None, None);
-        self.object(|r, name| match r.name(name) {
-            b"correlation_id" => once(&mut correlation_id, r.text()?),
-            b"request_id" => once(&mut request_id, r.text()?),
-            b"client_ip" => once(&mut client_ip, r.text()?),
-            b"client_port" => once(&mut client_port, r.port()?),
-            b"server_name" => once(&mut server_name, r.optional_text()?),
-            b"protocol" => once(&mut protocol, r.text()?),
-            b"tls_version" => once(&mut tls_version, r.optional_text()?),
-            b"tls_cipher" => once(&mut tls_cipher, r.optional_text()?),
-            b"route_id" => once(&mut route_id, r.optional_text()?),
-            b"upstream_id" => once(&mut upstream_id, r.optional_text()?),
-            b"timestamp" => once(&mut timestamp, r.text()?),
-            b"traceparent" => once(&mut traceparent, r.optional_text()?),
-            _ => None,
-        })?;
-        Some(RequestMetadata {
-            correlation_id: correlation_id?,
-            request_id: request_id?,
-            client_ip: client_ip?,
-            client_port: client_port?,
-            server_name: server_name.flatten(),
-            protocol: protocol?,
-            tls_version: tls_version.flatten(),
-            tls_cipher: tls_cipher.flatten(),
-            route_id: route_id.flatten(),
-            upstream_id: upstream_id.flatten(),
-            timestamp: timestamp?,
-            traceparent: traceparent.flatten(),
-        })
-    }
-
-    fn headers(&mut self) -> Option<Headers> {
-        let mut headers = Headers::with_capacity(24);
-        self.eat(b'{')?;
-        if self.peek()? == b'}' {
-            self.pos += 1;
-            return Some(headers);
-        }
-        loop {
-            self.count()?;
-            let name = self.text()?;
-            self.charge(0, name.len())?;
-            self.eat(b':')?;
-            let (values, bytes) = self.values()?;
-            headers.push_exact(name, values, bytes);
-            match self.peek()? {
-                b',' => self.pos += 1,
-                b'}' => {
-                    self.pos += 1;
-                    return Some(headers);
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    /// One header's values and their length together: an array of strings, or one string.
-    fn values(&mut self) -> Option<(HeaderValues, usize)> {
-        let mut values = HeaderValues::new();
-        let mut bytes = 0;
-        if self.peek()? == b'"' {
-            let value = self.text()?;
-            self.charge(1, value.len())?;
-            bytes = value.len();
-            values.push(value);
-            return Some((values, bytes));
-        }
-        self.eat(b'[')?;
-        if self.peek()? == b']' {
-            self.pos += 1;
-            return Some((values, bytes));
-        }
-        loop {
-            self.count()?;
-            let value = self.text()?;
-            self.charge(1, value.len())?;
-            bytes += value.len();
-            values.push(value);
-            match self.peek()? {
-                b',' => self.pos += 1,
-                b']' => {
-                    self.pos += 1;
-                    return Some((values, bytes));
-                }
-                _ => return None,
-            }
-        }
     }
 }
 

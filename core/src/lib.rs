@@ -27,6 +27,7 @@ pub mod pool;
 pub mod proxy;
 pub mod registration;
 pub mod repeated_id;
+mod request_headers_reader;
 mod request_id;
 pub mod response;
 mod shared_frame;

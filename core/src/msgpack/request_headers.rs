@@ -4,18 +4,10 @@
 //! produces, one reservation and no serializer state; the property test compares the two byte
 //! for byte.
 //!
-//! Reading ([`request_headers`]) goes straight from the payload's bytes to the event: no serde
-//! plumbing, no thread-local lookup per string, each string checked as UTF-8 once and kept as a
-//! slice of the payload.
-//!
-//! It takes only the shapes our proxy and the reference send (the event as a map of its five
-//! fields; the metadata as a map, or as the reference's positional array of 11 or 12 items;
-//! headers as a map of `str` to an array of `str`, or to one `str`), and only while they are
-//! within every limit. Anything else (another type where a string was expected, a repeated or
-//! unknown key, a limit reached, malformed bytes) makes it give up, and the caller decodes the
-//! payload the general way, which reaches the decision. So a payload it accepts decodes to the
-//! event the general decoder gives, and one it does not is decided by the general decoder
-//! alone: the property test and the fuzz target hold the two to that.
+//! Reading ([`request_headers`]) is the direct reader of `crate::request_headers_reader` over
+//! MessagePack's syntax: each string checked as UTF-8 once (ASCII a word at a time) and kept as
+//! a slice of the payload, fixstr/str8/fixmap/fixarray read inline. Besides maps it takes the
+//! metadata as the reference's positional array of 11 or 12 items.
 
 use std::ops::Range;
 
@@ -26,8 +18,11 @@ use super::deserializer::Deserializer;
 use super::header::Header;
 use crate::byte_str::ByteStr;
 use crate::event::{RequestHeadersEvent, RequestMetadata};
-use crate::headers::{HeaderValues, Headers};
+use crate::headers::HeaderValues;
 use crate::limits::MessageLimits;
+use crate::request_headers_reader::{
+    read_event, read_metadata_fields, Budget, MetadataField, MetadataFields, Syntax,
+};
 
 /// The event in `payload`, or `None` when the general decoder must decide.
 pub(crate) fn request_headers(
@@ -37,35 +32,16 @@ pub(crate) fn request_headers(
     let mut reader = Reader {
         de: Deserializer::new(payload),
         payload,
-        limits,
-        elements: 0,
-        header_values: 0,
-        header_bytes: 0,
+        budget: Budget::new(limits),
     };
-    let event = reader.event()?;
+    let event = read_event(&mut reader)?;
     (reader.de.pos == payload.len()).then_some(event)
 }
 
 struct Reader<'a> {
     de: Deserializer<'a>,
     payload: &'a Bytes,
-    limits: &'a MessageLimits,
-    /// Array items and map entries read so far (see [`crate::element_count`]).
-    elements: usize,
-    /// What the header limits count: values, and bytes of names and values.
-    header_values: usize,
-    header_bytes: usize,
-}
-
-/// Fills an empty slot; a repeated key gives up.
-fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
-    match slot {
-        Some(_) => None,
-        None => {
-            *slot = Some(value);
-            Some(())
-        }
-    }
+    budget: Budget<'a>,
 }
 
 impl<'a> Reader<'a> {
@@ -73,26 +49,10 @@ impl<'a> Reader<'a> {
         self.de.read_header().ok()
     }
 
-    /// Counts a container's elements against the message's budget.
-    fn count(&mut self, n: usize) -> Option<()> {
-        self.elements = self.elements.saturating_add(n);
-        (self.elements <= self.limits.max_elements).then_some(())
-    }
-
-    /// Counts header values and bytes against the header limits.
-    fn charge(&mut self, values: usize, bytes: usize) -> Option<()> {
-        self.header_values += values;
-        self.header_bytes += bytes;
-        let verdict = self
-            .limits
-            .headers
-            .check(self.header_values, self.header_bytes);
-        verdict.ok()
-    }
-
+    /// A map's entry count, counted; a fixmap (up to 15 entries) is read here.
+    #[inline]
     fn map(&mut self) -> Option<usize> {
         let n = match self.de.peek_byte()? {
-            // A fixmap (up to 15 entries), read here: the common case needs no general header.
             b @ 0x80..=0x8f => {
                 self.de.pos += 1;
                 usize::from(b & 0x0f)
@@ -102,19 +62,28 @@ impl<'a> Reader<'a> {
                 _ => return None,
             },
         };
-        self.count(n).map(|()| n)
+        self.budget.count(n).map(|()| n)
     }
 
     /// Where the bytes of a `str` value lie in the payload; `None` for any other type. A
     /// fixstr or str8 (what names and short values are) is read here; the general header
     /// reader takes the rest.
+    #[inline]
     fn str_range(&mut self) -> Option<Range<usize>> {
         let input = self.de.input;
         let at = self.de.pos;
         let (start, len) = match *input.get(at)? {
             b @ 0xa0..=0xbf => (at + 1, usize::from(b & 0x1f)),
             0xd9 => (at + 2, usize::from(*input.get(at + 1)?)),
-            _ => return self.general_str_range(),
+            _ => {
+                return match self.header()? {
+                    Header::Str(bytes) => {
+                        let start = bytes.as_ptr() as usize - input.as_ptr() as usize;
+                        Some(start..start + bytes.len())
+                    }
+                    _ => None,
+                }
+            }
         };
         let end = start + len;
         if end > input.len() {
@@ -123,27 +92,68 @@ impl<'a> Reader<'a> {
         self.de.pos = end;
         Some(start..end)
     }
+}
 
-    fn general_str_range(&mut self) -> Option<Range<usize>> {
-        match self.header()? {
-            Header::Str(bytes) => {
-                let start = bytes.as_ptr() as usize - self.de.input.as_ptr() as usize;
-                Some(start..start + bytes.len())
-            }
-            _ => None,
+impl<'a> Syntax<'a> for Reader<'a> {
+    fn budget(&mut self) -> &mut Budget<'a> {
+        &mut self.budget
+    }
+
+    fn fields(&mut self, mut field: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
+        for _ in 0..self.map()? {
+            let input = self.de.input;
+            let name = self.str_range()?;
+            field(self, &input[name])?;
         }
+        Some(())
     }
 
-    fn key(&mut self) -> Option<&'a [u8]> {
-        let range = self.str_range()?;
-        Some(&self.de.input[range])
+    fn header_map(
+        &mut self,
+        mut entry: impl FnMut(&mut Self, ByteStr) -> Option<()>,
+    ) -> Option<()> {
+        for _ in 0..self.map()? {
+            let name = self.text()?;
+            entry(self, name)?;
+        }
+        Some(())
     }
 
+    fn values(&mut self) -> Option<HeaderValues> {
+        let n = match self.de.peek_byte()? {
+            // A fixarray (up to 15 values), read here.
+            b @ 0x90..=0x9f => {
+                self.de.pos += 1;
+                usize::from(b & 0x0f)
+            }
+            _ => {
+                let at = self.de.pos;
+                match self.header()? {
+                    Header::Array(n) => n,
+                    // One value where an array was expected: taken, as by the general decoder.
+                    Header::Str(_) => {
+                        self.de.pos = at;
+                        return Some(smallvec::smallvec![self.value()?]);
+                    }
+                    _ => return None,
+                }
+            }
+        };
+        self.budget.count(n)?;
+        let mut values = HeaderValues::new();
+        for _ in 0..n {
+            values.push(self.value()?);
+        }
+        Some(values)
+    }
+
+    #[inline]
     fn text(&mut self) -> Option<ByteStr> {
         let range = self.str_range()?;
         ByteStr::from_payload(self.payload, range)
     }
 
+    #[inline]
     fn optional_text(&mut self) -> Option<Option<ByteStr>> {
         if self.de.peek_byte() == Some(Marker::Null.to_u8()) {
             self.de.pos += 1;
@@ -159,141 +169,20 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn event(&mut self) -> Option<RequestHeadersEvent> {
-        let (mut correlation_id, mut metadata, mut method, mut uri, mut headers) =
-            (None, None, None, None, None);
-        for _ in 0..self.map()? {
-            match self.key()? {
-                b"correlation_id" => once(&mut correlation_id, self.text()?)?,
-                b"metadata" => once(&mut metadata, self.metadata()?)?,
-                b"method" => once(&mut method, self.text()?)?,
-                b"uri" => once(&mut uri, self.text()?)?,
-                b"headers" => once(&mut headers, self.headers()?)?,
-                _ => return None,
-            }
-        }
-        Some(RequestHeadersEvent {
-            correlation_id: correlation_id.unwrap_or_default(),
-            metadata: metadata?,
-            method: method?,
-            uri: uri?,
-            headers: headers?,
-        })
-    }
-
     fn metadata(&mut self) -> Option<RequestMetadata> {
-        match self.header()? {
-            Header::Map(n) => {
-                self.count(n)?;
-                self.metadata_map(n)
+        // The reference's positional form, a fixarray of 11 or 12: the fields in order,
+        // traceparent left out when absent. (Any other array is left to the general decoder.)
+        if let b @ (0x9b | 0x9c) = self.de.peek_byte()? {
+            self.de.pos += 1;
+            let n = usize::from(b & 0x0f);
+            self.budget.count(n)?;
+            let mut fields = MetadataFields::default();
+            for field in &MetadataField::POSITIONAL[..n] {
+                fields.read(self, *field)?;
             }
-            // The reference's positional form: the fields in order, traceparent left out when
-            // absent.
-            Header::Array(n @ (11 | 12)) => {
-                self.count(n)?;
-                Some(RequestMetadata {
-                    correlation_id: self.text()?,
-                    request_id: self.text()?,
-                    client_ip: self.text()?,
-                    client_port: self.port()?,
-                    server_name: self.optional_text()?,
-                    protocol: self.text()?,
-                    tls_version: self.optional_text()?,
-                    tls_cipher: self.optional_text()?,
-                    route_id: self.optional_text()?,
-                    upstream_id: self.optional_text()?,
-                    timestamp: self.text()?,
-                    traceparent: if n == 12 { self.optional_text()? } else { None },
-                })
-            }
-            _ => None,
+            return fields.finish();
         }
-    }
-
-    fn metadata_map(&mut self, n: usize) -> Option<RequestMetadata> {
-        let (mut correlation_id, mut request_id, mut client_ip, mut client_port) =
-            (None, None, None, None);
-        let (mut server_name, mut protocol, mut tls_version, mut tls_cipher) =
-            (None, None, None, None);
-        let (mut route_id, mut upstream_id, mut timestamp, mut traceparent) =
-            (None, None, None, None);
-        for _ in 0..n {
-            match self.key()? {
-                b"correlation_id" => once(&mut correlation_id, self.text()?)?,
-                b"request_id" => once(&mut request_id, self.text()?)?,
-                b"client_ip" => once(&mut client_ip, self.text()?)?,
-                b"client_port" => once(&mut client_port, self.port()?)?,
-                b"server_name" => once(&mut server_name, self.optional_text()?)?,
-                b"protocol" => once(&mut protocol, self.text()?)?,
-                b"tls_version" => once(&mut tls_version, self.optional_text()?)?,
-                b"tls_cipher" => once(&mut tls_cipher, self.optional_text()?)?,
-                b"route_id" => once(&mut route_id, self.optional_text()?)?,
-                b"upstream_id" => once(&mut upstream_id, self.optional_text()?)?,
-                b"timestamp" => once(&mut timestamp, self.text()?)?,
-                b"traceparent" => once(&mut traceparent, self.optional_text()?)?,
-                _ => return None,
-            }
-        }
-        Some(RequestMetadata {
-            correlation_id: correlation_id?,
-            request_id: request_id?,
-            client_ip: client_ip?,
-            client_port: client_port?,
-            server_name: server_name.flatten(),
-            protocol: protocol?,
-            tls_version: tls_version.flatten(),
-            tls_cipher: tls_cipher.flatten(),
-            route_id: route_id.flatten(),
-            upstream_id: upstream_id.flatten(),
-            timestamp: timestamp?,
-            traceparent: traceparent.flatten(),
-        })
-    }
-
-    fn headers(&mut self) -> Option<Headers> {
-        let n = self.map()?;
-        let mut headers = Headers::with_capacity(n.min(128));
-        for _ in 0..n {
-            let name = self.text()?;
-            self.charge(0, name.len())?;
-            let (values, bytes) = self.values()?;
-            headers.push_exact(name, values, bytes);
-        }
-        Some(headers)
-    }
-
-    /// One header's values and their length together.
-    fn values(&mut self) -> Option<(HeaderValues, usize)> {
-        let at = self.de.pos;
-        let n = match self.de.peek_byte()? {
-            // A fixarray (up to 15 values), read here.
-            b @ 0x90..=0x9f => {
-                self.de.pos += 1;
-                usize::from(b & 0x0f)
-            }
-            _ => match self.header()? {
-                Header::Array(n) => n,
-                // One value where an array was expected: accepted, as by the general decoder.
-                Header::Str(_) => {
-                    self.de.pos = at;
-                    let value = self.text()?;
-                    self.charge(1, value.len())?;
-                    let bytes = value.len();
-                    return Some((smallvec::smallvec![value], bytes));
-                }
-                _ => return None,
-            },
-        };
-        self.count(n)?;
-        let mut values = HeaderValues::new();
-        let mut bytes = 0;
-        for _ in 0..n {
-            let value = self.text()?;
-            self.charge(1, value.len())?;
-            bytes += value.len();
-            values.push(value);
-        }
-        Some((values, bytes))
+        read_metadata_fields(self)
     }
 }
 
