@@ -271,8 +271,9 @@ pub fn encode_event(
 /// Decodes an event frame with the default [`MessageLimits`]. `None` if `frame_type` is not an
 /// event type.
 ///
-/// The event's strings and body bytes are slices of `payload` wherever the wire allows (every
-/// string but an escaped JSON one), so decoding allocates nothing per header; see
+/// A payload of at most [`SHARED_PAYLOAD_MAX`] bytes is copied once and the event's strings
+/// (and MessagePack body bytes) are slices of that copy, every one but an escaped JSON string,
+/// so decoding allocates nothing per header; larger payloads get strings of their own. See
 /// [`ByteStr`](crate::ByteStr).
 ///
 /// Both encodings reach the same decision on the same logical event: a repeated field is an
