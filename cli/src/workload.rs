@@ -3,7 +3,7 @@
 //! share that the demo rules block.
 
 use agent_protocol_core::{
-    BodyChunk, Headers, RequestBodyChunkEvent, RequestHeadersEvent, RequestMetadata,
+    BodyChunk, ByteStr, Headers, RequestBodyChunkEvent, RequestHeadersEvent, RequestMetadata,
 };
 use bytes::Bytes;
 
@@ -69,21 +69,24 @@ pub struct Request {
 
 /// The browser-like RequestHeaders event for `correlation_id` and `uri`.
 pub fn browser_headers(correlation_id: &str, method: &str, uri: &str) -> RequestHeadersEvent {
+    // Per-request text is copied, as a proxy copies it from its request; what a proxy knows
+    // from its configuration (server, route, upstream, TLS) it keeps as shared strings.
     let metadata = RequestMetadata {
         correlation_id: correlation_id.to_owned().into(),
         request_id: format!("req-{correlation_id}").into(),
         client_ip: "203.0.113.42".into(),
         client_port: 54321,
-        server_name: Some("www.example.com".into()),
-        protocol: "HTTP/1.1".into(),
-        tls_version: Some("TLSv1.3".into()),
-        tls_cipher: Some("TLS_AES_128_GCM_SHA256".into()),
-        route_id: Some("shop".into()),
-        upstream_id: Some("shop-backend".into()),
+        server_name: Some(ByteStr::from_static("www.example.com")),
+        protocol: ByteStr::from_static("HTTP/1.1"),
+        tls_version: Some(ByteStr::from_static("TLSv1.3")),
+        tls_cipher: Some(ByteStr::from_static("TLS_AES_128_GCM_SHA256")),
+        route_id: Some(ByteStr::from_static("shop")),
+        upstream_id: Some(ByteStr::from_static("shop-backend")),
         timestamp: "2026-01-15T12:34:56.789Z".into(),
         traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
     };
-    let headers: Headers = BROWSER_HEADERS.iter().copied().collect();
+    // As a proxy builds it from the request it holds: all header text copied into one buffer.
+    let headers = Headers::copy_from(BROWSER_HEADERS);
     RequestHeadersEvent::new(metadata, method, uri, headers)
 }
 

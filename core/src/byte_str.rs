@@ -97,8 +97,16 @@ impl ByteStr {
         Some(Self::from_str_bytes(payload.slice(range)))
     }
 
-    /// Bytes that are UTF-8: `decoded` slices them from a `str`, `from_payload` checks them
-    /// just before.
+    /// `text[range]`, where `text` holds only whole strings copied from `str`s and `range`
+    /// is one of them (panics if out of bounds).
+    #[inline]
+    pub(crate) fn from_copied_text(text: &Bytes, range: std::ops::Range<usize>) -> Self {
+        debug_assert!(std::str::from_utf8(&text[range.clone()]).is_ok());
+        Self::from_str_bytes(text.slice(range))
+    }
+
+    /// Bytes that are UTF-8: `decoded` and `from_copied_text` slice them from a `str`'s
+    /// bytes, `from_payload` checks them just before.
     #[allow(unsafe_code)]
     #[inline]
     fn from_str_bytes(bytes: Bytes) -> Self {

@@ -10,10 +10,12 @@
 //! [`INDEXED_FROM`] names an exact-name hash index takes over from the linear scan. Decoding
 //! counts every value against the [`HeaderLimits`](crate::limits::HeaderLimits) of the message.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 
+use bytes::BytesMut;
 use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -327,6 +329,102 @@ impl Headers {
     }
 }
 
+/// Header text read from a proxy's own request (borrowed pairs, an [`http::HeaderMap`]) lands
+/// in one buffer: the headers cost two allocations (that text and the entries) however many
+/// there are, rather than two per header. Pairs are merged by exact name, as decoding merges
+/// them, so building stays linear in the number of headers whatever names a client sent.
+impl Headers {
+    /// Headers holding a copy of `pairs`, all their text in one shared buffer.
+    ///
+    /// A proxy that has the request's headers as borrowed text builds the event's headers with
+    /// two allocations, instead of two per header as [`Headers::append`] with `&str` costs.
+    /// Values of the same name (exactly as written) are kept together in order.
+    ///
+    /// ```
+    /// use agent_protocol_core::Headers;
+    /// let request = [("host", "example.com"), ("accept", "text/html"), ("accept", "*/*")];
+    /// let headers = Headers::copy_from(request);
+    /// assert_eq!(headers.len(), 2);
+    /// assert_eq!(headers.get("accept").unwrap().as_slice(), ["text/html", "*/*"]);
+    /// // Every string is a slice of one buffer.
+    /// let host = headers.first("host").unwrap();
+    /// let accept = &headers.get("accept").unwrap()[0];
+    /// assert_eq!(host.as_ptr().wrapping_add(host.len()), accept.as_ptr().wrapping_sub("accept".len()));
+    /// ```
+    pub fn copy_from<'a, I>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (&'a str, &'a str)>,
+        I::IntoIter: Clone,
+    {
+        let pairs = pairs.into_iter();
+        let text_len = pairs.clone().map(|(n, v)| n.len() + v.len()).sum();
+        Self::copy_text(pairs.map(|(n, v)| (n, Cow::Borrowed(v))), text_len)
+    }
+
+    /// Copies `pairs` (whose text is `text_len` bytes together) into one buffer and slices
+    /// every name and value from it.
+    fn copy_text<'a>(
+        pairs: impl Iterator<Item = (&'a str, Cow<'a, str>)>,
+        text_len: usize,
+    ) -> Self {
+        // Lengths of each name and value in order; inline for up to 32 headers.
+        let mut lengths: SmallVec<[usize; 64]> = SmallVec::new();
+        let mut text = BytesMut::with_capacity(text_len);
+        for (name, value) in pairs {
+            for part in [name, &value] {
+                text.extend_from_slice(part.as_bytes());
+                lengths.push(part.len());
+            }
+        }
+        let text = text.freeze();
+        let mut headers = Headers::with_capacity(lengths.len() / 2);
+        let mut at = 0;
+        let mut next = |len: usize| {
+            let range = at..at + len;
+            at = range.end;
+            ByteStr::from_copied_text(&text, range)
+        };
+        for pair in lengths.chunks_exact(2) {
+            let name = next(pair[0]);
+            let value = next(pair[1]);
+            let bytes = value.len();
+            headers.push_exact(name, smallvec::smallvec![value], bytes);
+        }
+        headers
+    }
+}
+
+/// The headers of an `http` request or response, for a proxy that holds them in an
+/// [`http::HeaderMap`] (Pingora, hyper): two allocations for all of them.
+///
+/// A value that is not UTF-8 (obs-text bytes a client sent) is carried with each invalid
+/// sequence replaced by U+FFFD rather than dropped: an agent must still see that the header
+/// was there, or a client could hide a header from a WAF with one stray byte.
+///
+/// ```
+/// use agent_protocol_core::Headers;
+/// let mut map = http::HeaderMap::new();
+/// map.append("cookie", "a=1".parse().unwrap());
+/// map.append("cookie", "b=2".parse().unwrap());
+/// map.append("x-raw", http::HeaderValue::from_bytes(b"caf\xe9").unwrap());
+/// let headers = Headers::from(&map);
+/// assert_eq!(headers.get("cookie").unwrap().as_slice(), ["a=1", "b=2"]);
+/// assert_eq!(headers.first("x-raw"), Some("caf\u{fffd}"));
+/// ```
+impl From<&http::HeaderMap> for Headers {
+    fn from(map: &http::HeaderMap) -> Self {
+        fn text(v: &http::HeaderValue) -> Cow<'_, str> {
+            // Not `HeaderValue::to_str`, which refuses UTF-8 beyond ASCII.
+            String::from_utf8_lossy(v.as_bytes())
+        }
+        let text_len = map
+            .iter()
+            .map(|(n, v)| n.as_str().len() + text(v).len())
+            .sum();
+        Self::copy_text(map.iter().map(|(n, v)| (n.as_str(), text(v))), text_len)
+    }
+}
+
 impl<N: Into<ByteStr>, V: Into<ByteStr>> FromIterator<(N, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
         let iter = iter.into_iter();
@@ -509,5 +607,47 @@ mod tests {
             let decoded: Headers = serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
             proptest::prop_assert_eq!(decoded.load(), recount(&decoded));
         }
+
+        /// Copying borrowed pairs into one buffer gives the headers that appending each pair
+        /// by exact name gives (names past the index threshold too, non-ASCII text included),
+        /// with the same load.
+        #[test]
+        fn copy_from_equals_appending_each(pairs in proptest::collection::vec(("[a-cA]{0,2}|n[0-9]{1,2}", "[a-zé\u{1F600} ]{0,4}"), 0..150)) {
+            let copied = Headers::copy_from(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+            let mut appended = Headers::new();
+            for (n, v) in &pairs {
+                appended.append_exact(n.as_str(), v.as_str());
+            }
+            proptest::prop_assert_eq!(&copied, &appended);
+            proptest::prop_assert_eq!(copied.load(), appended.load());
+            proptest::prop_assert_eq!(copied.load(), recount(&copied));
+        }
+
+        /// An `http::HeaderMap` converts to what its pairs give, non-UTF-8 bytes replaced.
+        #[test]
+        fn header_map_converts_pair_by_pair(pairs in proptest::collection::vec(("[a-c]{1,2}|n[0-9]{1,2}", proptest::collection::vec(0x20u8..=0xff, 0..6)), 0..100)) {
+            let mut map = http::HeaderMap::new();
+            let mut expected = Headers::new();
+            for (n, v) in &pairs {
+                let Ok(value) = http::HeaderValue::from_bytes(v) else { continue };
+                map.append(http::HeaderName::from_bytes(n.as_bytes()).unwrap(), value);
+            }
+            for (n, v) in &map {
+                expected.append_exact(n.as_str(), String::from_utf8_lossy(v.as_bytes()).as_ref());
+            }
+            let converted = Headers::from(&map);
+            proptest::prop_assert_eq!(converted.load(), recount(&converted));
+            proptest::prop_assert_eq!(converted, expected);
+        }
+    }
+
+    #[test]
+    fn copied_headers_share_one_buffer() {
+        let headers = Headers::copy_from([("a", "1"), ("b", "22"), ("a", "333")]);
+        let first = headers.entries()[0].name.as_bytes().as_ptr();
+        let last = &headers.entries()[0].values[1];
+        // "a" "1" "b" "22" "a" "333": the last value starts 6 bytes after the first name.
+        assert_eq!(last.as_bytes().as_ptr(), first.wrapping_add(6));
+        assert_eq!(headers.get("a").unwrap().as_slice(), ["1", "333"]);
     }
 }
