@@ -523,6 +523,11 @@ pub enum Event {
 impl Event {
     /// The correlation id the answer must carry.
     pub fn correlation_id(&self) -> &str {
+        self.shared_correlation_id()
+    }
+
+    /// The correlation id as the event holds it: a clone shares its bytes rather than copying.
+    pub fn shared_correlation_id(&self) -> &ByteStr {
         match self {
             Self::RequestHeaders(e) => &e.correlation_id,
             Self::RequestBodyChunk(e) => &e.0.correlation_id,

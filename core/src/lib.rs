@@ -30,6 +30,7 @@ pub mod repeated_id;
 mod request_headers_reader;
 mod request_id;
 pub mod response;
+mod response_wire;
 mod shared_frame;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::byte_str::ByteStr;
+
 /// The key of `audit.custom` that carries the correlation id on UDS and reverse connections.
 pub const CORRELATION_KEY: &str = "correlation_id";
 
@@ -152,7 +154,8 @@ pub enum WebSocketDecision {
     },
 }
 
-/// Audit data. `custom.correlation_id` is reserved for routing.
+/// Audit data. On framed transports `custom.correlation_id` carries the answer's routing id
+/// (see [`AgentResponse`]); in memory that id is not part of `custom`.
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AuditMetadata {
@@ -170,46 +173,49 @@ pub struct AuditMetadata {
 
 /// 0x20 AgentResponse.
 ///
+/// The request it answers is [`AgentResponse::correlation_id`]: on the wire of framed
+/// transports that id travels as `audit.custom.correlation_id` (where the reference reads it),
+/// but in memory it is kept beside the audit data, never in `audit.custom`, so routing an
+/// answer needs no map and a handler's own `custom` values stay exactly as it set them.
+///
 /// ```
 /// use agent_protocol_core::{AgentResponse, Decision};
 /// let r = AgentResponse::allow().with_correlation_id("c1");
 /// assert_eq!(r.correlation_id(), Some("c1"));
+/// assert!(r.audit.custom.is_empty());
+/// assert!(serde_json::to_string(&r).unwrap().contains(r#""custom":{"correlation_id":"c1"}"#));
 /// let parsed: AgentResponse = serde_json::from_str(
-///     r#"{"version":2,"decision":"allow","audit":{"custom":{"correlation_id":"c9"}}}"#,
+///     r#"{"version":2,"decision":"allow","audit":{"custom":{"correlation_id":"c9","k":1}}}"#,
 /// ).unwrap();
 /// assert_eq!(parsed.correlation_id(), Some("c9"));
+/// assert_eq!(parsed.audit.custom.len(), 1);
 /// assert_eq!(parsed.decision, Decision::Allow);
 /// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AgentResponse {
     /// Protocol version (2).
     pub version: u32,
     /// The decision.
     pub decision: Decision,
     /// Request header mutations.
-    #[serde(default)]
     pub request_headers: Vec<HeaderOp>,
     /// Response header mutations.
-    #[serde(default)]
     pub response_headers: Vec<HeaderOp>,
     /// Routing hints for the proxy.
-    #[serde(default)]
     pub routing_metadata: HashMap<String, String>,
     /// Audit data.
-    #[serde(default)]
     pub audit: AuditMetadata,
     /// The decision is provisional; more body is needed.
-    #[serde(default)]
     pub needs_more: bool,
     /// Request body chunk mutation.
-    #[serde(default)]
     pub request_body_mutation: Option<BodyMutation>,
     /// Response body chunk mutation.
-    #[serde(default)]
     pub response_body_mutation: Option<BodyMutation>,
     /// WebSocket frame decision.
-    #[serde(default)]
     pub websocket_decision: Option<WebSocketDecision>,
+    /// The request answered. Set by the connection that sends the answer, from the request it
+    /// answers (whatever a handler put here); read from the answer by the proxy to route it.
+    pub correlation_id: Option<ByteStr>,
 }
 
 impl Default for AgentResponse {
@@ -232,6 +238,7 @@ impl AgentResponse {
             request_body_mutation: None,
             response_body_mutation: None,
             websocket_decision: None,
+            correlation_id: None,
         }
     }
 
@@ -245,21 +252,18 @@ impl AgentResponse {
         Self::new(Decision::block(status, Some(body.into())))
     }
 
-    /// The routing id in `audit.custom.correlation_id`, if it is a string.
+    /// The request this answers (see [`AgentResponse::correlation_id`](#structfield.correlation_id)).
     pub fn correlation_id(&self) -> Option<&str> {
-        self.audit.custom.get(CORRELATION_KEY)?.as_str()
+        self.correlation_id.as_deref()
     }
 
-    /// Sets `audit.custom.correlation_id`, overwriting what the handler put there.
-    pub fn set_correlation_id(&mut self, id: &str) {
-        self.audit.custom.insert(
-            CORRELATION_KEY.to_owned(),
-            serde_json::Value::String(id.to_owned()),
-        );
+    /// Sets the request this answers.
+    pub fn set_correlation_id(&mut self, id: impl Into<ByteStr>) {
+        self.correlation_id = Some(id.into());
     }
 
     /// Builder form of [`AgentResponse::set_correlation_id`].
-    pub fn with_correlation_id(mut self, id: &str) -> Self {
+    pub fn with_correlation_id(mut self, id: impl Into<ByteStr>) -> Self {
         self.set_correlation_id(id);
         self
     }

@@ -551,13 +551,17 @@ fn message_transport_shares_every_behaviour() {
         .unwrap();
     assert!(matches!(&sent[0], Outgoing::Event(e) if e.correlation_id() == "a"));
     assert!(matches!(&sent[1], Outgoing::Event(_)));
-    // The answer's id travels beside it; audit values stay exactly as the agent sent them.
-    let mut response = AgentResponse::allow();
+    // The answer's id travels beside its audit values, which stay exactly as the agent sent
+    // them (a `correlation_id` key of its own included).
+    let mut response = AgentResponse::allow().with_correlation_id("a");
     response.audit.custom.insert("k".into(), json!("v"));
+    response
+        .audit
+        .custom
+        .insert("correlation_id".into(), json!("the agent's own"));
     conn.handle_message(
         now,
         Incoming::Response {
-            correlation_id: Some("a".into()),
             response: response.clone(),
         },
     );

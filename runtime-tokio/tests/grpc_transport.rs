@@ -52,6 +52,7 @@ async fn every_event_and_every_response_field_cross_unchanged() {
         for event in every_event(&format!("all-{}", endpoint.len())) {
             let sent = serde_json::from_str::<Value>(&event_json(&event)).unwrap();
             let kind = event.kind();
+            let cid = event.correlation_id().to_owned();
             let r = client.send(event).await.unwrap();
             // The agent received exactly what was sent...
             assert_eq!(echoed(&r), sent, "{kind:?}");
@@ -59,12 +60,14 @@ async fn every_event_and_every_response_field_cross_unchanged() {
             let kind_name = r.routing_metadata["kind"].clone();
             let mut expected = rich_response(&kind_name, Decision::Allow);
             expected.routing_metadata = r.routing_metadata.clone();
+            // The id travels beside the answer, and names the request.
+            expected.correlation_id = Some(cid.into());
             if kind == EventKind::GuardrailInspect {
                 let g = r.guardrail().expect("guardrail result in routing metadata");
                 assert!(g.detected);
             }
             assert_eq!(r, expected, "{kind:?}");
-            // No correlation id is injected into audit values on gRPC.
+            // The agent's own audit values are untouched, a `correlation_id` key included.
             assert_eq!(r.audit.custom["correlation_id"], "set by the handler");
         }
     }

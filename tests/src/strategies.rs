@@ -373,17 +373,27 @@ pub fn agent_response() -> impl Strategy<Value = AgentResponse> {
             |(
                 (version, decision, request_headers, response_headers, routing_metadata),
                 (audit, needs_more, request_body_mutation, response_body_mutation, ws),
-            )| AgentResponse {
-                version,
-                decision,
-                request_headers,
-                response_headers,
-                routing_metadata,
-                audit,
-                needs_more,
-                request_body_mutation,
-                response_body_mutation,
-                websocket_decision: ws,
+            )| {
+                // A routing id in `custom` is what the wire carries; in memory it is the
+                // answer's own field.
+                let mut audit = audit;
+                let correlation_id = audit
+                    .custom
+                    .remove("correlation_id")
+                    .and_then(|id| id.as_str().map(Into::into));
+                AgentResponse {
+                    version,
+                    decision,
+                    request_headers,
+                    response_headers,
+                    routing_metadata,
+                    audit,
+                    needs_more,
+                    request_body_mutation,
+                    response_body_mutation,
+                    websocket_decision: ws,
+                    correlation_id,
+                }
             },
         )
 }

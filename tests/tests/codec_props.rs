@@ -421,7 +421,14 @@ fn ref_agent_response(r: &AgentResponse) -> RefAgentResponse {
             rule_ids: r.audit.rule_ids.clone(),
             confidence: r.audit.confidence,
             reason_codes: r.audit.reason_codes.clone(),
-            custom: r.audit.custom.clone(),
+            // The reference keeps the routing id among the custom values, where it travels.
+            custom: {
+                let mut custom = r.audit.custom.clone();
+                if let Some(id) = r.correlation_id() {
+                    custom.insert("correlation_id".into(), Value::String(id.into()));
+                }
+                custom
+            },
         },
         needs_more: r.needs_more,
         request_body_mutation: r.request_body_mutation.as_ref().map(ref_mutation),

@@ -4,6 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::byte_str::ByteStr;
 use crate::control::Cancel;
 use crate::encoding::{self, EncodeError, Encoding};
 use crate::error::ConnectionError;
@@ -316,12 +317,15 @@ impl AgentCodec {
                 correlation_id,
                 mut response,
             } => {
-                response.set_correlation_id(&correlation_id);
+                response.correlation_id = Some(correlation_id);
                 let written =
                     encoding::encode_frame(out, FrameType::AgentResponse, encoding, &response);
                 return match written {
                     Ok(()) => Ok(()),
-                    Err(error) => Err(self.replace_answer(encoding, &correlation_id, error)),
+                    Err(error) => {
+                        let correlation_id = response.correlation_id.unwrap_or_default();
+                        Err(self.replace_answer(encoding, correlation_id, error))
+                    }
                 };
             }
             AgentOutgoing::Register(request) => {
@@ -362,7 +366,7 @@ impl AgentCodec {
     fn replace_answer(
         &mut self,
         encoding: Encoding,
-        correlation_id: &str,
+        correlation_id: ByteStr,
         error: EncodeError,
     ) -> Unsent {
         let mut block = FailClosed::for_encode_error(&error).response(None);

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use smallvec::SmallVec;
 
+use crate::byte_str::ByteStr;
 use crate::control::{Cancel, ConfigUpdateRequest, FlowControl, HealthStatus, MetricsReport};
 use crate::encoding::{DecodeError, Encoding};
 use crate::error::ConnectionError;
@@ -24,7 +25,8 @@ use super::{
 /// One request awaiting its answer.
 #[derive(Debug)]
 struct Tracked {
-    correlation_id: String,
+    /// A clone of the event's id: shares the event's bytes, no copy.
+    correlation_id: ByteStr,
     /// What the event weighs in [`AgentConnection::in_flight_bytes`].
     bytes: usize,
 }
@@ -107,7 +109,7 @@ pub struct AgentConnection {
     in_flight_bytes: usize,
     /// Correlation id -> tracked requests carrying it, for Cancel. Holds only ids present in
     /// `requests`, so it is bounded by the same limit.
-    by_correlation: HashMap<String, SmallVec<[RequestId; 2]>>,
+    by_correlation: HashMap<ByteStr, SmallVec<[RequestId; 2]>>,
     next_id: RequestId,
     notices_dropped: u64,
     /// The proxy's acceptance of a reverse connection's registration.
@@ -327,7 +329,7 @@ impl AgentConnection {
         let bytes = event_weight(&event, header_bytes) + shared;
         let id = self.next_id;
         self.next_id = id.next();
-        let correlation_id = event.correlation_id().to_owned();
+        let correlation_id = event.shared_correlation_id().clone();
         self.by_correlation
             .entry(correlation_id.clone())
             .or_default()
@@ -363,7 +365,7 @@ impl AgentConnection {
     /// queued (not on a closed connection).
     fn answer_fail_closed(
         &mut self,
-        correlation_id: String,
+        correlation_id: impl Into<ByteStr>,
         frame_type: FrameType,
         why: FailClosed,
     ) -> bool {
@@ -371,14 +373,14 @@ impl AgentConnection {
             return false;
         }
         self.outgoing.push_back(AgentOutgoing::Response {
-            correlation_id,
+            correlation_id: correlation_id.into(),
             response: why.response(Some(frame_type)),
         });
         true
     }
 
     fn on_cancel(&mut self, cancel: Cancel) {
-        let Some(ids) = self.by_correlation.remove(&cancel.correlation_id) else {
+        let Some(ids) = self.by_correlation.remove(cancel.correlation_id.as_str()) else {
             return; // already answered, or never seen: nothing to stop
         };
         for id in ids {
@@ -610,7 +612,7 @@ impl AgentConnection {
     }
 
     /// Stops tracking `id`; returns its correlation id if it was tracked.
-    fn forget(&mut self, id: RequestId) -> Option<String> {
+    fn forget(&mut self, id: RequestId) -> Option<ByteStr> {
         let Tracked {
             correlation_id,
             bytes,

@@ -5,6 +5,7 @@
 //! [`AgentCodec`](super::AgentCodec) frames them on Unix sockets, TCP and reverse connections,
 //! the gRPC adapter converts them to protobuf.
 
+use crate::byte_str::ByteStr;
 use crate::control::{Cancel, ConfigUpdateRequest, FlowControl, HealthStatus, MetricsReport, Ping};
 use crate::encoding::DecodeError;
 use crate::event::Event;
@@ -61,7 +62,7 @@ pub enum AgentOutgoing {
     /// it.
     Response {
         /// The request answered.
-        correlation_id: String,
+        correlation_id: ByteStr,
         /// The answer.
         response: AgentResponse,
     },

@@ -1172,7 +1172,7 @@ proptest! {
                     if f.frame_type == FrameType::AgentResponse {
                         let r: AgentResponse =
                             decode_payload(f.frame_type, encoding, &f.payload).unwrap();
-                        let cid = r.audit.custom[CORRELATION_KEY].as_str().unwrap().to_owned();
+                        let cid = r.correlation_id().unwrap().to_owned();
                         *frames_per_cid.entry(cid).or_default() += 1;
                     }
                 }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::saturating_add;
+use crate::byte_str::ByteStr;
 
 /// Returned by [`AffinityTable::insert`] when the table is full even after expiring idle entries.
 ///
@@ -57,7 +58,7 @@ struct Entry<C> {
 pub struct AffinityTable<C: Copy> {
     /// Nested by agent so lookups can borrow the correlation id as `&str` (a tuple key could
     /// not) and removing an agent is one map removal.
-    agents: HashMap<u32, HashMap<Box<str>, Entry<C>>>,
+    agents: HashMap<u32, HashMap<ByteStr, Entry<C>>>,
     len: usize,
     capacity: usize,
     ttl: Duration,
@@ -121,18 +122,20 @@ impl<C: Copy> AffinityTable<C> {
     }
 
     /// Records that `(agent, correlation_id)` is served by `conn`. Replacing an existing entry
-    /// always succeeds; a new entry needs room.
+    /// always succeeds; a new entry needs room. The table keeps the id it is given: a
+    /// [`ByteStr`] clone of the event's id costs no copy.
     pub fn insert(
         &mut self,
         agent: u32,
-        correlation_id: &str,
+        correlation_id: impl Into<ByteStr>,
         conn: C,
         now: Instant,
     ) -> Result<(), AffinityFull> {
+        let correlation_id = correlation_id.into();
         if let Some(entry) = self
             .agents
             .get_mut(&agent)
-            .and_then(|m| m.get_mut(correlation_id))
+            .and_then(|m| m.get_mut(correlation_id.as_str()))
         {
             *entry = Entry {
                 conn,
@@ -151,7 +154,7 @@ impl<C: Copy> AffinityTable<C> {
             }
         }
         self.agents.entry(agent).or_default().insert(
-            correlation_id.into(),
+            correlation_id,
             Entry {
                 conn,
                 last_access: now,
@@ -178,13 +181,18 @@ impl<C: Copy> AffinityTable<C> {
 
     /// Removes the entry (when the request completes, fails or is cancelled).
     pub fn remove(&mut self, agent: u32, correlation_id: &str) -> Option<C> {
+        self.remove_entry(agent, correlation_id)
+            .map(|(_, conn)| conn)
+    }
+
+    /// Removes the entry and returns it with the id it was kept under (shared, not copied).
+    pub fn remove_entry(&mut self, agent: u32, correlation_id: &str) -> Option<(ByteStr, C)> {
         let map = self.agents.get_mut(&agent)?;
-        let entry = map.remove(correlation_id)?;
-        if map.is_empty() {
-            self.agents.remove(&agent);
-        }
+        // An emptied map is kept (expiry sweeps drop it): with few requests in flight it
+        // empties all the time, and dropping it would allocate a new table for the next one.
+        let (key, entry) = map.remove_entry(correlation_id)?;
         self.len -= 1;
-        Some(entry.conn)
+        Some((key, entry.conn))
     }
 
     /// Removes every entry idle for at least the TTL; returns how many were removed.

@@ -130,10 +130,7 @@ impl ProxyCodec {
         let message = match frame.frame_type {
             FrameType::AgentResponse => {
                 match encoding::decode_payload(FrameType::AgentResponse, encoding, payload) {
-                    Ok(response) => ProxyIncoming::Response {
-                        correlation_id: None,
-                        response,
-                    },
+                    Ok(response) => ProxyIncoming::Response { response },
                     // Fail just the request it was for, when we can tell which; otherwise the
                     // stream can no longer be trusted to route answers, so it ends (every
                     // pending request fails at once instead of waiting out its timeout).

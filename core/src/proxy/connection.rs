@@ -2,10 +2,10 @@
 //! typed messages.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::body_sequence::{BodySequencer, Direction};
+use crate::byte_str::ByteStr;
 use crate::capabilities::{Capabilities, EventKind};
 use crate::control::{Cancel, CancelReason, Ping};
 use crate::encoding::{DecodeError, Encoding};
@@ -101,8 +101,8 @@ pub struct ProxyConnection {
     state: State,
     encoding: Encoding,
     capabilities: Option<Capabilities>,
-    pending: HashMap<Arc<str>, Pending>,
-    deadlines: BTreeMap<(Instant, RequestId), Arc<str>>,
+    pending: HashMap<ByteStr, Pending>,
+    deadlines: BTreeMap<(Instant, RequestId), ByteStr>,
     next_id: RequestId,
     events: VecDeque<ProxyEvent>,
     outgoing: VecDeque<ProxyOutgoing>,
@@ -295,14 +295,8 @@ impl ProxyConnection {
 
     fn handle_open(&mut self, now: Instant, message: ProxyIncoming) {
         match message {
-            ProxyIncoming::Response {
-                correlation_id,
-                response,
-            } => {
-                let cid = match &correlation_id {
-                    Some(cid) => cid.as_str(),
-                    None => response.correlation_id().unwrap_or(""),
-                };
+            ProxyIncoming::Response { response } => {
+                let cid = response.correlation_id().unwrap_or("");
                 match self.pending.remove_entry(cid) {
                     Some((cid, pending)) => {
                         let ends = ends_request(pending.kind, &response);
@@ -347,7 +341,7 @@ impl ProxyConnection {
         }
     }
 
-    fn fail_malformed(&mut self, cid: Arc<str>, pending: Pending, error: DecodeError) {
+    fn fail_malformed(&mut self, cid: ByteStr, pending: Pending, error: DecodeError) {
         self.stats.failures += 1;
         let error = RequestError::MalformedResponse(error);
         self.end(cid, pending, true, Err(error));
@@ -408,7 +402,8 @@ impl ProxyConnection {
             return Err(SubmitError::TooManyInFlight { limit });
         }
         let chunk = self.admit_chunk(now, &mut event)?;
-        let cid: Arc<str> = Arc::from(event.correlation_id());
+        // A clone of the event's id shares its bytes (the proxy built it; no copy).
+        let cid = event.shared_correlation_id().clone();
         let kind = event.kind();
         while let Some(queued) = self.outgoing.pop_front() {
             // Cancels and pings: small, and written whatever the buffer holds.
@@ -569,7 +564,7 @@ impl ProxyConnection {
     /// outcome is reported.
     fn end(
         &mut self,
-        cid: Arc<str>,
+        cid: ByteStr,
         pending: Pending,
         release: bool,
         outcome: Result<AgentResponse, RequestError>,
@@ -708,7 +703,7 @@ impl ProxyConnection {
         // local close the transport may still carry it, and the agent learns of every cancel.
         let pending = std::mem::take(&mut self.pending);
         self.deadlines.clear();
-        let mut failed: Vec<(RequestId, Arc<str>)> =
+        let mut failed: Vec<(RequestId, ByteStr)> =
             pending.into_iter().map(|(cid, p)| (p.id, cid)).collect();
         // Submission order, so callers and tests see a deterministic sequence.
         failed.sort_unstable_by_key(|(id, _)| *id);

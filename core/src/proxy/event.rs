@@ -1,8 +1,8 @@
 //! [`ProxyEvent`]: what a proxy connection tells the application.
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use crate::byte_str::ByteStr;
 use crate::control::{ConfigUpdateRequest, FlowControl, HealthStatus, MetricsReport};
 use crate::error::{ConnectionError, RequestError};
 use crate::handshake::Negotiated;
@@ -22,7 +22,7 @@ pub enum ProxyEvent {
         /// The request.
         id: RequestId,
         /// Its correlation id.
-        correlation_id: Arc<str>,
+        correlation_id: ByteStr,
         /// The agent's answer.
         response: AgentResponse,
     },
@@ -31,7 +31,7 @@ pub enum ProxyEvent {
         /// The request.
         id: RequestId,
         /// Its correlation id.
-        correlation_id: Arc<str>,
+        correlation_id: ByteStr,
         /// Why.
         error: RequestError,
     },

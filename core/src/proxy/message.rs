@@ -20,11 +20,8 @@ pub enum ProxyIncoming {
     Handshake(HandshakeResponse),
     /// An answer.
     Response {
-        /// The request it answers, when the transport carries the id beside the answer (gRPC);
-        /// `None` when the answer carries it itself, in `audit.custom.correlation_id` (framed
-        /// transports, where moving it out would cost an allocation per answer).
-        correlation_id: Option<String>,
-        /// The answer.
+        /// The answer; [`AgentResponse::correlation_id`] names the request it answers
+        /// (whether the transport carried the id inside the answer or beside it).
         response: AgentResponse,
     },
     /// An answer the transport could not decode, for the request with this correlation id:

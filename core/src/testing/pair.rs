@@ -261,11 +261,11 @@ fn to_proxy(message: AgentOutgoing) -> Option<ProxyIncoming> {
         AgentOutgoing::Handshake(h) => ProxyIncoming::Handshake(h),
         AgentOutgoing::Response {
             correlation_id,
-            response,
-        } => ProxyIncoming::Response {
-            correlation_id: Some(correlation_id),
-            response,
-        },
+            mut response,
+        } => {
+            response.correlation_id = Some(correlation_id);
+            ProxyIncoming::Response { response }
+        }
         AgentOutgoing::Pong(p) => ProxyIncoming::Pong(p),
         AgentOutgoing::Health(h) => ProxyIncoming::Health(h),
         AgentOutgoing::FlowControl(f) => ProxyIncoming::FlowControl(f),

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_protocol_core::handshake::Negotiated;
-use agent_protocol_core::{AgentResponse, CancelReason, ConnectionError, Event, RequestError};
+use agent_protocol_core::{
+    AgentResponse, ByteStr, CancelReason, ConnectionError, Event, RequestError,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ClientError, ConnectionStatus, REPLY_GRACE};
@@ -40,11 +42,11 @@ pub(super) enum CommandKind {
     },
     /// The caller stopped waiting for its request under this id.
     Abandon {
-        correlation_id: String,
+        correlation_id: ByteStr,
     },
     /// The request under this id is over: drop its body streams and flow state.
     End {
-        correlation_id: String,
+        correlation_id: ByteStr,
     },
     Close,
 }
@@ -100,7 +102,8 @@ impl ClientHandle {
         let submitted = R::now();
         self.status.touch(submitted);
         let (reply, rx) = oneshot::channel();
-        let correlation_id = event.correlation_id().to_owned();
+        // Shares the event's bytes, as the connection's own table does: no copy.
+        let correlation_id = event.shared_correlation_id().clone();
         let command = Command(CommandKind::Send {
             event,
             deadline,
@@ -154,10 +157,8 @@ impl ClientHandle {
             .await;
     }
 
-    pub(crate) fn end_request<R: Runtime>(&self, correlation_id: &str) {
-        let command = Command(CommandKind::End {
-            correlation_id: correlation_id.to_owned(),
-        });
+    pub(crate) fn end_request<R: Runtime>(&self, correlation_id: ByteStr) {
+        let command = Command(CommandKind::End { correlation_id });
         match self.tx.try_send(command) {
             // Closed: the connection's tables went with it.
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -203,7 +204,7 @@ pub(super) fn closed_error(status: &ConnectionStatus) -> ClientError {
 
 struct AbandonGuard<'a> {
     tx: &'a mpsc::Sender<Command>,
-    correlation_id: Option<String>,
+    correlation_id: Option<ByteStr>,
 }
 
 impl Drop for AbandonGuard<'_> {

@@ -438,7 +438,7 @@ impl<R: Runtime> AgentClient<R> {
     /// final answer (block, redirect, challenge), a timeout or a cancel need no call. Does not
     /// wait; an event of the request still pending is unaffected.
     pub fn end_request(&self, correlation_id: &str) {
-        self.handle.end_request::<R>(correlation_id)
+        self.handle.end_request::<R>(correlation_id.into())
     }
 
     /// Sends a ping and waits for its pong: the round-trip time through the agent's event loop.

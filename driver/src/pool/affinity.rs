@@ -12,6 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use agent_protocol_core::pool::{AffinityFull, AffinityTable};
+use agent_protocol_core::ByteStr;
 
 /// A connection's pool-wide id.
 pub(crate) type ConnId = u64;
@@ -64,15 +65,20 @@ impl ShardedAffinity {
     pub(crate) fn insert(
         &self,
         agent: u32,
-        cid: &str,
+        cid: impl Into<ByteStr>,
         conn: ConnId,
         now: Instant,
     ) -> Result<(), AffinityFull> {
-        self.stripe(agent, cid).insert(agent, cid, conn, now)
+        let cid = cid.into();
+        self.stripe(agent, &cid).insert(agent, cid, conn, now)
     }
 
     pub(crate) fn get(&self, agent: u32, cid: &str, now: Instant) -> Option<ConnId> {
         self.stripe(agent, cid).get(agent, cid, now)
+    }
+
+    pub(crate) fn remove_entry(&self, agent: u32, cid: &str) -> Option<(ByteStr, ConnId)> {
+        self.stripe(agent, cid).remove_entry(agent, cid)
     }
 
     pub(crate) fn remove(&self, agent: u32, cid: &str) -> Option<ConnId> {
@@ -111,7 +117,7 @@ mod tests {
         let t = ShardedAffinity::new(1000, Duration::from_secs(60));
         let now = std::time::Instant::now();
         for i in 0..200u64 {
-            t.insert((i % 3) as u32, &format!("c{i}"), i, now).unwrap();
+            t.insert((i % 3) as u32, format!("c{i}"), i, now).unwrap();
         }
         assert_eq!(t.len(), 200);
         assert_eq!(t.get(1, "c1", now), Some(1));

@@ -17,13 +17,13 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use agent_protocol_core::metrics::{DecisionKind, ErrorCause};
-use agent_protocol_core::pool::{Endpoint, FlowControlMode, FlowDecision, SelectError};
+use agent_protocol_core::pool::{FlowControlMode, FlowDecision, SelectError};
 use agent_protocol_core::{
-    AgentResponse, CancelReason, Decision, Event, RequestError, SubmitError,
+    AgentResponse, ByteStr, CancelReason, Decision, Event, RequestError, SubmitError,
 };
 
 use super::affinity::ConnId;
-use super::entry::{AgentEntry, Candidates, Origin, PooledConnection};
+use super::entry::{AgentEntry, Candidates, PooledConnection};
 use super::registry::{deadline_after, PoolInner};
 use super::PoolError;
 use crate::client::ClientError;
@@ -107,18 +107,20 @@ impl<R: Runtime> PoolInner<R> {
         let Some(entry) = self.entry(agent_id) else {
             return false;
         };
-        let pinned = self.affinity.remove(entry.index, correlation_id);
+        // The pin's key is the request's id, shared: telling the connection costs no copy.
+        let pinned = self.affinity.remove_entry(entry.index, correlation_id);
         let conns = entry.conns.load();
-        match pinned {
+        match &pinned {
             // A pinned connection that is gone took the request's state with it.
-            Some(id) => {
-                if let Some(c) = conns.iter().find(|c| c.id == id) {
-                    c.client.end_request::<R>(correlation_id);
+            Some((cid, id)) => {
+                if let Some(c) = conns.iter().find(|c| c.id == *id) {
+                    c.client.end_request::<R>(cid.clone());
                 }
             }
             None => {
+                let cid = ByteStr::from(correlation_id);
                 for c in conns.iter() {
-                    c.client.end_request::<R>(correlation_id);
+                    c.client.end_request::<R>(cid.clone());
                 }
             }
         }
@@ -136,9 +138,10 @@ impl<R: Runtime> PoolInner<R> {
     ) -> (Result<AgentResponse, PoolError>, Verdict) {
         let route = Route::of(&event);
         let retry = self.config.flow_control.mode == FlowControlMode::WaitAndRetry;
+        // Shares the event's bytes: the pin and the connection's table keep it without a copy.
+        let cid = event.shared_correlation_id().clone();
         loop {
-            let cid = event.correlation_id();
-            let conn = match self.pick(entry, route, cid, R::now()) {
+            let conn = match self.pick(entry, route, &cid, R::now()) {
                 Ok(c) => c,
                 Err(Pick::Blocked(blockers)) => {
                     match self
@@ -175,13 +178,8 @@ impl<R: Runtime> PoolInner<R> {
             if route == Route::Complete {
                 // The pin has been used; forget it now, whatever the outcome (done before the
                 // event moves into the connection, so no copy of the id is needed).
-                self.affinity.remove(entry.index, cid);
+                self.affinity.remove(entry.index, &cid);
             }
-            // A gRPC answer carries its id beside the response (its audit values are exactly
-            // what the agent set), so headers sent over gRPC keep a copy of the id to pin.
-            let grpc_cid = (route == Route::Bind
-                && matches!(entry.origin, Origin::Outbound(Endpoint::Grpc { .. })))
-            .then(|| cid.to_owned());
             // Under wait-and-retry, a pause that races the selection means sending the event
             // again: the connection gets a copy and the original is kept. Otherwise the event
             // itself goes, saving the copy.
@@ -216,19 +214,12 @@ impl<R: Runtime> PoolInner<R> {
                     }
                 }
             }
-            if route == Route::Bind {
-                if let Ok(response) = &result {
-                    // The answer carries the request's id (it was routed by it), so the pin is
-                    // recorded only for headers the agent actually saw: a failed, timed-out or
-                    // abandoned request leaves no affinity behind, with no guard and no copy
-                    // of the id. A body chunk cannot overtake its headers on one connection
-                    // (the connection refuses a second pending event with the same id).
-                    // On gRPC the id travels beside the answer; its audit values are the
-                    // agent's own.
-                    if let Some(cid) = grpc_cid.as_deref().or_else(|| response.correlation_id()) {
-                        self.bind(entry, cid, conn.id);
-                    }
-                }
+            // The pin is recorded only for headers the agent actually answered: a failed,
+            // timed-out or abandoned request leaves no affinity behind, with no guard. A body
+            // chunk cannot overtake its headers on one connection (the connection refuses a
+            // second pending event with the same id).
+            if route == Route::Bind && result.is_ok() {
+                self.bind(entry, cid, conn.id);
             }
             return self.conclude(entry, &conn, result, submitted);
         }
@@ -342,7 +333,7 @@ impl<R: Runtime> PoolInner<R> {
     }
 
     /// Pins `cid` to `conn` (counted when the table is full).
-    fn bind(&self, entry: &AgentEntry, cid: &str, conn: ConnId) {
+    fn bind(&self, entry: &AgentEntry, cid: ByteStr, conn: ConnId) {
         if self
             .affinity
             .insert(entry.index, cid, conn, R::now())

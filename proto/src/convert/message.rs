@@ -102,7 +102,7 @@ pub fn agent_outgoing_to_proto(message: AgentOutgoing, now_ms: u64) -> Option<v2
         AgentOutgoing::Response {
             correlation_id,
             response,
-        } => M::Response(response_to_proto(correlation_id, response)),
+        } => M::Response(response_to_proto(correlation_id.into(), response)),
         AgentOutgoing::Pong(p) => M::Pong(pong_for(p, now_ms)),
         AgentOutgoing::Health(h) => M::Health(h.into()),
         AgentOutgoing::FlowControl(f) => M::FlowControl(f.into()),
@@ -146,10 +146,10 @@ impl From<v2::AgentToProxy> for AgentMessage {
                 Ok(Incoming::Handshake(h))
             }
             M::Response(r) => match response_from_proto(r) {
-                Ok((correlation_id, response)) => Ok(Incoming::Response {
-                    correlation_id: Some(correlation_id),
-                    response,
-                }),
+                Ok((correlation_id, mut response)) => {
+                    response.correlation_id = Some(correlation_id.into());
+                    Ok(Incoming::Response { response })
+                }
                 Err(e) => match e.correlation_id.clone() {
                     Some(correlation_id) => Ok(Incoming::MalformedResponse {
                         correlation_id,

@@ -230,6 +230,8 @@ pub fn response_from_proto(r: v2::AgentResponse) -> Result<(String, AgentRespons
         request_body_mutation: r.request_body_mutation.map(mutation_from_proto),
         response_body_mutation: r.response_body_mutation.map(mutation_from_proto),
         websocket_decision,
+        // Carried beside the answer; the caller puts it where its transport wants it.
+        correlation_id: None,
     };
     Ok((r.correlation_id, response))
 }

@@ -222,7 +222,7 @@ fn flood_batch() -> Vec<u8> {
                 timestamp_ms: 0,
             },
         ));
-        let stray = AgentResponse::allow().with_correlation_id(&format!("nobody-{i}"));
+        let stray = AgentResponse::allow().with_correlation_id(format!("nobody-{i}"));
         batch.extend_from_slice(&json_frame(FrameType::AgentResponse, &stray));
         batch.extend_from_slice(&raw_frame(0x7e, b"unknown frame type"));
         i += 1;
