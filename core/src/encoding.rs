@@ -331,31 +331,42 @@ pub(crate) fn decode_shared_event(
     if payload.len() > SHARED_PAYLOAD_MAX {
         return decode_event_from(frame_type, encoding, payload, limits).map(|r| r.map(|e| (e, 0)));
     }
-    let own = Bytes::copy_from_slice(payload);
+    let encoding = effective_encoding(encoding, payload);
+    // JSON text with escapes is unescaped into room left after the copy, in the same
+    // allocation: the whole event then shares one buffer, whose size it is weighed at.
+    let room = if frame_type == FrameType::RequestHeaders && encoding == Encoding::Json {
+        crate::json_request_headers::unescape_room(payload)
+    } else {
+        0
+    };
+    let mut buf = BytesMut::with_capacity(payload.len() + room);
+    buf.extend_from_slice(payload);
+    let own = buf.split().freeze();
+    let weight = own.len() + room;
     if frame_type == FrameType::RequestHeaders {
-        if let Some(event) =
-            read_request_headers(effective_encoding(encoding, payload), &own, &limits)
-        {
+        if let Some(event) = read_request_headers(encoding, &own, buf, &limits) {
             let mut event = Event::RequestHeaders(event);
             event.normalize();
-            return Some(Ok((event, own.len())));
+            return Some(Ok((event, weight)));
         }
     }
     crate::shared_frame::decode_sharing(&own, || {
         decode_event_from(frame_type, encoding, &own, limits)
     })
-    .map(|r| r.map(|e| (e, own.len())))
+    .map(|r| r.map(|e| (e, weight)))
 }
 
-/// The direct RequestHeaders reader of `encoding` (the payload's own): the event, or `None` when
-/// the general decoder must decide.
+/// The direct RequestHeaders reader of `encoding` (the payload's own): the event, or `None`
+/// when the general decoder must decide. JSON unescapes into `room` (see
+/// `json_request_headers::unescape_room`).
 pub(crate) fn read_request_headers(
     encoding: Encoding,
     payload: &Bytes,
+    room: BytesMut,
     limits: &MessageLimits,
 ) -> Option<RequestHeadersEvent> {
     match encoding {
-        Encoding::Json => crate::json_request_headers::read_request_headers(payload, limits),
+        Encoding::Json => crate::json_request_headers::read_request_headers(payload, room, limits),
         Encoding::MsgPack => crate::msgpack::request_headers(payload, limits),
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! Reading ([`read_request_headers`]) is the direct reader of `crate::request_headers_reader`
 //! over JSON's syntax: plain text scanned eight bytes at a time and kept as a slice of the
-//! payload, escaped text unescaped into a string of its own; a field name with escapes, a
+//! payload, escaped text unescaped into one side buffer of the event's own (one allocation for
+//! all its escaped strings, however many: sec-ch-ua, if-none-match...); a field name with escapes, a
 //! number that is not a plain `u16`, a surrogate or unknown escape and a raw control character
 //! are left to the general decoder.
 
@@ -139,9 +140,22 @@ fn put_u16(out: &mut BytesMut, v: u16) {
     out.put_slice(&digits[at..]);
 }
 
-/// The event in the JSON `payload`, or `None` when the general decoder must decide.
+/// How much room to leave after a copy of `payload` for its unescaped text: none without a
+/// backslash, else the payload's length (unescaped text is never longer than its escaped form).
+pub(crate) fn unescape_room(payload: &[u8]) -> usize {
+    if payload.contains(&b'\\') {
+        payload.len()
+    } else {
+        0
+    }
+}
+
+/// The event in the JSON `payload`, or `None` when the general decoder must decide. Escaped
+/// strings are unescaped into `room` (at least [`unescape_room`] bytes free, ideally the rest
+/// of the payload's own allocation) and split off it, so they share that allocation too.
 pub(crate) fn read_request_headers(
     payload: &Bytes,
+    room: BytesMut,
     limits: &MessageLimits,
 ) -> Option<RequestHeadersEvent> {
     let mut reader = Reader {
@@ -149,6 +163,7 @@ pub(crate) fn read_request_headers(
         pos: 0,
         payload,
         budget: Budget::new(limits),
+        unescaped: room,
     };
     let event = read_event(&mut reader)?;
     reader.skip_space();
@@ -160,6 +175,9 @@ struct Reader<'a> {
     pos: usize,
     payload: &'a Bytes,
     budget: Budget<'a>,
+    /// Where escaped strings are unescaped, each split off as a string of the event: room
+    /// for all of them, so it never grows.
+    unescaped: BytesMut,
 }
 
 impl<'a> Reader<'a> {
@@ -291,7 +309,9 @@ impl<'a> Syntax<'a> for Reader<'a> {
             return ByteStr::from_payload(self.payload, range);
         }
         let raw = std::str::from_utf8(&self.input[range]).ok()?;
-        unescape(raw).map(ByteStr::from)
+        unescape(raw, &mut self.unescaped)?;
+        let text = self.unescaped.split().freeze();
+        Some(ByteStr::from_copied_text(&text, 0..text.len()))
     }
 
     #[inline]
@@ -326,36 +346,41 @@ impl<'a> Syntax<'a> for Reader<'a> {
     }
 }
 
-/// The text a JSON string's raw contents stand for; `None` for an escape the general decoder
-/// should judge (a surrogate, a malformed `\u`, an unknown escape).
-fn unescape(raw: &str) -> Option<String> {
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        out.push(match chars.next()? {
-            '"' => '"',
-            '\\' => '\\',
-            '/' => '/',
-            'b' => '\u{8}',
-            'f' => '\u{c}',
-            'n' => '\n',
-            'r' => '\r',
-            't' => '\t',
-            'u' => {
-                let hex: String = chars.by_ref().take(4).collect();
-                if hex.len() != 4 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return None;
+/// Appends the text a JSON string's raw contents stand for (whole UTF-8 characters, never
+/// more bytes than `raw`); `None` for an escape the general decoder should judge (a surrogate,
+/// a malformed `\u`, an unknown escape).
+fn unescape(raw: &str, out: &mut BytesMut) -> Option<()> {
+    let mut rest = raw.as_bytes();
+    let mut utf8 = [0; 4];
+    // Runs between escapes are copied whole (a backslash is ASCII, so they are whole UTF-8).
+    while let Some(at) = rest.iter().position(|&b| b == b'\\') {
+        out.put_slice(&rest[..at]);
+        let (&kind, after) = rest[at + 1..].split_first()?;
+        rest = after;
+        let c = match kind {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let (hex, after) = rest.split_at_checked(4)?;
+                rest = after;
+                let mut code = 0;
+                for &digit in hex {
+                    code = code * 16 + char::from(digit).to_digit(16)?;
                 }
-                char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?
+                char::from_u32(code)?
             }
             _ => return None,
-        });
+        };
+        out.put_slice(c.encode_utf8(&mut utf8).as_bytes());
     }
-    Some(out)
+    out.put_slice(rest);
+    Some(())
 }
 
 #[cfg(test)]
@@ -377,6 +402,55 @@ mod tests {
         ) {
             let expected = bytes.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
             proptest::prop_assert_eq!(needs_escape(&bytes), expected);
+        }
+    }
+}
+
+#[cfg(test)]
+mod sharing_tests {
+    use crate::encoding::{decode_shared_event, encode_event, Encoding};
+    use crate::event::{Event, RequestHeadersEvent, RequestMetadata};
+    use crate::frame::{FrameType, FRAME_HEADER_LEN};
+    use crate::headers::Headers;
+    use crate::limits::MessageLimits;
+
+    /// Escaped and plain text alike are slices of one allocation, the payload's copy with room
+    /// after it, and the event is weighed at that whole allocation.
+    #[test]
+    fn unescaped_text_shares_the_payload_allocation() {
+        let headers = Headers::copy_from([
+            ("sec-ch-ua", r#""Chromium";v="124""#),
+            ("host", "example.com"),
+            ("x-tab", "a\tb\\c"),
+        ]);
+        let meta = RequestMetadata {
+            correlation_id: "c-1".into(),
+            ..Default::default()
+        };
+        let event = Event::RequestHeaders(RequestHeadersEvent::new(meta, "GET", "/", headers));
+        let mut frame = bytes::BytesMut::new();
+        encode_event(&mut frame, Encoding::Json, &event).unwrap();
+        let payload = &frame[FRAME_HEADER_LEN..];
+        let (back, weight) = decode_shared_event(
+            FrameType::RequestHeaders,
+            Encoding::Json,
+            payload,
+            MessageLimits::default(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(back, event);
+        assert_eq!(weight, 2 * payload.len());
+        let Event::RequestHeaders(e) = &back else {
+            unreachable!()
+        };
+        let start = e.uri.as_ptr() as usize;
+        for escaped in ["sec-ch-ua", "x-tab"] {
+            let at = e.headers.first(escaped).unwrap().as_ptr() as usize;
+            assert!(
+                at > start && at < start + weight,
+                "{escaped} is not in the payload's room"
+            );
         }
     }
 }

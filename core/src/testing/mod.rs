@@ -42,9 +42,10 @@ pub fn fast_request_headers(
     payload: &[u8],
     limits: MessageLimits,
 ) -> Option<RequestHeadersEvent> {
+    let room = bytes::BytesMut::with_capacity(crate::json_request_headers::unescape_room(payload));
     let payload = bytes::Bytes::copy_from_slice(payload);
     let encoding = crate::encoding::effective_encoding(encoding, &payload);
-    crate::encoding::read_request_headers(encoding, &payload, &limits)
+    crate::encoding::read_request_headers(encoding, &payload, room, &limits)
 }
 
 /// Encodes an event the general way only (serde), never through a direct writer: the bytes
