@@ -18,6 +18,7 @@ use crate::event::{
 };
 use crate::frame::{FrameType, FrameWriter, PayloadTooLarge};
 use crate::limits::{self, LimitExceeded, MessageLimits, DEFAULT_MAX_ELEMENTS};
+use crate::response::AgentResponse;
 
 /// A payload encoding.
 ///
@@ -180,6 +181,20 @@ pub fn decode_payload_with_budget<'a, T: Deserialize<'a>>(
         message,
         limit: None,
     })
+}
+
+/// Decodes an AgentResponse payload as [`decode_payload`] does; a plain allow in MessagePack
+/// (nearly every answer) is read directly, without serde, to the same answer.
+pub(crate) fn decode_response(
+    encoding: Encoding,
+    payload: &[u8],
+) -> Result<AgentResponse, DecodeError> {
+    if effective_encoding(encoding, payload) == Encoding::MsgPack {
+        if let Some(response) = crate::msgpack::read_plain_allow(payload) {
+            return Ok(response);
+        }
+    }
+    decode_payload(FrameType::AgentResponse, encoding, payload)
 }
 
 /// Refuses a payload over the element budget before any of it is decoded.

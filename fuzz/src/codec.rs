@@ -158,6 +158,18 @@ fn fast_path_agrees(frame_type: FrameType, encoding: Encoding, payload: &[u8]) {
         used.as_ref().map(Result::is_ok),
         general.as_ref().map(Result::is_ok)
     );
+    if frame_type == FrameType::AgentResponse {
+        // The direct reader of a plain allow takes only what the general decoder reads the same.
+        if let Some(fast) = testing::fast_agent_response(encoding, payload) {
+            let general = decode_payload::<AgentResponse>(frame_type, encoding, payload);
+            assert_eq!(
+                general.ok(),
+                Some(fast),
+                "the direct answer reader disagrees"
+            );
+        }
+        return;
+    }
     if frame_type != FrameType::RequestHeaders {
         return;
     }

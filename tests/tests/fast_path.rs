@@ -1,5 +1,5 @@
-//! The direct RequestHeaders writers and readers (JSON and MessagePack) against the general
-//! (serde) encoder and decoder.
+//! The direct RequestHeaders writers and readers (JSON and MessagePack), and the direct reader
+//! of a plain allow answer (MessagePack), against the general (serde) encoder and decoder.
 //!
 //! The writers must produce the general encoder's bytes exactly.
 //!
@@ -8,14 +8,16 @@
 //! reached) to the general decoder, so that the decoder in use always reaches the general
 //! decoder's decision. The fuzz targets check the same on arbitrary bytes.
 
-use agent_protocol_core::encoding::{decode_event_with_limits, encode_event};
+use agent_protocol_core::encoding::{
+    decode_event_with_limits, decode_payload, encode_event, encode_frame,
+};
 use agent_protocol_core::frame::FrameType;
 use agent_protocol_core::limits::{HeaderLimits, MessageLimits};
 use agent_protocol_core::testing::{
-    decode_event_general, encode_event_general, fast_request_headers,
+    decode_event_general, encode_event_general, fast_agent_response, fast_request_headers,
 };
-use agent_protocol_core::{Encoding, Event};
-use agent_protocol_tests::strategies::request_headers;
+use agent_protocol_core::{AgentResponse, Encoding, Event};
+use agent_protocol_tests::strategies::{agent_response, request_headers};
 use bytes::BytesMut;
 use proptest::prelude::*;
 use serde_json::Value;
@@ -239,5 +241,80 @@ proptest! {
             None => Err("not an event".into()),
         };
         prop_assert_eq!(in_use, general);
+    }
+}
+
+/// The AgentResponse payload our agent writes for `response` in MessagePack.
+fn answer_payload(response: &AgentResponse) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    encode_frame(
+        &mut buf,
+        FrameType::AgentResponse,
+        Encoding::MsgPack,
+        response,
+    )
+    .unwrap();
+    buf[5..].to_vec()
+}
+
+fn general_answer(payload: &[u8]) -> Result<AgentResponse, String> {
+    decode_payload(FrameType::AgentResponse, Encoding::MsgPack, payload).map_err(|e| e.to_string())
+}
+
+/// A plain allow, as our agent answers nearly every event: the direct reader takes it.
+fn plain_allow() -> impl Strategy<Value = AgentResponse> {
+    (any::<u32>(), any::<bool>(), prop::option::of("\\PC{0,40}")).prop_map(
+        |(version, needs_more, id)| {
+            let mut r = AgentResponse::allow();
+            r.version = version;
+            r.needs_more = needs_more;
+            r.correlation_id = id.map(Into::into);
+            r
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Every plain allow takes the direct reader, to the general decoder's answer.
+    #[test]
+    fn plain_allows_take_the_direct_answer_reader(response in plain_allow()) {
+        let payload = answer_payload(&response);
+        let fast = fast_agent_response(Encoding::MsgPack, &payload);
+        prop_assert_eq!(fast.as_ref(), Some(&response));
+        prop_assert_eq!(general_answer(&payload), Ok(response));
+    }
+
+    /// Any other answer is either left to the general decoder or read to its answer.
+    #[test]
+    fn other_answers_reach_the_general_decision(response in agent_response()) {
+        let payload = answer_payload(&response);
+        if let Some(fast) = fast_agent_response(Encoding::MsgPack, &payload) {
+            prop_assert_eq!(Ok(fast), general_answer(&payload));
+        }
+    }
+
+    /// Damaged plain allows (a byte changed, bytes cut or added): whatever the direct reader
+    /// takes, the general decoder decodes to the same answer.
+    #[test]
+    fn damaged_answers_reach_the_general_decision(
+        response in plain_allow(),
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+        edit in 0u8..3,
+    ) {
+        let mut payload = answer_payload(&response);
+        // Up to one past the end, so a byte can also be appended.
+        let i = at.index(payload.len() + 1);
+        let last = payload.len() - 1;
+        match edit {
+            0 => payload[i.min(last)] = byte,
+            1 => payload.truncate(i),
+            _ => payload.insert(i, byte),
+        }
+        if let Some(fast) = fast_agent_response(Encoding::MsgPack, &payload) {
+            prop_assert_eq!(Ok(fast), general_answer(&payload));
+        }
     }
 }

@@ -28,6 +28,7 @@
 //! headers, `containers` and `enums` walk the contents of arrays, maps and enums, and `error`
 //! holds [`MsgPackError`].
 
+mod agent_response;
 mod containers;
 mod cursor;
 mod deserializer;
@@ -40,6 +41,7 @@ mod tests;
 
 use serde::de;
 
+pub(crate) use agent_response::read_plain_allow;
 use deserializer::Deserializer;
 pub use error::MsgPackError;
 pub(crate) use request_headers::{request_headers, write_request_headers};

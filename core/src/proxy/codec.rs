@@ -129,7 +129,7 @@ impl ProxyCodec {
         let payload = &frame.payload;
         let message = match frame.frame_type {
             FrameType::AgentResponse => {
-                match encoding::decode_payload(FrameType::AgentResponse, encoding, payload) {
+                match encoding::decode_response(encoding, payload) {
                     Ok(response) => ProxyIncoming::Response { response },
                     // Fail just the request it was for, when we can tell which; otherwise the
                     // stream can no longer be trusted to route answers, so it ends (every
