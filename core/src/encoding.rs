@@ -183,18 +183,25 @@ pub fn decode_payload_with_budget<'a, T: Deserialize<'a>>(
     })
 }
 
-/// Decodes an AgentResponse payload as [`decode_payload`] does; a plain allow in MessagePack
-/// (nearly every answer) is read directly, without serde, to the same answer.
+/// Decodes an AgentResponse payload as [`decode_payload`] does; a plain allow (nearly every
+/// answer) is read directly, without serde, to the same answer.
 pub(crate) fn decode_response(
     encoding: Encoding,
     payload: &[u8],
 ) -> Result<AgentResponse, DecodeError> {
-    if effective_encoding(encoding, payload) == Encoding::MsgPack {
-        if let Some(response) = crate::msgpack::read_plain_allow(payload) {
-            return Ok(response);
-        }
+    match read_plain_allow(encoding, payload) {
+        Some(response) => Ok(response),
+        None => decode_payload(FrameType::AgentResponse, encoding, payload),
     }
-    decode_payload(FrameType::AgentResponse, encoding, payload)
+}
+
+/// The direct reader of a plain allow in the payload's own encoding, or `None` when the
+/// general decoder must decide.
+pub(crate) fn read_plain_allow(encoding: Encoding, payload: &[u8]) -> Option<AgentResponse> {
+    match effective_encoding(encoding, payload) {
+        Encoding::Json => crate::json_agent_response::read_plain_allow(payload),
+        Encoding::MsgPack => crate::msgpack::read_plain_allow(payload),
+    }
 }
 
 /// Refuses a payload over the element budget before any of it is decoded.

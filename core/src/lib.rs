@@ -19,6 +19,7 @@ mod framed_io;
 pub mod handshake;
 pub mod headers;
 pub mod health;
+mod json_agent_response;
 mod json_request_headers;
 pub mod limits;
 pub mod metrics;

@@ -1,5 +1,5 @@
-//! The direct RequestHeaders writers and readers (JSON and MessagePack), and the direct reader
-//! of a plain allow answer (MessagePack), against the general (serde) encoder and decoder.
+//! The direct RequestHeaders writers and readers, and the direct readers of a plain allow answer,
+//! in JSON and MessagePack, against the general (serde) encoder and decoder.
 //!
 //! The writers must produce the general encoder's bytes exactly.
 //!
@@ -244,21 +244,19 @@ proptest! {
     }
 }
 
-/// The AgentResponse payload our agent writes for `response` in MessagePack.
-fn answer_payload(response: &AgentResponse) -> Vec<u8> {
+/// The AgentResponse payload our agent writes for `response`.
+fn answer_payload(encoding: Encoding, response: &AgentResponse) -> Vec<u8> {
     let mut buf = BytesMut::new();
-    encode_frame(
-        &mut buf,
-        FrameType::AgentResponse,
-        Encoding::MsgPack,
-        response,
-    )
-    .unwrap();
+    encode_frame(&mut buf, FrameType::AgentResponse, encoding, response).unwrap();
     buf[5..].to_vec()
 }
 
-fn general_answer(payload: &[u8]) -> Result<AgentResponse, String> {
-    decode_payload(FrameType::AgentResponse, Encoding::MsgPack, payload).map_err(|e| e.to_string())
+fn general_answer(encoding: Encoding, payload: &[u8]) -> Result<AgentResponse, String> {
+    decode_payload(FrameType::AgentResponse, encoding, payload).map_err(|e| e.to_string())
+}
+
+fn encoding() -> impl Strategy<Value = Encoding> {
+    prop::sample::select(BOTH.to_vec())
 }
 
 /// A plain allow, as our agent answers nearly every event: the direct reader takes it.
@@ -279,19 +277,27 @@ proptest! {
 
     /// Every plain allow takes the direct reader, to the general decoder's answer.
     #[test]
-    fn plain_allows_take_the_direct_answer_reader(response in plain_allow()) {
-        let payload = answer_payload(&response);
-        let fast = fast_agent_response(Encoding::MsgPack, &payload);
-        prop_assert_eq!(fast.as_ref(), Some(&response));
-        prop_assert_eq!(general_answer(&payload), Ok(response));
+    fn plain_allows_take_the_direct_answer_reader(encoding in encoding(), response in plain_allow()) {
+        let payload = answer_payload(encoding, &response);
+        let fast = fast_agent_response(encoding, &payload);
+        // An id with a character JSON escapes is left to the general decoder.
+        let escaped = response
+            .correlation_id()
+            .is_some_and(|id| id.contains(|c: char| c == '"' || c == '\\' || c < ' '));
+        if encoding == Encoding::MsgPack || !escaped {
+            prop_assert_eq!(fast.as_ref(), Some(&response));
+        } else {
+            prop_assert_eq!(fast.as_ref(), None);
+        }
+        prop_assert_eq!(general_answer(encoding, &payload), Ok(response));
     }
 
     /// Any other answer is either left to the general decoder or read to its answer.
     #[test]
-    fn other_answers_reach_the_general_decision(response in agent_response()) {
-        let payload = answer_payload(&response);
-        if let Some(fast) = fast_agent_response(Encoding::MsgPack, &payload) {
-            prop_assert_eq!(Ok(fast), general_answer(&payload));
+    fn other_answers_reach_the_general_decision(encoding in encoding(), response in agent_response()) {
+        let payload = answer_payload(encoding, &response);
+        if let Some(fast) = fast_agent_response(encoding, &payload) {
+            prop_assert_eq!(Ok(fast), general_answer(encoding, &payload));
         }
     }
 
@@ -299,12 +305,13 @@ proptest! {
     /// takes, the general decoder decodes to the same answer.
     #[test]
     fn damaged_answers_reach_the_general_decision(
+        encoding in encoding(),
         response in plain_allow(),
         at in any::<prop::sample::Index>(),
         byte in any::<u8>(),
         edit in 0u8..3,
     ) {
-        let mut payload = answer_payload(&response);
+        let mut payload = answer_payload(encoding, &response);
         // Up to one past the end, so a byte can also be appended.
         let i = at.index(payload.len() + 1);
         let last = payload.len() - 1;
@@ -313,8 +320,45 @@ proptest! {
             1 => payload.truncate(i),
             _ => payload.insert(i, byte),
         }
-        if let Some(fast) = fast_agent_response(Encoding::MsgPack, &payload) {
-            prop_assert_eq!(Ok(fast), general_answer(&payload));
+        if let Some(fast) = fast_agent_response(encoding, &payload) {
+            prop_assert_eq!(Ok(fast), general_answer(encoding, &payload));
+        }
+    }
+}
+
+/// Versions the direct JSON reader must read as the general decoder does, or leave to it.
+#[test]
+fn json_answer_versions_decode_as_the_general_decoder_decodes_them() {
+    let allow = answer_payload(
+        Encoding::Json,
+        &AgentResponse::allow().with_correlation_id("v"),
+    );
+    let text = String::from_utf8(allow).unwrap();
+    let versions = [
+        "0",
+        "7",
+        "02",
+        "4294967295",
+        "4294967296",
+        "-1",
+        "2.0",
+        "2e0",
+        " 2",
+        "99999999999",
+    ];
+    for version in versions {
+        let payload = text.replacen(r#""version":2"#, &format!(r#""version":{version}"#), 1);
+        let fast = fast_agent_response(Encoding::Json, payload.as_bytes());
+        let general = general_answer(Encoding::Json, payload.as_bytes());
+        match fast {
+            Some(fast) => assert_eq!(Ok(fast), general, "{version}"),
+            // Only what is not a plain u32 in canonical digits may be refused.
+            None => assert!(
+                general.is_err()
+                    || version.starts_with(['0', '-', ' '])
+                    || version.contains(['.', 'e']),
+                "{version}: a plain version the reader refused"
+            ),
         }
     }
 }

@@ -48,12 +48,10 @@ pub fn fast_request_headers(
     crate::encoding::read_request_headers(encoding, &payload, room, &limits)
 }
 
-/// The direct AgentResponse reader on its own (a plain allow in MessagePack): `Some` when it
-/// takes the payload, `None` when it leaves the decision to the general decoder.
+/// The direct AgentResponse reader on its own (a plain allow): `Some` when it takes the
+/// payload, `None` when it leaves the decision to the general decoder.
 pub fn fast_agent_response(encoding: Encoding, payload: &[u8]) -> Option<crate::AgentResponse> {
-    (crate::encoding::effective_encoding(encoding, payload) == Encoding::MsgPack)
-        .then(|| crate::msgpack::read_plain_allow(payload))
-        .flatten()
+    crate::encoding::read_plain_allow(encoding, payload)
 }
 
 /// Encodes an event the general way only (serde), never through a direct writer: the bytes
