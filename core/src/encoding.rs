@@ -183,6 +183,36 @@ pub fn decode_payload_with_budget<'a, T: Deserialize<'a>>(
     })
 }
 
+/// Encodes an AgentResponse frame as [`encode_frame`] does, to the same bytes; a plain allow
+/// (nearly every answer) is written directly, without serde.
+///
+/// ```
+/// use agent_protocol_core::encoding::{encode_frame, encode_response, Encoding};
+/// use agent_protocol_core::frame::FrameType;
+/// use agent_protocol_core::AgentResponse;
+/// let answer = AgentResponse::allow().with_correlation_id("r1");
+/// let (mut direct, mut general) = (bytes::BytesMut::new(), bytes::BytesMut::new());
+/// encode_response(&mut direct, Encoding::MsgPack, &answer).unwrap();
+/// encode_frame(&mut general, FrameType::AgentResponse, Encoding::MsgPack, &answer).unwrap();
+/// assert_eq!(direct, general);
+/// ```
+pub fn encode_response(
+    out: &mut BytesMut,
+    encoding: Encoding,
+    response: &AgentResponse,
+) -> Result<(), EncodeError> {
+    let ty = FrameType::AgentResponse;
+    let Some(allow) = response.as_plain_allow() else {
+        return encode_frame(out, ty, encoding, response);
+    };
+    let mut frame = FrameWriter::begin(out, ty);
+    match encoding {
+        Encoding::Json => crate::json_agent_response::write_plain_allow(frame.payload(), &allow),
+        Encoding::MsgPack => crate::msgpack::write_plain_allow(frame.payload(), &allow),
+    }
+    Ok(frame.finish()?)
+}
+
 /// Decodes an AgentResponse payload as [`decode_payload`] does; a plain allow (nearly every
 /// answer) is read directly, without serde, to the same answer.
 pub(crate) fn decode_response(

@@ -1,15 +1,19 @@
-//! The commonest answer, a plain allow, read directly from JSON on the proxy side: the JSON
-//! twin of `crate::msgpack::read_plain_allow`.
+//! The commonest answer, a plain allow, in JSON: written directly by the agent, read directly
+//! by the proxy; the JSON twin of `crate::msgpack::agent_response`.
 //!
-//! It matches the compact text serde_json writes for an allow with nothing else in it, byte for
-//! byte, reading only the version, `needs_more` and the routing id; an id with an escape or a
+//! The writer puts down the compact text serde_json writes for an allow with nothing else in
+//! it. The reader matches that text byte for byte, reading only the version, `needs_more` and the routing id; an id with an escape or a
 //! control character, a version with a sign, fraction, exponent, leading zero or beyond `u32`,
 //! whitespace, another decision or any other shape is left to the general decoder, so what it
 //! takes it decodes exactly as the general decoder does (tests/tests/fast_path.rs and the codec
 //! fuzz targets hold it to that).
 
+use bytes::{BufMut, BytesMut};
+
 use crate::byte_str::ByteStr;
+use crate::json_request_headers::{put_str, put_uint};
 use crate::response::{AgentResponse, Decision};
+use crate::response_wire::PlainAllow;
 
 const HEAD: &[u8] = br#"{"version":"#;
 const BODY: &[u8] = br#","decision":"allow","request_headers":[],"response_headers":[],"routing_metadata":{},"audit":{"tags":[],"rule_ids":[],"confidence":null,"reason_codes":[],"custom":{"#;
@@ -57,4 +61,19 @@ pub(crate) fn read_plain_allow(payload: &[u8]) -> Option<AgentResponse> {
     response.needs_more = needs_more;
     response.correlation_id = correlation_id;
     Some(response)
+}
+
+/// Appends `allow` as serde_json writes it, byte for byte.
+pub(crate) fn write_plain_allow(out: &mut BytesMut, allow: &PlainAllow<'_>) {
+    out.put_slice(HEAD);
+    put_uint(out, allow.version);
+    out.put_slice(BODY);
+    if let Some(id) = allow.correlation_id {
+        // The key without its opening quote of the value: `put_str` writes the quotes.
+        out.put_slice(&ID_KEY[..ID_KEY.len() - 1]);
+        put_str(out, id);
+    }
+    out.put_slice(NEEDS_MORE);
+    out.put_slice(if allow.needs_more { b"true" } else { b"false" });
+    out.put_slice(TAIL);
 }

@@ -36,7 +36,7 @@ pub(crate) fn write_request_headers(out: &mut BytesMut, event: &RequestHeadersEv
     out.put_slice(b",\"client_ip\":");
     put_str(out, &m.client_ip);
     out.put_slice(b",\"client_port\":");
-    put_u16(out, m.client_port);
+    put_uint(out, u32::from(m.client_port));
     out.put_slice(b",\"server_name\":");
     put_optional_str(out, m.server_name.as_deref());
     out.put_slice(b",\"protocol\":");
@@ -77,7 +77,8 @@ pub(crate) fn write_request_headers(out: &mut BytesMut, event: &RequestHeadersEv
     out.put_slice(b"}}");
 }
 
-fn put_str(out: &mut BytesMut, text: &str) {
+/// A JSON string, escaped as serde_json escapes it.
+pub(crate) fn put_str(out: &mut BytesMut, text: &str) {
     if needs_escape(text.as_bytes()) {
         // Writing a `str` into a BytesMut cannot fail.
         let written = serde_json::to_writer(out.writer(), text);
@@ -125,8 +126,9 @@ fn put_optional_str(out: &mut BytesMut, text: Option<&str>) {
     }
 }
 
-fn put_u16(out: &mut BytesMut, v: u16) {
-    let mut digits = [0u8; 5];
+/// An unsigned integer in decimal, as serde_json writes it.
+pub(crate) fn put_uint(out: &mut BytesMut, v: u32) {
+    let mut digits = [0u8; 10];
     let mut at = digits.len();
     let mut v = v;
     loop {

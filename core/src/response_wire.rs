@@ -48,6 +48,58 @@ impl Serialize for AgentResponse {
     }
 }
 
+/// What a plain allow (nearly every answer) carries: an allow with nothing else in it, so
+/// writers can put it on the wire from a fixed template instead of through serde.
+pub(crate) struct PlainAllow<'a> {
+    pub(crate) version: u32,
+    pub(crate) correlation_id: Option<&'a str>,
+    pub(crate) needs_more: bool,
+}
+
+impl AgentResponse {
+    /// The answer as a [`PlainAllow`], or `None` if anything in it is not empty.
+    pub(crate) fn as_plain_allow(&self) -> Option<PlainAllow<'_>> {
+        // Every field named, so that a new one cannot be forgotten here.
+        let AgentResponse {
+            version,
+            decision,
+            request_headers,
+            response_headers,
+            routing_metadata,
+            audit:
+                AuditMetadata {
+                    tags,
+                    rule_ids,
+                    confidence,
+                    reason_codes,
+                    custom,
+                },
+            needs_more,
+            request_body_mutation,
+            response_body_mutation,
+            websocket_decision,
+            correlation_id,
+        } = self;
+        let plain = matches!(decision, Decision::Allow)
+            && request_headers.is_empty()
+            && response_headers.is_empty()
+            && routing_metadata.is_empty()
+            && tags.is_empty()
+            && rule_ids.is_empty()
+            && confidence.is_none()
+            && reason_codes.is_empty()
+            && custom.is_empty()
+            && request_body_mutation.is_none()
+            && response_body_mutation.is_none()
+            && websocket_decision.is_none();
+        plain.then_some(PlainAllow {
+            version: *version,
+            correlation_id: correlation_id.as_deref(),
+            needs_more: *needs_more,
+        })
+    }
+}
+
 /// The audit data as written: the handler's, with the routing id in `custom`.
 struct AuditOut<'a> {
     audit: &'a AuditMetadata,

@@ -12,7 +12,7 @@
 use std::fmt::Debug;
 
 use agent_protocol_core::encoding::{
-    decode_event, decode_payload, effective_encoding, encode_event, encode_frame,
+    decode_event, decode_payload, effective_encoding, encode_event, encode_frame, encode_response,
 };
 use agent_protocol_core::frame::{Decoded, FrameDecoder, FrameType};
 use agent_protocol_core::handshake::{HandshakeRequest, HandshakeResponse};
@@ -167,6 +167,14 @@ fn fast_path_agrees(frame_type: FrameType, encoding: Encoding, payload: &[u8]) {
                 Some(fast),
                 "the direct answer reader disagrees"
             );
+        }
+        // Whatever answer the bytes hold, the direct writer writes it as serde does.
+        if let Ok(answer) = decode_payload::<AgentResponse>(frame_type, encoding, payload) {
+            let (mut direct, mut general) = (BytesMut::new(), BytesMut::new());
+            let direct_ok = encode_response(&mut direct, encoding, &answer).is_ok();
+            let general_ok = encode_frame(&mut general, frame_type, encoding, &answer).is_ok();
+            assert_eq!(direct_ok, general_ok);
+            assert_eq!(direct, general, "the direct answer writer disagrees");
         }
         return;
     }

@@ -1,5 +1,5 @@
-//! The direct RequestHeaders writers and readers, and the direct readers of a plain allow answer,
-//! in JSON and MessagePack, against the general (serde) encoder and decoder.
+//! The direct RequestHeaders writers and readers, and the direct writers and readers of a plain
+//! allow answer, in JSON and MessagePack, against the general (serde) encoder and decoder.
 //!
 //! The writers must produce the general encoder's bytes exactly.
 //!
@@ -9,7 +9,7 @@
 //! decoder's decision. The fuzz targets check the same on arbitrary bytes.
 
 use agent_protocol_core::encoding::{
-    decode_event_with_limits, decode_payload, encode_event, encode_frame,
+    decode_event_with_limits, decode_payload, encode_event, encode_frame, encode_response,
 };
 use agent_protocol_core::frame::FrameType;
 use agent_protocol_core::limits::{HeaderLimits, MessageLimits};
@@ -292,6 +292,18 @@ proptest! {
         prop_assert_eq!(general_answer(encoding, &payload), Ok(response));
     }
 
+    /// Every answer, plain allow or not, is written to the bytes serde writes.
+    #[test]
+    fn answers_are_written_as_serde_writes_them(
+        encoding in encoding(),
+        response in prop_oneof![plain_allow(), agent_response()],
+    ) {
+        let (mut direct, mut general) = (BytesMut::new(), BytesMut::new());
+        encode_response(&mut direct, encoding, &response).unwrap();
+        encode_frame(&mut general, FrameType::AgentResponse, encoding, &response).unwrap();
+        prop_assert_eq!(direct, general);
+    }
+
     /// Any other answer is either left to the general decoder or read to its answer.
     #[test]
     fn other_answers_reach_the_general_decision(encoding in encoding(), response in agent_response()) {
@@ -322,6 +334,42 @@ proptest! {
         }
         if let Some(fast) = fast_agent_response(encoding, &payload) {
             prop_assert_eq!(Ok(fast), general_answer(encoding, &payload));
+        }
+    }
+}
+
+/// Plain allows at every width boundary of MessagePack's integers and strings, and with ids
+/// JSON escapes, are written as serde writes them and read back by the direct readers.
+#[test]
+fn plain_allows_at_width_boundaries_round_trip_directly() {
+    let versions = [0, 127, 128, 255, 256, 65_535, 65_536, u32::MAX];
+    let mut ids: Vec<Option<String>> = [0, 31, 32, 255, 256, 65_535, 65_536]
+        .iter()
+        .map(|&n| Some("i".repeat(n)))
+        .collect();
+    ids.extend([None, Some("a\"b\\c\n\u{1}\u{7f}é".to_owned())]);
+    for encoding in BOTH {
+        for version in versions {
+            for id in &ids {
+                let mut response = AgentResponse::allow();
+                response.version = version;
+                response.correlation_id = id.as_deref().map(Into::into);
+                let (mut direct, mut general) = (BytesMut::new(), BytesMut::new());
+                encode_response(&mut direct, encoding, &response).unwrap();
+                encode_frame(&mut general, FrameType::AgentResponse, encoding, &response).unwrap();
+                assert_eq!(direct, general, "{encoding:?} {version} {id:?}");
+                let escaped = id
+                    .as_deref()
+                    .is_some_and(|id| id.contains(['"', '\\', '\n']));
+                if !(escaped && encoding == Encoding::Json) {
+                    let read = fast_agent_response(encoding, &direct[5..]);
+                    assert_eq!(
+                        read.as_ref(),
+                        Some(&response),
+                        "{encoding:?} {version} {id:?}"
+                    );
+                }
+            }
         }
     }
 }

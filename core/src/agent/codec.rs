@@ -318,8 +318,7 @@ impl AgentCodec {
                 mut response,
             } => {
                 response.correlation_id = Some(correlation_id);
-                let written =
-                    encoding::encode_frame(out, FrameType::AgentResponse, encoding, &response);
+                let written = encoding::encode_response(out, encoding, &response);
                 return match written {
                     Ok(()) => Ok(()),
                     Err(error) => {

@@ -1,66 +1,58 @@
-//! The commonest answer, a plain allow, read directly from MessagePack on the proxy side.
+//! The commonest answer, a plain allow, in MessagePack: written directly by the agent, read
+//! directly by the proxy.
 //!
-//! Nearly every answer a proxy reads is an allow with nothing else in it, written by serde in
-//! one fixed shape: a map of the ten fields in declaration order, empty lists and maps, `nil`
-//! for what is absent, the routing id as the only custom audit value. Going through serde for
-//! it costs thousands of instructions (sixteen keys matched and UTF-8-checked, a visitor per
-//! field); this reader matches that shape byte for byte and returns `None` for anything else
+//! Nearly every answer is an allow with nothing else in it, written by serde in one fixed
+//! shape: a map of the ten fields in declaration order, empty lists and maps, `nil` for what is
+//! absent, the routing id as the only custom audit value. Going through serde for it costs
+//! thousands of instructions on each side (sixteen keys written, then matched and
+//! UTF-8-checked, a visitor per field). The writer puts down serde's bytes for it from a
+//! template; the reader matches that shape byte for byte and returns `None` for anything else
 //! (another decision, any header operation, keys in another order or encoding, a number wider
 //! than the general decoder's own reading of it), leaving it to the general decoder. What it
 //! takes it decodes exactly as the general decoder does (tests/tests/fast_path.rs and the codec
-//! fuzz targets hold it to that); it has at most 33 elements, far under any element budget.
+//! fuzz targets hold both directions to serde); it has at most 33 elements, far under any
+//! element budget.
+
+use bytes::{BufMut, BytesMut};
 
 use crate::byte_str::ByteStr;
 use crate::response::{AgentResponse, Decision};
+use crate::response_wire::PlainAllow;
+
+// The fixed bytes of the shape, around the three values that vary: a map of ten entries (each
+// key a fixstr), up to the version; then up to the `custom` map; then the `needs_more` key;
+// then the rest.
+const HEAD: &[u8] = b"\x8a\xa7version";
+const BODY: &[u8] = b"\xa8decision\xa5allow\xafrequest_headers\x90\xb0response_headers\x90\
+    \xb0routing_metadata\x80\xa5audit\x85\xa4tags\x90\xa8rule_ids\x90\xaaconfidence\xc0\
+    \xacreason_codes\x90\xa6custom";
+const ID_KEY: &[u8] = b"\xaecorrelation_id";
+const NEEDS_MORE: &[u8] = b"\xaaneeds_more";
+const TAIL: &[u8] = b"\xb5request_body_mutation\xc0\xb6response_body_mutation\xc0\
+    \xb2websocket_decision\xc0";
 
 /// The plain allow in `payload`, or `None` when the general decoder must decide.
 pub(crate) fn read_plain_allow(payload: &[u8]) -> Option<AgentResponse> {
-    let mut r = Reader { input: payload };
-    r.byte(0x8a)?; // a map of ten entries
-    r.key(b"version")?;
+    let mut r = Reader {
+        input: payload.strip_prefix(HEAD)?,
+    };
     let version = r.u32()?;
-    r.key(b"decision")?;
-    r.key(b"allow")?; // the unit variant, as a string
-    r.key(b"request_headers")?;
-    r.byte(0x90)?;
-    r.key(b"response_headers")?;
-    r.byte(0x90)?;
-    r.key(b"routing_metadata")?;
-    r.byte(0x80)?;
-    r.key(b"audit")?;
-    r.byte(0x85)?;
-    r.key(b"tags")?;
-    r.byte(0x90)?;
-    r.key(b"rule_ids")?;
-    r.byte(0x90)?;
-    r.key(b"confidence")?;
-    r.byte(0xc0)?;
-    r.key(b"reason_codes")?;
-    r.byte(0x90)?;
-    r.key(b"custom")?;
+    r.fixed(BODY)?;
     let correlation_id = match r.next()? {
         0x80 => None,
         0x81 => {
-            r.key(b"correlation_id")?;
+            r.fixed(ID_KEY)?;
             Some(r.text()?)
         }
         _ => return None,
     };
-    r.key(b"needs_more")?;
+    r.fixed(NEEDS_MORE)?;
     let needs_more = match r.next()? {
         0xc2 => false,
         0xc3 => true,
         _ => return None,
     };
-    for key in [
-        &b"request_body_mutation"[..],
-        b"response_body_mutation",
-        b"websocket_decision",
-    ] {
-        r.key(key)?;
-        r.byte(0xc0)?;
-    }
-    if !r.input.is_empty() {
+    if r.input != TAIL {
         return None;
     }
     let mut response = AgentResponse::new(Decision::Allow);
@@ -68,6 +60,24 @@ pub(crate) fn read_plain_allow(payload: &[u8]) -> Option<AgentResponse> {
     response.needs_more = needs_more;
     response.correlation_id = correlation_id;
     Some(response)
+}
+
+/// Appends `allow` as serde writes it, byte for byte.
+pub(crate) fn write_plain_allow(out: &mut BytesMut, allow: &PlainAllow<'_>) {
+    out.put_slice(HEAD);
+    super::request_headers::put_uint(out, allow.version);
+    out.put_slice(BODY);
+    match allow.correlation_id {
+        None => out.put_u8(0x80),
+        Some(id) => {
+            out.put_u8(0x81);
+            out.put_slice(ID_KEY);
+            super::request_headers::put_str(out, id);
+        }
+    }
+    out.put_slice(NEEDS_MORE);
+    out.put_u8(if allow.needs_more { 0xc3 } else { 0xc2 });
+    out.put_slice(TAIL);
 }
 
 struct Reader<'a> {
@@ -85,15 +95,9 @@ impl<'a> Reader<'a> {
         self.take(1).map(|b| b[0])
     }
 
-    fn byte(&mut self, expected: u8) -> Option<()> {
-        (self.next()? == expected).then_some(())
-    }
-
-    /// A short string (fixstr) equal to `text`.
-    fn key(&mut self, text: &[u8]) -> Option<()> {
-        let len = u8::try_from(text.len()).ok().filter(|&n| n < 32)?;
-        self.byte(0xa0 | len)?;
-        (self.take(text.len())? == text).then_some(())
+    /// The fixed bytes `expected`.
+    fn fixed(&mut self, expected: &[u8]) -> Option<()> {
+        (self.take(expected.len())? == expected).then_some(())
     }
 
     /// A non-negative integer in the widths serde writes a `u32` in.

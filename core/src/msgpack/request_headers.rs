@@ -205,7 +205,7 @@ pub(crate) fn write_request_headers(out: &mut BytesMut, event: &RequestHeadersEv
         put_str(out, value);
     }
     put_str(out, "client_port");
-    put_uint(out, m.client_port);
+    put_uint(out, u32::from(m.client_port));
     put_str(out, "server_name");
     put_optional_str(out, m.server_name.as_deref());
     put_str(out, "protocol");
@@ -257,7 +257,8 @@ fn put_len(out: &mut BytesMut, n: usize, fix: u8, wide16: u8) {
     }
 }
 
-fn put_str(out: &mut BytesMut, text: &str) {
+/// A string in the narrowest form, as rmp writes strings.
+pub(super) fn put_str(out: &mut BytesMut, text: &str) {
     let n = text.len();
     if n < 32 {
         out.put_u8(0xa0 | n as u8);
@@ -282,14 +283,17 @@ fn put_optional_str(out: &mut BytesMut, text: Option<&str>) {
 }
 
 /// The smallest unsigned form, as rmp writes integers.
-fn put_uint(out: &mut BytesMut, v: u16) {
+pub(super) fn put_uint(out: &mut BytesMut, v: u32) {
     if v < 128 {
         out.put_u8(v as u8);
     } else if let Ok(v) = u8::try_from(v) {
         out.put_u8(0xcc);
         out.put_u8(v);
-    } else {
+    } else if let Ok(v) = u16::try_from(v) {
         out.put_u8(0xcd);
         out.put_u16(v);
+    } else {
+        out.put_u8(0xce);
+        out.put_u32(v);
     }
 }
