@@ -7,8 +7,10 @@
 //! until [`BodySequencer::forget`] (whenever the request ends: RequestComplete, a final answer,
 //! timeout, cancel, failure, or the caller ending it) or idle expiry.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use foldhash::{HashMap, HashMapExt};
 
 /// Which body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,9 +1,10 @@
 //! [`AgentConnection`]: the agent side of one connection, as a Sans-IO state machine over typed
 //! messages.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Instant;
 
+use foldhash::{HashMap, HashMapExt};
 use smallvec::SmallVec;
 
 use crate::byte_str::ByteStr;
@@ -108,7 +109,8 @@ pub struct AgentConnection {
     /// Sum of `Tracked::bytes` over `requests`.
     in_flight_bytes: usize,
     /// Correlation id -> tracked requests carrying it, for Cancel. Holds only ids present in
-    /// `requests`, so it is bounded by the same limit.
+    /// `requests`, so it is bounded by the same limit. Keyed by the proxy's ids: foldhash,
+    /// seeded at random per process, keeps them from being chosen to collide.
     by_correlation: HashMap<ByteStr, SmallVec<[RequestId; 2]>>,
     next_id: RequestId,
     notices_dropped: u64,

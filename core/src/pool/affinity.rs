@@ -6,8 +6,9 @@
 //! the key is the pair (agent, correlation id). The table is bounded and entries expire after an
 //! idle TTL, with time passed in.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use foldhash::{HashMap, HashMapExt};
 
 use super::saturating_add;
 use crate::byte_str::ByteStr;

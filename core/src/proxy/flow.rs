@@ -1,7 +1,7 @@
 //! The agent's flow control as the proxy applies it: pause and resume, per connection or per
 //! request, and byte credit for body chunks.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use crate::control::{FlowAction, FlowControl};
 use crate::error::SubmitError;

@@ -2,7 +2,6 @@
 //! [`ProxyConnection`] over a [`ProxyLink`], takes the callers' commands and delivers each
 //! request's outcome.
 
-use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::Arc;
@@ -14,6 +13,7 @@ use agent_protocol_core::proxy::{
     ProxyConnection, ProxyEvent, ProxyIncoming, ProxyOutgoing, RequestId,
 };
 use agent_protocol_core::{CancelReason, ConnectionError, FlowAction, RequestError, SubmitError};
+use foldhash::{HashMap, HashMapExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::handle::{closed_error, Command, CommandKind, Reply};

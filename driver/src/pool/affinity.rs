@@ -6,13 +6,13 @@
 //! uneven key distribution one stripe can refuse an entry slightly before the whole table is
 //! full (the refusal is counted; the request still goes out, only its chunks lose affinity).
 
-use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use agent_protocol_core::pool::{AffinityFull, AffinityTable};
 use agent_protocol_core::ByteStr;
+use foldhash::fast::RandomState;
 
 /// A connection's pool-wide id.
 pub(crate) type ConnId = u64;
@@ -34,7 +34,7 @@ impl ShardedAffinity {
             .collect();
         Self {
             stripes,
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
         }
     }
 

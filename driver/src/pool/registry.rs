@@ -10,7 +10,7 @@
 //! [`AgentPool`]: super::AgentPool
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -23,6 +23,7 @@ use agent_protocol_core::pool::{
 };
 use agent_protocol_core::{ConfigUpdateRequest, ConnectionError};
 use arc_swap::ArcSwap;
+use foldhash::{HashMap, HashMapExt};
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::affinity::ShardedAffinity;

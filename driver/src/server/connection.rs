@@ -1,7 +1,6 @@
 //! The one connection task of the agent side, whatever the transport: [`serve_link`] drives an
 //! [`AgentConnection`] over an [`AgentLink`] and runs the handler's futures beside it.
 
-use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::Arc;
@@ -14,6 +13,7 @@ use agent_protocol_core::agent::{
 use agent_protocol_core::{
     AgentResponse, ConfigureEvent, ConnectionError, Event, HealthState, HealthStatus,
 };
+use foldhash::{HashMap, HashMapExt};
 use futures_util::future::{AbortHandle, Abortable, Aborted, BoxFuture, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
