@@ -304,15 +304,18 @@ impl Headers {
         };
         match found {
             Some(i) => self.entries[i].values.extend(values),
-            None => {
-                self.bytes += name.len();
-                if let Some(index) = &mut self.index {
-                    let h = index.hasher.hash_one(name.as_str());
-                    index.positions.entry(h).or_insert(self.entries.len());
-                }
-                self.entries.push(HeaderEntry { name, values });
-            }
+            None => self.push_entry(name, values),
         }
+    }
+
+    /// Adds an entry for `name`, which no entry has yet.
+    fn push_entry(&mut self, name: ByteStr, values: HeaderValues) {
+        self.bytes += name.len();
+        if let Some(index) = &mut self.index {
+            let h = index.hasher.hash_one(name.as_str());
+            index.positions.entry(h).or_insert(self.entries.len());
+        }
+        self.entries.push(HeaderEntry { name, values });
     }
 
     /// The position of exactly `name`, through the index (built on first use).
@@ -327,6 +330,55 @@ impl Headers {
             entries.iter().position(|e| e.name == name)
         }
     }
+}
+
+/// Builds headers from empty by exact name, as decoding and copying do.
+///
+/// Merging a repeated name means looking for an earlier entry of it, a scan of every entry so
+/// far: quadratic in the names of a request, most of the decoding work of its headers. Nearly
+/// every name is new, and a 128-bit filter of the names seen so far (by length and first and
+/// last byte) says so without the scan; only a name the filter has seen goes through
+/// [`Headers::push_exact`]. Names chosen to collide in the filter only cost the scan, which stays
+/// linear in the input (past [`INDEXED_FROM`] names it goes through the index).
+pub(crate) struct ExactBuilder {
+    headers: Headers,
+    seen: u128,
+}
+
+impl ExactBuilder {
+    pub(crate) fn with_capacity(names: usize) -> Self {
+        Self {
+            headers: Headers::with_capacity(names),
+            seen: 0,
+        }
+    }
+
+    /// Adds `values` (`value_bytes` long together) after any earlier values of exactly `name`.
+    #[inline]
+    pub(crate) fn push(&mut self, name: ByteStr, values: HeaderValues, value_bytes: usize) {
+        let bit = 1u128 << filter_slot(name.as_bytes());
+        if self.seen & bit != 0 {
+            self.headers.push_exact(name, values, value_bytes);
+            return;
+        }
+        self.seen |= bit;
+        self.headers.values += values.len();
+        self.headers.bytes += value_bytes;
+        self.headers.push_entry(name, values);
+    }
+
+    pub(crate) fn finish(self) -> Headers {
+        self.headers
+    }
+}
+
+/// Which of the filter's 128 bits stands for `name`.
+#[inline]
+fn filter_slot(name: &[u8]) -> u32 {
+    let first = u32::from(name.first().copied().unwrap_or(0));
+    let last = u32::from(name.last().copied().unwrap_or(0));
+    let mixed = (name.len() as u32) ^ (first << 8) ^ (last << 16);
+    mixed.wrapping_mul(0x9e37_79b9) >> 25
 }
 
 /// Header text read from a proxy's own request (borrowed pairs, an [`http::HeaderMap`]) lands
@@ -377,7 +429,7 @@ impl Headers {
             }
         }
         let text = text.freeze();
-        let mut headers = Headers::with_capacity(lengths.len() / 2);
+        let mut headers = ExactBuilder::with_capacity(lengths.len() / 2);
         let mut at = 0;
         let mut next = |len: usize| {
             let range = at..at + len;
@@ -388,9 +440,9 @@ impl Headers {
             let name = next(pair[0]);
             let value = next(pair[1]);
             let bytes = value.len();
-            headers.push_exact(name, smallvec::smallvec![value], bytes);
+            headers.push(name, smallvec::smallvec![value], bytes);
         }
-        headers
+        headers.finish()
     }
 }
 
@@ -464,13 +516,13 @@ impl<'de> Visitor<'de> for HeadersVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Headers, A::Error> {
         // Cap the hint: it comes from the peer. JSON gives none; start with room for a typical
         // browser request so the list does not grow four times on the way to 20 headers.
-        let mut headers = Headers::with_capacity(map.size_hint().unwrap_or(24).min(128));
+        let mut headers = ExactBuilder::with_capacity(map.size_hint().unwrap_or(24).min(128));
         while let Some(name) = map.next_key::<ByteStr>()? {
             charge(0, name.len())?;
             let values: ValuesOrOne = map.next_value()?;
-            headers.push_exact(name, values.values, values.bytes);
+            headers.push(name, values.values, values.bytes);
         }
-        Ok(headers)
+        Ok(headers.finish())
     }
 }
 

@@ -13,7 +13,7 @@
 
 use crate::byte_str::ByteStr;
 use crate::event::{RequestHeadersEvent, RequestMetadata};
-use crate::headers::{HeaderValues, Headers};
+use crate::headers::{ExactBuilder, HeaderValues, Headers};
 use crate::limits::MessageLimits;
 
 /// What a direct reader counts, as the general decoder counts it: elements (array items and map
@@ -125,15 +125,15 @@ pub(crate) fn read_event<'a, S: Syntax<'a>>(s: &mut S) -> Option<RequestHeadersE
 }
 
 fn read_headers<'a, S: Syntax<'a>>(s: &mut S) -> Option<Headers> {
-    let mut headers = Headers::with_capacity(24);
+    let mut headers = ExactBuilder::with_capacity(24);
     s.header_map(|s, name| {
         s.budget().charge(0, name.len())?;
         let values = s.values()?;
         let bytes = values.iter().map(|v| v.len()).sum();
-        headers.push_exact(name, values, bytes);
+        headers.push(name, values, bytes);
         Some(())
     })?;
-    Some(headers)
+    Some(headers.finish())
 }
 
 /// Fills an empty slot; a repeated field gives up.
