@@ -144,6 +144,12 @@ pub struct AgentThread {
 impl AgentThread {
     /// Starts the allow-all agent; returns once its socket is bound.
     pub fn start() -> Self {
+        Self::start_with(|| {})
+    }
+
+    /// Like [`AgentThread::start`], running `on_thread` first on the agent's thread (an
+    /// allocation count, say, to mark it).
+    pub fn start_with(on_thread: fn()) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("agent.sock");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -151,6 +157,7 @@ impl AgentThread {
         let thread = std::thread::Builder::new()
             .name("bench-agent".into())
             .spawn(move || {
+                on_thread();
                 let rt = current_thread_runtime();
                 rt.block_on(async move {
                     let config =

@@ -2,9 +2,9 @@
 //! [`AgentConnection`] over an [`AgentLink`] and runs the handler's futures beside it.
 
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use agent_protocol_core::agent::{
@@ -189,6 +189,8 @@ enum Wake {
 impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
     async fn run<R: Runtime>(&mut self, drain_timeout: Duration) {
         let mut running = FuturesUnordered::new();
+        // Where each handler future is first polled; see `start`.
+        let mut first_poll = Box::pin(None);
         let mut push_rx = self.handle.subscribe_pushes();
         let mut shutdown = self.handle.shutdown_receiver();
         let mut draining: Option<Instant> = None;
@@ -199,14 +201,18 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
             while let Some(event) = self.conn.poll_event() {
                 match event {
                     AgentEvent::Request { id, event } => {
-                        let (abort, registration) = AbortHandle::new_pair();
                         let started = L::TIMES_ANSWERS.then(Instant::now);
-                        self.aborts.insert(id, (abort, started));
                         self.handle.requests_started(1);
-                        // Every request's future has the same type, so they run side by
-                        // side unboxed.
                         let request = dispatch(self.handler.clone(), id, event);
-                        running.push(Abortable::new(request, registration));
+                        match start(&mut first_poll, request) {
+                            Some(answer) => self.finish(Ok(answer), started),
+                            None => {
+                                let (abort, registration) = AbortHandle::new_pair();
+                                self.aborts.insert(id, (abort, started));
+                                let parked = std::mem::replace(&mut first_poll, Box::pin(None));
+                                running.push(Abortable::new(Parked(parked), registration));
+                            }
+                        }
                     }
                     AgentEvent::Cancelled { id, .. } => {
                         if let Some((abort, _)) = self.aborts.remove(&id) {
@@ -300,11 +306,11 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
                 Wake::Flushed(Ok(())) | Wake::Tick | Wake::Read => {}
                 Wake::Answered => {
                     if let Some(done) = answered {
-                        self.finish(done);
+                        self.finish_running(done);
                     }
                     // Everything else already finished goes out with it.
                     while let Some(Some(done)) = running.next().now_or_never() {
-                        self.finish(done);
+                        self.finish_running(done);
                     }
                 }
                 Wake::Configured => self.configure.finished(&self.handler, &self.handle),
@@ -381,15 +387,58 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
         }
     }
 
-    fn finish(&mut self, done: Result<Answer, Aborted>) {
+    /// A handler that was kept running finished (or was aborted).
+    fn finish_running(&mut self, done: Result<Answer, Aborted>) {
+        let started = match &done {
+            Ok((id, _)) => self.aborts.remove(id).and_then(|(_, started)| started),
+            Err(Aborted) => None,
+        };
+        self.finish(done, started);
+    }
+
+    fn finish(&mut self, done: Result<Answer, Aborted>, started: Option<Instant>) {
         self.handle.requests_finished(1);
         let Ok((id, response)) = done else {
             return; // cancelled: nothing is sent
         };
-        let started = self.aborts.remove(&id).and_then(|(_, started)| started);
         // UnknownRequest means it was cancelled meanwhile: nothing to send.
         if self.conn.respond(id, response).is_ok() {
             self.flush_messages(started.map(|s| s.elapsed()));
+        }
+    }
+}
+
+/// Polls a new handler future once, in `slot`: most handlers answer at once, and such an answer
+/// is returned with no task, abort handle or allocation spent on the request. A future that is
+/// not done stays pinned in `slot`, which the caller then moves (the box, not the future) to the
+/// running set, where it is polled again with the connection task's waker.
+///
+/// The first poll has no waker to give (the task is between polls); a future must accept being
+/// polled again, and the running set polls a newly added future at once, so nothing is missed.
+fn start<F: Future>(slot: &mut Pin<Box<Option<F>>>, future: F) -> Option<F::Output> {
+    slot.set(Some(future));
+    let pending = slot.as_mut().as_pin_mut()?;
+    match pending.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(answer) => {
+            slot.set(None);
+            Some(answer)
+        }
+        Poll::Pending => None,
+    }
+}
+
+/// A handler future that did not answer at its first poll, still in the box it was first polled
+/// in (see [`start`]).
+struct Parked<F>(Pin<Box<Option<F>>>);
+
+impl<F: Future> Future for Parked<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.0.as_mut().as_pin_mut() {
+            Some(future) => future.poll(cx),
+            // `start` leaves only unfinished futures here, and a finished one is not polled.
+            None => Poll::Pending,
         }
     }
 }

@@ -19,6 +19,8 @@ use bytes::Bytes;
 /// - `/sleep/N` answers after N ms (long values stand for "never", until cancelled);
 /// - `/hold/N` answers only once N other requests have been answered (a deterministic way to
 ///   make answers come back out of order);
+/// - `/yield` wakes itself and is pending once before answering (a future that relies on the
+///   waker of the poll that returned pending);
 /// - `/admin...` is blocked with 403;
 /// - anything else is allowed with header mutations: `x-seen: <uri>` set, `cookie` removed,
 ///   `x-host: <host header>` added.
@@ -44,6 +46,9 @@ impl AgentHandler for TestAgent {
         self.saw(EventKind::RequestHeaders);
         if let Some(ms) = event.uri.strip_prefix("/sleep/") {
             Timer::after(Duration::from_millis(ms.parse().unwrap())).await;
+        }
+        if event.uri == "/yield" {
+            YieldOnce(false).await;
         }
         if let Some(n) = event.uri.strip_prefix("/hold/") {
             let n: usize = n.parse().unwrap();
@@ -200,4 +205,23 @@ pub fn body_chunk(cid: &str, data: &[u8], index: u32, is_last: bool, total: u64)
         chunk_index: index,
         bytes_transferred: 0,
     }))
+}
+
+/// Pending once, after waking the waker it was polled with, then ready.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }

@@ -252,6 +252,8 @@ pub async fn pipelined_answers_come_back_out_of_order<R: Harness>() {
         for i in 1..N {
             let uri = if i % 5 == 0 {
                 "/admin".to_string()
+            } else if i % 7 == 0 {
+                "/yield".to_string()
             } else {
                 format!("/sleep/{}", i % 3)
             };
