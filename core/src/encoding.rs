@@ -215,9 +215,13 @@ pub fn encode_response(
 
 /// Decodes an AgentResponse payload as [`decode_payload`] does; a plain allow (nearly every
 /// answer) is read directly, without serde, to the same answer.
+///
+/// The routing id of a plain allow is a slice of `payload`, not a copy: the proxy connection
+/// swaps it at once for its own copy of the id (the one it routed the answer by), so the answer
+/// it hands on never keeps the frame's buffer alive.
 pub(crate) fn decode_response(
     encoding: Encoding,
-    payload: &[u8],
+    payload: &Bytes,
 ) -> Result<AgentResponse, DecodeError> {
     match read_plain_allow(encoding, payload) {
         Some(response) => Ok(response),
@@ -227,7 +231,7 @@ pub(crate) fn decode_response(
 
 /// The direct reader of a plain allow in the payload's own encoding, or `None` when the
 /// general decoder must decide.
-pub(crate) fn read_plain_allow(encoding: Encoding, payload: &[u8]) -> Option<AgentResponse> {
+pub(crate) fn read_plain_allow(encoding: Encoding, payload: &Bytes) -> Option<AgentResponse> {
     match effective_encoding(encoding, payload) {
         Encoding::Json => crate::json_agent_response::read_plain_allow(payload),
         Encoding::MsgPack => crate::msgpack::read_plain_allow(payload),

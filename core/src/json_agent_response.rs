@@ -8,7 +8,7 @@
 //! takes it decodes exactly as the general decoder does (tests/tests/fast_path.rs and the codec
 //! fuzz targets hold it to that).
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::byte_str::ByteStr;
 use crate::json_request_headers::{put_str, put_uint};
@@ -22,8 +22,9 @@ const NEEDS_MORE: &[u8] = br#"}},"needs_more":"#;
 const TAIL: &[u8] =
     br#","request_body_mutation":null,"response_body_mutation":null,"websocket_decision":null}"#;
 
-/// The plain allow in `payload`, or `None` when the general decoder must decide.
-pub(crate) fn read_plain_allow(payload: &[u8]) -> Option<AgentResponse> {
+/// The plain allow in `payload`, or `None` when the general decoder must decide. The routing id
+/// is a slice of `payload` (see [`crate::encoding::decode_response`]).
+pub(crate) fn read_plain_allow(payload: &Bytes) -> Option<AgentResponse> {
     let rest = payload.strip_prefix(HEAD)?;
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
     let (number, rest) = rest.split_at(digits);
@@ -42,8 +43,9 @@ pub(crate) fn read_plain_allow(payload: &[u8]) -> Option<AgentResponse> {
             if after_key[end] != b'"' {
                 return None;
             }
-            let id = std::str::from_utf8(&after_key[..end]).ok()?;
-            (Some(ByteStr::from(id)), &after_key[end + 1..])
+            let start = payload.len() - after_key.len();
+            let id = ByteStr::from_payload(payload, start..start + end)?;
+            (Some(id), &after_key[end + 1..])
         }
         None => (None, rest),
     };

@@ -13,8 +13,10 @@ use agent_protocol_core::encoding::{
 };
 use agent_protocol_core::frame::FrameType;
 use agent_protocol_core::limits::{HeaderLimits, MessageLimits};
+use agent_protocol_core::proxy::{ProxyConfig, ProxyEvent};
 use agent_protocol_core::testing::{
     decode_event_general, encode_event_general, fast_agent_response, fast_request_headers,
+    FramedProxy,
 };
 use agent_protocol_core::{AgentResponse, Encoding, Event};
 use agent_protocol_tests::strategies::{agent_response, request_headers};
@@ -408,5 +410,45 @@ fn json_answer_versions_decode_as_the_general_decoder_decodes_them() {
                 "{version}: a plain version the reader refused"
             ),
         }
+    }
+}
+
+/// The answer a proxy hands on carries the caller's own id (the bytes of the event's id), not a
+/// slice of the frame it was read from: keeping an answer never keeps the transport's buffer.
+#[test]
+fn answers_carry_the_caller_s_id_not_the_frame_s() {
+    for encoding in BOTH {
+        let now = std::time::Instant::now();
+        let mut proxy = FramedProxy::open(ProxyConfig::default(), encoding, now);
+        let event = agent_protocol_core::RequestHeadersEvent::new(
+            agent_protocol_core::RequestMetadata {
+                correlation_id: "answer-id".into(),
+                ..Default::default()
+            },
+            "GET",
+            "/",
+            agent_protocol_core::Headers::new(),
+        );
+        let sent_id = event.metadata.correlation_id.clone();
+        proxy
+            .send_event(now, Event::RequestHeaders(event), None)
+            .unwrap();
+        let mut answer = BytesMut::new();
+        let allow = AgentResponse::allow().with_correlation_id("answer-id");
+        encode_response(&mut answer, encoding, &allow).unwrap();
+        proxy.handle_input(now, &answer);
+        let delivered = std::iter::from_fn(|| proxy.conn.poll_event())
+            .find_map(|e| match e {
+                ProxyEvent::Response { response, .. } => Some(response),
+                _ => None,
+            })
+            .expect("the answer is delivered");
+        let id = delivered.correlation_id().expect("routing id");
+        assert_eq!(id, "answer-id");
+        assert_eq!(
+            id.as_ptr(),
+            sent_id.as_ptr(),
+            "{encoding:?}: the frame's copy of the id"
+        );
     }
 }

@@ -13,7 +13,7 @@
 //! fuzz targets hold both directions to serde); it has at most 33 elements, far under any
 //! element budget.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::byte_str::ByteStr;
 use crate::response::{AgentResponse, Decision};
@@ -31,8 +31,9 @@ const NEEDS_MORE: &[u8] = b"\xaaneeds_more";
 const TAIL: &[u8] = b"\xb5request_body_mutation\xc0\xb6response_body_mutation\xc0\
     \xb2websocket_decision\xc0";
 
-/// The plain allow in `payload`, or `None` when the general decoder must decide.
-pub(crate) fn read_plain_allow(payload: &[u8]) -> Option<AgentResponse> {
+/// The plain allow in `payload`, or `None` when the general decoder must decide. The routing id
+/// is a slice of `payload` (see [`crate::encoding::decode_response`]).
+pub(crate) fn read_plain_allow(payload: &Bytes) -> Option<AgentResponse> {
     let mut r = Reader {
         input: payload.strip_prefix(HEAD)?,
     };
@@ -42,7 +43,9 @@ pub(crate) fn read_plain_allow(payload: &[u8]) -> Option<AgentResponse> {
         0x80 => None,
         0x81 => {
             r.fixed(ID_KEY)?;
-            Some(r.text()?)
+            let id = r.text()?;
+            let start = payload.len() - r.input.len() - id.len();
+            Some(ByteStr::from_payload(payload, start..start + id.len())?)
         }
         _ => return None,
     };
@@ -113,8 +116,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A string of any width that is UTF-8.
-    fn text(&mut self) -> Option<ByteStr> {
+    /// The bytes of a string of any width (their UTF-8 is checked by the caller).
+    fn text(&mut self) -> Option<&'a [u8]> {
         let len = match self.next()? {
             b @ 0xa0..=0xbf => usize::from(b & 0x1f),
             0xd9 => usize::from(self.next()?),
@@ -122,6 +125,6 @@ impl<'a> Reader<'a> {
             0xdb => usize::try_from(u32::from_be_bytes(self.take(4)?.try_into().ok()?)).ok()?,
             _ => return None,
         };
-        std::str::from_utf8(self.take(len)?).ok().map(ByteStr::from)
+        self.take(len)
     }
 }

@@ -580,11 +580,16 @@ impl ProxyConnection {
         }
         let (id, correlation_id) = (pending.id, cid);
         self.events.push_back(match outcome {
-            Ok(response) => ProxyEvent::Response {
-                id,
-                correlation_id,
-                response,
-            },
+            Ok(mut response) => {
+                // The same id as the answer's, shared with the caller's event instead of read
+                // from the frame: the answer keeps no part of the transport's buffer.
+                response.correlation_id = Some(correlation_id.clone());
+                ProxyEvent::Response {
+                    id,
+                    correlation_id,
+                    response,
+                }
+            }
             Err(error) => ProxyEvent::Failed {
                 id,
                 correlation_id,

@@ -51,7 +51,7 @@ pub fn fast_request_headers(
 /// The direct AgentResponse reader on its own (a plain allow): `Some` when it takes the
 /// payload, `None` when it leaves the decision to the general decoder.
 pub fn fast_agent_response(encoding: Encoding, payload: &[u8]) -> Option<crate::AgentResponse> {
-    crate::encoding::read_plain_allow(encoding, payload)
+    crate::encoding::read_plain_allow(encoding, &bytes::Bytes::copy_from_slice(payload))
 }
 
 /// Encodes an event the general way only (serde), never through a direct writer: the bytes
