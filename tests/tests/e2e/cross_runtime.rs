@@ -262,7 +262,9 @@ fn async_std_pool_tokio_agent_msgpack() {
 /// Waits (polling, runtime-neutral) until `pool` has agent `id`.
 async fn wait_for_agent<R: Runtime>(pool: &AgentPool<R>, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !pool.has_agent(id) || pool.stats().iter().all(|s| s.connections == 0) {
+    // Connected, not only registered: a reverse connection joins the pool before the
+    // registration answer is written and it opens.
+    while !pool.has_agent(id) || pool.stats().iter().all(|s| s.connected == 0) {
         assert!(Instant::now() < deadline, "agent {id} never registered");
         async_io::Timer::after(Duration::from_millis(5)).await;
     }
