@@ -183,8 +183,9 @@ pub fn decode_payload_with_budget<'a, T: Deserialize<'a>>(
     })
 }
 
-/// Encodes an AgentResponse frame as [`encode_frame`] does, to the same bytes; a plain allow
-/// (nearly every answer) is written directly, without serde.
+/// Encodes an AgentResponse frame as [`encode_frame`] does, to the same bytes; a simple allow
+/// (nearly every answer: an allow with nothing but header operations) is written directly,
+/// without serde.
 ///
 /// ```
 /// use agent_protocol_core::encoding::{encode_frame, encode_response, Encoding};
@@ -202,39 +203,39 @@ pub fn encode_response(
     response: &AgentResponse,
 ) -> Result<(), EncodeError> {
     let ty = FrameType::AgentResponse;
-    let Some(allow) = response.as_plain_allow() else {
+    let Some(allow) = response.as_simple_allow() else {
         return encode_frame(out, ty, encoding, response);
     };
     let mut frame = FrameWriter::begin(out, ty);
     match encoding {
-        Encoding::Json => crate::json_agent_response::write_plain_allow(frame.payload(), &allow),
-        Encoding::MsgPack => crate::msgpack::write_plain_allow(frame.payload(), &allow),
+        Encoding::Json => crate::json_agent_response::write_simple_allow(frame.payload(), &allow),
+        Encoding::MsgPack => crate::msgpack::write_simple_allow(frame.payload(), &allow),
     }
     Ok(frame.finish()?)
 }
 
-/// Decodes an AgentResponse payload as [`decode_payload`] does; a plain allow (nearly every
+/// Decodes an AgentResponse payload as [`decode_payload`] does; a simple allow (nearly every
 /// answer) is read directly, without serde, to the same answer.
 ///
-/// The routing id of a plain allow is a slice of `payload`, not a copy: the proxy connection
+/// The routing id of a simple allow is a slice of `payload`, not a copy: the proxy connection
 /// swaps it at once for its own copy of the id (the one it routed the answer by), so the answer
 /// it hands on never keeps the frame's buffer alive.
 pub(crate) fn decode_response(
     encoding: Encoding,
     payload: &Bytes,
 ) -> Result<AgentResponse, DecodeError> {
-    match read_plain_allow(encoding, payload) {
+    match read_simple_allow(encoding, payload) {
         Some(response) => Ok(response),
         None => decode_payload(FrameType::AgentResponse, encoding, payload),
     }
 }
 
-/// The direct reader of a plain allow in the payload's own encoding, or `None` when the
+/// The direct reader of a simple allow in the payload's own encoding, or `None` when the
 /// general decoder must decide.
-pub(crate) fn read_plain_allow(encoding: Encoding, payload: &Bytes) -> Option<AgentResponse> {
+pub(crate) fn read_simple_allow(encoding: Encoding, payload: &Bytes) -> Option<AgentResponse> {
     match effective_encoding(encoding, payload) {
-        Encoding::Json => crate::json_agent_response::read_plain_allow(payload),
-        Encoding::MsgPack => crate::msgpack::read_plain_allow(payload),
+        Encoding::Json => crate::json_agent_response::read_simple_allow(payload),
+        Encoding::MsgPack => crate::msgpack::read_simple_allow(payload),
     }
 }
 

@@ -1,5 +1,5 @@
-//! The direct RequestHeaders writers and readers, and the direct writers and readers of a plain
-//! allow answer, in JSON and MessagePack, against the general (serde) encoder and decoder.
+//! The direct RequestHeaders writers and readers, and the direct writers and readers of a simple
+//! allow answer (an allow with nothing but header operations), in JSON and MessagePack, against the general (serde) encoder and decoder.
 //!
 //! The writers must produce the general encoder's bytes exactly.
 //!
@@ -18,7 +18,7 @@ use agent_protocol_core::testing::{
     decode_event_general, encode_event_general, fast_agent_response, fast_request_headers,
     FramedProxy,
 };
-use agent_protocol_core::{AgentResponse, Encoding, Event};
+use agent_protocol_core::{AgentResponse, Encoding, Event, HeaderOp};
 use agent_protocol_tests::strategies::{agent_response, request_headers};
 use bytes::BytesMut;
 use proptest::prelude::*;
@@ -261,32 +261,66 @@ fn encoding() -> impl Strategy<Value = Encoding> {
     prop::sample::select(BOTH.to_vec())
 }
 
-/// A plain allow, as our agent answers nearly every event: the direct reader takes it.
-fn plain_allow() -> impl Strategy<Value = AgentResponse> {
-    (any::<u32>(), any::<bool>(), prop::option::of("\\PC{0,40}")).prop_map(
-        |(version, needs_more, id)| {
+/// A header operation with text that may need escaping in JSON.
+fn header_op() -> impl Strategy<Value = HeaderOp> {
+    let text = "\\PC{0,12}|[a-z\"\\\\\n]{0,6}";
+    prop_oneof![
+        (text, text).prop_map(|(name, value)| HeaderOp::Set { name, value }),
+        (text, text).prop_map(|(name, value)| HeaderOp::Add { name, value }),
+        text.prop_map(|name| HeaderOp::Remove { name }),
+    ]
+}
+
+/// A simple allow, as agents answer nearly every event (header operations at most): the direct
+/// reader takes it.
+fn simple_allow() -> impl Strategy<Value = AgentResponse> {
+    (
+        any::<u32>(),
+        any::<bool>(),
+        prop::option::of("\\PC{0,40}"),
+        prop::collection::vec(header_op(), 0..4),
+        prop::collection::vec(header_op(), 0..3),
+    )
+        .prop_map(|(version, needs_more, id, request_ops, response_ops)| {
             let mut r = AgentResponse::allow();
             r.version = version;
             r.needs_more = needs_more;
             r.correlation_id = id.map(Into::into);
+            r.request_headers = request_ops;
+            r.response_headers = response_ops;
             r
-        },
-    )
+        })
+}
+
+/// Whether JSON escapes any character of `text` (the direct JSON reader leaves such text to the
+/// general decoder).
+fn json_escapes(text: &str) -> bool {
+    text.contains(|c: char| c == '"' || c == '\\' || c < ' ')
+}
+
+/// Whether any text of a simple allow is escaped in JSON.
+fn escaped_in_json(response: &AgentResponse) -> bool {
+    let op_text = |op: &HeaderOp| match op {
+        HeaderOp::Set { name, value } | HeaderOp::Add { name, value } => {
+            json_escapes(name) || json_escapes(value)
+        }
+        HeaderOp::Remove { name } => json_escapes(name),
+    };
+    response.correlation_id().is_some_and(json_escapes)
+        || response.request_headers.iter().any(op_text)
+        || response.response_headers.iter().any(op_text)
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// Every plain allow takes the direct reader, to the general decoder's answer.
+    /// Every simple allow takes the direct reader, to the general decoder's answer.
     #[test]
-    fn plain_allows_take_the_direct_answer_reader(encoding in encoding(), response in plain_allow()) {
+    fn simple_allows_take_the_direct_answer_reader(encoding in encoding(), response in simple_allow()) {
         let payload = answer_payload(encoding, &response);
         let fast = fast_agent_response(encoding, &payload);
-        // An id with a character JSON escapes is left to the general decoder.
-        let escaped = response
-            .correlation_id()
-            .is_some_and(|id| id.contains(|c: char| c == '"' || c == '\\' || c < ' '));
-        if encoding == Encoding::MsgPack || !escaped {
+        // Text with a character JSON escapes is left to the general decoder.
+        if encoding == Encoding::MsgPack || !escaped_in_json(&response) {
             prop_assert_eq!(fast.as_ref(), Some(&response));
         } else {
             prop_assert_eq!(fast.as_ref(), None);
@@ -294,11 +328,11 @@ proptest! {
         prop_assert_eq!(general_answer(encoding, &payload), Ok(response));
     }
 
-    /// Every answer, plain allow or not, is written to the bytes serde writes.
+    /// Every answer, simple allow or not, is written to the bytes serde writes.
     #[test]
     fn answers_are_written_as_serde_writes_them(
         encoding in encoding(),
-        response in prop_oneof![plain_allow(), agent_response()],
+        response in prop_oneof![simple_allow(), agent_response()],
     ) {
         let (mut direct, mut general) = (BytesMut::new(), BytesMut::new());
         encode_response(&mut direct, encoding, &response).unwrap();
@@ -315,12 +349,12 @@ proptest! {
         }
     }
 
-    /// Damaged plain allows (a byte changed, bytes cut or added): whatever the direct reader
+    /// Damaged simple allows (a byte changed, bytes cut or added): whatever the direct reader
     /// takes, the general decoder decodes to the same answer.
     #[test]
     fn damaged_answers_reach_the_general_decision(
         encoding in encoding(),
-        response in plain_allow(),
+        response in simple_allow(),
         at in any::<prop::sample::Index>(),
         byte in any::<u8>(),
         edit in 0u8..3,
@@ -340,10 +374,10 @@ proptest! {
     }
 }
 
-/// Plain allows at every width boundary of MessagePack's integers and strings, and with ids
+/// Simple allows at every width boundary of MessagePack's integers and strings, and with ids
 /// JSON escapes, are written as serde writes them and read back by the direct readers.
 #[test]
-fn plain_allows_at_width_boundaries_round_trip_directly() {
+fn simple_allows_at_width_boundaries_round_trip_directly() {
     let versions = [0, 127, 128, 255, 256, 65_535, 65_536, u32::MAX];
     let mut ids: Vec<Option<String>> = [0, 31, 32, 255, 256, 65_535, 65_536]
         .iter()
@@ -371,6 +405,61 @@ fn plain_allows_at_width_boundaries_round_trip_directly() {
                         "{encoding:?} {version} {id:?}"
                     );
                 }
+            }
+        }
+    }
+}
+
+/// Lists of header operations around MessagePack's array width boundary and the direct readers'
+/// own limit: written as serde writes them; read directly up to the limit, and past it left to
+/// the general decoder (which refuses a list over the element budget).
+#[test]
+fn header_operation_counts_around_the_direct_limit() {
+    for encoding in BOTH {
+        for n in [0, 1, 15, 16, 17, 32, 33, 70_000] {
+            let ops: Vec<HeaderOp> = (0..n)
+                .map(|i| match i % 3 {
+                    0 => HeaderOp::Set {
+                        name: format!("x-{i}"),
+                        value: "v".into(),
+                    },
+                    1 => HeaderOp::Add {
+                        name: "x-add".into(),
+                        value: format!("{i}"),
+                    },
+                    _ => HeaderOp::Remove {
+                        name: "cookie".into(),
+                    },
+                })
+                .collect();
+            let mut response = AgentResponse::allow().with_correlation_id("ops");
+            response.request_headers = ops.clone();
+            response.response_headers = ops.into_iter().take(3).collect();
+            let (mut direct, mut general) = (BytesMut::new(), BytesMut::new());
+            encode_response(&mut direct, encoding, &response).unwrap();
+            encode_frame(&mut general, FrameType::AgentResponse, encoding, &response).unwrap();
+            assert!(
+                direct == general,
+                "{encoding:?} {n}: the direct writer differs"
+            );
+            let read = fast_agent_response(encoding, &direct[5..]);
+            let general = general_answer(encoding, &direct[5..]);
+            if n <= 32 {
+                assert!(
+                    read.as_ref() == Some(&response),
+                    "{encoding:?} {n}: not read"
+                );
+            } else {
+                assert!(read.is_none(), "{encoding:?} {n}: read past the limit");
+            }
+            // The general decoder refuses what is over the element budget (70,000 operations).
+            if n < 70_000 {
+                assert!(general == Ok(response), "{encoding:?} {n}: general decoder");
+            } else {
+                assert!(
+                    general.is_err(),
+                    "{encoding:?} {n}: over the element budget"
+                );
             }
         }
     }

@@ -41,7 +41,7 @@ mod tests;
 
 use serde::de;
 
-pub(crate) use agent_response::{read_plain_allow, write_plain_allow};
+pub(crate) use agent_response::{read_simple_allow, write_simple_allow};
 use deserializer::Deserializer;
 pub use error::MsgPackError;
 pub(crate) use request_headers::{request_headers, write_request_headers};

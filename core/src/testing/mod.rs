@@ -48,10 +48,10 @@ pub fn fast_request_headers(
     crate::encoding::read_request_headers(encoding, &payload, room, &limits)
 }
 
-/// The direct AgentResponse reader on its own (a plain allow): `Some` when it takes the
+/// The direct AgentResponse reader on its own (a simple allow): `Some` when it takes the
 /// payload, `None` when it leaves the decision to the general decoder.
 pub fn fast_agent_response(encoding: Encoding, payload: &[u8]) -> Option<crate::AgentResponse> {
-    crate::encoding::read_plain_allow(encoding, &bytes::Bytes::copy_from_slice(payload))
+    crate::encoding::read_simple_allow(encoding, &bytes::Bytes::copy_from_slice(payload))
 }
 
 /// Encodes an event the general way only (serde), never through a direct writer: the bytes
