@@ -33,6 +33,7 @@ mod request_id;
 pub mod response;
 mod response_wire;
 mod shared_frame;
+mod simple_allow;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 

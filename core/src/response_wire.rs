@@ -48,65 +48,6 @@ impl Serialize for AgentResponse {
     }
 }
 
-/// The most header operations per list the direct answer readers take; a longer list is left to
-/// the general decoder. Far under any element budget, so the readers need not count elements.
-pub(crate) const MAX_DIRECT_OPS: usize = 32;
-
-/// What a simple allow (nearly every answer) carries: an allow with nothing in it but header
-/// operations, so writers can put it on the wire around fixed bytes instead of through serde.
-pub(crate) struct SimpleAllow<'a> {
-    pub(crate) version: u32,
-    pub(crate) request_headers: &'a [HeaderOp],
-    pub(crate) response_headers: &'a [HeaderOp],
-    pub(crate) correlation_id: Option<&'a str>,
-    pub(crate) needs_more: bool,
-}
-
-impl AgentResponse {
-    /// The answer as a [`SimpleAllow`], or `None` if anything but its header operations is not
-    /// empty.
-    pub(crate) fn as_simple_allow(&self) -> Option<SimpleAllow<'_>> {
-        // Every field named, so that a new one cannot be forgotten here.
-        let AgentResponse {
-            version,
-            decision,
-            request_headers,
-            response_headers,
-            routing_metadata,
-            audit:
-                AuditMetadata {
-                    tags,
-                    rule_ids,
-                    confidence,
-                    reason_codes,
-                    custom,
-                },
-            needs_more,
-            request_body_mutation,
-            response_body_mutation,
-            websocket_decision,
-            correlation_id,
-        } = self;
-        let simple = matches!(decision, Decision::Allow)
-            && routing_metadata.is_empty()
-            && tags.is_empty()
-            && rule_ids.is_empty()
-            && confidence.is_none()
-            && reason_codes.is_empty()
-            && custom.is_empty()
-            && request_body_mutation.is_none()
-            && response_body_mutation.is_none()
-            && websocket_decision.is_none();
-        simple.then_some(SimpleAllow {
-            version: *version,
-            request_headers,
-            response_headers,
-            correlation_id: correlation_id.as_deref(),
-            needs_more: *needs_more,
-        })
-    }
-}
-
 /// The audit data as written: the handler's, with the routing id in `custom`.
 struct AuditOut<'a> {
     audit: &'a AuditMetadata,
