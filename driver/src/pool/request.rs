@@ -181,14 +181,13 @@ impl<R: Runtime> PoolInner<R> {
                 self.affinity.remove(entry.index, &cid);
             }
             // Under wait-and-retry, a pause that races the selection means sending the event
-            // again: the connection gets a copy and the original is kept. Otherwise the event
-            // itself goes, saving the copy.
-            let (attempt, kept) = if retry {
-                (event.clone(), Some(event))
-            } else {
-                (event, None)
+            // again: a copy is kept. Otherwise the event itself goes, saving the copy (and each
+            // move of it: an event is some 500 bytes).
+            let kept = retry.then(|| event.clone());
+            let result = {
+                let _pending = conn.begin();
+                conn.client.send_until::<R>(event, deadline).await
             };
-            let result = send_on::<R>(&conn, attempt, deadline).await;
             if result.as_ref().is_err_and(ClientError::is_flow_control) {
                 let flow = self
                     .backpressure(
@@ -396,16 +395,6 @@ impl<R: Runtime> PoolInner<R> {
             }
         }
     }
-}
-
-/// Sends on one connection, counted in its pending gauge for the duration.
-async fn send_on<R: Runtime>(
-    conn: &PooledConnection,
-    event: Event,
-    deadline: Instant,
-) -> Result<AgentResponse, ClientError> {
-    let _pending = conn.begin();
-    conn.client.send_until::<R>(event, deadline).await
 }
 
 /// Waits until one of `blockers` signals a resume (or closes), `until` passes, or
