@@ -43,6 +43,7 @@ mod maintenance;
 mod registry;
 mod request;
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -216,110 +217,104 @@ impl<R: Runtime> AgentPool<R> {
     /// [`send_request_complete`](Self::send_request_complete),
     /// [`cancel_request`](Self::cancel_request) or the affinity TTL. A request that fails,
     /// times out or is abandoned leaves no affinity.
-    pub async fn send_request_headers(
-        &self,
-        agent_id: &str,
+    pub fn send_request_headers<'a>(
+        &'a self,
+        agent_id: &'a str,
         event: RequestHeadersEvent,
-    ) -> Result<AgentResponse, PoolError> {
+    ) -> impl Future<Output = Result<AgentResponse, PoolError>> + 'a {
         self.send_event(agent_id, Event::RequestHeaders(event))
-            .await
     }
 
     /// Sends a request body chunk down the connection that carried the request's headers. If
     /// that connection is gone the chunk fails with [`PoolError::AffinityLost`]; without any
     /// affinity (headers sent elsewhere, or the table was full) it is load balanced.
-    pub async fn send_request_body_chunk(
-        &self,
-        agent_id: &str,
+    pub fn send_request_body_chunk<'a>(
+        &'a self,
+        agent_id: &'a str,
         event: RequestBodyChunkEvent,
-    ) -> Result<AgentResponse, PoolError> {
+    ) -> impl Future<Output = Result<AgentResponse, PoolError>> + 'a {
         self.send_event(agent_id, Event::RequestBodyChunk(event))
-            .await
     }
 
     /// Sends response headers, on the request's connection when it is still alive, otherwise
     /// on any (response headers start no stream state that a new connection lacks).
-    pub async fn send_response_headers(
-        &self,
-        agent_id: &str,
+    pub fn send_response_headers<'a>(
+        &'a self,
+        agent_id: &'a str,
         event: ResponseHeadersEvent,
-    ) -> Result<AgentResponse, PoolError> {
+    ) -> impl Future<Output = Result<AgentResponse, PoolError>> + 'a {
         self.send_event(agent_id, Event::ResponseHeaders(event))
-            .await
     }
 
     /// Sends a response body chunk; routed like
     /// [`send_request_body_chunk`](Self::send_request_body_chunk).
-    pub async fn send_response_body_chunk(
-        &self,
-        agent_id: &str,
+    pub fn send_response_body_chunk<'a>(
+        &'a self,
+        agent_id: &'a str,
         event: ResponseBodyChunkEvent,
-    ) -> Result<AgentResponse, PoolError> {
+    ) -> impl Future<Output = Result<AgentResponse, PoolError>> + 'a {
         self.send_event(agent_id, Event::ResponseBodyChunk(event))
-            .await
     }
 
     /// Sends request-complete on the request's connection (when alive, else any), then forgets
     /// the request's affinity, whatever the outcome.
-    pub async fn send_request_complete(
-        &self,
-        agent_id: &str,
+    pub fn send_request_complete<'a>(
+        &'a self,
+        agent_id: &'a str,
         event: RequestCompleteEvent,
-    ) -> Result<AgentResponse, PoolError> {
+    ) -> impl Future<Output = Result<AgentResponse, PoolError>> + 'a {
         self.send_event(agent_id, Event::RequestComplete(event))
-            .await
     }
 
     /// Sends a WebSocket frame, on the upgrade request's connection when it is still alive.
-    pub async fn send_websocket_frame(
-        &self,
-        agent_id: &str,
+    pub fn send_websocket_frame<'a>(
+        &'a self,
+        agent_id: &'a str,
         event: WebSocketFrameEvent,
-    ) -> Result<AgentResponse, PoolError> {
+    ) -> impl Future<Output = Result<AgentResponse, PoolError>> + 'a {
         self.send_event(agent_id, Event::WebSocketFrame(event))
-            .await
     }
 
     /// Sends a guardrail inspection (load balanced; one-shot, no affinity).
-    pub async fn send_guardrail_inspect(
-        &self,
-        agent_id: &str,
+    pub fn send_guardrail_inspect<'a>(
+        &'a self,
+        agent_id: &'a str,
         event: GuardrailInspectEvent,
-    ) -> Result<AgentResponse, PoolError> {
+    ) -> impl Future<Output = Result<AgentResponse, PoolError>> + 'a {
         self.send_event(agent_id, Event::GuardrailInspect(event))
-            .await
     }
 
     /// Sends a Configure event to one connection of the agent (load balanced). Configuration
     /// every new connection should get belongs in `client.connection.handshake.config`.
-    pub async fn send_configure(
-        &self,
-        agent_id: &str,
+    pub fn send_configure<'a>(
+        &'a self,
+        agent_id: &'a str,
         event: ConfigureEvent,
-    ) -> Result<AgentResponse, PoolError> {
-        self.send_event(agent_id, Event::Configure(event)).await
+    ) -> impl Future<Output = Result<AgentResponse, PoolError>> + 'a {
+        self.send_event(agent_id, Event::Configure(event))
     }
 
     /// Sends any event with the configured request timeout, routed by its kind as the typed
     /// methods describe.
-    pub async fn send_event(
-        &self,
-        agent_id: &str,
+    pub fn send_event<'a>(
+        &'a self,
+        agent_id: &'a str,
         event: Event,
-    ) -> Result<AgentResponse, PoolError> {
+    ) -> impl Future<Output = Result<AgentResponse, PoolError>> + 'a {
         self.send_event_with_timeout(agent_id, event, self.inner.config.request_timeout)
-            .await
     }
 
     /// Sends any event with its own timeout, counted from this call (queueing and flow-control
     /// waits included). Exactly one outcome is returned by then.
-    pub async fn send_event_with_timeout(
-        &self,
-        agent_id: &str,
+    pub fn send_event_with_timeout<'a>(
+        &'a self,
+        agent_id: &'a str,
         event: Event,
         timeout: Duration,
-    ) -> Result<AgentResponse, PoolError> {
-        self.inner.request(agent_id, event, timeout).await
+    ) -> impl Future<Output = Result<AgentResponse, PoolError>> + 'a {
+        // The request's own future, not one wrapped around it: each layer of `async fn` would
+        // move the event (some 500 bytes) and its answer once more.
+        self.inner.request(agent_id, event, timeout)
     }
 
     /// Cancels a pending event of a request: on the request's connection when its affinity is
