@@ -8,7 +8,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::request_headers::{put_str, put_uint};
+use super::request_headers::{put_len, put_str, put_uint};
 use crate::byte_str::ByteStr;
 use crate::response::{AgentResponse, HeaderOp};
 use crate::simple_allow::{self, SimpleAllow, MAX_DIRECT_OPS};
@@ -49,16 +49,7 @@ impl simple_allow::Syntax for MsgPack {
 
     fn put_ops(out: &mut BytesMut, ops: &[HeaderOp]) {
         // The narrowest array header, as rmp writes one.
-        let n = ops.len();
-        if n < 16 {
-            out.put_u8(0x90 | n as u8);
-        } else if let Ok(n) = u16::try_from(n) {
-            out.put_u8(0xdc);
-            out.put_u16(n);
-        } else {
-            out.put_u8(0xdd);
-            out.put_u32(n as u32);
-        }
+        put_len(out, ops.len(), 0x90, 0xdc);
         for op in ops {
             match op {
                 HeaderOp::Set { name, value } | HeaderOp::Add { name, value } => {

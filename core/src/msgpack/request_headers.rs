@@ -245,7 +245,7 @@ fn put_map_len(out: &mut BytesMut, n: usize) {
 }
 
 /// An array's or map's length: the fix form up to 15, else the 16- or 32-bit form.
-fn put_len(out: &mut BytesMut, n: usize, fix: u8, wide16: u8) {
+pub(super) fn put_len(out: &mut BytesMut, n: usize, fix: u8, wide16: u8) {
     if n < 16 {
         out.put_u8(fix | n as u8);
     } else if let Ok(n) = u16::try_from(n) {
