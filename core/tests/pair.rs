@@ -450,10 +450,19 @@ fn an_answer_too_large_for_a_frame_is_answered_fail_closed() {
             fin: true,
             ..Default::default()
         });
-        for (cid, event) in [("big", headers("big")), ("big-ws", ws)] {
+        // The last is a simple allow (header operations only), which is written without serde.
+        for (cid, event) in [
+            ("big", headers("big")),
+            ("big-ws", ws),
+            ("big-op", headers("big-op")),
+        ] {
             let id = pair.submit(event, None).unwrap();
             let mut huge = AgentResponse::allow();
             match enc {
+                _ if cid == "big-op" => huge.request_headers.push(HeaderOp::Set {
+                    name: "x-dump".into(),
+                    value: "x".repeat(OVER),
+                }),
                 // Audit data in JSON, a body mutation (raw bin) in MessagePack.
                 Encoding::Json => {
                     huge.audit
