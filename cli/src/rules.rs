@@ -147,10 +147,10 @@ fn header_matches(rule: &Rule, event: &RequestHeadersEvent) -> bool {
     let Some(name) = &rule.header else {
         return true;
     };
-    let Some(values) = event.headers.get(name) else {
+    let Some(mut values) = event.headers.get(name) else {
         return false;
     };
-    values.iter().any(|v| {
+    values.any(|v| {
         rule.contains
             .as_ref()
             .is_none_or(|c| v.contains(c.as_str()))

@@ -345,7 +345,7 @@ pub fn encode_event(
 /// let json = br#"{"correlation_id":"c","status":200,"headers":{"x":["1"],"x":["2"]}}"#;
 /// let event = decode_event(FrameType::ResponseHeaders, Encoding::Json, json).unwrap().unwrap();
 /// let agent_protocol_core::Event::ResponseHeaders(e) = event else { unreachable!() };
-/// assert_eq!(e.headers.get("x").unwrap().as_slice(), ["1", "2"]);
+/// assert_eq!(e.headers.get("x").unwrap().collect::<Vec<_>>(), ["1", "2"]);
 /// ```
 pub fn decode_event(
     frame_type: FrameType,

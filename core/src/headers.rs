@@ -1,9 +1,12 @@
 //! HTTP headers as the protocol carries them: an object mapping each name to an array of values.
 //!
 //! [`Headers`] keeps entries in arrival order in one `Vec`, and each entry's values in a
-//! `SmallVec` whose first value is stored inline, so the common single-valued header costs two
-//! allocations (its name and its value) and no array. Converting to a flat list of
-//! `(name, value)` pairs moves the strings instead of cloning them.
+//! `SmallVec` whose first value is stored inline. A name or value is either a range of the
+//! headers' one shared text (the frame they were decoded from, or the buffer
+//! [`Headers::copy_from`] filled), which costs no allocation and no reference count of its own,
+//! or a string of its own ([`Headers::append`] and the like). So decoding a request's headers or
+//! copying a proxy's own costs one reference to that text and one list, however many headers
+//! there are, and cloning them costs the same.
 //!
 //! Building headers from the wire (decoding, [`Headers::append_exact`]) merges repeated names
 //! in time linear in the number of headers, however many distinct names a peer sends: past
@@ -14,8 +17,10 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
+use std::iter::FusedIterator;
+use std::ops::Range;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -23,16 +28,87 @@ use smallvec::SmallVec;
 
 use crate::byte_str::ByteStr;
 
-/// The values of one header name; one value is stored inline.
-pub type HeaderValues = SmallVec<[ByteStr; 1]>;
+/// A header name or value as [`Headers`] holds it.
+#[derive(Clone, Debug)]
+pub(crate) enum Text {
+    /// `start..end` of the headers' shared text; UTF-8 (checked, or copied from a `str`, when
+    /// the range was made).
+    Range(u32, u32),
+    /// A string of its own.
+    Own(ByteStr),
+}
 
-/// One header name with its values, in order.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct HeaderEntry {
-    /// The name as received (case preserved; comparisons are case-insensitive).
-    pub name: ByteStr,
-    /// The values in order.
-    pub values: HeaderValues,
+impl Text {
+    /// `text[range]` as a range of it, if it is UTF-8 and the range fits in 32 bits. Most
+    /// header text is ASCII, which is checked a word at a time.
+    #[inline]
+    pub(crate) fn checked(text: &Bytes, range: Range<usize>) -> Option<Self> {
+        let bytes = text.get(range.clone())?;
+        if !bytes.is_ascii() {
+            std::str::from_utf8(bytes).ok()?;
+        }
+        Self::range(range)
+    }
+
+    /// A range of text copied from `str`s, holding whole ones (so UTF-8).
+    #[inline]
+    fn range(range: Range<usize>) -> Option<Self> {
+        Some(Self::Range(
+            u32::try_from(range.start).ok()?,
+            u32::try_from(range.end).ok()?,
+        ))
+    }
+
+    /// Length in bytes.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Self::Range(start, end) => (end - start) as usize,
+            Self::Own(s) => s.len(),
+        }
+    }
+
+    /// The string, `text` being the shared text of the headers holding it.
+    #[inline]
+    fn resolve<'a>(&'a self, text: &'a Bytes) -> &'a str {
+        match self {
+            Self::Range(start, end) => {
+                let bytes = &text[*start as usize..*end as usize];
+                debug_assert!(std::str::from_utf8(bytes).is_ok());
+                // SAFETY: a range is made only over UTF-8 text (`checked` checks it; `range`
+                // is given whole `str`s), and the text it refers to never changes.
+                #[allow(unsafe_code)]
+                unsafe {
+                    std::str::from_utf8_unchecked(bytes)
+                }
+            }
+            Self::Own(s) => s.as_str(),
+        }
+    }
+
+    /// The string as one of its own, sharing `text`'s allocation.
+    fn shared(self, text: &Bytes) -> ByteStr {
+        match self {
+            Self::Range(..) => ByteStr::from_copied_text(text, self.span()),
+            Self::Own(s) => s,
+        }
+    }
+
+    fn span(&self) -> Range<usize> {
+        match self {
+            Self::Range(start, end) => *start as usize..*end as usize,
+            Self::Own(_) => 0..0,
+        }
+    }
+}
+
+/// The values of one name, as a header's texts (one stored inline).
+pub(crate) type TextValues = SmallVec<[Text; 1]>;
+
+#[derive(Clone, Debug)]
+struct Entry {
+    name: Text,
+    values: TextValues,
 }
 
 /// Past this many distinct names, exact-name lookups while building headers go through a hash
@@ -51,13 +127,18 @@ pub const INDEXED_FROM: usize = 64;
 /// assert_eq!(headers.first("host"), Some("example.com"));
 /// let json = serde_json::to_string(&headers).unwrap();
 /// assert_eq!(json, r#"{"Accept":["text/html","application/json"],"host":["example.com"]}"#);
-/// // Flattening moves each string out; nothing is cloned.
+/// for (name, values) in headers.entries() {
+///     println!("{name}: {}", values.collect::<Vec<_>>().join(", "));
+/// }
+/// // Flattening moves each string out; nothing is copied.
 /// let flat: Vec<_> = headers.into_flat().collect();
 /// assert_eq!(flat.len(), 3);
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Headers {
-    entries: Vec<HeaderEntry>,
+    /// The text that names and values held as ranges lie in.
+    text: Bytes,
+    entries: Vec<Entry>,
     /// Exact name -> position, kept while names are appended by exact match and there are more
     /// than [`INDEXED_FROM`] of them; dropped by any other change (rebuilt when needed).
     index: Option<Box<NameIndex>>,
@@ -69,11 +150,21 @@ pub struct Headers {
 
 impl PartialEq for Headers {
     fn eq(&self, other: &Self) -> bool {
-        self.entries == other.entries
+        self.len() == other.len()
+            && self
+                .entries()
+                .zip(other.entries())
+                .all(|((n1, v1), (n2, v2))| n1 == n2 && v1.eq(v2))
     }
 }
 
 impl Eq for Headers {}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.entries()).finish()
+    }
+}
 
 /// Positions of entries by a keyed hash of their exact name. Keyed with a per-process random
 /// key, so a peer cannot choose names that collide; a collision is still handled (by a scan).
@@ -84,18 +175,100 @@ struct NameIndex {
 }
 
 impl NameIndex {
-    fn build(entries: &[HeaderEntry]) -> Box<Self> {
+    fn build(text: &Bytes, entries: &[Entry]) -> Box<Self> {
         let mut index = Box::new(NameIndex {
             hasher: RandomState::new(),
             positions: HashMap::with_capacity(entries.len() * 2),
         });
         for (i, e) in entries.iter().enumerate() {
-            let h = index.hasher.hash_one(e.name.as_str());
+            let h = index.hasher.hash_one(e.name.resolve(text));
             index.positions.entry(h).or_insert(i);
         }
         index
     }
 }
+
+/// The values of one name, in order: an iterator of `&str` (see [`Headers::get`]).
+///
+/// ```
+/// use agent_protocol_core::Headers;
+/// let headers = Headers::copy_from([("accept", "text/html"), ("accept", "*/*")]);
+/// let values = headers.get("accept").unwrap();
+/// assert_eq!(values.len(), 2);
+/// assert!(values.clone().any(|v| v == "*/*"));
+/// assert_eq!(values.collect::<Vec<_>>(), ["text/html", "*/*"]);
+/// ```
+#[derive(Clone)]
+pub struct HeaderValues<'a> {
+    text: &'a Bytes,
+    values: std::slice::Iter<'a, Text>,
+}
+
+impl<'a> Iterator for HeaderValues<'a> {
+    type Item = &'a str;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a str> {
+        let text = self.text;
+        self.values.next().map(|v| v.resolve(text))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.values.size_hint()
+    }
+}
+
+impl DoubleEndedIterator for HeaderValues<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        let text = self.text;
+        self.values.next_back().map(|v| v.resolve(text))
+    }
+}
+
+impl ExactSizeIterator for HeaderValues<'_> {}
+impl FusedIterator for HeaderValues<'_> {}
+
+impl fmt::Debug for HeaderValues<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.clone()).finish()
+    }
+}
+
+impl Serialize for HeaderValues<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.clone())
+    }
+}
+
+/// The entries of [`Headers`] in order: each name with its values (see [`Headers::entries`]).
+#[derive(Clone)]
+pub struct HeaderEntries<'a> {
+    text: &'a Bytes,
+    entries: std::slice::Iter<'a, Entry>,
+}
+
+impl<'a> Iterator for HeaderEntries<'a> {
+    type Item = (&'a str, HeaderValues<'a>);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let text = self.text;
+        self.entries.next().map(|e| {
+            let values = HeaderValues {
+                text,
+                values: e.values.iter(),
+            };
+            (e.name.resolve(text), values)
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.entries.size_hint()
+    }
+}
+
+impl ExactSizeIterator for HeaderEntries<'_> {}
+impl FusedIterator for HeaderEntries<'_> {}
 
 impl Headers {
     /// An empty header set.
@@ -157,8 +330,8 @@ impl Headers {
     }
 
     /// Uncounts an entry's values (and its name, with `name`).
-    fn uncount(&mut self, name: Option<&str>, values: &[ByteStr]) {
-        self.bytes -= name.map_or(0, str::len);
+    fn uncount(&mut self, name: Option<&Text>, values: &[Text]) {
+        self.bytes -= name.map_or(0, Text::len);
         for value in values {
             self.values -= 1;
             self.bytes -= value.len();
@@ -173,13 +346,13 @@ impl Headers {
         match self.position(&name) {
             Some(i) => {
                 self.count_value(&value);
-                self.entries[i].values.push(value);
+                self.entries[i].values.push(Text::Own(value));
             }
             None => {
                 self.count_entry(&name, &value);
-                self.entries.push(HeaderEntry {
-                    name,
-                    values: smallvec::smallvec![value],
+                self.entries.push(Entry {
+                    name: Text::Own(name),
+                    values: smallvec::smallvec![Text::Own(value)],
                 });
             }
         }
@@ -197,12 +370,16 @@ impl Headers {
     ///     h.append_exact(n.to_string(), v.to_string());
     /// }
     /// assert_eq!(h.len(), 2);
-    /// assert_eq!(h.entries()[0].values.as_slice(), ["1", "3"]);
+    /// assert!(h.entries().next().unwrap().1.eq(["1", "3"]));
     /// ```
     pub fn append_exact(&mut self, name: impl Into<ByteStr>, value: impl Into<ByteStr>) {
         let (name, value) = (name.into(), value.into());
         let bytes = value.len();
-        self.push_exact(name, smallvec::smallvec![value], bytes);
+        self.push_exact(
+            Text::Own(name),
+            smallvec::smallvec![Text::Own(value)],
+            bytes,
+        );
     }
 
     /// Replaces every value of `name` with one value.
@@ -215,71 +392,73 @@ impl Headers {
                 let old = std::mem::take(&mut self.entries[i].values);
                 self.uncount(None, &old);
                 self.count_value(&value);
-                self.entries[i].values.push(value);
+                self.entries[i].values.push(Text::Own(value));
             }
             None => {
                 self.count_entry(&name, &value);
-                self.entries.push(HeaderEntry {
-                    name,
-                    values: smallvec::smallvec![value],
+                self.entries.push(Entry {
+                    name: Text::Own(name),
+                    values: smallvec::smallvec![Text::Own(value)],
                 });
             }
         }
     }
 
-    /// Removes a name and returns its values.
-    pub fn remove(&mut self, name: &str) -> Option<HeaderValues> {
+    /// Removes a name (case-insensitive) and returns its values.
+    pub fn remove(&mut self, name: &str) -> Option<Vec<ByteStr>> {
         let i = self.position(name)?;
         self.index = None;
         let entry = self.entries.remove(i);
         self.uncount(Some(&entry.name), &entry.values);
-        Some(entry.values)
+        let text = &self.text;
+        Some(entry.values.into_iter().map(|v| v.shared(text)).collect())
     }
 
-    /// The values of `name` (case-insensitive).
-    pub fn get(&self, name: &str) -> Option<&HeaderValues> {
-        self.position(name).map(|i| &self.entries[i].values)
+    /// The values of `name` (case-insensitive), in order.
+    pub fn get(&self, name: &str) -> Option<HeaderValues<'_>> {
+        self.position(name).map(|i| HeaderValues {
+            text: &self.text,
+            values: self.entries[i].values.iter(),
+        })
     }
 
     /// The first value of `name`.
     pub fn first(&self, name: &str) -> Option<&str> {
-        self.get(name).and_then(|v| v.first()).map(ByteStr::as_str)
+        self.get(name).and_then(|mut v| v.next())
     }
 
-    /// Entries in order.
-    pub fn entries(&self) -> &[HeaderEntry] {
-        &self.entries
+    /// Each name with its values, in order.
+    pub fn entries(&self) -> HeaderEntries<'_> {
+        HeaderEntries {
+            text: &self.text,
+            entries: self.entries.iter(),
+        }
     }
 
     /// Iterates `(name, value)` pairs without allocating.
     pub fn iter_flat(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.entries
-            .iter()
-            .flat_map(|e| e.values.iter().map(move |v| (e.name.as_str(), v.as_str())))
+        self.entries()
+            .flat_map(|(name, values)| values.map(move |v| (name, v)))
     }
 
-    /// Consumes the headers into `(name, value)` pairs. Each value string is moved; a name is
-    /// cloned only for its second and later values.
+    /// Consumes the headers into `(name, value)` pairs, each string sharing the headers'
+    /// text or moved out of them: nothing is copied.
     pub fn into_flat(self) -> impl Iterator<Item = (ByteStr, ByteStr)> {
-        self.entries.into_iter().flat_map(|entry| {
-            let HeaderEntry { name, values } = entry;
-            let n = values.len();
-            let mut name = Some(name);
-            values.into_iter().enumerate().map(move |(i, v)| {
-                let this = if i + 1 == n {
-                    name.take().unwrap_or_default()
-                } else {
-                    name.clone().unwrap_or_default()
-                };
-                (this, v)
-            })
+        let text = self.text;
+        self.entries.into_iter().flat_map(move |entry| {
+            let Entry { name, values } = entry;
+            let name = name.shared(&text);
+            let text = text.clone();
+            values
+                .into_iter()
+                .map(move |v| (name.clone(), v.shared(&text)))
         })
     }
 
     fn position(&self, name: &str) -> Option<usize> {
         self.entries
             .iter()
-            .position(|e| e.name.eq_ignore_ascii_case(name))
+            .position(|e| e.name.resolve(&self.text).eq_ignore_ascii_case(name))
     }
 
     /// Adds values after any existing values of exactly `name`. Decoding and
@@ -287,18 +466,22 @@ impl Headers {
     /// apart as the sender wrote them (lower-casing them would lose which value came with which
     /// spelling). Amortised constant time per call, whatever the number of names.
     /// `value_bytes` is the length of `values` together, which callers have at hand.
-    pub(crate) fn push_exact(&mut self, name: ByteStr, values: HeaderValues, value_bytes: usize) {
+    fn push_exact(&mut self, name: Text, values: TextValues, value_bytes: usize) {
         self.values += values.len();
         self.bytes += value_bytes;
+        let text = &self.text;
+        let exact = name.resolve(text);
         // Repeated names usually arrive together: look at the last entry first.
         if let Some(last) = self.entries.last_mut() {
-            if last.name == name {
+            if last.name.resolve(text) == exact {
                 last.values.extend(values);
                 return;
             }
         }
         let found = if self.entries.len() <= INDEXED_FROM {
-            self.entries.iter().position(|e| e.name == name)
+            self.entries
+                .iter()
+                .position(|e| e.name.resolve(text) == exact)
         } else {
             self.indexed_position(&name)
         };
@@ -309,30 +492,34 @@ impl Headers {
     }
 
     /// Adds an entry for `name`, which no entry has yet.
-    fn push_entry(&mut self, name: ByteStr, values: HeaderValues) {
+    fn push_entry(&mut self, name: Text, values: TextValues) {
         self.bytes += name.len();
         if let Some(index) = &mut self.index {
-            let h = index.hasher.hash_one(name.as_str());
+            let h = index.hasher.hash_one(name.resolve(&self.text));
             index.positions.entry(h).or_insert(self.entries.len());
         }
-        self.entries.push(HeaderEntry { name, values });
+        self.entries.push(Entry { name, values });
     }
 
     /// The position of exactly `name`, through the index (built on first use).
-    fn indexed_position(&mut self, name: &str) -> Option<usize> {
-        let entries = &self.entries;
-        let index = self.index.get_or_insert_with(|| NameIndex::build(entries));
+    fn indexed_position(&mut self, name: &Text) -> Option<usize> {
+        let (text, entries) = (&self.text, &self.entries);
+        let name = name.resolve(text);
+        let index = self
+            .index
+            .get_or_insert_with(|| NameIndex::build(text, entries));
         let &i = index.positions.get(&index.hasher.hash_one(name))?;
-        if entries[i].name == name {
+        if entries[i].name.resolve(text) == name {
             Some(i)
         } else {
             // Two names with one 64-bit keyed hash: practically never; stay correct anyway.
-            entries.iter().position(|e| e.name == name)
+            entries.iter().position(|e| e.name.resolve(text) == name)
         }
     }
 }
 
-/// Builds headers from empty by exact name, as decoding and copying do.
+/// Builds headers from empty by exact name, as decoding and copying do, over one shared text
+/// that names and values may be ranges of.
 ///
 /// Merging a repeated name means looking for an earlier entry of it, a scan of every entry so
 /// far: quadratic in the names of a request, most of the decoding work of its headers. Nearly
@@ -346,17 +533,17 @@ pub(crate) struct ExactBuilder {
 }
 
 impl ExactBuilder {
-    pub(crate) fn with_capacity(names: usize) -> Self {
-        Self {
-            headers: Headers::with_capacity(names),
-            seen: 0,
-        }
+    /// Headers whose ranges lie in `text`, with room for `names` names.
+    pub(crate) fn over(text: Bytes, names: usize) -> Self {
+        let mut headers = Headers::with_capacity(names);
+        headers.text = text;
+        Self { headers, seen: 0 }
     }
 
     /// Adds `values` (`value_bytes` long together) after any earlier values of exactly `name`.
     #[inline]
-    pub(crate) fn push(&mut self, name: ByteStr, values: HeaderValues, value_bytes: usize) {
-        let bit = 1u128 << filter_slot(name.as_bytes());
+    pub(crate) fn push(&mut self, name: Text, values: TextValues, value_bytes: usize) {
+        let bit = 1u128 << filter_slot(name.resolve(&self.headers.text).as_bytes());
         if self.seen & bit != 0 {
             self.headers.push_exact(name, values, value_bytes);
             return;
@@ -389,18 +576,19 @@ impl Headers {
     /// Headers holding a copy of `pairs`, all their text in one shared buffer.
     ///
     /// A proxy that has the request's headers as borrowed text builds the event's headers with
-    /// two allocations, instead of two per header as [`Headers::append`] with `&str` costs.
-    /// Values of the same name (exactly as written) are kept together in order.
+    /// two allocations, instead of two per header as [`Headers::append`] with `&str` costs; and
+    /// cloning them costs the same two. Values of the same name (exactly as written) are kept
+    /// together in order.
     ///
     /// ```
     /// use agent_protocol_core::Headers;
     /// let request = [("host", "example.com"), ("accept", "text/html"), ("accept", "*/*")];
     /// let headers = Headers::copy_from(request);
     /// assert_eq!(headers.len(), 2);
-    /// assert_eq!(headers.get("accept").unwrap().as_slice(), ["text/html", "*/*"]);
+    /// assert!(headers.get("accept").unwrap().eq(["text/html", "*/*"]));
     /// // Every string is a slice of one buffer.
     /// let host = headers.first("host").unwrap();
-    /// let accept = &headers.get("accept").unwrap()[0];
+    /// let accept = headers.first("accept").unwrap();
     /// assert_eq!(host.as_ptr().wrapping_add(host.len()), accept.as_ptr().wrapping_sub("accept".len()));
     /// ```
     pub fn copy_from<'a, I>(pairs: I) -> Self
@@ -413,8 +601,8 @@ impl Headers {
         Self::copy_text(pairs.map(|(n, v)| (n, Cow::Borrowed(v))), text_len)
     }
 
-    /// Copies `pairs` (whose text is `text_len` bytes together) into one buffer and slices
-    /// every name and value from it.
+    /// Copies `pairs` (whose text is `text_len` bytes together) into one buffer and makes every
+    /// name and value a range of it.
     fn copy_text<'a>(
         pairs: impl Iterator<Item = (&'a str, Cow<'a, str>)>,
         text_len: usize,
@@ -429,12 +617,14 @@ impl Headers {
             }
         }
         let text = text.freeze();
-        let mut headers = ExactBuilder::with_capacity(lengths.len() / 2);
+        let mut headers = ExactBuilder::over(text.clone(), lengths.len() / 2);
         let mut at = 0;
         let mut next = |len: usize| {
             let range = at..at + len;
             at = range.end;
-            ByteStr::from_copied_text(&text, range)
+            // Past 4 GiB of text (never, for real headers) a string is a slice of its own.
+            Text::range(range.clone())
+                .unwrap_or_else(|| Text::Own(ByteStr::from_copied_text(&text, range)))
         };
         for pair in lengths.chunks_exact(2) {
             let name = next(pair[0]);
@@ -460,7 +650,7 @@ impl Headers {
 /// map.append("cookie", "b=2".parse().unwrap());
 /// map.append("x-raw", http::HeaderValue::from_bytes(b"caf\xe9").unwrap());
 /// let headers = Headers::from(&map);
-/// assert_eq!(headers.get("cookie").unwrap().as_slice(), ["a=1", "b=2"]);
+/// assert!(headers.get("cookie").unwrap().eq(["a=1", "b=2"]));
 /// assert_eq!(headers.first("x-raw"), Some("caf\u{fffd}"));
 /// ```
 impl From<&http::HeaderMap> for Headers {
@@ -490,9 +680,9 @@ impl<N: Into<ByteStr>, V: Into<ByteStr>> FromIterator<(N, V)> for Headers {
 
 impl Serialize for Headers {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.entries.len()))?;
-        for e in &self.entries {
-            map.serialize_entry(&e.name, e.values.as_slice())?;
+        let mut map = serializer.serialize_map(Some(self.len()))?;
+        for (name, values) in self.entries() {
+            map.serialize_entry(name, &values)?;
         }
         map.end()
     }
@@ -516,11 +706,12 @@ impl<'de> Visitor<'de> for HeadersVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Headers, A::Error> {
         // Cap the hint: it comes from the peer. JSON gives none; start with room for a typical
         // browser request so the list does not grow four times on the way to 20 headers.
-        let mut headers = ExactBuilder::with_capacity(map.size_hint().unwrap_or(24).min(128));
+        let names = map.size_hint().unwrap_or(24).min(128);
+        let mut headers = ExactBuilder::over(Bytes::new(), names);
         while let Some(name) = map.next_key::<ByteStr>()? {
             charge(0, name.len())?;
             let values: ValuesOrOne = map.next_value()?;
-            headers.push(name, values.values, values.bytes);
+            headers.push(Text::Own(name), values.values, values.bytes);
         }
         Ok(headers.finish())
     }
@@ -534,7 +725,7 @@ fn charge<E: serde::de::Error>(values: usize, bytes: usize) -> Result<(), E> {
 /// Header values: an array of strings, or (leniently) a single string; and their length
 /// together, counted as they are charged to the limits.
 struct ValuesOrOne {
-    values: HeaderValues,
+    values: TextValues,
     bytes: usize,
 }
 
@@ -547,12 +738,12 @@ impl<'de> Deserialize<'de> for ValuesOrOne {
                 f.write_str("an array of header values")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ValuesOrOne, A::Error> {
-                let mut values = HeaderValues::new();
+                let mut values = TextValues::new();
                 let mut bytes = 0;
                 while let Some(v) = seq.next_element::<ByteStr>()? {
                     charge(1, v.len())?;
                     bytes += v.len();
-                    values.push(v);
+                    values.push(Text::Own(v));
                 }
                 Ok(ValuesOrOne { values, bytes })
             }
@@ -563,21 +754,21 @@ impl<'de> Deserialize<'de> for ValuesOrOne {
                 charge(1, v.len())?;
                 Ok(ValuesOrOne {
                     bytes: v.len(),
-                    values: smallvec::smallvec![ByteStr::decoded(v)],
+                    values: smallvec::smallvec![Text::Own(ByteStr::decoded(v))],
                 })
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ValuesOrOne, E> {
                 charge(1, v.len())?;
                 Ok(ValuesOrOne {
                     bytes: v.len(),
-                    values: smallvec::smallvec![ByteStr::from(v)],
+                    values: smallvec::smallvec![Text::Own(ByteStr::from(v))],
                 })
             }
             fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ValuesOrOne, E> {
                 charge(1, v.len())?;
                 Ok(ValuesOrOne {
                     bytes: v.len(),
-                    values: smallvec::smallvec![ByteStr::from(v)],
+                    values: smallvec::smallvec![Text::Own(ByteStr::from(v))],
                 })
             }
         }
@@ -625,16 +816,17 @@ mod tests {
     fn insert_and_remove() {
         let mut h: Headers = [("a", "1"), ("a", "2")].into_iter().collect();
         h.insert("A", "x");
-        assert_eq!(h.get("a").unwrap().as_slice(), ["x".to_string()]);
+        assert!(h.get("a").unwrap().eq(["x"]));
         assert_eq!(h.remove("a").unwrap().len(), 1);
         assert!(h.is_empty());
     }
 
     /// The load counted from scratch.
     fn recount(h: &Headers) -> (usize, usize) {
-        h.entries().iter().fold((0, 0), |(count, bytes), e| {
-            let values: usize = e.values.iter().map(|v| v.len()).sum();
-            (count + e.values.len(), bytes + e.name.len() + values)
+        h.entries().fold((0, 0), |(count, bytes), (name, values)| {
+            let n = values.len();
+            let values: usize = values.map(str::len).sum();
+            (count + n, bytes + name.len() + values)
         })
     }
 
@@ -696,10 +888,10 @@ mod tests {
     #[test]
     fn copied_headers_share_one_buffer() {
         let headers = Headers::copy_from([("a", "1"), ("b", "22"), ("a", "333")]);
-        let first = headers.entries()[0].name.as_bytes().as_ptr();
-        let last = &headers.entries()[0].values[1];
+        let (name, values) = headers.entries().next().unwrap();
+        let last = values.last().unwrap();
         // "a" "1" "b" "22" "a" "333": the last value starts 6 bytes after the first name.
-        assert_eq!(last.as_bytes().as_ptr(), first.wrapping_add(6));
-        assert_eq!(headers.get("a").unwrap().as_slice(), ["1", "333"]);
+        assert_eq!(last.as_ptr(), name.as_ptr().wrapping_add(6));
+        assert!(headers.get("a").unwrap().eq(["1", "333"]));
     }
 }

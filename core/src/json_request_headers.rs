@@ -18,7 +18,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::byte_str::ByteStr;
 use crate::event::RequestHeadersEvent;
-use crate::headers::HeaderValues;
+use crate::headers::{Text, TextValues};
 use crate::limits::MessageLimits;
 use crate::request_headers_reader::{read_event, Budget, Syntax};
 
@@ -60,13 +60,13 @@ pub(crate) fn write_request_headers(out: &mut BytesMut, event: &RequestHeadersEv
     out.put_slice(b",\"uri\":");
     put_str(out, &event.uri);
     out.put_slice(b",\"headers\":{");
-    for (i, entry) in event.headers.entries().iter().enumerate() {
+    for (i, (name, values)) in event.headers.entries().enumerate() {
         if i > 0 {
             out.put_u8(b',');
         }
-        put_str(out, &entry.name);
+        put_str(out, name);
         out.put_slice(b":[");
-        for (j, value) in entry.values.iter().enumerate() {
+        for (j, value) in values.enumerate() {
             if j > 0 {
                 out.put_u8(b',');
             }
@@ -228,6 +228,14 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The text the escaped string `raw` stands for, unescaped into the room after the payload.
+    fn unescaped(&mut self, raw: Range<usize>) -> Option<ByteStr> {
+        let raw = std::str::from_utf8(&self.input[raw]).ok()?;
+        unescape(raw, &mut self.unescaped)?;
+        let text = self.unescaped.split().freeze();
+        Some(ByteStr::from_copied_text(&text, 0..text.len()))
+    }
+
     /// A string's raw contents (between the quotes), and whether they hold escapes. Control
     /// characters are not allowed in JSON strings.
     #[inline]
@@ -267,6 +275,10 @@ impl<'a> Syntax<'a> for Reader<'a> {
         &mut self.budget
     }
 
+    fn payload(&self) -> &'a Bytes {
+        self.payload
+    }
+
     fn fields(&mut self, mut field: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
         self.each(b'{', b'}', |r| {
             // A field name with escapes is left to the general decoder.
@@ -279,19 +291,16 @@ impl<'a> Syntax<'a> for Reader<'a> {
         })
     }
 
-    fn header_map(
-        &mut self,
-        mut entry: impl FnMut(&mut Self, ByteStr) -> Option<()>,
-    ) -> Option<()> {
+    fn header_map(&mut self, mut entry: impl FnMut(&mut Self, Text) -> Option<()>) -> Option<()> {
         self.each(b'{', b'}', |r| {
-            let name = r.text()?;
+            let name = r.header_text()?;
             r.eat(b':')?;
             entry(r, name)
         })
     }
 
-    fn values(&mut self) -> Option<HeaderValues> {
-        let mut values = HeaderValues::new();
+    fn values(&mut self) -> Option<TextValues> {
+        let mut values = TextValues::new();
         if self.peek()? == b'"' {
             // One value where an array was expected: taken, as by the general decoder.
             values.push(self.value()?);
@@ -310,10 +319,16 @@ impl<'a> Syntax<'a> for Reader<'a> {
         if !escaped {
             return ByteStr::from_payload(self.payload, range);
         }
-        let raw = std::str::from_utf8(&self.input[range]).ok()?;
-        unescape(raw, &mut self.unescaped)?;
-        let text = self.unescaped.split().freeze();
-        Some(ByteStr::from_copied_text(&text, 0..text.len()))
+        self.unescaped(range)
+    }
+
+    #[inline]
+    fn header_text(&mut self) -> Option<Text> {
+        let (range, escaped) = self.raw_string()?;
+        if !escaped {
+            return Text::checked(self.payload, range);
+        }
+        self.unescaped(range).map(Text::Own)
     }
 
     #[inline]

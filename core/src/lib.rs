@@ -54,7 +54,7 @@ pub use event::{
     RequestBodyChunkEvent, RequestCompleteEvent, RequestHeadersEvent, RequestMetadata,
     ResponseBodyChunkEvent, ResponseHeadersEvent, WebSocketFrameEvent, WebSocketOpcode,
 };
-pub use headers::{HeaderEntry, HeaderValues, Headers};
+pub use headers::{HeaderEntries, HeaderValues, Headers};
 pub use health::HealthState;
 pub use response::{
     AgentResponse, AuditMetadata, BodyMutation, Decision, GuardrailDetection, GuardrailResponse,

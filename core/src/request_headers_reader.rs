@@ -13,7 +13,9 @@
 
 use crate::byte_str::ByteStr;
 use crate::event::{RequestHeadersEvent, RequestMetadata};
-use crate::headers::{ExactBuilder, HeaderValues, Headers};
+use bytes::Bytes;
+
+use crate::headers::{ExactBuilder, Headers, Text, TextValues};
 use crate::limits::MessageLimits;
 
 /// What a direct reader counts, as the general decoder counts it: elements (array items and map
@@ -61,24 +63,30 @@ impl<'a> Budget<'a> {
 pub(crate) trait Syntax<'a>: Sized {
     fn budget(&mut self) -> &mut Budget<'a>;
 
+    /// The payload being read, which header text is kept as ranges of.
+    fn payload(&self) -> &'a Bytes;
+
     /// Walks a map whose keys are field names (plain text), counting its entries; `field` reads
     /// the value of each.
     fn fields(&mut self, field: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()>;
 
     /// Walks a map whose keys are header names, counting its entries; `entry` reads the values
     /// after each name.
-    fn header_map(&mut self, entry: impl FnMut(&mut Self, ByteStr) -> Option<()>) -> Option<()>;
+    fn header_map(&mut self, entry: impl FnMut(&mut Self, Text) -> Option<()>) -> Option<()>;
 
     /// Header values: an array of strings (counted), or one string; each value charged to the
     /// header limits.
-    fn values(&mut self) -> Option<HeaderValues>;
+    fn values(&mut self) -> Option<TextValues>;
 
     fn text(&mut self) -> Option<ByteStr>;
 
+    /// A header name or value: a range of the payload where it can be one.
+    fn header_text(&mut self) -> Option<Text>;
+
     /// One header value, charged to the header limits.
     #[inline]
-    fn value(&mut self) -> Option<ByteStr> {
-        let value = self.text()?;
+    fn value(&mut self) -> Option<Text> {
+        let value = self.header_text()?;
         self.budget().charge(1, value.len())?;
         Some(value)
     }
@@ -125,11 +133,11 @@ pub(crate) fn read_event<'a, S: Syntax<'a>>(s: &mut S) -> Option<RequestHeadersE
 }
 
 fn read_headers<'a, S: Syntax<'a>>(s: &mut S) -> Option<Headers> {
-    let mut headers = ExactBuilder::with_capacity(24);
+    let mut headers = ExactBuilder::over(s.payload().clone(), 24);
     s.header_map(|s, name| {
         s.budget().charge(0, name.len())?;
         let values = s.values()?;
-        let bytes = values.iter().map(|v| v.len()).sum();
+        let bytes = values.iter().map(Text::len).sum();
         headers.push(name, values, bytes);
         Some(())
     })?;

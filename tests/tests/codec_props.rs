@@ -341,13 +341,7 @@ struct RefAgentResponse {
 fn ref_headers(headers: &Headers) -> HashMap<String, Vec<String>> {
     headers
         .entries()
-        .iter()
-        .map(|e| {
-            (
-                e.name.to_string(),
-                e.values.iter().map(|v| v.to_string()).collect(),
-            )
-        })
+        .map(|(name, values)| (name.to_string(), values.map(str::to_string).collect()))
         .collect()
 }
 

@@ -18,7 +18,7 @@ use super::deserializer::Deserializer;
 use super::header::Header;
 use crate::byte_str::ByteStr;
 use crate::event::{RequestHeadersEvent, RequestMetadata};
-use crate::headers::HeaderValues;
+use crate::headers::{Text, TextValues};
 use crate::limits::MessageLimits;
 use crate::request_headers_reader::{
     read_event, read_metadata_fields, Budget, MetadataField, MetadataFields, Syntax,
@@ -99,6 +99,10 @@ impl<'a> Syntax<'a> for Reader<'a> {
         &mut self.budget
     }
 
+    fn payload(&self) -> &'a Bytes {
+        self.payload
+    }
+
     fn fields(&mut self, mut field: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
         for _ in 0..self.map()? {
             let input = self.de.input;
@@ -108,18 +112,15 @@ impl<'a> Syntax<'a> for Reader<'a> {
         Some(())
     }
 
-    fn header_map(
-        &mut self,
-        mut entry: impl FnMut(&mut Self, ByteStr) -> Option<()>,
-    ) -> Option<()> {
+    fn header_map(&mut self, mut entry: impl FnMut(&mut Self, Text) -> Option<()>) -> Option<()> {
         for _ in 0..self.map()? {
-            let name = self.text()?;
+            let name = self.header_text()?;
             entry(self, name)?;
         }
         Some(())
     }
 
-    fn values(&mut self) -> Option<HeaderValues> {
+    fn values(&mut self) -> Option<TextValues> {
         let n = match self.de.peek_byte()? {
             // A fixarray (up to 15 values), read here.
             b @ 0x90..=0x9f => {
@@ -140,7 +141,7 @@ impl<'a> Syntax<'a> for Reader<'a> {
             }
         };
         self.budget.count(n)?;
-        let mut values = HeaderValues::new();
+        let mut values = TextValues::new();
         for _ in 0..n {
             values.push(self.value()?);
         }
@@ -151,6 +152,12 @@ impl<'a> Syntax<'a> for Reader<'a> {
     fn text(&mut self) -> Option<ByteStr> {
         let range = self.str_range()?;
         ByteStr::from_payload(self.payload, range)
+    }
+
+    #[inline]
+    fn header_text(&mut self) -> Option<Text> {
+        let range = self.str_range()?;
+        Text::checked(self.payload, range)
     }
 
     #[inline]
@@ -231,10 +238,10 @@ pub(crate) fn write_request_headers(out: &mut BytesMut, event: &RequestHeadersEv
     put_str(out, &event.uri);
     put_str(out, "headers");
     put_map_len(out, event.headers.len());
-    for entry in event.headers.entries() {
-        put_str(out, &entry.name);
-        put_len(out, entry.values.len(), 0x90, 0xdc);
-        for value in &entry.values {
+    for (name, values) in event.headers.entries() {
+        put_str(out, name);
+        put_len(out, values.len(), 0x90, 0xdc);
+        for value in values {
             put_str(out, value);
         }
     }

@@ -1085,7 +1085,7 @@ fn reference_repeated_id_event_decodes_through_the_event_decoder() {
     assert_eq!(e.correlation_id, "rsh-1");
     assert_eq!(e.status, 200);
     assert_eq!(
-        e.headers.get("content-type").unwrap().as_slice(),
+        e.headers.get("content-type").unwrap().collect::<Vec<_>>(),
         ["text/html; charset=utf-8"]
     );
 }
