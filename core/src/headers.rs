@@ -1,17 +1,22 @@
 //! HTTP headers as the protocol carries them: an object mapping each name to an array of values.
 //!
-//! [`Headers`] keeps entries in arrival order in one `Vec`, and each entry's values in a
-//! `SmallVec` whose first value is stored inline. A name or value is either a range of the
-//! headers' one shared text (the frame they were decoded from, or the buffer
-//! [`Headers::copy_from`] filled), which costs no allocation and no reference count of its own,
-//! or a string of its own ([`Headers::append`] and the like). So decoding a request's headers or
-//! copying a proxy's own costs one reference to that text and one list, however many headers
-//! there are, and cloning them costs the same.
+//! [`Headers`] keeps its names and values as spans of text rather than as a string object each:
+//! spans of one shared buffer (the frame the headers were decoded from, or the buffer
+//! [`Headers::copy_from`] filled), or of a buffer of the headers' own (text appended by hand,
+//! escaped text a decoder had to rewrite). The entries themselves are plain data, one per name in
+//! arrival order with its first value inline; a name's further values are chained in a second
+//! list. So decoding or copying a request's headers costs one list and one reference to their
+//! text however many headers there are, cloning them costs the same, and dropping them frees
+//! one list.
 //!
 //! Building headers from the wire (decoding, [`Headers::append_exact`]) merges repeated names
 //! in time linear in the number of headers, however many distinct names a peer sends: past
 //! [`INDEXED_FROM`] names an exact-name hash index takes over from the linear scan. Decoding
 //! counts every value against the [`HeaderLimits`](crate::limits::HeaderLimits) of the message.
+//!
+//! Text replaced or removed by [`Headers::insert`] and [`Headers::remove`] is reclaimed once it
+//! is more than half of the own buffer, so a long-lived header set that is changed again and
+//! again stays within twice its live size.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -21,94 +26,75 @@ use std::iter::FusedIterator;
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
-use serde::de::{MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use smallvec::SmallVec;
 
 use crate::byte_str::ByteStr;
 
-/// A header name or value as [`Headers`] holds it.
-#[derive(Clone, Debug)]
-pub(crate) enum Text {
-    /// `start..end` of the headers' shared text; UTF-8 (checked, or copied from a `str`, when
-    /// the range was made).
-    Range(u32, u32),
-    /// A string of its own.
-    Own(ByteStr),
+/// Where a name or value lies: in the shared text, or (`own`) in the headers' own buffer.
+/// Always whole UTF-8 text: checked, or copied from a `str`, when the span was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Span {
+    start: u32,
+    len: u32,
+    own: bool,
 }
 
-impl Text {
-    /// `text[range]` as a range of it, if it is UTF-8 and the range fits in 32 bits. Most
-    /// header text is ASCII, which is checked a word at a time.
+impl Span {
+    /// `text[range]` as a span of the shared text, if it is UTF-8 (and within 4 GiB, as every
+    /// frame is). Most header text is ASCII, which is checked a word at a time.
     #[inline]
-    pub(crate) fn checked(text: &Bytes, range: Range<usize>) -> Option<Self> {
+    pub(crate) fn checked(text: &[u8], range: Range<usize>) -> Option<Self> {
         let bytes = text.get(range.clone())?;
         if !bytes.is_ascii() {
             std::str::from_utf8(bytes).ok()?;
         }
-        Self::range(range)
+        Self::shared(range)
     }
 
-    /// A range of text copied from `str`s, holding whole ones (so UTF-8).
+    /// A span of the shared text, whose UTF-8 the caller has made sure of.
     #[inline]
-    fn range(range: Range<usize>) -> Option<Self> {
-        Some(Self::Range(
-            u32::try_from(range.start).ok()?,
-            u32::try_from(range.end).ok()?,
-        ))
+    fn shared(range: Range<usize>) -> Option<Self> {
+        Some(Self {
+            start: u32::try_from(range.start).ok()?,
+            len: u32::try_from(range.len()).ok()?,
+            own: false,
+        })
     }
 
-    /// Length in bytes.
     #[inline]
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Self::Range(start, end) => (end - start) as usize,
-            Self::Own(s) => s.len(),
-        }
+    pub(crate) fn len(self) -> usize {
+        self.len as usize
     }
 
-    /// The string, `text` being the shared text of the headers holding it.
     #[inline]
-    fn resolve<'a>(&'a self, text: &'a Bytes) -> &'a str {
-        match self {
-            Self::Range(start, end) => {
-                let bytes = &text[*start as usize..*end as usize];
-                debug_assert!(std::str::from_utf8(bytes).is_ok());
-                // SAFETY: a range is made only over UTF-8 text (`checked` checks it; `range`
-                // is given whole `str`s), and the text it refers to never changes.
-                #[allow(unsafe_code)]
-                unsafe {
-                    std::str::from_utf8_unchecked(bytes)
-                }
-            }
-            Self::Own(s) => s.as_str(),
-        }
-    }
-
-    /// The string as one of its own, sharing `text`'s allocation.
-    fn shared(self, text: &Bytes) -> ByteStr {
-        match self {
-            Self::Range(..) => ByteStr::from_copied_text(text, self.span()),
-            Self::Own(s) => s,
-        }
-    }
-
-    fn span(&self) -> Range<usize> {
-        match self {
-            Self::Range(start, end) => *start as usize..*end as usize,
-            Self::Own(_) => 0..0,
-        }
+    fn range(self) -> Range<usize> {
+        self.start as usize..self.start as usize + self.len as usize
     }
 }
 
-/// The values of one name, as a header's texts (one stored inline).
-pub(crate) type TextValues = SmallVec<[Text; 1]>;
+/// No further value.
+const NONE: u32 = u32::MAX;
 
-#[derive(Clone, Debug)]
+/// One name and its values: the first inline, the rest chained through [`Headers::more`].
+#[derive(Clone, Copy, Debug)]
 struct Entry {
-    name: Text,
-    values: TextValues,
+    name: Span,
+    /// How many values (an array may be empty on the wire).
+    count: u32,
+    first: Span,
+    /// The second value's link, or [`NONE`].
+    more: u32,
+    /// The last value's link, where the next value is chained ([`NONE`] with fewer than two).
+    last: u32,
+}
+
+/// A value after a name's first, and the link to the next.
+#[derive(Clone, Copy, Debug)]
+struct Link {
+    value: Span,
+    next: u32,
 }
 
 /// Past this many distinct names, exact-name lookups while building headers go through a hash
@@ -116,6 +102,8 @@ struct Entry {
 pub const INDEXED_FROM: usize = 64;
 
 /// An ordered multi-map of HTTP headers.
+///
+/// Holds at most 4 GiB of text of its own (appended by hand); beyond that, adding text panics.
 ///
 /// ```
 /// use agent_protocol_core::Headers;
@@ -130,15 +118,18 @@ pub const INDEXED_FROM: usize = 64;
 /// for (name, values) in headers.entries() {
 ///     println!("{name}: {}", values.collect::<Vec<_>>().join(", "));
 /// }
-/// // Flattening moves each string out; nothing is copied.
 /// let flat: Vec<_> = headers.into_flat().collect();
 /// assert_eq!(flat.len(), 3);
 /// ```
 #[derive(Clone, Default)]
 pub struct Headers {
-    /// The text that names and values held as ranges lie in.
+    /// The shared text that spans not marked `own` lie in.
     text: Bytes,
+    /// Text of the headers' own: appended by hand, or rewritten by a decoder (which may lend
+    /// it room in the payload's allocation, see [`ExactBuilder::lend_room`]).
+    own: BytesMut,
     entries: Vec<Entry>,
+    more: Vec<Link>,
     /// Exact name -> position, kept while names are appended by exact match and there are more
     /// than [`INDEXED_FROM`] of them; dropped by any other change (rebuilt when needed).
     index: Option<Box<NameIndex>>,
@@ -146,6 +137,9 @@ pub struct Headers {
     /// [`Headers::load`] is free however many headers there are.
     values: usize,
     bytes: usize,
+    /// Bytes of `own` and links of `more` no longer referred to.
+    dead_own: usize,
+    dead_links: usize,
 }
 
 impl PartialEq for Headers {
@@ -174,20 +168,6 @@ struct NameIndex {
     positions: HashMap<u64, usize>,
 }
 
-impl NameIndex {
-    fn build(text: &Bytes, entries: &[Entry]) -> Box<Self> {
-        let mut index = Box::new(NameIndex {
-            hasher: RandomState::new(),
-            positions: HashMap::with_capacity(entries.len() * 2),
-        });
-        for (i, e) in entries.iter().enumerate() {
-            let h = index.hasher.hash_one(e.name.resolve(text));
-            index.positions.entry(h).or_insert(i);
-        }
-        index
-    }
-}
-
 /// The values of one name, in order: an iterator of `&str` (see [`Headers::get`]).
 ///
 /// ```
@@ -200,8 +180,11 @@ impl NameIndex {
 /// ```
 #[derive(Clone)]
 pub struct HeaderValues<'a> {
-    text: &'a Bytes,
-    values: std::slice::Iter<'a, Text>,
+    headers: &'a Headers,
+    /// The first value, until it is taken.
+    first: Option<Span>,
+    next: u32,
+    left: usize,
 }
 
 impl<'a> Iterator for HeaderValues<'a> {
@@ -209,19 +192,20 @@ impl<'a> Iterator for HeaderValues<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<&'a str> {
-        let text = self.text;
-        self.values.next().map(|v| v.resolve(text))
+        let span = match self.first.take() {
+            Some(first) => first,
+            None => {
+                let link = *self.headers.more.get(self.next as usize)?;
+                self.next = link.next;
+                link.value
+            }
+        };
+        self.left -= 1;
+        Some(self.headers.str(span))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.values.size_hint()
-    }
-}
-
-impl DoubleEndedIterator for HeaderValues<'_> {
-    fn next_back(&mut self) -> Option<Self::Item> {
-        let text = self.text;
-        self.values.next_back().map(|v| v.resolve(text))
+        (self.left, Some(self.left))
     }
 }
 
@@ -243,7 +227,7 @@ impl Serialize for HeaderValues<'_> {
 /// The entries of [`Headers`] in order: each name with its values (see [`Headers::entries`]).
 #[derive(Clone)]
 pub struct HeaderEntries<'a> {
-    text: &'a Bytes,
+    headers: &'a Headers,
     entries: std::slice::Iter<'a, Entry>,
 }
 
@@ -252,14 +236,8 @@ impl<'a> Iterator for HeaderEntries<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        let text = self.text;
-        self.entries.next().map(|e| {
-            let values = HeaderValues {
-                text,
-                values: e.values.iter(),
-            };
-            (e.name.resolve(text), values)
-        })
+        let entry = self.entries.next()?;
+        Some((self.headers.str(entry.name), self.headers.values_of(entry)))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -269,6 +247,50 @@ impl<'a> Iterator for HeaderEntries<'a> {
 
 impl ExactSizeIterator for HeaderEntries<'_> {}
 impl FusedIterator for HeaderEntries<'_> {}
+
+/// [`Headers::into_flat`]: each entry's name with each of its values, in order.
+struct IntoFlat {
+    text: Bytes,
+    own: Bytes,
+    entries: std::vec::IntoIter<Entry>,
+    more: Vec<Link>,
+    /// The entry being walked: its name, its first value until taken, its next link.
+    name: Option<ByteStr>,
+    first: Option<Span>,
+    next: u32,
+}
+
+impl IntoFlat {
+    fn shared(&self, span: Span) -> ByteStr {
+        let source = if span.own { &self.own } else { &self.text };
+        ByteStr::from_copied_text(source, span.range())
+    }
+}
+
+impl Iterator for IntoFlat {
+    type Item = (ByteStr, ByteStr);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(name) = &self.name {
+                let value = match self.first.take() {
+                    Some(first) => Some(first),
+                    None => self.more.get(self.next as usize).map(|link| {
+                        self.next = link.next;
+                        link.value
+                    }),
+                };
+                if let Some(value) = value {
+                    return Some((name.clone(), self.shared(value)));
+                }
+            }
+            let entry = self.entries.next()?;
+            self.name = Some(self.shared(entry.name));
+            self.first = (entry.count > 0).then_some(entry.first);
+            self.next = entry.more;
+        }
+    }
+}
 
 impl Headers {
     /// An empty header set.
@@ -317,109 +339,87 @@ impl Headers {
         (self.values, self.bytes)
     }
 
-    /// Counts a value added.
-    fn count_value(&mut self, value: &str) {
-        self.values += 1;
-        self.bytes += value.len();
-    }
-
-    /// Counts a new entry's name and value.
-    fn count_entry(&mut self, name: &str, value: &str) {
-        self.bytes += name.len();
-        self.count_value(value);
-    }
-
-    /// Uncounts an entry's values (and its name, with `name`).
-    fn uncount(&mut self, name: Option<&Text>, values: &[Text]) {
-        self.bytes -= name.map_or(0, Text::len);
-        for value in values {
-            self.values -= 1;
-            self.bytes -= value.len();
-        }
-    }
-
     /// Adds a value, after any existing values of the same name (case-insensitive).
-    pub fn append(&mut self, name: impl Into<ByteStr>, value: impl Into<ByteStr>) {
-        let name = name.into();
-        let value = value.into();
+    pub fn append(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
+        let (name, value) = (name.as_ref(), value.as_ref());
         self.index = None;
-        match self.position(&name) {
-            Some(i) => {
-                self.count_value(&value);
-                self.entries[i].values.push(Text::Own(value));
-            }
+        let at = match self.position(name) {
+            Some(at) => at,
             None => {
-                self.count_entry(&name, &value);
-                self.entries.push(Entry {
-                    name: Text::Own(name),
-                    values: smallvec::smallvec![Text::Own(value)],
-                });
+                let name = self.own_copy(name);
+                self.new_entry(name)
             }
-        }
+        };
+        let value = self.own_copy(value);
+        self.push_value(at, value);
     }
 
-    /// Adds a value after any existing values of exactly `name` (case-sensitive), moving both
-    /// strings in. Transports that carry headers as a flat list of `(name, value)` pairs (gRPC)
-    /// rebuild [`Headers`] with it, so names that differ only in case stay apart as the sender
-    /// wrote them and `into_flat` followed by `append_exact` gives back the same headers.
+    /// Adds a value after any existing values of exactly `name` (case-sensitive). Transports
+    /// that carry headers as a flat list of `(name, value)` pairs (gRPC) rebuild [`Headers`]
+    /// with it, so names that differ only in case stay apart as the sender wrote them and
+    /// `into_flat` followed by `append_exact` gives back the same headers.
     ///
     /// ```
     /// use agent_protocol_core::Headers;
     /// let mut h = Headers::new();
     /// for (n, v) in [("a", "1"), ("A", "2"), ("a", "3")] {
-    ///     h.append_exact(n.to_string(), v.to_string());
+    ///     h.append_exact(n, v);
     /// }
     /// assert_eq!(h.len(), 2);
     /// assert!(h.entries().next().unwrap().1.eq(["1", "3"]));
     /// ```
-    pub fn append_exact(&mut self, name: impl Into<ByteStr>, value: impl Into<ByteStr>) {
-        let (name, value) = (name.into(), value.into());
-        let bytes = value.len();
-        self.push_exact(
-            Text::Own(name),
-            smallvec::smallvec![Text::Own(value)],
-            bytes,
-        );
+    pub fn append_exact(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        self.prepare_index();
+        let at = match self.exact_position(name) {
+            Some(at) => at,
+            None => {
+                let name = self.own_copy(name);
+                self.new_entry(name)
+            }
+        };
+        let value = self.own_copy(value);
+        self.push_value(at, value);
     }
 
-    /// Replaces every value of `name` with one value.
-    pub fn insert(&mut self, name: impl Into<ByteStr>, value: impl Into<ByteStr>) {
-        let name = name.into();
-        let value = value.into();
+    /// Replaces every value of `name` (case-insensitive) with one value.
+    pub fn insert(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
+        let (name, value) = (name.as_ref(), value.as_ref());
         self.index = None;
-        match self.position(&name) {
-            Some(i) => {
-                let old = std::mem::take(&mut self.entries[i].values);
-                self.uncount(None, &old);
-                self.count_value(&value);
-                self.entries[i].values.push(Text::Own(value));
+        let at = match self.position(name) {
+            Some(at) => {
+                self.forget_values(at);
+                at
             }
             None => {
-                self.count_entry(&name, &value);
-                self.entries.push(Entry {
-                    name: Text::Own(name),
-                    values: smallvec::smallvec![Text::Own(value)],
-                });
+                let name = self.own_copy(name);
+                self.new_entry(name)
             }
-        }
+        };
+        let value = self.own_copy(value);
+        self.push_value(at, value);
+        self.reclaim();
     }
 
     /// Removes a name (case-insensitive) and returns its values.
     pub fn remove(&mut self, name: &str) -> Option<Vec<ByteStr>> {
-        let i = self.position(name)?;
+        let at = self.position(name)?;
         self.index = None;
-        let entry = self.entries.remove(i);
-        self.uncount(Some(&entry.name), &entry.values);
-        let text = &self.text;
-        Some(entry.values.into_iter().map(|v| v.shared(text)).collect())
+        let removed = self
+            .values_of(&self.entries[at])
+            .map(ByteStr::from)
+            .collect();
+        self.forget_values(at);
+        let entry = self.entries.remove(at);
+        self.forget(entry.name);
+        self.reclaim();
+        Some(removed)
     }
 
     /// The values of `name` (case-insensitive), in order.
     pub fn get(&self, name: &str) -> Option<HeaderValues<'_>> {
-        self.position(name).map(|i| HeaderValues {
-            text: &self.text,
-            values: self.entries[i].values.iter(),
-        })
+        self.position(name)
+            .map(|at| self.values_of(&self.entries[at]))
     }
 
     /// The first value of `name`.
@@ -430,7 +430,7 @@ impl Headers {
     /// Each name with its values, in order.
     pub fn entries(&self) -> HeaderEntries<'_> {
         HeaderEntries {
-            text: &self.text,
+            headers: self,
             entries: self.entries.iter(),
         }
     }
@@ -441,117 +441,308 @@ impl Headers {
             .flat_map(|(name, values)| values.map(move |v| (name, v)))
     }
 
-    /// Consumes the headers into `(name, value)` pairs, each string sharing the headers'
-    /// text or moved out of them: nothing is copied.
+    /// Consumes the headers into `(name, value)` pairs, each string sharing the headers' text
+    /// (their own text becomes a shared buffer too): nothing is copied.
     pub fn into_flat(self) -> impl Iterator<Item = (ByteStr, ByteStr)> {
-        let text = self.text;
-        self.entries.into_iter().flat_map(move |entry| {
-            let Entry { name, values } = entry;
-            let name = name.shared(&text);
-            let text = text.clone();
-            values
-                .into_iter()
-                .map(move |v| (name.clone(), v.shared(&text)))
-        })
+        IntoFlat {
+            own: self.own.freeze(),
+            text: self.text,
+            entries: self.entries.into_iter(),
+            more: self.more,
+            name: None,
+            first: None,
+            next: NONE,
+        }
     }
 
+    /// The text of `span`.
+    #[inline]
+    fn str(&self, span: Span) -> &str {
+        let source: &[u8] = if span.own { &self.own } else { &self.text };
+        let bytes = &source[span.range()];
+        debug_assert!(std::str::from_utf8(bytes).is_ok());
+        // SAFETY: a span is made only over whole UTF-8 text (`Span::checked` checks it; the
+        // others are given `str`s), and neither buffer's text changes under a span.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::str::from_utf8_unchecked(bytes)
+        }
+    }
+
+    fn values_of(&self, entry: &Entry) -> HeaderValues<'_> {
+        HeaderValues {
+            headers: self,
+            first: (entry.count > 0).then_some(entry.first),
+            next: entry.more,
+            left: entry.count as usize,
+        }
+    }
+
+    /// A copy of `text` in the own buffer.
+    fn own_copy(&mut self, text: &str) -> Span {
+        let start = self.own.len();
+        self.own.extend_from_slice(text.as_bytes());
+        own_span(start, text.len())
+    }
+
+    /// Adds an entry for `name` with no value yet, counting the name; returns its position.
+    fn new_entry(&mut self, name: Span) -> usize {
+        self.bytes += name.len();
+        let at = self.entries.len();
+        if let Some(index) = &mut self.index {
+            let source: &[u8] = if name.own { &self.own } else { &self.text };
+            let h = index.hasher.hash_one(&source[name.range()]);
+            index.positions.entry(h).or_insert(at);
+        }
+        self.entries.push(Entry {
+            name,
+            count: 0,
+            first: name,
+            more: NONE,
+            last: NONE,
+        });
+        at
+    }
+
+    /// Adds `value` after the values of the entry at `at`, counting it.
+    #[inline]
+    fn push_value(&mut self, at: usize, value: Span) {
+        self.values += 1;
+        self.bytes += value.len();
+        let entry = &mut self.entries[at];
+        if entry.count == 0 {
+            entry.first = value;
+        } else {
+            let link = u32::try_from(self.more.len()).expect("headers hold under 4G values");
+            self.more.push(Link { value, next: NONE });
+            match entry.last {
+                NONE => entry.more = link,
+                last => self.more[last as usize].next = link,
+            }
+            entry.last = link;
+        }
+        entry.count += 1;
+    }
+
+    /// Uncounts the values of the entry at `at` and leaves it with none.
+    fn forget_values(&mut self, at: usize) {
+        let entry = self.entries[at];
+        if entry.count > 0 {
+            self.values -= 1;
+            self.forget(entry.first);
+        }
+        let mut next = entry.more;
+        while let Some(link) = self.more.get(next as usize).copied() {
+            self.values -= 1;
+            self.dead_links += 1;
+            self.forget(link.value);
+            next = link.next;
+        }
+        let entry = &mut self.entries[at];
+        entry.count = 0;
+        entry.more = NONE;
+        entry.last = NONE;
+    }
+
+    /// Uncounts text no longer held.
+    fn forget(&mut self, span: Span) {
+        self.bytes -= span.len();
+        if span.own {
+            self.dead_own += span.len();
+        }
+    }
+
+    /// Rewrites the own buffer and the value links without what is no longer held, once that
+    /// is more than half of either.
+    fn reclaim(&mut self) {
+        let own_waste = self.dead_own > 64 && self.dead_own * 2 > self.own.len();
+        let link_waste = self.dead_links > 8 && self.dead_links * 2 > self.more.len();
+        if !own_waste && !link_waste {
+            return;
+        }
+        let mut own = BytesMut::with_capacity(self.own.len() - self.dead_own);
+        let mut more = Vec::with_capacity(self.more.len() - self.dead_links);
+        let mut keep = |span: Span| {
+            if !span.own {
+                return span;
+            }
+            let start = own.len();
+            own.extend_from_slice(&self.own[span.range()]);
+            own_span(start, span.len())
+        };
+        for entry in &mut self.entries {
+            entry.name = keep(entry.name);
+            if entry.count > 0 {
+                entry.first = keep(entry.first);
+            }
+            let mut next = entry.more;
+            let mut previous = NONE;
+            while let Some(link) = self.more.get(next as usize).copied() {
+                let at = more.len() as u32;
+                more.push(Link {
+                    value: keep(link.value),
+                    next: NONE,
+                });
+                match previous {
+                    NONE => entry.more = at,
+                    p => more[p as usize].next = at,
+                }
+                previous = at;
+                next = link.next;
+            }
+            entry.last = previous;
+        }
+        self.own = own;
+        self.more = more;
+        self.dead_own = 0;
+        self.dead_links = 0;
+    }
+
+    /// The position of `name`, compared case-insensitively.
     fn position(&self, name: &str) -> Option<usize> {
         self.entries
             .iter()
-            .position(|e| e.name.resolve(&self.text).eq_ignore_ascii_case(name))
+            .position(|e| self.str(e.name).eq_ignore_ascii_case(name))
     }
 
-    /// Adds values after any existing values of exactly `name`. Decoding and
-    /// [`Headers::append_exact`] come through here: two names that differ only in case are kept
-    /// apart as the sender wrote them (lower-casing them would lose which value came with which
-    /// spelling). Amortised constant time per call, whatever the number of names.
-    /// `value_bytes` is the length of `values` together, which callers have at hand.
-    fn push_exact(&mut self, name: Text, values: TextValues, value_bytes: usize) {
-        self.values += values.len();
-        self.bytes += value_bytes;
-        let text = &self.text;
-        let exact = name.resolve(text);
-        // Repeated names usually arrive together: look at the last entry first.
-        if let Some(last) = self.entries.last_mut() {
-            if last.name.resolve(text) == exact {
-                last.values.extend(values);
-                return;
-            }
+    /// The position of exactly `name`. Amortised constant time per call, whatever the number
+    /// of names: repeated names usually arrive together, so the last entry is looked at first;
+    /// past [`INDEXED_FROM`] names the rest go through the index (see [`Self::prepare_index`]).
+    fn exact_position(&self, name: &str) -> Option<usize> {
+        let last = self.entries.len().checked_sub(1)?;
+        if self.str(self.entries[last].name) == name {
+            return Some(last);
         }
-        let found = if self.entries.len() <= INDEXED_FROM {
-            self.entries
-                .iter()
-                .position(|e| e.name.resolve(text) == exact)
-        } else {
-            self.indexed_position(&name)
+        let Some(index) = &self.index else {
+            return self.entries.iter().position(|e| self.str(e.name) == name);
         };
-        match found {
-            Some(i) => self.entries[i].values.extend(values),
-            None => self.push_entry(name, values),
-        }
-    }
-
-    /// Adds an entry for `name`, which no entry has yet.
-    fn push_entry(&mut self, name: Text, values: TextValues) {
-        self.bytes += name.len();
-        if let Some(index) = &mut self.index {
-            let h = index.hasher.hash_one(name.resolve(&self.text));
-            index.positions.entry(h).or_insert(self.entries.len());
-        }
-        self.entries.push(Entry { name, values });
-    }
-
-    /// The position of exactly `name`, through the index (built on first use).
-    fn indexed_position(&mut self, name: &Text) -> Option<usize> {
-        let (text, entries) = (&self.text, &self.entries);
-        let name = name.resolve(text);
-        let index = self
-            .index
-            .get_or_insert_with(|| NameIndex::build(text, entries));
-        let &i = index.positions.get(&index.hasher.hash_one(name))?;
-        if entries[i].name.resolve(text) == name {
+        let &i = index
+            .positions
+            .get(&index.hasher.hash_one(name.as_bytes()))?;
+        if self.str(self.entries[i].name) == name {
             Some(i)
         } else {
             // Two names with one 64-bit keyed hash: practically never; stay correct anyway.
-            entries.iter().position(|e| e.name.resolve(text) == name)
+            self.entries.iter().position(|e| self.str(e.name) == name)
         }
+    }
+
+    /// Builds the exact-name index, if there are more than [`INDEXED_FROM`] names and it is
+    /// not there; called before [`Self::exact_position`].
+    fn prepare_index(&mut self) {
+        if self.entries.len() <= INDEXED_FROM || self.index.is_some() {
+            return;
+        }
+        let mut index = Box::new(NameIndex {
+            hasher: RandomState::new(),
+            positions: HashMap::with_capacity(self.entries.len() * 2),
+        });
+        for (i, e) in self.entries.iter().enumerate() {
+            let h = index.hasher.hash_one(self.str(e.name).as_bytes());
+            index.positions.entry(h).or_insert(i);
+        }
+        self.index = Some(index);
+    }
+}
+
+fn own_span(start: usize, len: usize) -> Span {
+    let fits = |n: usize| u32::try_from(n).expect("headers hold under 4 GiB of their own text");
+    fits(start + len);
+    Span {
+        start: fits(start),
+        len: fits(len),
+        own: true,
     }
 }
 
 /// Builds headers from empty by exact name, as decoding and copying do, over one shared text
-/// that names and values may be ranges of.
+/// that names and values are spans of (or, rewritten, of the headers' own buffer).
 ///
+/// A name is given with [`name`](Self::name), then its values with [`value`](Self::value).
 /// Merging a repeated name means looking for an earlier entry of it, a scan of every entry so
 /// far: quadratic in the names of a request, most of the decoding work of its headers. Nearly
-/// every name is new, and a 128-bit filter of the names seen so far (by length and first and
-/// last byte) says so without the scan; only a name the filter has seen goes through
-/// [`Headers::push_exact`]. Names chosen to collide in the filter only cost the scan, which stays
-/// linear in the input (past [`INDEXED_FROM`] names it goes through the index).
+/// every name is new, and a 128-bit filter of the names seen so far (by length, first and last
+/// two bytes) says so without the scan; only a name the filter has seen is looked for. Names
+/// chosen to collide in the filter only cost the scan, which stays linear in the input (past
+/// [`INDEXED_FROM`] names it goes through the index).
 pub(crate) struct ExactBuilder {
     headers: Headers,
     seen: u128,
+    /// The entry values go to.
+    current: usize,
 }
 
 impl ExactBuilder {
-    /// Headers whose ranges lie in `text`, with room for `names` names.
+    /// Headers whose shared spans lie in `text`, with room for `names` names.
     pub(crate) fn over(text: Bytes, names: usize) -> Self {
         let mut headers = Headers::with_capacity(names);
         headers.text = text;
-        Self { headers, seen: 0 }
+        Self {
+            headers,
+            seen: 0,
+            current: 0,
+        }
     }
 
-    /// Adds `values` (`value_bytes` long together) after any earlier values of exactly `name`.
-    #[inline]
-    pub(crate) fn push(&mut self, name: Text, values: TextValues, value_bytes: usize) {
-        let bit = 1u128 << filter_slot(name.resolve(&self.headers.text).as_bytes());
-        if self.seen & bit != 0 {
-            self.headers.push_exact(name, values, value_bytes);
-            return;
+    /// Text written into the own buffer by `write` (whole UTF-8 strings), as a span; `None` if
+    /// `write` gives up (what it wrote is dropped).
+    pub(crate) fn own(&mut self, write: impl FnOnce(&mut BytesMut) -> Option<()>) -> Option<Span> {
+        let own = &mut self.headers.own;
+        let start = own.len();
+        if write(own).is_none() {
+            own.truncate(start);
+            return None;
         }
+        Some(own_span(start, own.len() - start))
+    }
+
+    /// Lends the own buffer `room` (empty, with capacity): a decoder that rewrites text gives
+    /// the room after its payload copy, so that text shares the payload's allocation.
+    pub(crate) fn lend_room(&mut self, room: BytesMut) {
+        debug_assert!(self.headers.own.is_empty() && room.is_empty());
+        self.headers.own = room;
+    }
+
+    /// Gives back the own buffer's room not used so far (for the decoder's other text).
+    pub(crate) fn spare_room(&mut self) -> BytesMut {
+        let used = self.headers.own.len();
+        self.headers.own.split_off(used)
+    }
+
+    /// `text` as a span: of the shared text if it lies inside it (a slice of the frame being
+    /// decoded), else a copy in the own buffer.
+    fn text_of(&mut self, text: &str) -> Span {
+        let shared = &self.headers.text;
+        let start = (text.as_ptr() as usize).wrapping_sub(shared.as_ptr() as usize);
+        if start <= shared.len() && text.len() <= shared.len() - start {
+            if let Some(span) = Span::shared(start..start + text.len()) {
+                return span;
+            }
+        }
+        self.headers.own_copy(text)
+    }
+
+    /// Starts a name: the values that follow go after any earlier values of exactly `name`.
+    #[inline]
+    pub(crate) fn name(&mut self, name: Span) {
+        let headers = &mut self.headers;
+        let bit = 1u128 << filter_slot(headers.str(name).as_bytes());
+        let seen = self.seen & bit != 0;
         self.seen |= bit;
-        self.headers.values += values.len();
-        self.headers.bytes += value_bytes;
-        self.headers.push_entry(name, values);
+        let found = if seen {
+            headers.prepare_index();
+            headers.exact_position(headers.str(name))
+        } else {
+            None
+        };
+        // A repeated name is held once, as first written.
+        self.current = found.unwrap_or_else(|| headers.new_entry(name));
+    }
+
+    /// Adds a value to the current name.
+    #[inline]
+    pub(crate) fn value(&mut self, value: Span) {
+        self.headers.push_value(self.current, value);
     }
 
     pub(crate) fn finish(self) -> Headers {
@@ -562,9 +753,13 @@ impl ExactBuilder {
 /// Which of the filter's 128 bits stands for `name`.
 #[inline]
 fn filter_slot(name: &[u8]) -> u32 {
-    let first = u32::from(name.first().copied().unwrap_or(0));
-    let last = u32::from(name.last().copied().unwrap_or(0));
-    let mixed = (name.len() as u32) ^ (first << 8) ^ (last << 16);
+    let byte = |at: Option<usize>| u32::from(at.and_then(|i| name.get(i)).copied().unwrap_or(0));
+    let n = name.len();
+    // The last two bytes tell apart names of one family and length (sec-fetch-site/-mode).
+    let mixed = (n as u32)
+        ^ (byte(Some(0)) << 8)
+        ^ (byte(n.checked_sub(1)) << 16)
+        ^ (byte(n.checked_sub(2)) << 24);
     mixed.wrapping_mul(0x9e37_79b9) >> 25
 }
 
@@ -576,9 +771,8 @@ impl Headers {
     /// Headers holding a copy of `pairs`, all their text in one shared buffer.
     ///
     /// A proxy that has the request's headers as borrowed text builds the event's headers with
-    /// two allocations, instead of two per header as [`Headers::append`] with `&str` costs; and
-    /// cloning them costs the same two. Values of the same name (exactly as written) are kept
-    /// together in order.
+    /// two allocations however many there are; cloning them costs the same two. Values of the
+    /// same name (exactly as written) are kept together in order.
     ///
     /// ```
     /// use agent_protocol_core::Headers;
@@ -602,13 +796,13 @@ impl Headers {
     }
 
     /// Copies `pairs` (whose text is `text_len` bytes together) into one buffer and makes every
-    /// name and value a range of it.
+    /// name and value a span of it.
     fn copy_text<'a>(
         pairs: impl Iterator<Item = (&'a str, Cow<'a, str>)>,
         text_len: usize,
     ) -> Self {
         // Lengths of each name and value in order; inline for up to 32 headers.
-        let mut lengths: SmallVec<[usize; 64]> = SmallVec::new();
+        let mut lengths: smallvec::SmallVec<[usize; 64]> = smallvec::SmallVec::new();
         let mut text = BytesMut::with_capacity(text_len);
         for (name, value) in pairs {
             for part in [name, &value] {
@@ -619,18 +813,21 @@ impl Headers {
         let text = text.freeze();
         let mut headers = ExactBuilder::over(text.clone(), lengths.len() / 2);
         let mut at = 0;
-        let mut next = |len: usize| {
+        let mut next = |headers: &mut ExactBuilder, len: usize| {
             let range = at..at + len;
             at = range.end;
-            // Past 4 GiB of text (never, for real headers) a string is a slice of its own.
-            Text::range(range.clone())
-                .unwrap_or_else(|| Text::Own(ByteStr::from_copied_text(&text, range)))
+            Span::shared(range.clone()).unwrap_or_else(|| {
+                // Past 4 GiB of text (never, for real headers): a copy of its own. The range
+                // holds a whole `str` copied above, so this never fails.
+                let part = std::str::from_utf8(&text[range]).unwrap_or_default();
+                headers.headers.own_copy(part)
+            })
         };
         for pair in lengths.chunks_exact(2) {
-            let name = next(pair[0]);
-            let value = next(pair[1]);
-            let bytes = value.len();
-            headers.push(name, smallvec::smallvec![value], bytes);
+            let name = next(&mut headers, pair[0]);
+            let value = next(&mut headers, pair[1]);
+            headers.name(name);
+            headers.value(value);
         }
         headers.finish()
     }
@@ -667,7 +864,7 @@ impl From<&http::HeaderMap> for Headers {
     }
 }
 
-impl<N: Into<ByteStr>, V: Into<ByteStr>> FromIterator<(N, V)> for Headers {
+impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
         let iter = iter.into_iter();
         let mut headers = Headers::with_capacity(iter.size_hint().0);
@@ -688,6 +885,9 @@ impl Serialize for Headers {
     }
 }
 
+/// The general decoder's way in: names and values the decoder read straight out of the frame
+/// being decoded (see `crate::shared_frame`) become spans of it; rewritten ones (escaped JSON)
+/// are copied into the headers' own buffer.
 impl<'de> Deserialize<'de> for Headers {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_map(HeadersVisitor)
@@ -707,11 +907,12 @@ impl<'de> Visitor<'de> for HeadersVisitor {
         // Cap the hint: it comes from the peer. JSON gives none; start with room for a typical
         // browser request so the list does not grow four times on the way to 20 headers.
         let names = map.size_hint().unwrap_or(24).min(128);
-        let mut headers = ExactBuilder::over(Bytes::new(), names);
-        while let Some(name) = map.next_key::<ByteStr>()? {
+        let frame = crate::shared_frame::current().unwrap_or_default();
+        let mut headers = ExactBuilder::over(frame, names);
+        while let Some(name) = map.next_key_seed(TextSeed(&mut headers))? {
             charge(0, name.len())?;
-            let values: ValuesOrOne = map.next_value()?;
-            headers.push(Text::Own(name), values.values, values.bytes);
+            headers.name(name);
+            map.next_value_seed(ValuesSeed(&mut headers))?;
         }
         Ok(headers.finish())
     }
@@ -722,57 +923,75 @@ fn charge<E: serde::de::Error>(values: usize, bytes: usize) -> Result<(), E> {
     crate::limits::charge(values, bytes).map_err(E::custom)
 }
 
-/// Header values: an array of strings, or (leniently) a single string; and their length
-/// together, counted as they are charged to the limits.
-struct ValuesOrOne {
-    values: TextValues,
-    bytes: usize,
+/// One string of the headers, as a span.
+struct TextSeed<'b>(&'b mut ExactBuilder);
+
+impl<'de> DeserializeSeed<'de> for TextSeed<'_> {
+    type Value = Span;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Span, D::Error> {
+        deserializer.deserialize_str(self)
+    }
 }
 
-impl<'de> Deserialize<'de> for ValuesOrOne {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ValuesOrOne;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an array of header values")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ValuesOrOne, A::Error> {
-                let mut values = TextValues::new();
-                let mut bytes = 0;
-                while let Some(v) = seq.next_element::<ByteStr>()? {
-                    charge(1, v.len())?;
-                    bytes += v.len();
-                    values.push(Text::Own(v));
-                }
-                Ok(ValuesOrOne { values, bytes })
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(
-                self,
-                v: &'de str,
-            ) -> Result<ValuesOrOne, E> {
-                charge(1, v.len())?;
-                Ok(ValuesOrOne {
-                    bytes: v.len(),
-                    values: smallvec::smallvec![Text::Own(ByteStr::decoded(v))],
-                })
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ValuesOrOne, E> {
-                charge(1, v.len())?;
-                Ok(ValuesOrOne {
-                    bytes: v.len(),
-                    values: smallvec::smallvec![Text::Own(ByteStr::from(v))],
-                })
-            }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ValuesOrOne, E> {
-                charge(1, v.len())?;
-                Ok(ValuesOrOne {
-                    bytes: v.len(),
-                    values: smallvec::smallvec![Text::Own(ByteStr::from(v))],
-                })
-            }
+impl<'de> Visitor<'de> for TextSeed<'_> {
+    type Value = Span;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Span, E> {
+        Ok(self.0.text_of(v))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Span, E> {
+        Ok(self.0.headers.own_copy(v))
+    }
+}
+
+/// A name's values: an array of strings, or (leniently) a single string; each charged to the
+/// limits and added to the current name.
+struct ValuesSeed<'b>(&'b mut ExactBuilder);
+
+impl ValuesSeed<'_> {
+    fn add<E: serde::de::Error>(&mut self, value: Span) -> Result<(), E> {
+        charge(1, value.len())?;
+        self.0.value(value);
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ValuesSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValuesSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of header values")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(value) = seq.next_element_seed(TextSeed(self.0))? {
+            self.add(value)?;
         }
-        deserializer.deserialize_any(V)
+        Ok(())
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(mut self, v: &'de str) -> Result<(), E> {
+        let value = self.0.text_of(v);
+        self.add(value)
+    }
+
+    fn visit_str<E: serde::de::Error>(mut self, v: &str) -> Result<(), E> {
+        let value = self.0.headers.own_copy(v);
+        self.add(value)
     }
 }
 
@@ -830,23 +1049,62 @@ mod tests {
         })
     }
 
+    /// What the headers should hold: names in order, each with its values.
+    type Model = Vec<(String, Vec<String>)>;
+
+    fn model_of(h: &Headers) -> Model {
+        h.entries()
+            .map(|(n, v)| (n.to_string(), v.map(str::to_string).collect()))
+            .collect()
+    }
+
     proptest::proptest! {
-        /// The kept load always equals a recount, whatever sequence of changes made the headers
-        /// (past the index threshold too).
+        /// Every change does what a plain list of names and values does, and the kept load
+        /// always equals a recount, whatever sequence of changes made the headers (past the
+        /// index threshold, and through the reclaiming of replaced text, too).
         #[test]
-        fn load_is_kept_exactly(ops in proptest::collection::vec((0u8..4, 0u8..80, "[a-c]{0,3}"), 0..300)) {
+        fn changes_match_a_plain_model(ops in proptest::collection::vec((0u8..4, 0u8..80, "[a-c]{0,12}", proptest::bool::ANY), 0..300)) {
             let mut h = Headers::new();
-            for (op, name, value) in ops {
-                let name = format!("n{name}");
+            let mut model = Model::new();
+            for (op, name, value, upper) in ops {
+                let name = if upper { format!("N{name}") } else { format!("n{name}") };
+                let folded = model.iter().position(|(n, _)| n.eq_ignore_ascii_case(&name));
+                let exact = model.iter().position(|(n, _)| *n == name);
                 match op {
-                    0 => h.append(name.clone(), value),
-                    1 => h.append_exact(name.clone(), value),
-                    2 => h.insert(name.clone(), value),
+                    0 => {
+                        h.append(&name, &value);
+                        match folded {
+                            Some(i) => model[i].1.push(value),
+                            None => model.push((name, vec![value])),
+                        }
+                    }
+                    1 => {
+                        h.append_exact(&name, &value);
+                        match exact {
+                            Some(i) => model[i].1.push(value),
+                            None => model.push((name, vec![value])),
+                        }
+                    }
+                    2 => {
+                        h.insert(&name, &value);
+                        match folded {
+                            Some(i) => model[i].1 = vec![value],
+                            None => model.push((name, vec![value])),
+                        }
+                    }
                     _ => {
-                        h.remove(&name);
+                        let removed = h.remove(&name);
+                        let expected = folded.map(|i| model.remove(i).1);
+                        let removed = removed.map(|v| v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+                        proptest::prop_assert_eq!(removed, expected);
                     }
                 }
+                proptest::prop_assert_eq!(model_of(&h), model.clone());
                 proptest::prop_assert_eq!(h.load(), recount(&h));
+                proptest::prop_assert_eq!(h.clone(), h.clone().into_flat().fold(Headers::new(), |mut copy, (n, v)| {
+                    copy.append_exact(n, v);
+                    copy
+                }));
             }
             let decoded: Headers = serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
             proptest::prop_assert_eq!(decoded.load(), recount(&decoded));
@@ -883,6 +1141,24 @@ mod tests {
             proptest::prop_assert_eq!(converted.load(), recount(&converted));
             proptest::prop_assert_eq!(converted, expected);
         }
+    }
+
+    /// Text replaced again and again is reclaimed: the own buffer stays near its live size.
+    #[test]
+    fn replaced_text_is_reclaimed() {
+        let mut h = Headers::new();
+        h.append("keep", "k");
+        for i in 0..10_000 {
+            h.insert("x-counter", format!("value-{i}"));
+            h.append("x-counter", "second");
+            if i % 3 == 1 {
+                h.remove("x-counter");
+            }
+        }
+        assert!(h.own.len() < 256, "own text {} bytes", h.own.len());
+        assert!(h.more.len() < 32, "{} links", h.more.len());
+        assert_eq!(h.first("keep"), Some("k"));
+        assert!(h.get("x-counter").unwrap().eq(["value-9999", "second"]));
     }
 
     #[test]

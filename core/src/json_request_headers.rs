@@ -18,7 +18,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::byte_str::ByteStr;
 use crate::event::RequestHeadersEvent;
-use crate::headers::{Text, TextValues};
+use crate::headers::{ExactBuilder, Span};
 use crate::limits::MessageLimits;
 use crate::request_headers_reader::{read_event, Budget, Syntax};
 
@@ -291,26 +291,24 @@ impl<'a> Syntax<'a> for Reader<'a> {
         })
     }
 
-    fn header_map(&mut self, mut entry: impl FnMut(&mut Self, Text) -> Option<()>) -> Option<()> {
+    fn header_map(&mut self, headers: &mut ExactBuilder) -> Option<()> {
+        // Escaped header text is unescaped into the room after the payload too.
+        headers.lend_room(std::mem::take(&mut self.unescaped));
         self.each(b'{', b'}', |r| {
-            let name = r.header_text()?;
+            r.header_name(headers)?;
             r.eat(b':')?;
-            entry(r, name)
-        })
+            r.values(headers)
+        })?;
+        self.unescaped = headers.spare_room();
+        Some(())
     }
 
-    fn values(&mut self) -> Option<TextValues> {
-        let mut values = TextValues::new();
+    fn values(&mut self, headers: &mut ExactBuilder) -> Option<()> {
         if self.peek()? == b'"' {
             // One value where an array was expected: taken, as by the general decoder.
-            values.push(self.value()?);
-            return Some(values);
+            return self.value(headers);
         }
-        self.each(b'[', b']', |r| {
-            values.push(r.value()?);
-            Some(())
-        })?;
-        Some(values)
+        self.each(b'[', b']', |r| r.value(headers))
     }
 
     #[inline]
@@ -323,12 +321,14 @@ impl<'a> Syntax<'a> for Reader<'a> {
     }
 
     #[inline]
-    fn header_text(&mut self) -> Option<Text> {
+    fn header_text(&mut self, headers: &mut ExactBuilder) -> Option<Span> {
         let (range, escaped) = self.raw_string()?;
         if !escaped {
-            return Text::checked(self.payload, range);
+            return Span::checked(self.payload, range);
         }
-        self.unescaped(range).map(Text::Own)
+        // Rewritten text goes to the headers' own buffer.
+        let raw = std::str::from_utf8(&self.input[range]).ok()?;
+        headers.own(|own| unescape(raw, own))
     }
 
     #[inline]
@@ -366,7 +366,7 @@ impl<'a> Syntax<'a> for Reader<'a> {
 /// Appends the text a JSON string's raw contents stand for (whole UTF-8 characters, never
 /// more bytes than `raw`); `None` for an escape the general decoder should judge (a surrogate,
 /// a malformed `\u`, an unknown escape).
-fn unescape(raw: &str, out: &mut BytesMut) -> Option<()> {
+fn unescape(raw: &str, out: &mut impl BufMut) -> Option<()> {
     let mut rest = raw.as_bytes();
     let mut utf8 = [0; 4];
     // Runs between escapes are copied whole (a backslash is ASCII, so they are whole UTF-8).

@@ -15,7 +15,7 @@ use crate::byte_str::ByteStr;
 use crate::event::{RequestHeadersEvent, RequestMetadata};
 use bytes::Bytes;
 
-use crate::headers::{ExactBuilder, Headers, Text, TextValues};
+use crate::headers::{ExactBuilder, Headers, Span};
 use crate::limits::MessageLimits;
 
 /// What a direct reader counts, as the general decoder counts it: elements (array items and map
@@ -70,25 +70,36 @@ pub(crate) trait Syntax<'a>: Sized {
     /// the value of each.
     fn fields(&mut self, field: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()>;
 
-    /// Walks a map whose keys are header names, counting its entries; `entry` reads the values
-    /// after each name.
-    fn header_map(&mut self, entry: impl FnMut(&mut Self, Text) -> Option<()>) -> Option<()>;
+    /// Walks a map of header names to their values, counting its entries: each name read by
+    /// [`Syntax::header_name`], then its values by [`Syntax::values`].
+    fn header_map(&mut self, headers: &mut ExactBuilder) -> Option<()>;
 
-    /// Header values: an array of strings (counted), or one string; each value charged to the
-    /// header limits.
-    fn values(&mut self) -> Option<TextValues>;
+    /// Header values: an array of strings (counted), or one string; each read by
+    /// [`Syntax::value`].
+    fn values(&mut self, headers: &mut ExactBuilder) -> Option<()>;
 
     fn text(&mut self) -> Option<ByteStr>;
 
-    /// A header name or value: a range of the payload where it can be one.
-    fn header_text(&mut self) -> Option<Text>;
+    /// A header name or value: a span of the payload, or of the headers' own buffer where the
+    /// text had to be rewritten.
+    fn header_text(&mut self, headers: &mut ExactBuilder) -> Option<Span>;
+
+    /// A header name, charged to the header limits; the values that follow are its.
+    #[inline]
+    fn header_name(&mut self, headers: &mut ExactBuilder) -> Option<()> {
+        let name = self.header_text(headers)?;
+        self.budget().charge(0, name.len())?;
+        headers.name(name);
+        Some(())
+    }
 
     /// One header value, charged to the header limits.
     #[inline]
-    fn value(&mut self) -> Option<Text> {
-        let value = self.header_text()?;
+    fn value(&mut self, headers: &mut ExactBuilder) -> Option<()> {
+        let value = self.header_text(headers)?;
         self.budget().charge(1, value.len())?;
-        Some(value)
+        headers.value(value);
+        Some(())
     }
 
     /// A string or null.
@@ -134,13 +145,7 @@ pub(crate) fn read_event<'a, S: Syntax<'a>>(s: &mut S) -> Option<RequestHeadersE
 
 fn read_headers<'a, S: Syntax<'a>>(s: &mut S) -> Option<Headers> {
     let mut headers = ExactBuilder::over(s.payload().clone(), 24);
-    s.header_map(|s, name| {
-        s.budget().charge(0, name.len())?;
-        let values = s.values()?;
-        let bytes = values.iter().map(Text::len).sum();
-        headers.push(name, values, bytes);
-        Some(())
-    })?;
+    s.header_map(&mut headers)?;
     Some(headers.finish())
 }
 

@@ -29,6 +29,11 @@ pub(crate) fn decode_sharing<R>(frame: &Bytes, decode: impl FnOnce() -> R) -> R 
     decode()
 }
 
+/// The frame being decoded, if any.
+pub(crate) fn current() -> Option<Bytes> {
+    FRAME.with(|f| f.borrow().clone())
+}
+
 /// `part` as a slice of the frame being decoded, if it lies inside it.
 pub(crate) fn slice(part: &[u8]) -> Option<Bytes> {
     FRAME.with(|f| {

@@ -18,7 +18,7 @@ use super::deserializer::Deserializer;
 use super::header::Header;
 use crate::byte_str::ByteStr;
 use crate::event::{RequestHeadersEvent, RequestMetadata};
-use crate::headers::{Text, TextValues};
+use crate::headers::{ExactBuilder, Span};
 use crate::limits::MessageLimits;
 use crate::request_headers_reader::{
     read_event, read_metadata_fields, Budget, MetadataField, MetadataFields, Syntax,
@@ -112,15 +112,15 @@ impl<'a> Syntax<'a> for Reader<'a> {
         Some(())
     }
 
-    fn header_map(&mut self, mut entry: impl FnMut(&mut Self, Text) -> Option<()>) -> Option<()> {
+    fn header_map(&mut self, headers: &mut ExactBuilder) -> Option<()> {
         for _ in 0..self.map()? {
-            let name = self.header_text()?;
-            entry(self, name)?;
+            self.header_name(headers)?;
+            self.values(headers)?;
         }
         Some(())
     }
 
-    fn values(&mut self) -> Option<TextValues> {
+    fn values(&mut self, headers: &mut ExactBuilder) -> Option<()> {
         let n = match self.de.peek_byte()? {
             // A fixarray (up to 15 values), read here.
             b @ 0x90..=0x9f => {
@@ -134,18 +134,17 @@ impl<'a> Syntax<'a> for Reader<'a> {
                     // One value where an array was expected: taken, as by the general decoder.
                     Header::Str(_) => {
                         self.de.pos = at;
-                        return Some(smallvec::smallvec![self.value()?]);
+                        return self.value(headers);
                     }
                     _ => return None,
                 }
             }
         };
         self.budget.count(n)?;
-        let mut values = TextValues::new();
         for _ in 0..n {
-            values.push(self.value()?);
+            self.value(headers)?;
         }
-        Some(values)
+        Some(())
     }
 
     #[inline]
@@ -155,9 +154,9 @@ impl<'a> Syntax<'a> for Reader<'a> {
     }
 
     #[inline]
-    fn header_text(&mut self) -> Option<Text> {
+    fn header_text(&mut self, _: &mut ExactBuilder) -> Option<Span> {
         let range = self.str_range()?;
-        Text::checked(self.payload, range)
+        Span::checked(self.payload, range)
     }
 
     #[inline]
