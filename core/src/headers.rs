@@ -343,15 +343,8 @@ impl Headers {
     pub fn append(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
         let (name, value) = (name.as_ref(), value.as_ref());
         self.index = None;
-        let at = match self.position(name) {
-            Some(at) => at,
-            None => {
-                let name = self.own_copy(name);
-                self.new_entry(name)
-            }
-        };
-        let value = self.own_copy(value);
-        self.push_value(at, value);
+        let found = self.position(name);
+        self.add_copy(found, name, value);
     }
 
     /// Adds a value after any existing values of exactly `name` (case-sensitive). Transports
@@ -371,33 +364,19 @@ impl Headers {
     pub fn append_exact(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
         let (name, value) = (name.as_ref(), value.as_ref());
         self.prepare_index();
-        let at = match self.exact_position(name) {
-            Some(at) => at,
-            None => {
-                let name = self.own_copy(name);
-                self.new_entry(name)
-            }
-        };
-        let value = self.own_copy(value);
-        self.push_value(at, value);
+        let found = self.exact_position(name);
+        self.add_copy(found, name, value);
     }
 
     /// Replaces every value of `name` (case-insensitive) with one value.
     pub fn insert(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
         let (name, value) = (name.as_ref(), value.as_ref());
         self.index = None;
-        let at = match self.position(name) {
-            Some(at) => {
-                self.forget_values(at);
-                at
-            }
-            None => {
-                let name = self.own_copy(name);
-                self.new_entry(name)
-            }
-        };
-        let value = self.own_copy(value);
-        self.push_value(at, value);
+        let found = self.position(name);
+        if let Some(at) = found {
+            self.forget_values(at);
+        }
+        self.add_copy(found, name, value);
         self.reclaim();
     }
 
@@ -476,6 +455,19 @@ impl Headers {
             next: entry.more,
             left: entry.count as usize,
         }
+    }
+
+    /// Adds a copy of `value` to the entry at `found`, or to a new entry for a copy of `name`.
+    fn add_copy(&mut self, found: Option<usize>, name: &str, value: &str) {
+        let at = match found {
+            Some(at) => at,
+            None => {
+                let name = self.own_copy(name);
+                self.new_entry(name)
+            }
+        };
+        let value = self.own_copy(value);
+        self.push_value(at, value);
     }
 
     /// A copy of `text` in the own buffer.
