@@ -690,9 +690,13 @@ impl ExactBuilder {
 
     /// Lends the own buffer `room` (empty, with capacity): a decoder that rewrites text gives
     /// the room after its payload copy, so that text shares the payload's allocation.
-    pub(crate) fn lend_room(&mut self, room: BytesMut) {
-        debug_assert!(self.headers.own.is_empty() && room.is_empty());
-        self.headers.own = room;
+    /// Spans already made into the own buffer must stay valid, so room is taken only while the
+    /// buffer is empty (as it is when a decoder starts the headers); otherwise it goes unused.
+    pub(crate) fn lend_room(&mut self, mut room: BytesMut) {
+        if self.headers.own.is_empty() {
+            room.clear();
+            self.headers.own = room;
+        }
     }
 
     /// Gives back the own buffer's room not used so far (for the decoder's other text).
@@ -1151,6 +1155,33 @@ mod tests {
         assert!(h.more.len() < 32, "{} links", h.more.len());
         assert_eq!(h.first("keep"), Some("k"));
         assert!(h.get("x-counter").unwrap().eq(["value-9999", "second"]));
+    }
+
+    /// Room lent after text was already written is refused: the text (and its span) stays.
+    #[test]
+    fn room_is_taken_only_into_an_empty_own_buffer() {
+        let mut builder = ExactBuilder::over(Bytes::new(), 1);
+        let name = builder.own(|own| {
+            own.extend_from_slice(b"x-escaped");
+            Some(())
+        });
+        builder.name(name.unwrap());
+        builder.lend_room(BytesMut::from(&b"garbage!!"[..]));
+        let headers = builder.finish();
+        assert_eq!(headers.entries().next().unwrap().0, "x-escaped");
+
+        let mut builder = ExactBuilder::over(Bytes::new(), 1);
+        builder.lend_room(BytesMut::from(&b"old text"[..]));
+        let value = builder.own(|own| {
+            own.extend_from_slice(b"v");
+            Some(())
+        });
+        builder.name(value.unwrap());
+        assert_eq!(
+            builder.finish().own.as_ref(),
+            b"v",
+            "lent room starts empty"
+        );
     }
 
     #[test]
