@@ -95,6 +95,28 @@ impl ConnectionError {
             Self::PeerClosed | Self::Io { .. } | Self::LocalClose => Fault::Closed,
         }
     }
+
+    /// A short, stable `snake_case` name of why the connection ended, without the details
+    /// (durations, messages): for grouping errors in reports and as a metrics label.
+    ///
+    /// ```
+    /// use agent_protocol_core::ConnectionError;
+    /// assert_eq!(ConnectionError::PeerClosed.kind(), "peer_closed");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Frame(_) => "frame_error",
+            Self::Handshake(HandshakeError::Timeout(_)) => "handshake_timeout",
+            Self::Handshake(_) => "handshake_failed",
+            Self::Registration(_) => "registration_failed",
+            Self::Malformed(_) => "malformed_frame",
+            Self::Encode(_) => "encode_failed",
+            Self::PingTimeout(_) => "ping_timeout",
+            Self::PeerClosed => "peer_closed",
+            Self::Io { .. } => "io_error",
+            Self::LocalClose => "closed_locally",
+        }
+    }
 }
 
 /// Why one request ended without a decision.
@@ -123,6 +145,24 @@ impl RequestError {
             Self::Cancelled(_) => Fault::Local,
             Self::ConnectionClosed(_) => Fault::Closed,
             Self::MalformedResponse(_) => Fault::Peer,
+        }
+    }
+
+    /// A short, stable `snake_case` name of how the request ended (for a closed connection,
+    /// why it closed): see [`ConnectionError::kind`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use agent_protocol_core::{ConnectionError, RequestError};
+    /// assert_eq!(RequestError::Timeout(Duration::from_secs(1)).kind(), "timeout");
+    /// assert_eq!(RequestError::ConnectionClosed(ConnectionError::PeerClosed).kind(), "peer_closed");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Cancelled(_) => "cancelled",
+            Self::ConnectionClosed(e) => e.kind(),
+            Self::MalformedResponse(_) => "malformed_response",
         }
     }
 }
@@ -206,6 +246,29 @@ impl SubmitError {
             | Self::DuplicateCorrelationId(_)
             | Self::BodyOutOfSequence(_)
             | Self::Encode(_) => Fault::Local,
+        }
+    }
+
+    /// A short, stable `snake_case` name of why the event was refused: see
+    /// [`ConnectionError::kind`].
+    ///
+    /// ```
+    /// use agent_protocol_core::SubmitError;
+    /// assert_eq!(SubmitError::TooManyInFlight { limit: 8 }.kind(), "too_many_in_flight");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotReady => "not_ready",
+            Self::Closed(e) => e.kind(),
+            Self::FlowControlPaused { .. } | Self::InsufficientCredit { .. } => "flow_control",
+            Self::TooManyInFlight { .. } => "too_many_in_flight",
+            Self::SendBufferFull { .. } => "send_buffer_full",
+            Self::EmptyCorrelationId => "empty_correlation_id",
+            Self::DuplicateCorrelationId(_) => "duplicate_correlation_id",
+            Self::BodyOutOfSequence(_) => "body_out_of_sequence",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::TooManyStreams(_) => "too_many_streams",
+            Self::Encode(_) => "encode_failed",
         }
     }
 }

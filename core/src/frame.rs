@@ -135,14 +135,56 @@ pub enum FrameError {
     /// The length prefix was 0, which cannot even hold the type byte.
     #[error("frame length prefix is 0 (a frame needs at least its type byte)")]
     ZeroLength,
-    /// The length prefix exceeds the limit; nothing was allocated for it.
-    #[error("frame length prefix {len} exceeds the limit of {max} bytes")]
+    /// The length prefix exceeds the limit; nothing was allocated for it. When its four bytes
+    /// are the start of another protocol's first message (see [`FrameError::foreign_protocol`]),
+    /// the message says so instead of only quoting a meaningless number.
+    #[error("{}", too_large_message(*.len, *.max))]
     TooLarge {
         /// The announced length L.
         len: u32,
         /// The limit in force.
         max: u32,
     },
+}
+
+impl FrameError {
+    /// The protocol the peer seems to speak instead, when the bytes read as a length prefix
+    /// are how that protocol's first message starts: an HTTP/1 request or response, the
+    /// HTTP/2 preface (a gRPC client or server), or a TLS record. Such prefixes are always far
+    /// above any frame limit, so this only ever names a stream that was refused anyway.
+    ///
+    /// ```
+    /// use agent_protocol_core::frame::FrameError;
+    /// let e = FrameError::TooLarge { len: u32::from_be_bytes(*b"HTTP"), max: 16 << 20 };
+    /// assert_eq!(e.foreign_protocol(), Some("HTTP"));
+    /// assert!(e.to_string().contains("the peer looks like HTTP"));
+    /// ```
+    pub fn foreign_protocol(&self) -> Option<&'static str> {
+        let Self::TooLarge { len, .. } = self else {
+            return None;
+        };
+        let prefix = len.to_be_bytes();
+        match &prefix {
+            b"HTTP" | b"GET " | b"POST" | b"PUT " | b"HEAD" | b"DELE" | b"OPTI" | b"PATC"
+            | b"CONN" | b"TRAC" => Some("HTTP"),
+            b"PRI " => Some("HTTP/2 (gRPC?)"),
+            // A TLS handshake record: content type 22, version 3.x.
+            [0x16, 0x03, 0x00..=0x04, _] => Some("TLS"),
+            _ => None,
+        }
+    }
+}
+
+fn too_large_message(len: u32, max: u32) -> String {
+    let error = FrameError::TooLarge { len, max };
+    match error.foreign_protocol() {
+        Some(protocol) => format!(
+            "the peer looks like {protocol}, not Agent Protocol v2 (its first bytes {:?} are \
+             not a frame length)",
+            String::from_utf8_lossy(&len.to_be_bytes())
+        ),
+        None => format!("frame length prefix {len} exceeds the limit of {max} bytes"),
+    }
 }
 
 /// A payload too large to frame, refused by the encoder before anything was written.
@@ -405,6 +447,28 @@ mod tests {
             FrameDecoder::new().decode(&mut buf),
             Err(FrameError::ZeroLength)
         );
+    }
+
+    #[test]
+    fn foreign_protocols_are_named_not_quoted_as_lengths() {
+        let cases: [(&[u8], Option<&str>); 5] = [
+            (b"HTTP/1.1 400 Bad Request\r\n", Some("HTTP")),
+            (b"GET / HTTP/1.1\r\n", Some("HTTP")),
+            (b"PRI * HTTP/2.0\r\n", Some("HTTP/2 (gRPC?)")),
+            (&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01], Some("TLS")),
+            (&[0x7f, 0xff, 0xff, 0xff, 0x10], None),
+        ];
+        for (bytes, expected) in cases {
+            let mut buf = BytesMut::from(bytes);
+            let error = FrameDecoder::new().decode(&mut buf).unwrap_err();
+            assert!(matches!(error, FrameError::TooLarge { .. }), "{bytes:?}");
+            assert_eq!(error.foreign_protocol(), expected, "{bytes:?}");
+            let shown = error.to_string();
+            match expected {
+                Some(p) => assert!(shown.contains(&format!("looks like {p}")), "{shown}"),
+                None => assert!(shown.contains("exceeds the limit"), "{shown}"),
+            }
+        }
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! Agent endpoint strings from the configuration: a Unix socket path or a gRPC address.
+//! Agent endpoint strings from the configuration: a Unix socket path, a framed TCP address
+//! (`tcp://host:port`) or a gRPC address.
 //!
-//! The reference pool treats a string as UDS when it starts with `unix:` (prefix
-//! stripped) or `/`, or ends with `.sock`, and as gRPC otherwise, failing only later at connect
-//! time. Here malformed strings fail at parse time with a typed error, bare `host:port` gets
-//! `http://` (the reference's gRPC client refuses it), and an explicit scheme wins over the `.sock`
-//! suffix rule, since such a string cannot be a socket path anyone meant.
+//! The rules, in order: `unix:PATH` is a socket path; `tcp://host:port` is the framed protocol
+//! over TCP; `http://host:port` and `https://host:port` are gRPC; a string starting with `/` or
+//! `.` (`./agent`, `../run/agent`) or ending with `.sock` is a socket path; any other scheme is
+//! refused; what is left is a gRPC `host:port`. Malformed strings fail here with a typed error,
+//! not later at connect time, and an explicit scheme wins over the `.sock` suffix rule, since
+//! such a string cannot be a socket path anyone meant.
 
 use std::fmt;
 use std::net::Ipv6Addr;
@@ -29,8 +31,8 @@ pub enum EndpointError {
     /// A socket path containing a NUL byte, which no socket path can contain.
     #[error("unix socket path contains a NUL byte")]
     InvalidUdsPath,
-    /// A scheme other than `unix`, `http` or `https`.
-    #[error("unsupported endpoint scheme {0:?} (expected unix:, http:// or https://)")]
+    /// A scheme other than `unix`, `tcp`, `http` or `https`.
+    #[error("unsupported endpoint scheme {0:?} (expected unix:, tcp://, http:// or https://)")]
     UnsupportedScheme(String),
     /// No host before the port.
     #[error("endpoint has no host")]
@@ -68,6 +70,9 @@ pub enum EndpointError {
 pub enum Endpoint {
     /// A Unix domain socket path.
     Uds(PathBuf),
+    /// The framed protocol (the same bytes as on a Unix socket) over TCP: `host:port`, as
+    /// written after `tcp://`.
+    Tcp(String),
     /// A gRPC server: `uri` is `http://host:port` or `https://host:port`; `tls` is true for
     /// `https`.
     Grpc {
@@ -89,13 +94,20 @@ impl Endpoint {
             let path = rest.strip_prefix("//").filter(|p| p.starts_with('/'));
             return Self::uds(path.unwrap_or(rest));
         }
+        if let Some(rest) = strip_prefix_ignore_case(input, "tcp://") {
+            let (host, port) = split_authority(rest)?;
+            return Ok(Self::Tcp(format!("{host}:{port}")));
+        }
         if let Some(rest) = strip_prefix_ignore_case(input, "http://") {
             return Self::grpc(rest, false);
         }
         if let Some(rest) = strip_prefix_ignore_case(input, "https://") {
             return Self::grpc(rest, true);
         }
-        if input.starts_with('/') || input.ends_with(".sock") {
+        // A relative path spelled as one ("./agent", "../run/agent") is a path whatever its
+        // name; nothing else can start that way.
+        let path_like = input.starts_with(['/', '.']) && !input.starts_with(".:");
+        if path_like || input.ends_with(".sock") {
             return Self::uds(input);
         }
         if let Some((scheme, _)) = input.split_once("://") {
@@ -115,22 +127,7 @@ impl Endpoint {
     }
 
     fn grpc(authority_and_rest: &str, tls: bool) -> Result<Self, EndpointError> {
-        // Everything after the authority must be empty or a lone "/".
-        let end = authority_and_rest
-            .find(['/', '?', '#'])
-            .unwrap_or(authority_and_rest.len());
-        let (authority, rest) = authority_and_rest.split_at(end);
-        if !rest.is_empty() && rest != "/" {
-            return Err(EndpointError::UnexpectedSuffix(rest.to_owned()));
-        }
-        if authority.contains('@') {
-            return Err(EndpointError::UnexpectedSuffix(authority.to_owned()));
-        }
-        let (host, port) = split_host_port(authority)?;
-        let port_number = match port.parse::<u16>() {
-            Ok(p) if p != 0 && port.bytes().all(|b| b.is_ascii_digit()) => p,
-            _ => return Err(EndpointError::InvalidPort(port.to_owned())),
-        };
+        let (host, port_number) = split_authority(authority_and_rest)?;
         let scheme = if tls { "https" } else { "http" };
         Ok(Self::Grpc {
             uri: format!("{scheme}://{host}:{port_number}"),
@@ -142,7 +139,7 @@ impl Endpoint {
     pub fn uds_path(&self) -> Option<&Path> {
         match self {
             Self::Uds(p) => Some(p),
-            Self::Grpc { .. } => None,
+            Self::Tcp(_) | Self::Grpc { .. } => None,
         }
     }
 
@@ -158,6 +155,25 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         s.get(prefix.len()..)
     } else {
         None
+    }
+}
+
+/// The validated host and port of an address with nothing after it but an optional "/".
+fn split_authority(authority_and_rest: &str) -> Result<(&str, u16), EndpointError> {
+    let end = authority_and_rest
+        .find(['/', '?', '#'])
+        .unwrap_or(authority_and_rest.len());
+    let (authority, rest) = authority_and_rest.split_at(end);
+    if !rest.is_empty() && rest != "/" {
+        return Err(EndpointError::UnexpectedSuffix(rest.to_owned()));
+    }
+    if authority.contains('@') {
+        return Err(EndpointError::UnexpectedSuffix(authority.to_owned()));
+    }
+    let (host, port) = split_host_port(authority)?;
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok((host, p)),
+        _ => Err(EndpointError::InvalidPort(port.to_owned())),
     }
 }
 
@@ -210,6 +226,7 @@ impl fmt::Display for Endpoint {
                 let extra = if shown.starts_with("//") { "//" } else { "" };
                 write!(f, "unix:{extra}{shown}")
             }
+            Self::Tcp(address) => write!(f, "tcp://{address}"),
             Self::Grpc { uri, .. } => f.write_str(uri),
         }
     }
@@ -250,6 +267,19 @@ mod tests {
             ("/var/run/agent", uds("/var/run/agent")),
             ("agent.sock", uds("agent.sock")),
             ("./dir/agent.sock", uds("./dir/agent.sock")),
+            ("./waf", uds("./waf")),
+            ("../run/waf", uds("../run/waf")),
+            (
+                "tcp://127.0.0.1:7000",
+                Ok(Endpoint::Tcp("127.0.0.1:7000".into())),
+            ),
+            (
+                "TCP://agent.internal:7000/",
+                Ok(Endpoint::Tcp("agent.internal:7000".into())),
+            ),
+            ("tcp://[::1]:7000", Ok(Endpoint::Tcp("[::1]:7000".into()))),
+            ("tcp://h:7000/x", Err(UnexpectedSuffix("/x".into()))),
+            ("tcp://h", Err(MissingPort)),
             (
                 "http://localhost:50051",
                 grpc("http://localhost:50051", false),

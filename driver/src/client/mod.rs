@@ -102,6 +102,21 @@ impl ClientError {
         )
     }
 
+    /// A short, stable `snake_case` name of what went wrong, without the per-request details
+    /// (ids, durations, messages): for grouping errors in reports and as a metrics label. A
+    /// closed connection is named by why it closed (`peer_closed`, `frame_error`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "connect_failed",
+            Self::Closed(e) => e.kind(),
+            Self::Rejected(e) => e.kind(),
+            Self::Request(e) => e.kind(),
+            Self::QueueTimeout(_) => "queue_timeout",
+            Self::PingRefused => "ping_refused",
+            Self::PingTimeout(_) => "ping_timeout",
+        }
+    }
+
     /// Whether this is a timeout.
     pub fn is_timeout(&self) -> bool {
         matches!(
@@ -167,10 +182,37 @@ impl<R: Runtime> ClientConfig<R> {
         self
     }
 
-    /// Whether `endpoint` can be opened: a Unix socket, or what the connector opens.
+    /// Whether `endpoint` can be opened: a Unix socket or framed TCP address, or what the
+    /// connector opens.
     pub fn opens(&self, endpoint: &Endpoint) -> bool {
-        matches!(endpoint, Endpoint::Uds(_))
+        matches!(endpoint, Endpoint::Uds(_) | Endpoint::Tcp(_))
             || self.connector.as_ref().is_some_and(|c| c.opens(endpoint))
+    }
+}
+
+/// Replaces the errno a failed Unix-socket connect gives with what is wrong with the path,
+/// when that is something else than "nobody listens": connecting to a regular file says
+/// "connection refused", which sends people looking for a dead agent.
+fn explain(path: &std::path::Path, error: std::io::Error) -> std::io::Error {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => std::io::Error::new(
+            error.kind(),
+            format!(
+                "{} exists but is not a Unix socket ({})",
+                path.display(),
+                if meta.is_dir() {
+                    "a directory"
+                } else {
+                    "a file"
+                }
+            ),
+        ),
+        Err(missing) if missing.kind() == std::io::ErrorKind::NotFound => std::io::Error::new(
+            error.kind(),
+            format!("no socket at {} (is the agent running?)", path.display()),
+        ),
+        _ => error,
     }
 }
 
@@ -205,7 +247,8 @@ pub struct AgentClient<R: Runtime> {
 
 impl<R: Runtime> AgentClient<R> {
     /// Connects to an agent and completes the handshake, each within its deadline: a Unix
-    /// socket (`unix:PATH`, an absolute path, or `*.sock`), or an endpoint the config's
+    /// socket (`unix:PATH`, a path starting with `/` or `.`, or `*.sock`), the framed protocol
+    /// over TCP (`tcp://host:port`), or an endpoint the config's
     /// [`Connector`] opens (on tokio with the `grpc` feature: a gRPC agent at `host:port`,
     /// `http://host:port` or, with TLS settings in the connector, `https://host:port`).
     pub async fn connect(endpoint: &str, config: ClientConfig<R>) -> Result<Self, ClientError> {
@@ -232,16 +275,23 @@ impl<R: Runtime> AgentClient<R> {
         config: ClientConfig<R>,
         control: Option<mpsc::Sender<ControlMessage>>,
     ) -> Result<Self, ClientError> {
-        let Endpoint::Uds(path) = endpoint else {
+        let timeout = config.connect_timeout;
+        let connecting = async {
+            match endpoint {
+                Endpoint::Uds(path) => R::connect_unix(path).await.map_err(|e| explain(path, e)),
+                Endpoint::Tcp(address) => R::connect_tcp(address).await,
+                _ => Err(std::io::Error::from(std::io::ErrorKind::Unsupported)),
+            }
+        };
+        if !matches!(endpoint, Endpoint::Uds(_) | Endpoint::Tcp(_)) {
             return match config.connector.clone() {
                 Some(connector) if connector.opens(endpoint) => {
                     connector.connect(endpoint, config, control).await
                 }
                 _ => Err(unsupported(endpoint)),
             };
-        };
-        let timeout = config.connect_timeout;
-        let stream = runtime::timeout_at::<R, _>(R::now() + timeout, R::connect_unix(path))
+        }
+        let stream = runtime::timeout_at::<R, _>(R::now() + timeout, connecting)
             .await
             .unwrap_or_else(|_| {
                 Err(std::io::Error::new(

@@ -146,6 +146,40 @@ impl PoolError {
         }
     }
 
+    /// A short, stable `snake_case` name of what went wrong, without the per-request details
+    /// (ids, durations): for grouping errors in reports and as a metrics label. Errors of a
+    /// connection keep their own names ([`ClientError::kind`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use agent_protocol_tokio::pool::PoolError;
+    /// let open = PoolError::CircuitOpen { agent: "waf".into(), retry_in: Duration::from_secs(3) };
+    /// assert_eq!(open.kind(), "circuit_open");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::AgentNotFound(_) => "agent_not_found",
+            Self::NoConnections { .. } => "no_connections",
+            Self::AllUnavailable {
+                unhealthy: 0,
+                disconnected: 0,
+                paused: 0,
+                ..
+            } => "saturated",
+            Self::AllUnavailable { .. } => "unavailable",
+            Self::CircuitOpen { .. } => "circuit_open",
+            Self::FlowControlPaused { .. } => "flow_control",
+            Self::AffinityLost { .. } => "affinity_lost",
+            Self::Client(e) => e.kind(),
+            Self::Endpoint { .. } => "invalid_endpoint",
+            Self::GrpcUnavailable { .. } => "grpc_unavailable",
+            Self::ConnectFailed { .. } => "connect_failed",
+            Self::AlreadyExists(_) => "already_exists",
+            Self::Full { .. } => "full",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+
     /// Whether the request was refused because of the agent's flow control.
     pub fn is_flow_control(&self) -> bool {
         match self {
