@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod load;
+pub mod progress;
 pub mod report;
 pub mod rules;
 pub mod workload;

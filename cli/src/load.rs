@@ -1,108 +1,247 @@
-//! Closed-loop load through an [`AgentPool`] on any runtime: `concurrency` workers (tasks of
-//! that runtime) each send the next request as soon as their previous one finished.
+//! Load through an [`AgentPool`] on any runtime: `concurrency` workers (tasks of that runtime)
+//! each send the next request as soon as their previous one finished (closed loop), or, with a
+//! rate, when its turn on a fixed schedule comes (open loop).
+//!
+//! Open-loop latency is corrected for coordinated omission the way wrk2 does it: a request that
+//! starts late because every worker was still busy (the agent is slow) is timed from when it
+//! was *scheduled*, so a stall shows in the percentiles instead of silently lowering the rate.
+//! A worker that is early waits and is timed from when it really sent: the wake-up lag of our
+//! own timer is ours, not the agent's.
 //!
 //! Memory does not grow with the concurrency beyond a small per-task cost (the task's own
 //! future): the workers share a [`ThreadRecorders`] (one latency histogram per OS thread that
 //! ran any of them, merged at the end) instead of each keeping its own, and no more workers are
 //! started than there are requests.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_protocol_core::{AgentResponse, Decision};
+use agent_protocol_core::{Decision, Event};
 use agent_protocol_driver::pool::{AgentPool, PoolError};
 use agent_protocol_driver::Runtime;
 use tokio::sync::Notify;
 
-use crate::report::{Recorder, ThreadRecorders};
-use crate::workload::Mix;
+use crate::progress::{Extent, LiveCounters};
+use crate::report::{Outcome, Recorder, ThreadRecorders};
+use crate::workload::{Mix, Request, RequestTemplate};
+
+/// What the requests of a run look like.
+#[derive(Clone, Debug)]
+pub enum Workload {
+    /// The demo's mix of GETs, blocked paths and POSTs with bodies.
+    Mix(Mix),
+    /// The same request every time.
+    Template(Arc<RequestTemplate>),
+}
+
+impl Workload {
+    /// Request number `i`, with correlation id `cid`.
+    pub fn request(&self, i: u64, cid: &str) -> Request {
+        match self {
+            Self::Mix(mix) => mix.request(i, cid),
+            Self::Template(template) => template.request(cid),
+        }
+    }
+}
 
 /// A load run's parameters.
 #[derive(Clone, Debug)]
 pub struct LoadSpec {
     /// Agent to load.
     pub agent_id: String,
-    /// Total requests.
-    pub requests: u64,
-    /// Workers.
+    /// How many requests, or for how long (warm-up not included).
+    pub extent: Extent,
+    /// Requests sent first and not recorded, while connections and caches warm up.
+    pub warmup: Duration,
+    /// Requests per second on a fixed schedule (open loop); `None`: closed loop.
+    pub rate: Option<f64>,
+    /// Workers: the most requests in flight at once.
     pub concurrency: usize,
     /// What the requests look like.
-    pub mix: Mix,
+    pub workload: Workload,
     /// Per-event timeout.
     pub timeout: Duration,
     /// Prefix for correlation ids (unique per run).
     pub id_prefix: String,
 }
 
-fn decision_kind(r: &AgentResponse) -> &'static str {
-    match r.decision {
-        Decision::Allow => "allow",
-        Decision::Block { .. } => "block",
-        Decision::Redirect { .. } => "redirect",
-        Decision::Challenge { .. } => "challenge",
-    }
+/// What a run measured.
+#[derive(Debug)]
+pub struct LoadResult {
+    /// The merged numbers of every worker (warm-up excluded).
+    pub recorder: Recorder,
+    /// From the end of the warm-up to the last request's end.
+    pub elapsed: Duration,
+    /// How the run ended.
+    pub outcome: Outcome,
+    /// Requests sent during the warm-up.
+    pub warmup_requests: u64,
 }
 
 /// How many workers a run starts: the requested concurrency, at least one, at most one per
 /// request (extra workers would only sit idle).
 pub fn worker_count(spec: &LoadSpec) -> usize {
-    let requests = usize::try_from(spec.requests).unwrap_or(usize::MAX);
-    spec.concurrency.clamp(1, requests.max(1))
+    let most = match spec.extent {
+        Extent::Requests(n) if spec.warmup.is_zero() => usize::try_from(n).unwrap_or(usize::MAX),
+        _ => usize::MAX,
+    };
+    spec.concurrency.clamp(1, most.max(1))
 }
 
-/// Runs the load; returns the merged recorder and the wall time. `progress` counts finished
-/// requests.
+/// Why the workers stop early (Ctrl-C has its own flag, the caller's); `RUNNING` while they go
+/// on.
+const RUNNING: u8 = 0;
+const CIRCUIT_OPEN: u8 = 1;
+
+/// Shared by the workers of one run.
+struct Shared {
+    spec: LoadSpec,
+    start: Instant,
+    measured_from: Instant,
+    /// Schedule slots taken (open loop).
+    ticks: AtomicU64,
+    /// Measured requests started.
+    measured: AtomicU64,
+    warmup_requests: AtomicU64,
+    recorders: ThreadRecorders,
+    counters: Arc<LiveCounters>,
+    cancel: Arc<AtomicBool>,
+    stop: AtomicU8,
+    running: AtomicUsize,
+    all_done: Notify,
+}
+
+impl Shared {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) != RUNNING || self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// The next request to send, when to time it from, and whether it is measured; `None`
+    /// when the run is over.
+    async fn next_turn<R: Runtime>(&self) -> Option<(u64, Instant, bool)> {
+        let scheduled = self.spec.rate.map(|rate| {
+            let tick = self.ticks.fetch_add(1, Ordering::Relaxed);
+            self.start + Duration::from_secs_f64(tick as f64 / rate)
+        });
+        let at = scheduled.unwrap_or_else(Instant::now);
+        let measured = at >= self.measured_from;
+        if let Extent::Duration(d) = self.spec.extent {
+            if at >= self.measured_from + d {
+                return None;
+            }
+        }
+        let index = if measured {
+            let i = self.measured.fetch_add(1, Ordering::Relaxed);
+            if matches!(self.spec.extent, Extent::Requests(n) if i >= n) {
+                return None;
+            }
+            i
+        } else {
+            self.warmup_requests.fetch_add(1, Ordering::Relaxed)
+        };
+        let from = match scheduled {
+            Some(at) if at > Instant::now() => {
+                R::sleep_until(at).await;
+                Instant::now()
+            }
+            // Late (or closed loop): the wait since the schedule is part of the latency.
+            Some(at) => at,
+            None => Instant::now(),
+        };
+        (!self.stopped()).then_some((index, from, measured))
+    }
+}
+
+/// Runs the load until its extent is reached, `cancel` is set (Ctrl-C) or the pool's circuit
+/// breaker opens for the agent. `counters` follow the run live.
 pub async fn run<R: Runtime>(
     pool: &AgentPool<R>,
     spec: &LoadSpec,
-    progress: Arc<AtomicU64>,
-) -> (Recorder, Duration) {
+    counters: Arc<LiveCounters>,
+    cancel: Arc<AtomicBool>,
+) -> LoadResult {
     let workers = worker_count(spec);
-    let spec = Arc::new(spec.clone());
-    let next = Arc::new(AtomicU64::new(0));
-    let recorders = Arc::new(ThreadRecorders::new());
-    let running = Arc::new(AtomicUsize::new(workers));
-    let all_done = Arc::new(Notify::new());
-    let started = Instant::now();
+    let start = Instant::now();
+    let shared = Arc::new(Shared {
+        spec: spec.clone(),
+        start,
+        measured_from: start + spec.warmup,
+        ticks: AtomicU64::new(0),
+        measured: AtomicU64::new(0),
+        warmup_requests: AtomicU64::new(0),
+        recorders: ThreadRecorders::new(),
+        counters,
+        cancel,
+        stop: AtomicU8::new(RUNNING),
+        running: AtomicUsize::new(workers),
+        all_done: Notify::new(),
+    });
     for _ in 0..workers {
         let pool = pool.clone();
-        let spec = spec.clone();
-        let next = next.clone();
-        let progress = progress.clone();
-        let recorders = recorders.clone();
-        let running = running.clone();
-        let all_done = all_done.clone();
+        let shared = shared.clone();
         R::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= spec.requests {
-                    break;
-                }
-                let cid = format!("{}-{i}", spec.id_prefix);
-                let request = spec.mix.request(i, &cid);
-                let t0 = Instant::now();
-                let mut body_bytes = 0;
-                let outcome = one_request(&pool, &spec, &cid, request, &mut body_bytes).await;
-                let elapsed = t0.elapsed();
-                recorders.with(|rec| {
-                    rec.body_bytes += body_bytes;
-                    match outcome {
-                        Ok(kind) => rec.ok(elapsed, kind),
-                        Err(e) => rec.err(elapsed, error_kind(&e)),
-                    }
-                });
-                progress.fetch_add(1, Ordering::Relaxed);
+            while let Some((i, from, measured)) = shared.next_turn::<R>().await {
+                worker_request(&pool, &shared, i, from, measured).await;
             }
-            if running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if shared.running.fetch_sub(1, Ordering::AcqRel) == 1 {
                 // Stores a permit if nobody waits yet: the wake-up cannot be lost.
-                all_done.notify_one();
+                shared.all_done.notify_one();
             }
         });
     }
-    all_done.notified().await;
-    let elapsed = started.elapsed();
-    (recorders.merge(), elapsed)
+    shared.all_done.notified().await;
+    let elapsed = Instant::now().saturating_duration_since(shared.measured_from);
+    let outcome = match shared.stop.load(Ordering::Relaxed) {
+        CIRCUIT_OPEN => Outcome::CircuitOpen,
+        _ if shared.cancel.load(Ordering::Relaxed) => Outcome::Interrupted,
+        _ => Outcome::Completed,
+    };
+    LoadResult {
+        recorder: shared.recorders.merge(),
+        elapsed,
+        outcome,
+        warmup_requests: shared.warmup_requests.load(Ordering::Relaxed),
+    }
+}
+
+async fn worker_request<R: Runtime>(
+    pool: &AgentPool<R>,
+    shared: &Shared,
+    i: u64,
+    from: Instant,
+    measured: bool,
+) {
+    let spec = &shared.spec;
+    let phase = if measured { "" } else { "warmup-" };
+    let cid = format!("{}-{phase}{i}", spec.id_prefix);
+    let request = spec.workload.request(i, &cid);
+    let mut body_bytes = 0;
+    let outcome = one_request(pool, spec, &cid, request, &mut body_bytes).await;
+    let elapsed = from.elapsed();
+    if let Err(e) = &outcome {
+        shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+        if matches!(e, PoolError::CircuitOpen { .. }) {
+            // Every request after this one would be refused in microseconds and counted as
+            // served: stop and say why instead.
+            let _ = shared.stop.compare_exchange(
+                RUNNING,
+                CIRCUIT_OPEN,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+    if measured {
+        shared.recorders.with(|rec| {
+            rec.body_bytes += body_bytes;
+            match &outcome {
+                Ok(kind) => rec.ok(elapsed, kind),
+                Err(e) => rec.err(e.kind(), || e.to_string()),
+            }
+        });
+    }
+    shared.counters.done.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Sends one request's headers and, unless already decided, its body chunks. The decision is
@@ -111,52 +250,37 @@ async fn one_request<R: Runtime>(
     pool: &AgentPool<R>,
     spec: &LoadSpec,
     cid: &str,
-    request: crate::workload::Request,
+    request: Request,
     body_bytes: &mut u64,
 ) -> Result<&'static str, PoolError> {
     let agent = spec.agent_id.as_str();
     let headers = pool
-        .send_event_with_timeout(
-            agent,
-            agent_protocol_core::Event::RequestHeaders(request.headers),
-            spec.timeout,
-        )
-        .await;
-    let headers = match headers {
-        Ok(r) => r,
-        Err(e) => return Err(e),
-    };
-    let mut kind = decision_kind(&headers);
-    if kind == "allow" {
+        .send_event_with_timeout(agent, Event::RequestHeaders(request.headers), spec.timeout)
+        .await?;
+    let mut kind = headers.decision.kind();
+    let mut result = Ok(());
+    if matches!(headers.decision, Decision::Allow) {
         for chunk in request.body {
             *body_bytes += chunk.0.data.len() as u64;
-            let r = pool
-                .send_event_with_timeout(
-                    agent,
-                    agent_protocol_core::Event::RequestBodyChunk(chunk),
-                    spec.timeout,
-                )
-                .await;
-            match r {
+            let event = Event::RequestBodyChunk(chunk);
+            match pool
+                .send_event_with_timeout(agent, event, spec.timeout)
+                .await
+            {
                 Ok(r) => {
-                    kind = decision_kind(&r);
-                    if kind != "allow" {
+                    kind = r.decision.kind();
+                    if !matches!(r.decision, Decision::Allow) {
                         break;
                     }
                 }
                 Err(e) => {
-                    pool.clear_correlation_affinity(agent, cid);
-                    return Err(e);
+                    result = Err(e);
+                    break;
                 }
             }
         }
     }
+    // The request is over: its body stream no longer needs the connection that carried it.
     pool.clear_correlation_affinity(agent, cid);
-    Ok(kind)
-}
-
-fn error_kind(e: &PoolError) -> String {
-    let s = e.to_string();
-    // Keep the kind, not the per-request detail (ids, durations).
-    s.split([':', '(']).next().unwrap_or(&s).trim().to_owned()
+    result.map(|()| kind)
 }

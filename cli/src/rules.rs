@@ -126,6 +126,7 @@ impl RuleSet {
 pub struct RulesAgent {
     rules: RuleSet,
     requests: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl RulesAgent {
@@ -134,12 +135,25 @@ impl RulesAgent {
         Self {
             rules,
             requests: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
     }
 
     /// Events handled so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Of those, answered with something else than allow (block, redirect, challenge).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    fn decide(&self, rule: &Rule) -> AgentResponse {
+        if rule.action != Action::Allow {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        self.rules.decide(rule)
     }
 }
 
@@ -180,7 +194,7 @@ impl AgentHandler for RulesAgent {
                     .is_none_or(|p| event.uri.contains(p.as_str()))
                 && header_matches(rule, &event);
             if matches {
-                return self.rules.decide(rule);
+                return self.decide(rule);
             }
         }
         let mut r = AgentResponse::allow();
@@ -197,7 +211,7 @@ impl AgentHandler for RulesAgent {
             if let Some(needle) = &rule.body_contains {
                 let needle = needle.as_bytes();
                 if !needle.is_empty() && event.0.data.windows(needle.len()).any(|w| w == needle) {
-                    return self.rules.decide(rule);
+                    return self.decide(rule);
                 }
             }
         }

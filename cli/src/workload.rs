@@ -1,6 +1,7 @@
-//! The browser-like workload used by `demo` and `bench`: request headers shaped like a real
-//! Chrome navigation (20 headers, about 1 KB on the wire), a share of POSTs with bodies, and a
-//! share that the demo rules block.
+//! What the load sends: by default a browser-like request, headers shaped like a real Chrome
+//! navigation (20 headers, about 1 KB on the wire); for `bench`, a [`RequestTemplate`] the user
+//! can change (method, path, headers, body); for `demo`, a [`Mix`] with a share of POSTs with
+//! bodies and a share that the demo rules block.
 
 use agent_protocol_core::{
     BodyChunk, ByteStr, Headers, RequestBodyChunkEvent, RequestHeadersEvent, RequestMetadata,
@@ -69,6 +70,16 @@ pub struct Request {
 
 /// The browser-like RequestHeaders event for `correlation_id` and `uri`.
 pub fn browser_headers(correlation_id: &str, method: &str, uri: &str) -> RequestHeadersEvent {
+    headers_event(correlation_id, method, uri, BROWSER_HEADERS)
+}
+
+/// A RequestHeaders event with the browser-like metadata and the given headers.
+fn headers_event<'a>(
+    correlation_id: &str,
+    method: &str,
+    uri: &str,
+    headers: impl IntoIterator<Item = (&'a str, &'a str), IntoIter: Clone>,
+) -> RequestHeadersEvent {
     // Per-request text is copied, as a proxy copies it from its request; what a proxy knows
     // from its configuration (server, route, upstream, TLS) it keeps as shared strings.
     let metadata = RequestMetadata {
@@ -86,7 +97,7 @@ pub fn browser_headers(correlation_id: &str, method: &str, uri: &str) -> Request
         traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
     };
     // As a proxy builds it from the request it holds: all header text copied into one buffer.
-    let headers = Headers::copy_from(BROWSER_HEADERS);
+    let headers = Headers::copy_from(headers);
     RequestHeadersEvent::new(metadata, method, uri, headers)
 }
 
@@ -113,6 +124,128 @@ pub fn body_chunks(
             })
         })
         .collect()
+}
+
+/// The request `bench` sends, every time (with its own correlation id): the browser-like GET
+/// unless changed, in the spirit of curl's flags: `-H 'name: value'` replaces the headers of
+/// that name or adds one, `-H 'name:'` removes them, and a body makes the default method POST.
+///
+/// ```
+/// use agentctl::workload::RequestTemplate;
+/// let mut t = RequestTemplate::browser();
+/// t.set_header("user-agent: sqlmap/1.8").unwrap();
+/// t.set_header("cookie:").unwrap();
+/// t.set_body(b"id=1' OR 1=1 --".to_vec().into(), 4096);
+/// assert_eq!(t.method, "POST");
+/// let r = t.request("c1");
+/// assert_eq!(r.headers.headers.get("user-agent").unwrap().next(), Some("sqlmap/1.8"));
+/// assert!(r.headers.headers.get("cookie").is_none());
+/// assert_eq!(r.body.len(), 1);
+/// assert!(t.set_header("no colon").is_err());
+/// ```
+#[derive(Clone, Debug)]
+pub struct RequestTemplate {
+    /// Request method.
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    /// Headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// Body, sent as chunks after the headers (empty: none).
+    pub body: Bytes,
+    /// Chunk size for the body.
+    pub chunk_bytes: usize,
+    method_set: bool,
+}
+
+impl RequestTemplate {
+    /// The browser-like GET of a product page, 20 headers, no body.
+    pub fn browser() -> Self {
+        Self {
+            method: "GET".into(),
+            uri: "/shop/electronics/audio/headphones?brand=acme&color=blue&p=2".into(),
+            headers: BROWSER_HEADERS
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+            body: Bytes::new(),
+            chunk_bytes: 64 * 1024,
+            method_set: false,
+        }
+    }
+
+    /// Sets the method (it no longer follows the body).
+    pub fn set_method(&mut self, method: &str) -> Result<(), String> {
+        if method.is_empty() || !method.bytes().all(is_token_byte) {
+            return Err(format!("invalid method {method:?}"));
+        }
+        self.method = method.to_owned();
+        self.method_set = true;
+        Ok(())
+    }
+
+    /// Sets the path (with its query), which must start with `/` (or be `*`).
+    pub fn set_path(&mut self, path: &str) -> Result<(), String> {
+        if !(path.starts_with('/') || path == "*") || path.bytes().any(|b| b.is_ascii_control()) {
+            return Err(format!(
+                "invalid path {path:?}: it must start with / and hold no control characters"
+            ));
+        }
+        path.clone_into(&mut self.uri);
+        Ok(())
+    }
+
+    /// Applies `name: value` (replace or add) or `name:` (remove), as curl's `-H` does.
+    pub fn set_header(&mut self, spec: &str) -> Result<(), String> {
+        let Some((name, value)) = spec.split_once(':') else {
+            return Err(format!("header {spec:?} is not `name: value`"));
+        };
+        let name = name.trim();
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return Err(format!("invalid header name {name:?}"));
+        }
+        let value = value.trim();
+        if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+            return Err(format!(
+                "header {name} has a control character in its value"
+            ));
+        }
+        let name = name.to_ascii_lowercase();
+        self.headers.retain(|(n, _)| *n != name);
+        if !value.is_empty() {
+            self.headers.push((name, value.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Sets the body and its chunk size; unless a method was set, the method becomes POST
+    /// (GET for an empty body).
+    pub fn set_body(&mut self, body: Bytes, chunk_bytes: usize) {
+        self.body = body;
+        self.chunk_bytes = chunk_bytes.max(1);
+        if !self.method_set {
+            self.method = if self.body.is_empty() { "GET" } else { "POST" }.into();
+        }
+    }
+
+    /// The request with correlation id `cid`: its headers event and its body chunks (slices of
+    /// the template's body, not copies).
+    pub fn request(&self, cid: &str) -> Request {
+        let headers = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        Request {
+            headers: headers_event(cid, &self.method, &self.uri, headers),
+            body: if self.body.is_empty() {
+                Vec::new()
+            } else {
+                body_chunks(cid, &self.body, self.chunk_bytes)
+            },
+        }
+    }
+}
+
+/// An RFC 9110 `tchar`: what method and header names are made of.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 impl Mix {

@@ -72,7 +72,7 @@ fn bench_memory_does_not_scale_with_concurrency() {
 
     // Ten requests need ten workers, whatever --concurrency says.
     let report = bench(&sock, 10, 50_000);
-    assert_eq!(report["requests"], 10, "{report}");
+    assert_eq!(report["result"]["requests"], 10, "{report}");
     let capped = children_peak_rss();
     eprintln!(
         "--requests 10 --concurrency 50000: peak RSS {} MiB",
@@ -87,7 +87,7 @@ fn bench_memory_does_not_scale_with_concurrency() {
     // Every request its own worker: one histogram each would be 5000 x 160 KiB = 781 MiB.
     let concurrency = 5_000;
     let report = bench(&sock, concurrency, concurrency);
-    assert_eq!(report["requests"], concurrency, "{report}");
+    assert_eq!(report["result"]["requests"], concurrency, "{report}");
     let peak = children_peak_rss();
     let per_worker_histograms = concurrency * HISTOGRAM_BYTES;
     eprintln!(

@@ -1,40 +1,11 @@
 //! The `agentctl` binary as users run it: real child processes, real sockets.
 
+mod support;
+
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn agentctl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_agentctl"))
-}
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(dir: &std::path::Path, extra: &[&str]) -> (Serve, std::path::PathBuf) {
-    let sock = dir.join("waf.sock");
-    let child = agentctl()
-        .arg("serve")
-        .arg("--uds")
-        .arg(&sock)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(Instant::now() < deadline, "agentctl serve did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Serve(child), sock)
-}
+use support::{agentctl, serve};
 
 #[test]
 fn demo_runs_every_transport_and_exits_zero() {
@@ -106,11 +77,18 @@ fn probe_and_bench_report_json() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["schema_version"], 1);
+        assert_eq!(report["config"]["encoding"], encoding);
+        let b = &report["result"];
         assert_eq!(b["requests"], 300);
+        assert_eq!(b["successes"], 300);
         assert_eq!(b["errors"], 0);
-        for key in ["seconds", "req_per_s", "p50_us", "p99_us", "p999_us"] {
+        for key in ["elapsed_s", "req_per_s"] {
             assert!(b[key].is_number(), "{key} missing: {b}");
+        }
+        for key in ["mean", "p50", "p90", "p95", "p99", "p999", "max"] {
+            assert!(b["latency_us"][key].is_number(), "{key} missing: {b}");
         }
         assert_eq!(b.get("mib_per_s").is_some(), body != "0", "{b}");
     }
@@ -142,7 +120,7 @@ fn serve_applies_a_rules_file() {
         .unwrap();
     assert!(out.status.success());
     let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(b["decisions"]["block"], 50);
+    assert_eq!(b["result"]["decisions"]["block"], 50);
 }
 
 #[test]
@@ -213,8 +191,9 @@ fn serve_grpc_then_probe_and_bench_over_grpc() {
             String::from_utf8_lossy(&out.stderr)
         );
         let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(b["requests"], 300);
-        assert_eq!(b["errors"], 0);
+        assert_eq!(b["config"]["transport"], "grpc");
+        assert_eq!(b["result"]["requests"], 300);
+        assert_eq!(b["result"]["errors"], 0);
     }
 }
 
@@ -240,6 +219,7 @@ fn async_std_agent_and_pools_of_both_runtimes() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(out.status.success(), "{runtime} {encoding}: {stderr}");
             let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let b = &b["result"];
             assert_eq!(b["requests"], 200, "{b}");
             assert_eq!(b["errors"], 0, "{b}");
             // The async-std agent applied the rules file to every request.
