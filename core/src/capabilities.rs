@@ -294,3 +294,150 @@ impl Capabilities {
         self
     }
 }
+
+/// [`Capabilities`] as a configuration file spells them, for a settings field marked
+/// `#[serde(with = "agent_protocol_core::capabilities::strict")]`.
+///
+/// The keys are the wire's, each optional as on the wire, but an unknown key (in `features` and
+/// `limits` too) or an event code that names no [`EventKind`] is an error. The wire is lenient so
+/// that a peer of another version still connects; a configuration file is read by the very
+/// version whose settings it holds, where an unknown key can only be a mistake that would
+/// otherwise go unnoticed. Serializing writes the wire form.
+///
+/// ```
+/// use agent_protocol_core::{Capabilities, EventKind};
+///
+/// #[derive(Debug, serde::Deserialize)]
+/// struct Section {
+///     #[serde(with = "agent_protocol_core::capabilities::strict")]
+///     capabilities: Capabilities,
+/// }
+///
+/// let ok: Section =
+///     serde_json::from_str(r#"{"capabilities": {"agent_id": "waf", "supported_events": [1, 2]}}"#)
+///         .unwrap();
+/// assert!(ok.capabilities.supported_events.contains(EventKind::RequestBodyChunk));
+/// assert_eq!(ok.capabilities.limits, Capabilities::default().limits);
+///
+/// let typo = serde_json::from_str::<Section>(r#"{"capabilities": {"limits": {"max_concurency": 8}}}"#);
+/// assert!(typo.unwrap_err().to_string().contains("unknown field `max_concurency`"));
+/// let unknown_event = serde_json::from_str::<Section>(r#"{"capabilities": {"supported_events": [9]}}"#);
+/// assert!(unknown_event.is_err());
+/// ```
+pub mod strict {
+    use serde::de::{Error, Unexpected};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{Capabilities, EventKind, EventSet, Features, Limits};
+
+    // Remote definitions name every field of the real types and build them without `..`, so a
+    // field added to one of them fails to compile here instead of being refused in files.
+    #[derive(Deserialize)]
+    #[serde(
+        remote = "Capabilities",
+        default = "Capabilities::default",
+        deny_unknown_fields
+    )]
+    struct CapabilitiesDef {
+        agent_id: String,
+        name: String,
+        version: String,
+        #[serde(deserialize_with = "known_events")]
+        supported_events: EventSet,
+        #[serde(with = "FeaturesDef")]
+        features: Features,
+        #[serde(with = "LimitsDef")]
+        limits: Limits,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(
+        remote = "Features",
+        default = "Features::default",
+        deny_unknown_fields
+    )]
+    struct FeaturesDef {
+        streaming_body: bool,
+        websocket: bool,
+        guardrails: bool,
+        config_push: bool,
+        metrics_export: bool,
+        concurrent_requests: u32,
+        cancellation: bool,
+        flow_control: bool,
+        health_reporting: bool,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(remote = "Limits", default = "Limits::default", deny_unknown_fields)]
+    struct LimitsDef {
+        max_body_size: u64,
+        max_concurrency: u32,
+        preferred_chunk_size: u64,
+    }
+
+    fn known_events<'de, D: Deserializer<'de>>(deserializer: D) -> Result<EventSet, D::Error> {
+        Vec::<i64>::deserialize(deserializer)?
+            .into_iter()
+            .map(|code| {
+                EventKind::from_code(code).ok_or_else(|| {
+                    D::Error::invalid_value(Unexpected::Signed(code), &"an event code from 0 to 8")
+                })
+            })
+            .collect()
+    }
+
+    /// Reads capabilities, refusing unknown keys and event codes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Capabilities, D::Error> {
+        CapabilitiesDef::deserialize(deserializer)
+    }
+
+    /// Writes capabilities as on the wire.
+    pub fn serialize<S: Serializer>(
+        capabilities: &Capabilities,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        capabilities.serialize(serializer)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn every_wire_key_is_accepted() {
+            let caps = Capabilities::new("a", "b", "c")
+                .with_all_events()
+                .with_control_features()
+                .with_max_concurrency(7)
+                .with_max_body_size(9);
+            let wire = serde_json::to_string(&caps).unwrap();
+            let mut de = serde_json::Deserializer::from_str(&wire);
+            assert_eq!(deserialize(&mut de).unwrap(), caps);
+        }
+
+        #[test]
+        fn left_out_keys_take_the_wire_defaults() {
+            let mut de = serde_json::Deserializer::from_str(r#"{"features": {"websocket": true}}"#);
+            let caps = deserialize(&mut de).unwrap();
+            let mut expected = Capabilities::default();
+            expected.features.websocket = true;
+            assert_eq!(caps, expected);
+        }
+
+        #[test]
+        fn unknown_keys_are_named() {
+            for (json, key) in [
+                (r#"{"agent": "x"}"#, "agent"),
+                (r#"{"features": {"streaming": true}}"#, "streaming"),
+                (r#"{"limits": {"max_body": 1}}"#, "max_body"),
+            ] {
+                let mut de = serde_json::Deserializer::from_str(json);
+                let err = deserialize(&mut de).unwrap_err().to_string();
+                assert!(err.contains(&format!("unknown field `{key}`")), "{err}");
+            }
+        }
+    }
+}
