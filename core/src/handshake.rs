@@ -143,7 +143,23 @@ pub struct Negotiated {
 ///     .with_timeout(Duration::from_secs(2));
 /// assert_eq!(config.encodings.as_slice(), &[Encoding::Json]);
 /// ```
-#[derive(Clone, Debug)]
+///
+/// Deserializes from a configuration section: keys left out keep their defaults, an unknown key
+/// is an error, the timeout is a string such as `"2s"` or `"500ms"`. No value needs checking: an
+/// empty `encodings` offers JSON, as with the setter.
+///
+/// ```
+/// use std::time::Duration;
+/// use agent_protocol_core::handshake::ProxyHandshakeConfig;
+/// use agent_protocol_core::Encoding;
+/// let config: ProxyHandshakeConfig =
+///     serde_json::from_str(r#"{"proxy_id": "edge-1", "encodings": ["json"], "timeout": "2s"}"#)
+///         .unwrap();
+/// assert_eq!(config.timeout, Duration::from_secs(2));
+/// assert_eq!(config.encodings.as_slice(), &[Encoding::Json]);
+/// ```
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ProxyHandshakeConfig {
     /// Our identifier.
@@ -155,6 +171,7 @@ pub struct ProxyHandshakeConfig {
     /// Configuration passed to the agent in the handshake.
     pub config: Option<serde_json::Value>,
     /// Deadline for the agent's answer.
+    #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 }
 
@@ -328,14 +345,22 @@ impl ProxyHandshake {
 ///     .with_encodings([Encoding::Json]);
 /// assert_eq!(config.capabilities.agent_id, "waf-1");
 /// ```
-#[derive(Clone, Debug)]
+///
+/// Deserializes from a configuration section: keys left out keep their defaults, an unknown key
+/// is an error (inside `capabilities` too, see [`capabilities::strict`](crate::capabilities::strict)),
+/// the timeout is a string such as `"5s"`. No value needs checking: JSON is accepted whether
+/// `encodings` lists it or not, as with the setter.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct AgentHandshakeConfig {
     /// What we announce.
+    #[serde(with = "crate::capabilities::strict")]
     pub capabilities: Capabilities,
     /// Encodings we can speak (JSON is always among them).
     pub encodings: SmallVec<[Encoding; 2]>,
     /// Deadline for the proxy's request.
+    #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 }
 
@@ -545,6 +570,77 @@ mod tests {
             serde_json::from_slice(&one_frame(&mut out).payload).unwrap();
         assert!(!answer.success);
         assert!(answer.error.unwrap().contains("unsupported"));
+    }
+
+    #[test]
+    fn proxy_config_deserializes_over_its_defaults() {
+        let config: ProxyHandshakeConfig = serde_json::from_str(
+            r#"{"proxy_id": "edge-1", "timeout": "250ms", "config": {"rules": 3}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.proxy_id, "edge-1");
+        assert_eq!(config.timeout, Duration::from_millis(250));
+        let expected = ProxyHandshakeConfig::default()
+            .with_proxy_id("edge-1")
+            .with_timeout(Duration::from_millis(250))
+            .with_config(serde_json::json!({"rules": 3}));
+        assert_eq!(format!("{config:?}"), format!("{expected:?}"));
+
+        let err = serde_json::from_str::<ProxyHandshakeConfig>(r#"{"proxy": "x"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `proxy`"), "{err}");
+        let err = serde_json::from_str::<ProxyHandshakeConfig>(r#"{"timeout": 5}"#).unwrap_err();
+        assert!(err.to_string().contains("duration"), "{err}");
+        let err =
+            serde_json::from_str::<ProxyHandshakeConfig>(r#"{"encodings": ["cbor"]}"#).unwrap_err();
+        assert!(err.to_string().contains("cbor"), "{err}");
+    }
+
+    #[test]
+    fn agent_config_deserializes_over_its_defaults() {
+        let config: AgentHandshakeConfig = serde_json::from_str(
+            r#"{"encodings": ["json"], "timeout": "1m 30s",
+                "capabilities": {"agent_id": "waf-1", "limits": {"max_concurrency": 8}}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.timeout, Duration::from_secs(90));
+        let mut capabilities = Capabilities {
+            agent_id: "waf-1".into(),
+            ..Capabilities::default()
+        };
+        capabilities.limits.max_concurrency = 8;
+        let expected = AgentHandshakeConfig::default()
+            .with_encodings([Encoding::Json])
+            .with_timeout(Duration::from_secs(90))
+            .with_capabilities(capabilities);
+        assert_eq!(format!("{config:?}"), format!("{expected:?}"));
+
+        let err =
+            serde_json::from_str::<AgentHandshakeConfig>(r#"{"timeouts": "1s"}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `timeouts`"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<AgentHandshakeConfig>(
+            r#"{"capabilities": {"features": {"websockets": true}}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `websockets`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn configs_serialize_to_what_they_read() {
+        let proxy = ProxyHandshakeConfig::default().with_timeout(Duration::from_millis(1500));
+        let json = serde_json::to_value(&proxy).unwrap();
+        assert_eq!(json["timeout"], "1s 500ms");
+        let back: ProxyHandshakeConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{proxy:?}"));
+        let agent = AgentHandshakeConfig::default();
+        let back: AgentHandshakeConfig =
+            serde_json::from_value(serde_json::to_value(&agent).unwrap()).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{agent:?}"));
     }
 
     #[test]

@@ -45,6 +45,8 @@
 
 use std::cell::Cell;
 
+use serde::{Deserialize, Serialize};
+
 /// Default [`HeaderLimits::max_count`]: header values in one message.
 pub const DEFAULT_MAX_HEADER_COUNT: usize = 2000;
 
@@ -83,7 +85,11 @@ pub const DEFAULT_MAX_ELEMENTS: usize = 100_000;
 /// const STRICT: HeaderLimits = HeaderLimits::UNLIMITED.with_max_count(10).with_max_bytes(1024);
 /// # assert_eq!(STRICT.max_count, 10);
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Deserializes from a configuration section (`{"max_count": 100}`): keys left out keep their
+/// defaults, an unknown key is an error. Every `usize` is valid, so there is nothing to check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct HeaderLimits {
     /// Header values in one message.
@@ -156,7 +162,11 @@ impl HeaderLimits {
 /// let strict = MessageLimits::default().with_max_elements(1_000);
 /// assert_eq!(strict.headers, HeaderLimits::default());
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Deserializes like [`HeaderLimits`]: keys left out keep their defaults (here too the element
+/// budget is never lifted by leaving it out), an unknown key is an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct MessageLimits {
     /// Header values and bytes, checked while headers are decoded.
@@ -320,6 +330,28 @@ mod tests {
         });
         assert_eq!(over, Some(LimitExceeded::HeaderBytes { max: 10 }));
         assert_eq!(charge(usize::MAX, 1), Ok(()));
+    }
+
+    #[test]
+    fn limits_deserialize_over_their_defaults_and_refuse_unknown_keys() {
+        let headers: HeaderLimits = serde_json::from_str(r#"{"max_count": 10}"#).unwrap();
+        assert_eq!(headers, HeaderLimits::default().with_max_count(10));
+        let message: MessageLimits =
+            serde_json::from_str(r#"{"headers": {"max_bytes": 512}}"#).unwrap();
+        assert_eq!(
+            message,
+            MessageLimits::default().with_headers(HeaderLimits::default().with_max_bytes(512))
+        );
+        let err = serde_json::from_str::<HeaderLimits>(r#"{"max_counts": 10}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `max_counts`"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<MessageLimits>(r#"{"max_element": 1}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `max_element`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! [`AgentConfig`]: what one agent connection accepts and how much it holds.
 
+use serde::{Deserialize, Serialize};
+
 use crate::frame::MAX_FRAME_LEN;
 use crate::handshake::AgentHandshakeConfig;
 use crate::limits::{HeaderLimits, DEFAULT_MAX_ELEMENTS};
@@ -27,7 +29,20 @@ pub const MAX_QUEUED_NOTICES: usize = 1024;
 /// let config = AgentConfig::default().with_max_in_flight(64);
 /// assert_eq!(config.max_in_flight, 64);
 /// ```
-#[derive(Clone, Debug)]
+///
+/// Deserializes from a configuration section: keys left out keep their defaults, an unknown key
+/// (at any depth) is an error, durations are strings such as `"5s"`. No value needs checking:
+/// `max_frame_len` is clamped where the codec uses it, as with the setter.
+///
+/// ```
+/// use agent_protocol_core::agent::AgentConfig;
+/// let config: AgentConfig =
+///     serde_json::from_str(r#"{"max_in_flight": 64, "handshake": {"timeout": "2s"}}"#).unwrap();
+/// assert_eq!(config.max_in_flight, 64);
+/// assert_eq!(config.max_elements, AgentConfig::default().max_elements);
+/// ```
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct AgentConfig {
     /// Handshake settings: capabilities announced, encodings supported, deadline. A transport
@@ -98,5 +113,53 @@ impl AgentConfig {
     pub fn with_max_elements(mut self, max_elements: usize) -> Self {
         self.max_elements = max_elements;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::Encoding;
+
+    #[test]
+    fn deserializes_over_its_defaults() {
+        let config: AgentConfig = serde_json::from_str(
+            r#"{"max_in_flight": 64, "header_limits": {"max_count": 100},
+                "handshake": {"timeout": "250ms", "encodings": ["json"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.max_in_flight, 64);
+        assert_eq!(config.handshake.timeout, Duration::from_millis(250));
+        let expected = AgentConfig::default()
+            .with_max_in_flight(64)
+            .with_header_limits(HeaderLimits::default().with_max_count(100))
+            .with_handshake(
+                AgentHandshakeConfig::default()
+                    .with_timeout(Duration::from_millis(250))
+                    .with_encodings([Encoding::Json]),
+            );
+        assert_eq!(format!("{config:?}"), format!("{expected:?}"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = serde_json::from_str::<AgentConfig>(r#"{"max_inflight": 1}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `max_inflight`"),
+            "{err}"
+        );
+        let err =
+            serde_json::from_str::<AgentConfig>(r#"{"header_limits": {"count": 1}}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `count`"), "{err}");
+    }
+
+    #[test]
+    fn round_trips() {
+        let config = AgentConfig::default().with_max_elements(10);
+        let back: AgentConfig =
+            serde_json::from_value(serde_json::to_value(&config).unwrap()).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{config:?}"));
     }
 }

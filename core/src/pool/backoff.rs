@@ -30,13 +30,26 @@ use super::saturating_add;
 /// assert_eq!(b.delay(3, 0), Duration::from_millis(800));
 /// assert_eq!(b.delay(u32::MAX, 0), Duration::from_secs(30));
 /// ```
+///
+/// Deserializes from a configuration section: keys left out keep their defaults, an unknown key
+/// is an error, `initial` and `max` are strings such as `"100ms"` or `"30s"`. Out-of-range numbers
+/// read from a file are tolerated as described above, as when they are set in code.
+///
+/// ```
+/// use agent_protocol_core::pool::Backoff;
+/// use std::time::Duration;
+/// let b: Backoff = serde_json::from_str(r#"{"initial": "250ms", "jitter": 0}"#).unwrap();
+/// assert_eq!(b.delay(1, 0), Duration::from_millis(500));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Backoff {
     /// Delay before the first retry.
+    #[serde(with = "humantime_serde")]
     pub initial: Duration,
     /// Largest delay before jitter.
+    #[serde(with = "humantime_serde")]
     pub max: Duration,
     /// Growth factor per attempt.
     pub multiplier: f64,
@@ -247,6 +260,26 @@ mod tests {
             jitter: 0.0,
         };
         assert_eq!(inverted.delay(0, 0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn deserializes_over_its_defaults() {
+        let b: Backoff = serde_json::from_str(r#"{"max": "1m 30s", "multiplier": 3}"#).unwrap();
+        assert_eq!(
+            b,
+            Backoff::default()
+                .with_max(Duration::from_secs(90))
+                .with_multiplier(3.0)
+        );
+        let err = serde_json::from_str::<Backoff>(r#"{"initial_delay": "1s"}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `initial_delay`"),
+            "{err}"
+        );
+        assert!(serde_json::from_str::<Backoff>(r#"{"initial": 100}"#).is_err());
+        let json = serde_json::to_value(b).unwrap();
+        assert_eq!(json["max"], "1m 30s");
+        assert_eq!(serde_json::from_value::<Backoff>(json).unwrap(), b);
     }
 
     #[test]

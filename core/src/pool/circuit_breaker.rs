@@ -31,8 +31,22 @@ use super::saturating_add;
 ///     .with_open_timeout(Duration::from_secs(5));
 /// assert_eq!(config.failure_threshold, 3);
 /// ```
+///
+/// Deserializes from a configuration section: keys left out keep their defaults, an unknown key
+/// is an error, `open_timeout` is a string such as `"30s"`. A zero threshold read from a file is
+/// accepted and treated as 1, exactly as when it is set in code.
+///
+/// ```
+/// use agent_protocol_core::pool::CircuitBreakerConfig;
+/// use std::time::Duration;
+/// let c: CircuitBreakerConfig =
+///     serde_json::from_str(r#"{"failure_threshold": 3, "open_timeout": "5s"}"#).unwrap();
+/// assert_eq!(c, CircuitBreakerConfig::default()
+///     .with_failure_threshold(3)
+///     .with_open_timeout(Duration::from_secs(5)));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct CircuitBreakerConfig {
     /// Consecutive failures (while closed) that open the circuit.
@@ -40,6 +54,7 @@ pub struct CircuitBreakerConfig {
     /// Successes while half-open that close the circuit.
     pub success_threshold: u32,
     /// How long the circuit stays open before it lets a probe through.
+    #[serde(with = "humantime_serde")]
     pub open_timeout: Duration,
     /// Most probe requests in flight at once while half-open.
     pub half_open_max_requests: u32,
@@ -442,6 +457,30 @@ mod tests {
             Err(CircuitOpen {
                 retry_at: t + Duration::from_secs(10)
             })
+        );
+    }
+
+    #[test]
+    fn config_deserializes_over_its_defaults() {
+        let c: CircuitBreakerConfig =
+            serde_json::from_str(r#"{"success_threshold": 4, "open_timeout": "250ms"}"#).unwrap();
+        assert_eq!(
+            c,
+            CircuitBreakerConfig::default()
+                .with_success_threshold(4)
+                .with_open_timeout(Duration::from_millis(250))
+        );
+        let err = serde_json::from_str::<CircuitBreakerConfig>(r#"{"failures": 1}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `failures`"),
+            "{err}"
+        );
+        assert!(serde_json::from_str::<CircuitBreakerConfig>(r#"{"open_timeout": 30}"#).is_err());
+        let json = serde_json::to_value(c).unwrap();
+        assert_eq!(json["open_timeout"], "250ms");
+        assert_eq!(
+            serde_json::from_value::<CircuitBreakerConfig>(json).unwrap(),
+            c
         );
     }
 

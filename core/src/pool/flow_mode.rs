@@ -65,14 +65,25 @@ pub enum FlowDecision {
 /// assert_eq!(policy.on_paused(submitted, submitted), FlowDecision::WaitUntil(deadline));
 /// assert_eq!(policy.on_paused(submitted, deadline), FlowDecision::Reject);
 /// ```
+///
+/// Deserializes from a configuration section: keys left out keep their defaults, an unknown key
+/// is an error, `max_wait` is a string such as `"100ms"`. Every value is valid.
+///
+/// ```
+/// use agent_protocol_core::pool::{FlowControlMode, FlowControlPolicy};
+/// let p: FlowControlPolicy =
+///     serde_json::from_str(r#"{"mode": "wait_and_retry", "max_wait": "250ms"}"#).unwrap();
+/// assert_eq!(p.mode, FlowControlMode::WaitAndRetry);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct FlowControlPolicy {
     /// The reaction to backpressure.
     pub mode: FlowControlMode,
     /// For [`FlowControlMode::WaitAndRetry`]: longest wait, counted from when the caller submitted
     /// the request (queueing included, as every request timeout in this protocol).
+    #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
 }
 
@@ -171,6 +182,21 @@ mod tests {
             max_wait: Duration::from_millis(5),
         };
         let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(json, r#"{"mode":"fail_open","max_wait":"5ms"}"#);
         assert_eq!(serde_json::from_str::<FlowControlPolicy>(&json).unwrap(), p);
+    }
+
+    #[test]
+    fn deserializes_over_its_defaults() {
+        let p: FlowControlPolicy = serde_json::from_str(r#"{"max_wait": "250ms"}"#).unwrap();
+        assert_eq!(
+            p,
+            FlowControlPolicy::default().with_max_wait(Duration::from_millis(250))
+        );
+        let err = serde_json::from_str::<FlowControlPolicy>(r#"{"wait": "1s"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `wait`"), "{err}");
+        let err =
+            serde_json::from_str::<FlowControlPolicy>(r#"{"mode": "fail_opened"}"#).unwrap_err();
+        assert!(err.to_string().contains("fail_opened"), "{err}");
     }
 }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::frame::MAX_FRAME_LEN;
 use crate::handshake::ProxyHandshakeConfig;
 
@@ -15,17 +17,36 @@ use crate::handshake::ProxyHandshakeConfig;
 ///     .with_ping_interval(None);
 /// assert_eq!(config.max_in_flight, 1024);
 /// ```
-#[derive(Clone, Debug)]
+///
+/// Deserializes from a configuration section: keys left out keep their defaults, an unknown key
+/// (at any depth) is an error, durations are strings such as `"30s"` or `"250ms"`, and
+/// `"ping_interval": null` disables pings. No value needs checking: the setters take any value
+/// too, and `max_frame_len` is clamped where the codec uses it.
+///
+/// ```
+/// use std::time::Duration;
+/// use agent_protocol_core::proxy::ProxyConfig;
+/// let config: ProxyConfig =
+///     serde_json::from_str(r#"{"request_timeout": "200ms", "ping_interval": null}"#).unwrap();
+/// assert_eq!(config.request_timeout, Duration::from_millis(200));
+/// assert_eq!(config.ping_interval, None);
+/// assert_eq!(config.max_in_flight, 1024);
+/// ```
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ProxyConfig {
     /// Handshake settings (ids, encodings offered, timeout).
     pub handshake: ProxyHandshakeConfig,
     /// Default per-request deadline, counted from submission.
+    #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Ping a connection after this long without hearing from the agent; `None` (or zero)
     /// disables.
+    #[serde(with = "humantime_serde")]
     pub ping_interval: Option<Duration>,
     /// After a ping, how long to wait for any sign of life before declaring the peer dead.
+    #[serde(with = "humantime_serde")]
     pub ping_timeout: Duration,
     /// Our own cap on requests in flight (the agent's `max_concurrency` may lower it).
     pub max_in_flight: u32,
@@ -35,6 +56,7 @@ pub struct ProxyConfig {
     /// Cap on requests with a tracked body stream (and per-request flow state).
     pub max_body_streams: usize,
     /// Idle body streams are forgotten after this long.
+    #[serde(with = "humantime_serde")]
     pub body_stream_ttl: Duration,
     /// Largest frame accepted from the agent.
     pub max_frame_len: u32,
@@ -118,5 +140,55 @@ impl ProxyConfig {
     pub fn with_max_frame_len(mut self, max: u32) -> Self {
         self.max_frame_len = max;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deserializes_over_its_defaults() {
+        let config: ProxyConfig = serde_json::from_str(
+            r#"{"request_timeout": "250ms", "ping_interval": "1m 30s", "max_in_flight": 8,
+                "handshake": {"proxy_id": "edge-1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.request_timeout, Duration::from_millis(250));
+        assert_eq!(config.ping_interval, Some(Duration::from_secs(90)));
+        let expected = ProxyConfig::default()
+            .with_request_timeout(Duration::from_millis(250))
+            .with_ping_interval(Some(Duration::from_secs(90)))
+            .with_max_in_flight(8)
+            .with_handshake(ProxyHandshakeConfig::default().with_proxy_id("edge-1"));
+        assert_eq!(format!("{config:?}"), format!("{expected:?}"));
+
+        let off: ProxyConfig = serde_json::from_str(r#"{"ping_interval": null}"#).unwrap();
+        assert_eq!(off.ping_interval, None);
+    }
+
+    #[test]
+    fn unknown_keys_and_bare_numbers_are_refused() {
+        let err = serde_json::from_str::<ProxyConfig>(r#"{"request_timeout_ms": 5}"#).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown field `request_timeout_ms`"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<ProxyConfig>(r#"{"handshake": {"id": "x"}}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `id`"), "{err}");
+        // A number has no unit, and guessing one is how a 30 s timeout becomes 30 ms.
+        assert!(serde_json::from_str::<ProxyConfig>(r#"{"ping_timeout": 30}"#).is_err());
+        assert!(serde_json::from_str::<ProxyConfig>(r#"{"ping_timeout": "30"}"#).is_err());
+    }
+
+    #[test]
+    fn round_trips() {
+        let config = ProxyConfig::default()
+            .with_ping_interval(None)
+            .with_body_stream_ttl(Duration::from_millis(1));
+        let back: ProxyConfig =
+            serde_json::from_value(serde_json::to_value(&config).unwrap()).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{config:?}"));
     }
 }
