@@ -394,6 +394,51 @@ pub mod strict {
         CapabilitiesDef::deserialize(deserializer)
     }
 
+    /// Reads capabilities as [`deserialize`] does, except that keys left out keep the value they
+    /// have in `base`, at any depth, rather than the wire default: for settings whose default
+    /// capabilities are not [`Capabilities::default`] (an agent server announcing every event),
+    /// so that a section setting one limit does not also take back every event. A key that is
+    /// present replaces the base's value whole (`supported_events` is a list, not merged).
+    ///
+    /// The section is read through a [`serde_json::Value`], so this takes any self-describing
+    /// format (JSON, TOML, YAML), not a binary one that is not.
+    ///
+    /// ```
+    /// use agent_protocol_core::capabilities::strict;
+    /// use agent_protocol_core::{Capabilities, EventKind};
+    /// let base = Capabilities::new("waf", "WAF", "1.0").with_all_events();
+    /// let section = serde_json::json!({"limits": {"max_concurrency": 8}});
+    /// let caps = strict::deserialize_over(&base, section).unwrap();
+    /// assert_eq!(caps.limits.max_concurrency, 8);
+    /// assert!(caps.supported_events.contains(EventKind::WebSocketFrame));
+    /// assert_eq!(caps.agent_id, "waf");
+    /// ```
+    pub fn deserialize_over<'de, D: Deserializer<'de>>(
+        base: &Capabilities,
+        deserializer: D,
+    ) -> Result<Capabilities, D::Error> {
+        let section = serde_json::Value::deserialize(deserializer)?;
+        let mut merged = serde_json::to_value(base).map_err(D::Error::custom)?;
+        overlay(&mut merged, section);
+        deserialize(merged).map_err(D::Error::custom)
+    }
+
+    fn overlay(base: &mut serde_json::Value, section: serde_json::Value) {
+        match (base, section) {
+            (serde_json::Value::Object(base), serde_json::Value::Object(section)) => {
+                for (key, value) in section {
+                    match base.get_mut(&key) {
+                        Some(slot) => overlay(slot, value),
+                        None => {
+                            base.insert(key, value);
+                        }
+                    }
+                }
+            }
+            (base, section) => *base = section,
+        }
+    }
+
     /// Writes capabilities as on the wire.
     pub fn serialize<S: Serializer>(
         capabilities: &Capabilities,
@@ -425,6 +470,33 @@ pub mod strict {
             let mut expected = Capabilities::default();
             expected.features.websocket = true;
             assert_eq!(caps, expected);
+        }
+
+        #[test]
+        fn a_section_over_a_base_keeps_what_it_leaves_out() {
+            let base = Capabilities::new("a", "b", "c")
+                .with_all_events()
+                .with_control_features();
+            let section = serde_json::json!({
+                "supported_events": [1],
+                "features": {"websocket": false},
+                "limits": {"max_body_size": 5},
+            });
+            let caps = deserialize_over(&base, section).unwrap();
+            let mut expected = base.clone();
+            expected.supported_events = EventSet::EMPTY.with(EventKind::RequestHeaders);
+            expected.features.websocket = false;
+            expected.limits.max_body_size = 5;
+            assert_eq!(caps, expected);
+
+            let err = deserialize_over(&base, serde_json::json!({"limits": {"max": 1}}))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("unknown field `max`"), "{err}");
+            let err = deserialize_over(&base, serde_json::json!({"limits": 3}))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("invalid type"), "{err}");
         }
 
         #[test]
