@@ -33,6 +33,7 @@ use agent_protocol_core::{
     AgentResponse, CancelReason, Capabilities, ConfigUpdateRequest, ConnectionError, Encoding,
     Event, MetricsReport, RequestError, SubmitError,
 };
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use connection::ClientTask;
@@ -137,15 +138,38 @@ impl ClientError {
 ///     .with_connection(ProxyConfig::default().with_request_timeout(Duration::from_millis(200)));
 /// assert_eq!(config.connection.request_timeout, Duration::from_millis(200));
 /// ```
-#[derive(Clone, Debug)]
+///
+/// Deserializes from a configuration section: keys left out keep their defaults, an unknown key
+/// (at any depth) is an error, durations are strings such as `"1s"` or `"250ms"`. The
+/// [`connector`](Self::connector) is code, not data: it is neither read nor written, and a
+/// deserialized config has the runtime's default one; replace it with
+/// [`with_connector`](Self::with_connector) after loading (to give gRPC its TLS settings, say).
+///
+/// ```
+/// use std::time::Duration;
+/// use agent_protocol_tokio::client::ClientConfig;
+/// let config: ClientConfig =
+///     serde_json::from_str(r#"{"connect_timeout": "1s", "connection": {"max_in_flight": 64}}"#)
+///         .unwrap();
+/// assert_eq!(config.connect_timeout, Duration::from_secs(1));
+/// assert_eq!(config.connection.max_in_flight, 64);
+/// assert!(config.connector.is_some()); // tokio's gRPC connector, as from `default()`
+/// ```
+#[derive(Clone, Debug, Serialize, Deserialize)]
+// The runtime is a marker type: nothing of it is read or written, so it needs no serde bound.
+#[serde(default, deny_unknown_fields, bound(serialize = "", deserialize = ""))]
 #[non_exhaustive]
 pub struct ClientConfig<R: Runtime> {
     /// The core connection's settings (handshake, request timeout, pings, caps).
     pub connection: ProxyConfig,
     /// Deadline for establishing the socket.
+    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Opens what is not a Unix socket (gRPC on tokio, with its TLS settings); starts as the
     /// runtime adapter's own ([`Runtime::default_connector`]). `None` refuses such endpoints.
+    // Skipped fields are taken from the `Default` value serde starts from, so a loaded config
+    // gets `R::default_connector()` exactly as `ClientConfig::default()` does.
+    #[serde(skip)]
     pub connector: Option<Arc<dyn Connector<R>>>,
 }
 

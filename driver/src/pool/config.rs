@@ -6,6 +6,8 @@ use std::time::Duration;
 use agent_protocol_core::pool::{
     AffinityTable, Backoff, CircuitBreakerConfig, FlowControlPolicy, LoadBalanceStrategy,
 };
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::client::ClientConfig;
 use crate::runtime::Runtime;
@@ -30,7 +32,71 @@ use crate::runtime::Runtime;
 /// assert_eq!(config.flow_control.mode, FlowControlMode::FailClosed);
 /// assert_eq!(AgentPoolConfig::default().connections_per_agent, 4);
 /// ```
-#[derive(Clone, Debug)]
+///
+/// # Loading from a configuration file
+///
+/// The config deserializes from a section of the proxy's own configuration file (JSON, TOML,
+/// YAML: any serde format): keys left out keep their defaults, at any depth; an unknown key is an
+/// error that names it; durations are strings such as `"5s"`, `"250ms"` or `"1m 30s"` (a bare
+/// number has no unit and is refused); `"idle_timeout": null` keeps connections open. The
+/// client's [`connector`](ClientConfig::connector) is not read: it is the runtime's default, to
+/// be replaced in code if needed.
+///
+/// The pool applies its own `connect_timeout` and `request_timeout` to every connection, over
+/// `client.connect_timeout` and `client.connection.request_timeout`; a `client` section that
+/// sets one of those two to anything but its default is refused rather than silently
+/// overridden (so a config built in code with such a client value does not read back from its
+/// own serialization). Every other value is accepted as the setters accept it (zero connections
+/// read as 1, short maintenance periods as 10 ms, zero breaker thresholds as 1).
+///
+/// ```
+/// use std::time::Duration;
+/// use agent_protocol_tokio::core::pool::{FlowControlMode, LoadBalanceStrategy};
+/// use agent_protocol_tokio::pool::{AgentPool, AgentPoolConfig};
+///
+/// // The proxy's own settings, with the pool's section in them.
+/// #[derive(serde::Deserialize)]
+/// #[serde(deny_unknown_fields)]
+/// struct ProxySettings {
+///     listen: String,
+///     agents: AgentPoolConfig,
+/// }
+///
+/// let file = r#"{
+///     "listen": "0.0.0.0:8080",
+///     "agents": {
+///         "connections_per_agent": 2,
+///         "connect_timeout": "1s",
+///         "request_timeout": "200ms",
+///         "load_balance_strategy": "least_connections",
+///         "flow_control": {"mode": "wait_and_retry", "max_wait": "50ms"},
+///         "circuit_breaker": {"failure_threshold": 3, "open_timeout": "10s"},
+///         "client": {"connection": {"handshake": {"proxy_id": "edge-1"}, "ping_interval": "5s"}}
+///     }
+/// }"#;
+/// let settings: ProxySettings = serde_json::from_str(file)?;
+/// let config = settings.agents;
+/// assert_eq!(config.request_timeout, Duration::from_millis(200));
+/// assert_eq!(config.load_balance_strategy, LoadBalanceStrategy::LeastConnections);
+/// assert_eq!(config.flow_control.mode, FlowControlMode::WaitAndRetry);
+/// assert_eq!(config.client.connection.handshake.proxy_id, "edge-1");
+/// // Left out: the defaults.
+/// assert_eq!(config.affinity_ttl, AgentPoolConfig::default().affinity_ttl);
+///
+/// // A typo is an error, not a default.
+/// let typo = serde_json::from_str::<AgentPoolConfig>(r#"{"request_timout": "200ms"}"#);
+/// assert!(typo.unwrap_err().to_string().contains("unknown field `request_timout`"));
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+/// let pool = AgentPool::new(config);
+/// assert_eq!(pool.config().connections_per_agent, 2);
+/// # pool.shutdown(Duration::ZERO).await;
+/// # });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Serialize, Deserialize)]
+// The runtime is a marker type: nothing of it is read or written, so it needs no serde bound.
+#[serde(default, deny_unknown_fields, bound(serialize = "", deserialize = ""))]
 #[non_exhaustive]
 pub struct AgentPoolConfig<R: Runtime> {
     /// Connections [`add_agent`](super::AgentPool::add_agent) opens per agent, the number the
@@ -40,12 +106,15 @@ pub struct AgentPoolConfig<R: Runtime> {
     pub load_balance_strategy: LoadBalanceStrategy,
     /// Deadline for establishing a socket (the handshake has its own deadline, in
     /// `client.connection.handshake.timeout`). Overrides `client.connect_timeout`.
+    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Default deadline of every request, counted from the call (queueing and flow-control
     /// waits included). Overrides `client.connection.request_timeout`.
+    #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Per-connection settings: handshake (proxy id, encodings offered, handshake timeout,
     /// configuration passed to the agent), pings, in-flight and buffer caps.
+    #[serde(deserialize_with = "client_without_pool_timeouts")]
     pub client: ClientConfig<R>,
     /// Delay between reconnection attempts of a connection slot: exponential with jitter, no
     /// attempt limit (the pool never gives up on a configured agent).
@@ -53,6 +122,7 @@ pub struct AgentPoolConfig<R: Runtime> {
     /// Period of the maintenance task: affinity and agent-metric expiry, error-rate decay, idle
     /// cleanup. Reconnections are scheduled by their own backoff, not by this period. Values
     /// below 10 ms read as 10 ms.
+    #[serde(with = "humantime_serde")]
     pub health_check_interval: Duration,
     /// What a request does when the agent has paused its connections.
     pub flow_control: FlowControlPolicy,
@@ -61,11 +131,13 @@ pub struct AgentPoolConfig<R: Runtime> {
     /// Most correlation affinities kept at once (body chunks following their headers).
     pub affinity_capacity: usize,
     /// Affinities unused for this long are forgotten.
+    #[serde(with = "humantime_serde")]
     pub affinity_ttl: Duration,
     /// Outbound connections unused for this long are closed by the maintenance task, keeping at
     /// least one per agent; the closed slots are reopened on demand, as soon as the agent gets a
     /// request again. `None` keeps every connection open. Reverse connections are never closed
     /// for idleness (the pool cannot reopen them).
+    #[serde(with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
     /// Prefix of the pool's own Prometheus families (`{prefix}_requests_total`, ...).
     pub metrics_prefix: String,
@@ -203,4 +275,27 @@ impl<R: Runtime> AgentPoolConfig<R> {
         c.connection.request_timeout = self.request_timeout;
         c
     }
+}
+
+/// Reads the pool's `client` section, refusing the two timeouts that
+/// [`AgentPoolConfig::client_config`] replaces with the pool's own: set to anything but their
+/// default, they can only have been meant to apply, and would silently not.
+fn client_without_pool_timeouts<'de, D: Deserializer<'de>, R: Runtime>(
+    deserializer: D,
+) -> Result<ClientConfig<R>, D::Error> {
+    let client = ClientConfig::<R>::deserialize(deserializer)?;
+    let defaults = ClientConfig::<R>::default();
+    if client.connect_timeout != defaults.connect_timeout {
+        return Err(D::Error::custom(
+            "client.connect_timeout is replaced by the pool's connect_timeout: set \
+             connect_timeout instead",
+        ));
+    }
+    if client.connection.request_timeout != defaults.connection.request_timeout {
+        return Err(D::Error::custom(
+            "client.connection.request_timeout is replaced by the pool's request_timeout: set \
+             request_timeout instead",
+        ));
+    }
+    Ok(client)
 }
