@@ -22,6 +22,7 @@ use agent_protocol_core::registration::{
 };
 use agent_protocol_core::{Capabilities, ConnectionError, Encoding};
 use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::client::{AgentClient, ClientConfig, ControlMessage};
@@ -29,7 +30,10 @@ use crate::runtime::{self, Runtime};
 use crate::server::{serve_stream, shutdown_signal, AgentHandler, Listener, ServerHandle};
 
 /// Where the proxy's reverse listener is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// In a configuration file: `{"unix": "/run/proxy-reverse.sock"}` or `{"tcp": "proxy:7000"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ReverseTarget {
     /// A Unix socket path.
     Unix(std::path::PathBuf),
@@ -262,7 +266,30 @@ impl<R: Runtime> ReverseListener<R> {
 ///     .with_registration_timeout(Duration::from_secs(2));
 /// assert_eq!(config.auth_token.as_deref(), Some("secret"));
 /// ```
-#[derive(Clone, Debug)]
+///
+/// Deserializes from a configuration section. There is no `Default`: `target` and `agent_id`
+/// are required, and every other key left out takes the value [`new`](Self::new) gives it, at
+/// any depth (a `capabilities` section is read over the capabilities `new` derives from the
+/// agent id, see
+/// [`capabilities::strict::deserialize_over`](agent_protocol_core::capabilities::strict::deserialize_over)).
+/// An unknown key is an error, durations are strings such as `"10s"`. No value needs checking:
+/// the setters take any value too, and the backoff tolerates out-of-range numbers.
+///
+/// ```
+/// use std::time::Duration;
+/// use agent_protocol_driver::reverse::{ReverseAgentConfig, ReverseTarget};
+/// let config: ReverseAgentConfig = serde_json::from_str(
+///     r#"{"target": {"tcp": "127.0.0.1:7000"}, "agent_id": "waf-1",
+///         "auth_token": "secret", "registration_timeout": "2s"}"#,
+/// )
+/// .unwrap();
+/// assert_eq!(config.target, ReverseTarget::Tcp("127.0.0.1:7000".into()));
+/// assert_eq!(config.registration_timeout, Duration::from_secs(2));
+/// assert_eq!(config.capabilities.agent_id, "waf-1");
+/// assert!(serde_json::from_str::<ReverseAgentConfig>(r#"{"agent_id": "waf-1"}"#).is_err());
+/// ```
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(try_from = "ReverseAgentSection")]
 #[non_exhaustive]
 pub struct ReverseAgentConfig {
     /// The proxy's reverse listener.
@@ -276,13 +303,67 @@ pub struct ReverseAgentConfig {
     /// Free-form metadata.
     pub metadata: Option<serde_json::Value>,
     /// Deadline for the registration answer.
+    #[serde(with = "humantime_serde")]
     pub registration_timeout: Duration,
     /// Reconnection backoff.
     pub backoff: Backoff,
     /// Unanswered requests before new ones are refused.
     pub max_in_flight: usize,
     /// How long shutdown waits for in-flight requests.
+    #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+}
+
+/// A [`ReverseAgentConfig`] as a file holds it. The defaults depend on the agent id (its
+/// capabilities), so they are filled in once the whole section is read, by `new`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReverseAgentSection {
+    target: ReverseTarget,
+    agent_id: String,
+    #[serde(default)]
+    auth_token: Option<String>,
+    #[serde(default)]
+    capabilities: Option<serde_json::Value>,
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+    #[serde(default, with = "humantime_serde")]
+    registration_timeout: Option<Duration>,
+    #[serde(default)]
+    backoff: Option<Backoff>,
+    #[serde(default)]
+    max_in_flight: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    drain_timeout: Option<Duration>,
+}
+
+impl TryFrom<ReverseAgentSection> for ReverseAgentConfig {
+    type Error = serde_json::Error;
+
+    fn try_from(section: ReverseAgentSection) -> Result<Self, Self::Error> {
+        let mut config = ReverseAgentConfig::new(section.target, section.agent_id);
+        if let Some(capabilities) = section.capabilities {
+            config.capabilities = agent_protocol_core::capabilities::strict::deserialize_over(
+                &config.capabilities,
+                capabilities,
+            )?;
+        }
+        config.auth_token = section.auth_token;
+        config.metadata = section.metadata;
+        if let Some(timeout) = section.registration_timeout {
+            config.registration_timeout = timeout;
+        }
+        if let Some(backoff) = section.backoff {
+            config.backoff = backoff;
+        }
+        if let Some(max_in_flight) = section.max_in_flight {
+            config.max_in_flight = max_in_flight;
+        }
+        if let Some(timeout) = section.drain_timeout {
+            config.drain_timeout = timeout;
+        }
+        Ok(config)
+    }
 }
 
 impl ReverseAgentConfig {
@@ -457,5 +538,85 @@ impl<H: AgentHandler, R: Runtime> ReverseConnector<H, R> {
                 _ = shutdown_signal(&mut stop) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_protocol_core::EventKind;
+
+    fn target() -> ReverseTarget {
+        ReverseTarget::Unix("/run/proxy-reverse.sock".into())
+    }
+
+    #[test]
+    fn config_deserializes_over_what_new_gives() {
+        let config: ReverseAgentConfig = serde_json::from_str(
+            r#"{"target": {"unix": "/run/proxy-reverse.sock"}, "agent_id": "waf-1",
+                "drain_timeout": "250ms", "backoff": {"max": "5s"},
+                "capabilities": {"limits": {"max_concurrency": 8}}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.drain_timeout, Duration::from_millis(250));
+        let defaults = ReverseAgentConfig::new(target(), "waf-1");
+        let mut capabilities = defaults.capabilities.clone();
+        capabilities.limits.max_concurrency = 8;
+        let expected = defaults
+            .with_drain_timeout(Duration::from_millis(250))
+            .with_backoff(Backoff::default().with_max(Duration::from_secs(5)))
+            .with_capabilities(capabilities);
+        assert_eq!(format!("{config:?}"), format!("{expected:?}"));
+        assert_eq!(config.capabilities.agent_id, "waf-1");
+        assert!(config
+            .capabilities
+            .supported_events
+            .contains(EventKind::Configure));
+    }
+
+    #[test]
+    fn config_refuses_unknown_and_missing_keys() {
+        let base = r#""target": {"tcp": "proxy:7000"}, "agent_id": "a""#;
+        for (extra, key) in [
+            (r#""token": "x""#, "token"),
+            (r#""backoff": {"maximum": "1s"}"#, "maximum"),
+            (r#""capabilities": {"feature": {}}"#, "feature"),
+        ] {
+            let json = format!("{{{base}, {extra}}}");
+            let err = serde_json::from_str::<ReverseAgentConfig>(&json).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("unknown field `{key}`")),
+                "{err}"
+            );
+        }
+        let err = serde_json::from_str::<ReverseAgentConfig>(
+            r#"{"target": {"udp": "x"}, "agent_id": "a"}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown variant `udp`"), "{err}");
+        let err = serde_json::from_str::<ReverseAgentConfig>(r#"{"target": {"tcp": "x:1"}}"#)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("missing field `agent_id`"),
+            "{err}"
+        );
+        let json = format!(r#"{{{base}, "registration_timeout": 10}}"#);
+        assert!(serde_json::from_str::<ReverseAgentConfig>(&json).is_err());
+    }
+
+    #[test]
+    fn config_round_trips() {
+        let config = ReverseAgentConfig::new(target(), "waf-1")
+            .with_auth_token("secret")
+            .with_metadata(serde_json::json!({"zone": "a"}))
+            .with_registration_timeout(Duration::from_millis(1500));
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(json["registration_timeout"], "1s 500ms");
+        assert_eq!(
+            json["target"],
+            serde_json::json!({"unix": "/run/proxy-reverse.sock"})
+        );
+        let back: ReverseAgentConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{config:?}"));
     }
 }

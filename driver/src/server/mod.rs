@@ -32,6 +32,8 @@ use agent_protocol_core::{
     Capabilities, Encoding, FlowAction, FlowControl, HealthState, HealthStatus, MetricsReport,
 };
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde::de::{self, Unexpected, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::runtime::{self, Connection, Runtime};
@@ -49,21 +51,116 @@ use crate::runtime::{self, Connection, Runtime};
 ///     .with_drain_timeout(Duration::from_secs(5));
 /// assert_eq!(config.agent_config().max_in_flight, 256);
 /// ```
-#[derive(Clone, Debug)]
+///
+/// Deserializes from a configuration section: keys left out keep their defaults, an unknown key
+/// (at any depth) is an error, durations are strings such as `"5s"`. A `capabilities` section
+/// is read over the default capabilities (see
+/// [`capabilities::strict::deserialize_over`](agent_protocol_core::capabilities::strict::deserialize_over)),
+/// so setting one limit keeps every event announced; as in code, [`agent_config`](Self::agent_config)
+/// then sets `features.cancellation` and `features.concurrent_requests` itself.
+///
+/// `socket_mode` is best written as a string of octal digits (`"660"`, `"0660"`), since JSON has
+/// no octal numbers; a number is taken as it is (TOML's `0o660` is one), and anything above
+/// `0o777` is refused, which catches the decimal `660` meant as octal.
+///
+/// ```
+/// use std::time::Duration;
+/// use agent_protocol_driver::server::ServerConfig;
+/// use agent_protocol_driver::core::EventKind;
+/// let config: ServerConfig = serde_json::from_str(
+///     r#"{"socket_mode": "600", "drain_timeout": "5s", "capabilities": {"agent_id": "waf-1"}}"#,
+/// )
+/// .unwrap();
+/// assert_eq!(config.socket_mode, 0o600);
+/// assert_eq!(config.drain_timeout, Duration::from_secs(5));
+/// assert_eq!(config.capabilities.agent_id, "waf-1");
+/// assert!(config.capabilities.supported_events.contains(EventKind::Configure));
+/// assert!(serde_json::from_str::<ServerConfig>(r#"{"socket_mode": 660}"#).is_err());
+/// ```
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ServerConfig {
     /// Capabilities announced in the handshake.
+    #[serde(deserialize_with = "over_default_capabilities")]
     pub capabilities: Capabilities,
     /// Encodings we accept (the proxy's first offered one among these wins).
     pub encodings: Vec<Encoding>,
     /// Handshake deadline.
+    #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// Unanswered requests per connection before new ones are refused (503).
     pub max_in_flight: usize,
     /// Mode of the socket file.
+    #[serde(with = "socket_mode")]
     pub socket_mode: u32,
     /// How long graceful shutdown waits for in-flight requests.
+    #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+}
+
+fn over_default_capabilities<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Capabilities, D::Error> {
+    let base = ServerConfig::default().capabilities;
+    agent_protocol_core::capabilities::strict::deserialize_over(&base, deserializer)
+}
+
+/// A socket file mode as written in a configuration file.
+mod socket_mode {
+    use super::*;
+
+    /// Permission bits only: set-id and sticky bits mean nothing on a socket, and the bound
+    /// turns the likeliest slip, an octal mode written as a decimal number, into an error.
+    const MAX_MODE: u32 = 0o777;
+
+    struct ModeVisitor;
+
+    impl ModeVisitor {
+        fn checked<E: de::Error>(self, mode: u64) -> Result<u32, E> {
+            u32::try_from(mode)
+                .ok()
+                .filter(|m| *m <= MAX_MODE)
+                .ok_or_else(|| E::invalid_value(Unexpected::Unsigned(mode), &self))
+        }
+    }
+
+    impl Visitor<'_> for ModeVisitor {
+        type Value = u32;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a file mode up to 0o777: octal digits in a string (\"660\"), or a number")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u32, E> {
+            self.checked(v)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u32, E> {
+            match u64::try_from(v) {
+                Ok(v) => self.checked(v),
+                Err(_) => Err(E::invalid_value(Unexpected::Signed(v), &self)),
+            }
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u32, E> {
+            let digits = v.strip_prefix("0o").unwrap_or(v);
+            match u64::from_str_radix(digits, 8) {
+                // from_str_radix takes a leading sign, which no mode has.
+                Ok(mode) if !digits.starts_with('+') => self.checked(mode),
+                _ => Err(E::invalid_value(Unexpected::Str(v), &self)),
+            }
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+        deserializer.deserialize_any(ModeVisitor)
+    }
+
+    // Written back the way it is best read: octal digits in a string.
+    pub(super) fn serialize<S: Serializer>(mode: &u32, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{mode:04o}"))
+    }
 }
 
 impl Default for ServerConfig {
@@ -535,6 +632,79 @@ pub async fn shutdown_signal(rx: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agent_protocol_core::EventKind;
+
+    #[test]
+    fn config_deserializes_over_its_defaults() {
+        let config: ServerConfig = serde_json::from_str(
+            r#"{"max_in_flight": 256, "handshake_timeout": "250ms", "encodings": ["json"],
+                "capabilities": {"limits": {"max_body_size": 1024}}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.max_in_flight, 256);
+        assert_eq!(config.handshake_timeout, Duration::from_millis(250));
+        let mut capabilities = ServerConfig::default().capabilities;
+        capabilities.limits.max_body_size = 1024;
+        let expected = ServerConfig::default()
+            .with_max_in_flight(256)
+            .with_handshake_timeout(Duration::from_millis(250))
+            .with_encodings([Encoding::Json])
+            .with_capabilities(capabilities);
+        assert_eq!(format!("{config:?}"), format!("{expected:?}"));
+        assert!(config
+            .capabilities
+            .supported_events
+            .contains(EventKind::RequestBodyChunk));
+    }
+
+    #[test]
+    fn config_refuses_unknown_keys() {
+        for (json, key) in [
+            (r#"{"max_in_flights": 1}"#, "max_in_flights"),
+            (
+                r#"{"capabilities": {"limits": {"max_bodysize": 1}}}"#,
+                "max_bodysize",
+            ),
+        ] {
+            let err = serde_json::from_str::<ServerConfig>(json).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("unknown field `{key}`")),
+                "{err}"
+            );
+        }
+        assert!(serde_json::from_str::<ServerConfig>(r#"{"drain_timeout": 30}"#).is_err());
+    }
+
+    #[test]
+    fn socket_modes() {
+        let mode = |json: &str| {
+            serde_json::from_str::<ServerConfig>(&format!(r#"{{"socket_mode": {json}}}"#))
+                .map(|c| c.socket_mode)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(mode(r#""660""#), Ok(0o660));
+        assert_eq!(mode(r#""0600""#), Ok(0o600));
+        assert_eq!(mode(r#""0o640""#), Ok(0o640));
+        assert_eq!(mode("432"), Ok(0o660));
+        for bad in [
+            r#""690""#,
+            r#""""#,
+            r#""+660""#,
+            r#""-1""#,
+            r#""1777""#,
+            "660",
+            "-1",
+        ] {
+            assert!(mode(bad).is_err(), "{bad}");
+        }
+        assert!(mode("660").unwrap_err().contains("0o777"));
+
+        let config = ServerConfig::default().with_socket_mode(0o640);
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(json["socket_mode"], "0640");
+        let back: ServerConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{config:?}"));
+    }
 
     #[test]
     fn only_a_refused_connection_means_a_stale_socket() {
