@@ -46,6 +46,17 @@ impl DecisionKind {
     }
 }
 
+impl From<&crate::Decision> for DecisionKind {
+    fn from(decision: &crate::Decision) -> Self {
+        match decision {
+            crate::Decision::Allow => Self::Allow,
+            crate::Decision::Block { .. } => Self::Block,
+            crate::Decision::Redirect { .. } => Self::Redirect,
+            crate::Decision::Challenge { .. } => Self::Challenge,
+        }
+    }
+}
+
 /// Why a request failed, for `errors_total{cause=...}`. Timeouts and cancels have their own
 /// counters.
 ///

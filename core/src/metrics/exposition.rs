@@ -1,36 +1,98 @@
-//! The Prometheus text exposition format: rendering [`PoolMetrics`] and [`AgentMetricsStore`],
-//! and checking or sanitising metric and label names.
+//! Exposition through [`prometheus_client`]: the pool's metrics ([`PoolMetrics`]) and the
+//! agents' reported series ([`AgentMetricsStore`]) are encoded into a `DescriptorEncoder`, so a
+//! proxy registers them in its own `Registry` beside its other metrics (see [`EncodeFn`]) and the
+//! text format (OpenMetrics, `# EOF` included) is the library's, not ours.
 //!
-//! Names the pool chooses (the configured prefix and labels) are sanitised, since a typo in the
-//! configuration must not make the scrape unparsable; names an agent reports are checked, and a
-//! series with an invalid one is refused when stored. Label values and help text are escaped.
+//! What stays ours is what no encoder can know: names the pool chooses (the configured prefix and
+//! labels) are sanitised, since a typo in the configuration must not make the whole scrape
+//! unparsable; names an agent reports are checked when stored; and every label value and help
+//! text is escaped here, because the encoder writes them as given and an agent id or a reported
+//! label can come from a hostile peer.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder,
+    LabelValueEncoder, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use super::counters::{DecisionKind, ErrorCause, PoolMetrics};
-use super::histogram::BUCKET_LABELS;
+use super::histogram::{HistogramSnapshot, LATENCY_BUCKETS_SECONDS};
 use super::reported::{AgentMetricsStore, Kind, Value};
 
-impl PoolMetrics {
-    /// Appends these metrics in Prometheus text format: every name starts with `prefix_`
-    /// (sanitised to a valid name) and every sample carries `labels` (names sanitised, values
-    /// escaped).
-    pub fn render_prometheus(&self, prefix: &str, labels: &[(&str, &str)], out: &mut String) {
-        Self::render_prometheus_group(prefix, &[(self, labels)], out);
-    }
+/// A [`Collector`] that runs a function at each scrape: how the pool and the agent server put
+/// their metrics in a [`Registry`] (theirs, or the one a proxy merges them into).
+///
+/// ```
+/// use std::sync::Arc;
+/// use agent_protocol_core::metrics::{render_openmetrics, EncodeFn, PoolMetrics};
+/// use prometheus_client::registry::Registry;
+///
+/// let metrics = Arc::new(PoolMetrics::new());
+/// let seen = metrics.clone();
+/// let mut registry = Registry::default();
+/// registry.register_collector(Box::new(EncodeFn::new(move |encoder| {
+///     PoolMetrics::encode_group("ap", &[(&*seen, &[("agent", "waf")][..])], encoder)
+/// })));
+/// drop(metrics.start_request());
+/// let text = render_openmetrics(&registry);
+/// assert!(text.contains("ap_requests_total{agent=\"waf\"} 1\n"));
+/// assert!(text.ends_with("# EOF\n"));
+/// ```
+pub struct EncodeFn<F>(F);
 
-    /// Appends several agents' metrics as one exposition: each family's `HELP`/`TYPE` once, then
-    /// the samples of every member, as the format requires (rendering members one after another
-    /// would repeat the headers and split families).
-    pub fn render_prometheus_group(
+impl<F> EncodeFn<F>
+where
+    F: Fn(&mut DescriptorEncoder<'_>) -> fmt::Result + Send + Sync + 'static,
+{
+    /// A collector running `encode` at each scrape.
+    pub fn new(encode: F) -> Self {
+        Self(encode)
+    }
+}
+
+impl<F> fmt::Debug for EncodeFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EncodeFn")
+    }
+}
+
+impl<F> Collector for EncodeFn<F>
+where
+    F: Fn(&mut DescriptorEncoder<'_>) -> fmt::Result + Send + Sync + 'static,
+{
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        (self.0)(&mut encoder)
+    }
+}
+
+/// `registry` in the OpenMetrics text format, as a `/metrics` endpoint serves it (content type
+/// `application/openmetrics-text; version=1.0.0; charset=utf-8`).
+pub fn render_openmetrics(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail; an encoder error would be a bug in a collector.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
+impl PoolMetrics {
+    /// Encodes several agents' metrics: each family once, then the samples of every member
+    /// with its labels. Every name starts with `prefix_` (sanitised to a valid name); label
+    /// names are sanitised and values escaped. Counters get OpenMetrics' `_total` suffix
+    /// (`{prefix}_requests_total`), the latency histogram is
+    /// `{prefix}_request_duration_seconds`.
+    pub fn encode_group(
         prefix: &str,
         members: &[(&PoolMetrics, &[(&str, &str)])],
-        out: &mut String,
-    ) {
+        encoder: &mut DescriptorEncoder<'_>,
+    ) -> fmt::Result {
         let prefix = sanitize_metric_name(prefix);
-        let labels: Vec<Vec<(String, &str)>> = members
+        let labels: Vec<Labels<'_>> = members
             .iter()
-            .map(|(_, l)| clean_labels(l.iter().copied()))
+            .map(|(_, l)| Labels::new(l.iter().copied()))
             .collect();
         let name = |base: &str| {
             if prefix.is_empty() {
@@ -39,147 +101,310 @@ impl PoolMetrics {
                 format!("{prefix}_{base}")
             }
         };
-
-        let simple: [SimpleFamily; 8] = [
+        let counters: [Family; 7] = [
             (
-                "requests_total",
-                "counter",
+                "requests",
                 "Requests sent to the agent.",
                 PoolMetrics::requests_total,
             ),
             (
-                "timeouts_total",
-                "counter",
+                "timeouts",
                 "Requests that timed out waiting for the agent.",
                 PoolMetrics::timeouts_total,
             ),
             (
-                "flow_control_pauses_total",
-                "counter",
+                "flow_control_pauses",
                 "Flow-control pause signals received from the agent.",
                 PoolMetrics::flow_control_pauses_total,
             ),
             (
-                "flow_control_resumes_total",
-                "counter",
+                "flow_control_resumes",
                 "Flow-control resume signals received from the agent.",
                 PoolMetrics::flow_control_resumes_total,
             ),
             (
-                "flow_control_rejections_total",
-                "counter",
+                "flow_control_rejections",
                 "Requests rejected or allowed unchecked because the agent was paused.",
                 PoolMetrics::flow_control_rejections_total,
             ),
+            ("cancels", "Requests cancelled.", PoolMetrics::cancels_total),
             (
-                "cancels_total",
-                "counter",
-                "Requests cancelled.",
-                PoolMetrics::cancels_total,
-            ),
-            (
-                "affinity_rejections_total",
-                "counter",
+                "affinity_rejections",
                 "Correlation affinities not stored because the table was full.",
                 PoolMetrics::affinity_rejections_total,
             ),
-            (
-                "in_flight_requests",
-                "gauge",
-                "Requests currently waiting for the agent.",
-                PoolMetrics::in_flight,
-            ),
         ];
-        for (base, kind, help, get) in simple {
+        for (base, help, get) in counters {
             let family = name(base);
-            write_header(out, &family, Some(help), kind);
+            let mut metric = encoder.encode_descriptor(&family, help, None, MetricType::Counter)?;
             for ((m, _), l) in members.iter().zip(&labels) {
-                write_sample_u64(out, &family, "", l, None, get(m));
+                encode_counter(&mut metric, &l.with(None), get(m))?;
             }
         }
-
-        let family = name("responses_total");
-        write_header(
-            out,
+        let family = name("in_flight_requests");
+        let mut metric = encoder.encode_descriptor(
             &family,
-            Some("Agent responses by decision."),
-            "counter",
-        );
+            "Requests currently waiting for the agent.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((m, _), l) in members.iter().zip(&labels) {
+            labelled(&mut metric, &l.with(None), |g| {
+                g.encode_gauge(&m.in_flight())
+            })?;
+        }
+
+        let family = name("responses");
+        let mut metric = encoder.encode_descriptor(
+            &family,
+            "Agent responses by decision.",
+            None,
+            MetricType::Counter,
+        )?;
         for ((m, _), l) in members.iter().zip(&labels) {
             for d in DecisionKind::ALL {
-                let extra = Some(("decision", d.as_str()));
-                write_sample_u64(out, &family, "", l, extra, m.responses_total(d));
+                encode_counter(
+                    &mut metric,
+                    &l.with(Some(("decision", d.as_str()))),
+                    m.responses_total(d),
+                )?;
             }
         }
 
-        let family = name("errors_total");
-        write_header(out, &family, Some("Failed requests by cause."), "counter");
+        let family = name("errors");
+        let mut metric = encoder.encode_descriptor(
+            &family,
+            "Failed requests by cause.",
+            None,
+            MetricType::Counter,
+        )?;
         for ((m, _), l) in members.iter().zip(&labels) {
             for c in ErrorCause::ALL {
-                let extra = Some(("cause", c.as_str()));
-                write_sample_u64(out, &family, "", l, extra, m.errors_total(c));
+                encode_counter(
+                    &mut metric,
+                    &l.with(Some(("cause", c.as_str()))),
+                    m.errors_total(c),
+                )?;
             }
         }
 
         let family = name("request_duration_seconds");
-        write_header(
-            out,
+        let mut metric = encoder.encode_descriptor(
             &family,
-            Some("Time from submitting a request to the agent's answer."),
-            "histogram",
-        );
+            "Time from submitting a request to the agent's answer.",
+            None,
+            MetricType::Histogram,
+        )?;
         for ((m, _), l) in members.iter().zip(&labels) {
-            let s = m.latency().snapshot();
-            for (le, count) in BUCKET_LABELS
-                .iter()
-                .chain(["+Inf"].iter())
-                .zip(s.cumulative)
-            {
-                write_sample_u64(out, &family, "_bucket", l, Some(("le", le)), count);
-            }
-            write_labels_prefix(out, &family, "_sum", l, None);
-            write_f64(out, s.sum_seconds);
-            out.push('\n');
-            write_sample_u64(out, &family, "_count", l, None, s.count);
+            encode_histogram(&mut metric, &l.with(None), &m.latency().snapshot())?;
         }
+        Ok(())
+    }
+}
+
+/// Encodes a latency histogram's snapshot as one member of a histogram family.
+pub(crate) fn encode_histogram(
+    metric: &mut MetricEncoder<'_>,
+    labels: &(impl EncodeLabelSet + LabelCount),
+    s: &HistogramSnapshot,
+) -> fmt::Result {
+    // The encoder takes per-bucket (not cumulative) counts and spells the last bound, f64::MAX,
+    // as +Inf.
+    let mut buckets = [(0.0, 0u64); 17];
+    let mut previous = 0;
+    for (i, (bucket, cumulative)) in buckets.iter_mut().zip(s.cumulative).enumerate() {
+        let bound = LATENCY_BUCKETS_SECONDS.get(i).copied().unwrap_or(f64::MAX);
+        *bucket = (bound, cumulative - previous);
+        previous = cumulative;
+    }
+    labelled(metric, labels, |m| {
+        m.encode_histogram::<NoLabelSet>(s.sum_seconds, s.count, &buckets, None)
+    })
+}
+
+/// Encodes one counter sample.
+pub(crate) fn encode_counter(
+    metric: &mut MetricEncoder<'_>,
+    labels: &(impl EncodeLabelSet + LabelCount),
+    value: u64,
+) -> fmt::Result {
+    labelled(metric, labels, |m| {
+        m.encode_counter::<NoLabelSet, _, u64>(&value, None)
+    })
+}
+
+/// Runs `encode` on `metric` with `labels`; with none, on `metric` itself, since an empty
+/// label set would be written as `{}`.
+pub fn labelled(
+    metric: &mut MetricEncoder<'_>,
+    labels: &(impl EncodeLabelSet + LabelCount),
+    encode: impl FnOnce(&mut MetricEncoder<'_>) -> fmt::Result,
+) -> fmt::Result {
+    if labels.label_count() == 0 {
+        encode(metric)
+    } else {
+        encode(&mut metric.encode_family(labels)?)
+    }
+}
+
+/// How many labels a label set will write.
+pub trait LabelCount {
+    /// The number of labels.
+    fn label_count(&self) -> usize;
+}
+
+impl LabelCount for LabelsWith<'_> {
+    fn label_count(&self) -> usize {
+        let extra_name = self.extra.map(|(n, _)| n);
+        let base = self
+            .base
+            .pairs
+            .iter()
+            .filter(|(n, _)| Some(n.as_str()) != extra_name)
+            .count();
+        base + usize::from(self.extra.is_some())
+    }
+}
+
+impl LabelCount for Stored<'_> {
+    fn label_count(&self) -> usize {
+        self.0.len()
     }
 }
 
 impl AgentMetricsStore {
-    /// Appends every stored series in Prometheus text format, grouped by metric name, label keys
-    /// sorted. `HELP` appears when an agent supplied help text; `TYPE` always.
-    pub fn render_prometheus(&self, out: &mut String) {
+    /// Encodes every stored series, grouped by metric name, label keys sorted, help text (when
+    /// the agent gave one) escaped, every name exactly as reported. A counter named `..._total`
+    /// is typed counter (OpenMetrics writes the suffix on each sample, so the descriptor drops
+    /// it); one named otherwise, such as the flattened `_bucket` and `_count` series of a
+    /// reported histogram, is typed unknown, since OpenMetrics requires counter samples to end in
+    /// `_total` and renaming an agent's series would break the queries written for it.
+    pub fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
         for (name, family) in self.families() {
-            let kind = match family.kind {
-                Kind::Counter => "counter",
-                Kind::Gauge => "gauge",
+            let (kind, base) = match family.kind {
+                Kind::Counter => match name.strip_suffix("_total") {
+                    Some(base) => (MetricType::Counter, base),
+                    None => (MetricType::Unknown, name.as_str()),
+                },
+                Kind::Gauge => (MetricType::Gauge, name.as_str()),
             };
-            write_header(out, name, family.help.as_deref(), kind);
+            let help = family.help.as_deref().map(escape_help).unwrap_or_default();
+            let mut metric = encoder.encode_descriptor(base, &help, None, kind)?;
             for (labels, sample) in &family.series {
-                let labels: Vec<(&str, &str)> = labels
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str()))
-                    .collect();
+                let labels = Stored(labels);
                 match sample.value {
-                    Value::Counter(v) => write_sample_u64(out, name, "", &labels, None, v),
-                    Value::Gauge(v) => {
-                        write_labels_prefix(out, name, "", &labels, None);
-                        write_f64(out, v);
-                        out.push('\n');
+                    Value::Counter(v) if matches!(kind, MetricType::Counter) => {
+                        encode_counter(&mut metric, &labels, v)?;
                     }
+                    // The encoder refuses (and so ends the whole scrape at) an integer gauge
+                    // above i64::MAX: beyond it, an agent's value is written as a float.
+                    Value::Counter(v) => match i64::try_from(v) {
+                        Ok(v) => labelled(&mut metric, &labels, |m| m.encode_gauge(&v))?,
+                        Err(_) => labelled(&mut metric, &labels, |m| m.encode_gauge(&(v as f64)))?,
+                    },
+                    Value::Gauge(v) => labelled(&mut metric, &labels, |m| m.encode_gauge(&v))?,
                 }
             }
         }
+        Ok(())
     }
 }
 
-/// A single-valued family of [`PoolMetrics`]: name suffix, type, help, getter.
-type SimpleFamily = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&PoolMetrics) -> u64,
-);
+/// A stored series' labels: names checked when stored, values escaped here.
+struct Stored<'a>(&'a [(String, String)]);
+
+impl EncodeLabelSet for Stored<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> fmt::Result {
+        for (name, value) in self.0 {
+            (name.as_str(), Escaped(value)).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+/// Sanitised label names with their values, first occurrence of each name kept; empty names
+/// dropped, and `le` dropped because a histogram owns it.
+#[derive(Debug)]
+pub struct Labels<'a> {
+    pairs: Vec<(String, &'a str)>,
+}
+
+impl<'a> Labels<'a> {
+    /// Cleans `labels` once, for many samples.
+    pub fn new(labels: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut pairs: Vec<(String, &'a str)> = Vec::new();
+        for (name, value) in labels {
+            if name.is_empty() {
+                continue;
+            }
+            let name = sanitize(name, false);
+            if name != "le" && !pairs.iter().any(|(n, _)| *n == name) {
+                pairs.push((name, value));
+            }
+        }
+        Self { pairs }
+    }
+
+    /// These labels plus `extra` (which replaces a base label of the same name).
+    pub fn with<'s>(&'s self, extra: Option<(&'s str, &'s str)>) -> LabelsWith<'s> {
+        LabelsWith { base: self, extra }
+    }
+}
+
+/// [`Labels`] with one more pair, as encoded for one sample.
+#[derive(Debug)]
+pub struct LabelsWith<'a> {
+    base: &'a Labels<'a>,
+    extra: Option<(&'a str, &'a str)>,
+}
+
+impl EncodeLabelSet for LabelsWith<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> fmt::Result {
+        let extra_name = self.extra.map(|(n, _)| n);
+        for (name, value) in &self.base.pairs {
+            if Some(name.as_str()) != extra_name {
+                (name.as_str(), Escaped(value)).encode(encoder.encode_label())?;
+            }
+        }
+        if let Some((name, value)) = self.extra {
+            (name, Escaped(value)).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped, as the text format requires.
+struct Escaped<'a>(&'a str);
+
+impl EncodeLabelValue for Escaped<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Help text with `\` and newlines escaped (a newline would end the HELP line early).
+fn escape_help(help: &str) -> String {
+    let mut out = String::with_capacity(help.len());
+    for c in help.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A family of [`PoolMetrics`] holding one counter per member: name, help, getter.
+type Family = (&'static str, &'static str, fn(&PoolMetrics) -> u64);
 
 /// Whether `name` matches `[a-zA-Z_:][a-zA-Z0-9_:]*`.
 pub fn is_valid_metric_name(name: &str) -> bool {
@@ -211,124 +436,7 @@ fn sanitize(name: &str, allow_colon: bool) -> String {
     out
 }
 
-fn sanitize_metric_name(name: &str) -> String {
+/// A configured prefix or metric name made valid.
+pub fn sanitize_metric_name(name: &str) -> String {
     sanitize(name, true)
-}
-
-/// Sanitised label names, first occurrence of each name kept; empty names dropped, and `le`
-/// dropped because the histogram owns it (keeping it on `_sum`/`_count` only would give one
-/// family two label sets).
-fn clean_labels<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<(String, &'a str)> {
-    let mut out: Vec<(String, &'a str)> = Vec::new();
-    for (name, value) in labels {
-        if name.is_empty() {
-            continue;
-        }
-        let name = sanitize(name, false);
-        if name != "le" && !out.iter().any(|(n, _)| *n == name) {
-            out.push((name, value));
-        }
-    }
-    out
-}
-
-/// `# HELP` (when given) and `# TYPE` lines.
-fn write_header(out: &mut String, family: &str, help: Option<&str>, kind: &str) {
-    if let Some(help) = help {
-        out.push_str("# HELP ");
-        out.push_str(family);
-        out.push(' ');
-        for c in help.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
-        out.push('\n');
-    }
-    out.push_str("# TYPE ");
-    out.push_str(family);
-    out.push(' ');
-    out.push_str(kind);
-    out.push('\n');
-}
-
-fn write_label_value(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-/// Writes `family+suffix{labels,extra} ` (the space included, value not). A base label with the
-/// same name as `extra` is skipped so no sample carries a duplicate label.
-fn write_labels_prefix<N: AsRef<str>>(
-    out: &mut String,
-    family: &str,
-    suffix: &str,
-    labels: &[(N, &str)],
-    extra: Option<(&str, &str)>,
-) {
-    out.push_str(family);
-    out.push_str(suffix);
-    let mut first = true;
-    let mut open = |out: &mut String| {
-        out.push(if first { '{' } else { ',' });
-        first = false;
-    };
-    for (name, value) in labels {
-        let name = name.as_ref();
-        if extra.is_some_and(|(n, _)| n == name) {
-            continue;
-        }
-        open(out);
-        out.push_str(name);
-        out.push_str("=\"");
-        write_label_value(out, value);
-        out.push('"');
-    }
-    if let Some((name, value)) = extra {
-        open(out);
-        out.push_str(name);
-        out.push_str("=\"");
-        write_label_value(out, value);
-        out.push('"');
-    }
-    if !first {
-        out.push('}');
-    }
-    out.push(' ');
-}
-
-fn write_sample_u64<N: AsRef<str>>(
-    out: &mut String,
-    family: &str,
-    suffix: &str,
-    labels: &[(N, &str)],
-    extra: Option<(&str, &str)>,
-    value: u64,
-) {
-    write_labels_prefix(out, family, suffix, labels, extra);
-    // Writing to a String cannot fail.
-    let _ = write!(out, "{value}");
-    out.push('\n');
-}
-
-/// Prometheus float syntax: `NaN`, `+Inf`, `-Inf`, or a decimal (Rust's `Display` for f64 never
-/// uses exponents and round-trips exactly).
-fn write_f64(out: &mut String, v: f64) {
-    if v.is_nan() {
-        out.push_str("NaN");
-    } else if v == f64::INFINITY {
-        out.push_str("+Inf");
-    } else if v == f64::NEG_INFINITY {
-        out.push_str("-Inf");
-    } else {
-        let _ = write!(out, "{v}");
-    }
 }

@@ -24,14 +24,6 @@ const BUCKET_BOUNDS_NANOS: [u64; 16] = [
     5_000_000_000,
 ];
 
-/// The `le` label of each finite bucket, written out rather than formatted from floats so the
-/// text is exact and stable. Only the exposition uses it; it lives here, beside the bounds it
-/// spells, so that the three bucket arrays change together.
-pub(super) const BUCKET_LABELS: [&str; 16] = [
-    "0.00005", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
-    "0.1", "0.25", "0.5", "1", "2.5", "5",
-];
-
 /// Upper bounds of the latency histogram's finite buckets, in seconds (the `+Inf` bucket follows).
 pub const LATENCY_BUCKETS_SECONDS: [f64; 16] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -139,10 +131,6 @@ mod tests {
         assert_eq!(s.cumulative[16], 4);
         assert_eq!(s.count, 4);
         assert!(s.sum_seconds.is_finite());
-        assert_eq!(BUCKET_LABELS.len(), LATENCY_BUCKETS_SECONDS.len());
-        for (label, secs) in BUCKET_LABELS.iter().zip(LATENCY_BUCKETS_SECONDS) {
-            assert_eq!(label.parse::<f64>().unwrap(), secs);
-        }
         for (nanos, secs) in BUCKET_BOUNDS_NANOS.iter().zip(LATENCY_BUCKETS_SECONDS) {
             assert_eq!(Duration::from_nanos(*nanos), Duration::from_secs_f64(secs));
         }

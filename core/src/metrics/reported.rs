@@ -1,7 +1,7 @@
 //! The series agents report about themselves in their MetricsReport frames, kept in a bounded,
 //! validated, expiring [`AgentMetricsStore`] until the next scrape.
 //!
-//! The store only holds the series; `exposition` renders them.
+//! The store only holds the series; `exposition` encodes them.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -153,9 +153,12 @@ pub(super) struct Family {
 /// };
 /// let summary = store.ingest("waf-1", &[c], &[], now);
 /// assert_eq!(summary.accepted, 1);
-/// let mut out = String::new();
-/// store.render_prometheus(&mut out);
-/// assert_eq!(out, "# TYPE agent_requests_total counter\nagent_requests_total{agent_id=\"waf-1\"} 7\n");
+/// let mut registry = agent_protocol_core::metrics::prometheus_client::registry::Registry::default();
+/// registry.register_collector(Box::new(agent_protocol_core::metrics::EncodeFn::new(
+///     move |encoder| store.encode(encoder),
+/// )));
+/// let out = agent_protocol_core::metrics::render_openmetrics(&registry);
+/// assert!(out.contains("agent_requests_total{agent_id=\"waf-1\"} 7\n"));
 /// ```
 #[derive(Clone, Debug)]
 pub struct AgentMetricsStore {

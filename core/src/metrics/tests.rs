@@ -1,10 +1,40 @@
-//! Tests of the metrics as a scrape sees them: every family rendered, names sanitised, values
-//! escaped, families kept together, and the agent-reported store's validation, limits and expiry.
+//! Tests of the metrics as a scrape sees them (a prometheus-client registry holding them,
+//! encoded as OpenMetrics text): every family there, names sanitised, values escaped, families
+//! kept together, and the agent-reported store's validation, limits and expiry.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::registry::Registry;
 use proptest::prelude::*;
+
+/// What a scrape of a registry holding `encode` shows.
+fn scrape(
+    encode: impl Fn(&mut DescriptorEncoder<'_>) -> fmt::Result + Send + Sync + 'static,
+) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(EncodeFn::new(encode)));
+    render_openmetrics(&registry)
+}
+
+/// A scrape of one agent's pool metrics under `prefix` with `labels`.
+fn pool_text(
+    m: &Arc<PoolMetrics>,
+    prefix: &'static str,
+    labels: &'static [(&str, &str)],
+) -> String {
+    let m = m.clone();
+    scrape(move |e| PoolMetrics::encode_group(prefix, &[(&*m, labels)], e))
+}
+
+/// A scrape of the store as it is now.
+fn store_text(s: &AgentMetricsStore) -> String {
+    let s = s.clone();
+    scrape(move |e| s.encode(e))
+}
 
 /// Minimal exposition-format checker: every line is a comment or `name{labels} value`, each
 /// family's HELP/TYPE appears once and before its samples, and samples of a family are
@@ -13,12 +43,18 @@ fn check_exposition(text: &str) {
     let mut typed: Vec<String> = Vec::new();
     let mut current: Option<String> = None;
     let mut finished: Vec<String> = Vec::new();
-    assert!(text.is_empty() || text.ends_with('\n'));
+    assert!(text.ends_with("# EOF\n"), "{text}");
     for line in text.lines() {
+        if line == "# EOF" {
+            continue;
+        }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
             assert!(is_valid_metric_name(name), "{line}");
-            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            assert!(
+                ["counter", "gauge", "histogram", "unknown"].contains(&kind),
+                "{line}"
+            );
             assert!(!typed.contains(&name.to_owned()), "duplicate TYPE {name}");
             if let Some(c) = current.replace(name.to_owned()) {
                 finished.push(c);
@@ -33,7 +69,7 @@ fn check_exposition(text: &str) {
         let name = &line[..name_end];
         assert!(is_valid_metric_name(name), "{line}");
         let family = current.as_deref().unwrap();
-        let base = ["_bucket", "_sum", "_count"]
+        let base = ["_total", "_bucket", "_sum", "_count"]
             .iter()
             .find_map(|s| name.strip_suffix(s).filter(|b| *b == family))
             .unwrap_or(name);
@@ -56,7 +92,7 @@ fn bucket_counts(text: &str, family: &str) -> Vec<u64> {
 
 #[test]
 fn renders_all_families() {
-    let m = PoolMetrics::new();
+    let m = Arc::new(PoolMetrics::new());
     let g = m.start_request();
     m.record_response(DecisionKind::Block, Duration::from_micros(50));
     m.record_timeout();
@@ -66,12 +102,11 @@ fn renders_all_families() {
     m.record_flow_control_rejection();
     m.record_cancel();
     m.record_affinity_rejection();
-    let mut out = String::new();
-    m.render_prometheus("ap", &[], &mut out);
+    let out = pool_text(&m, "ap", &[]);
     drop(g);
     check_exposition(&out);
     for needle in [
-        "# TYPE ap_requests_total counter\n",
+        "# TYPE ap_requests counter\n",
         "ap_requests_total 1\n",
         "ap_in_flight_requests 1\n",
         "ap_responses_total{decision=\"block\"} 1\n",
@@ -96,9 +131,9 @@ fn renders_all_families() {
 
 #[test]
 fn labels_are_sanitised_and_escaped() {
-    let m = PoolMetrics::new();
-    let mut out = String::new();
-    m.render_prometheus(
+    let m = Arc::new(PoolMetrics::new());
+    let out = pool_text(
+        &m,
         "9bad-prefix",
         &[
             ("agent", "a\"b\\c\nd"),
@@ -107,7 +142,6 @@ fn labels_are_sanitised_and_escaped() {
             ("bad-name", "v"),
             ("", "dropped"),
         ],
-        &mut out,
     );
     check_exposition(&out);
     assert!(
@@ -115,30 +149,27 @@ fn labels_are_sanitised_and_escaped() {
     );
     // The caller's `le` label yields to the histogram's own.
     assert!(out.contains(
-        "_9bad_prefix_request_duration_seconds_bucket{agent=\"a\\\"b\\\\c\\nd\",bad_name=\"v\",le=\"+Inf\"} 0\n"
+        "_9bad_prefix_request_duration_seconds_bucket{le=\"+Inf\",agent=\"a\\\"b\\\\c\\nd\",bad_name=\"v\"} 0\n"
     ));
 }
 
 #[test]
 fn group_rendering_keeps_families_together() {
-    let a = PoolMetrics::new();
-    let b = PoolMetrics::new();
+    let a = Arc::new(PoolMetrics::new());
+    let b = Arc::new(PoolMetrics::new());
     a.request_started();
     b.request_started();
     b.request_started();
     b.request_finished();
     b.request_finished();
     b.request_finished(); // unmatched: saturates
-    let mut out = String::new();
-    PoolMetrics::render_prometheus_group(
-        "",
-        &[(&a, &[("agent", "a")]), (&b, &[("agent", "b")])],
-        &mut out,
-    );
+    let out = scrape(move |e| {
+        PoolMetrics::encode_group("", &[(&*a, &[("agent", "a")]), (&*b, &[("agent", "b")])], e)
+    });
     check_exposition(&out);
     assert!(out.contains("requests_total{agent=\"a\"} 1\nrequests_total{agent=\"b\"} 2\n"));
     assert!(out.contains("in_flight_requests{agent=\"b\"} 0\n"));
-    assert_eq!(out.matches("# TYPE requests_total").count(), 1);
+    assert_eq!(out.matches("# TYPE requests ").count(), 1);
 }
 
 fn counter(name: &str, labels: &[(&str, &str)], value: u64) -> ReportedCounter {
@@ -186,13 +217,12 @@ fn store_validates_and_counts() {
         }
     );
     assert_eq!(s.invalid_total(), 5);
-    let mut out = String::new();
-    s.render_prometheus(&mut out);
+    let out = store_text(&s);
     check_exposition(&out);
     assert_eq!(
         out,
-        "# TYPE ok_total counter\nok_total{agent_id=\"a\",route=\"/x\\\"y\"} 3\n\
-         # TYPE q counter\nq{agent_id=\"a\"} 1\n"
+        "# HELP ok \n# TYPE ok counter\nok_total{agent_id=\"a\",route=\"/x\\\"y\"} 3\n\
+         # HELP q \n# TYPE q unknown\nq{agent_id=\"a\"} 1\n# EOF\n"
     );
 }
 
@@ -217,13 +247,12 @@ fn store_help_gauges_and_agent_separation() {
     )
     .unwrap();
     assert_eq!(s.len(), 2);
-    let mut out = String::new();
-    s.render_prometheus(&mut out);
+    let out = store_text(&s);
     check_exposition(&out);
     assert_eq!(
         out,
         "# HELP depth Queue\\\\depth\\nnow\n# TYPE depth gauge\n\
-         depth{agent_id=\"a\",zone=\"eu\"} -1.5\ndepth{agent_id=\"b\",zone=\"eu\"} NaN\n"
+         depth{agent_id=\"a\",zone=\"eu\"} -1.5\ndepth{agent_id=\"b\",zone=\"eu\"} NaN\n# EOF\n"
     );
     assert_eq!(s.remove_agent("a"), 1);
     assert_eq!(s.len(), 1);
@@ -295,8 +324,7 @@ fn store_bounds_label_count_and_sizes() {
         ..c
     };
     s.record_counter("a", &ok, t).unwrap();
-    let mut out = String::new();
-    s.render_prometheus(&mut out);
+    let out = store_text(&s);
     let help_line = out.lines().next().unwrap();
     assert!(help_line.len() <= "# HELP m ".len() + AgentMetricsStore::MAX_HELP_LEN);
 }
@@ -304,12 +332,11 @@ fn store_bounds_label_count_and_sizes() {
 proptest! {
     #[test]
     fn histogram_output_is_cumulative(latencies in proptest::collection::vec(0u64..10_000_000_000, 0..100)) {
-        let m = PoolMetrics::new();
+        let m = Arc::new(PoolMetrics::new());
         for l in &latencies {
             m.observe_latency(Duration::from_nanos(*l));
         }
-        let mut out = String::new();
-        m.render_prometheus("p", &[("agent", "x")], &mut out);
+        let out = pool_text(&m, "p", &[("agent", "x")]);
         check_exposition(&out);
         let buckets = bucket_counts(&out, "p_request_duration_seconds");
         prop_assert_eq!(buckets.len(), 17);
@@ -346,8 +373,7 @@ proptest! {
             let _ = s.record_counter(&agent, &c, base + Duration::from_secs(clock));
             prop_assert!(s.len() <= 8);
         }
-        let mut out = String::new();
-        s.render_prometheus(&mut out);
+        let out = store_text(&s);
         check_exposition(&out);
         prop_assert_eq!(out.lines().filter(|l| !l.starts_with('#')).count(), s.len());
     }

@@ -13,7 +13,7 @@
 //! - [`backoff`]: when to try reconnecting ([`Backoff`], [`ReconnectSchedule`]).
 //! - [`endpoint`]: what an endpoint string in the configuration means ([`Endpoint`]).
 //! - [`telemetry`]: the pool's connection gauges and the conversion of agent metric reports
-//!   ([`render_pool_gauges`], [`report_series`]).
+//!   ([`encode_pool_gauges`], [`report_series`]).
 //!
 //! Nothing here reads the clock, sleeps, spawns or locks: time comes in as [`std::time::Instant`]
 //! and randomness as plain `u64` values. The types meant to be shared between threads without a
@@ -50,7 +50,7 @@ pub use selection::{
     Selector,
 };
 pub use telemetry::{
-    circuit_state_value, render_pool_gauges, report_series, AgentGauges, ConnectionCounts,
+    circuit_state_value, encode_pool_gauges, report_series, AgentGauges, ConnectionCounts,
 };
 
 /// `instant + duration`, but never panics: `Instant + Duration` panics on overflow, and durations

@@ -5,11 +5,16 @@
 //! Pure functions over plain values, shared by every runtime adapter so their `/metrics` output is
 //! identical.
 
-use std::fmt::Write as _;
+use std::fmt;
+
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
 
 use super::CircuitState;
 use crate::control::MetricsReport;
-use crate::metrics::{is_valid_metric_name, ReportedCounter, ReportedGauge};
+use crate::metrics::{
+    is_valid_metric_name, labelled, sanitize_metric_name, Labels, ReportedCounter, ReportedGauge,
+};
 use crate::HealthState;
 
 /// How one agent's connections stand, as counted by the adapter from its live connection state.
@@ -75,10 +80,10 @@ pub fn circuit_state_value(state: CircuitState) -> u8 {
     }
 }
 
-/// One agent's line in [`render_pool_gauges`].
+/// One agent's line in [`encode_pool_gauges`].
 #[derive(Clone, Copy, Debug)]
 pub struct AgentGauges<'a> {
-    /// The agent id (the label value; escaped when rendered).
+    /// The agent id (the label value; escaped when encoded).
     pub agent: &'a str,
     /// Its connections.
     pub counts: ConnectionCounts,
@@ -86,34 +91,34 @@ pub struct AgentGauges<'a> {
     pub circuit: CircuitState,
 }
 
-/// Appends the pool's connection gauges in Prometheus text format:
-/// `{prefix}_connections{agent,state}` (state = `healthy`, `degraded`, `unavailable`,
-/// `disconnected`), `{prefix}_paused_connections{agent}`, `{prefix}_circuit_state{agent}` and
-/// the pool-wide `{prefix}_correlation_affinities`. Each family's header is written once; an
+/// Encodes the pool's connection gauges: `{prefix}_connections{agent,state}` (state =
+/// `healthy`, `degraded`, `unavailable`, `disconnected`), `{prefix}_paused_connections{agent}`,
+/// `{prefix}_circuit_state{agent}` and the pool-wide `{prefix}_correlation_affinities`. An
 /// invalid prefix is sanitised; label values are escaped.
 ///
 /// ```
-/// use agent_protocol_core::pool::{render_pool_gauges, AgentGauges, CircuitState, ConnectionCounts};
+/// use agent_protocol_core::metrics::{render_openmetrics, EncodeFn};
+/// use agent_protocol_core::pool::{encode_pool_gauges, AgentGauges, CircuitState, ConnectionCounts};
+/// use prometheus_client::registry::Registry;
 /// let mut counts = ConnectionCounts::default();
 /// counts.add(true, agent_protocol_core::HealthState::Healthy, false);
-/// let mut out = String::new();
-/// render_pool_gauges(
-///     "agent_protocol",
-///     &[AgentGauges { agent: "waf", counts, circuit: CircuitState::Closed }],
-///     7,
-///     &mut out,
-/// );
+/// let mut registry = Registry::default();
+/// registry.register_collector(Box::new(EncodeFn::new(move |encoder| {
+///     let agents = [AgentGauges { agent: "waf", counts, circuit: CircuitState::Closed }];
+///     encode_pool_gauges("agent_protocol", &agents, 7, encoder)
+/// })));
+/// let out = render_openmetrics(&registry);
 /// assert!(out.contains("agent_protocol_connections{agent=\"waf\",state=\"healthy\"} 1\n"));
 /// assert!(out.contains("agent_protocol_circuit_state{agent=\"waf\"} 0\n"));
 /// assert!(out.contains("agent_protocol_correlation_affinities 7\n"));
 /// ```
-pub fn render_pool_gauges(
+pub fn encode_pool_gauges(
     prefix: &str,
     agents: &[AgentGauges<'_>],
     affinities: usize,
-    out: &mut String,
-) {
-    let prefix = sanitize_prefix(prefix);
+    encoder: &mut DescriptorEncoder<'_>,
+) -> fmt::Result {
+    let prefix = sanitize_metric_name(prefix);
     let name = |base: &str| {
         if prefix.is_empty() {
             base.to_owned()
@@ -121,10 +126,19 @@ pub fn render_pool_gauges(
             format!("{prefix}_{base}")
         }
     };
+    let labels: Vec<Labels<'_>> = agents
+        .iter()
+        .map(|a| Labels::new([("agent", a.agent)].into_iter()))
+        .collect();
 
     let family = name("connections");
-    header(out, &family, "Agent connections by state.", "gauge");
-    for a in agents {
+    let mut metric = encoder.encode_descriptor(
+        &family,
+        "Agent connections by state.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (a, l) in agents.iter().zip(&labels) {
         let c = &a.counts;
         let disconnected = c.connections.saturating_sub(c.connected);
         for (state, value) in [
@@ -133,96 +147,45 @@ pub fn render_pool_gauges(
             ("unavailable", c.unavailable),
             ("disconnected", disconnected),
         ] {
-            sample(out, &family, a.agent, Some(state), u64::from(value));
+            labelled(&mut metric, &l.with(Some(("state", state))), |g| {
+                g.encode_gauge(&value)
+            })?;
         }
     }
 
     let family = name("paused_connections");
-    header(
-        out,
+    let mut metric = encoder.encode_descriptor(
         &family,
         "Connections paused by the agent's flow control.",
-        "gauge",
-    );
-    for a in agents {
-        sample(out, &family, a.agent, None, u64::from(a.counts.paused));
+        None,
+        MetricType::Gauge,
+    )?;
+    for (a, l) in agents.iter().zip(&labels) {
+        labelled(&mut metric, &l.with(None), |g| {
+            g.encode_gauge(&a.counts.paused)
+        })?;
     }
 
     let family = name("circuit_state");
-    header(
-        out,
+    let mut metric = encoder.encode_descriptor(
         &family,
         "Circuit breaker state (0 closed, 1 half-open, 2 open).",
-        "gauge",
-    );
-    for a in agents {
-        sample(
-            out,
-            &family,
-            a.agent,
-            None,
-            u64::from(circuit_state_value(a.circuit)),
-        );
+        None,
+        MetricType::Gauge,
+    )?;
+    for (a, l) in agents.iter().zip(&labels) {
+        let value = u32::from(circuit_state_value(a.circuit));
+        labelled(&mut metric, &l.with(None), |g| g.encode_gauge(&value))?;
     }
 
     let family = name("correlation_affinities");
-    header(
-        out,
+    let mut metric = encoder.encode_descriptor(
         &family,
         "Correlation affinity entries (body chunks pinned to a connection).",
-        "gauge",
-    );
-    let _ = writeln!(out, "{family} {affinities}");
-}
-
-fn sanitize_prefix(prefix: &str) -> String {
-    if prefix.is_empty() || is_valid_metric_name(prefix) {
-        return prefix.to_owned();
-    }
-    let mut s: String = prefix
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if s.starts_with(|c: char| c.is_ascii_digit()) {
-        s.insert(0, '_');
-    }
-    s
-}
-
-fn header(out: &mut String, family: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {family} {help}");
-    let _ = writeln!(out, "# TYPE {family} {kind}");
-}
-
-fn sample(out: &mut String, family: &str, agent: &str, state: Option<&str>, value: u64) {
-    out.push_str(family);
-    out.push_str("{agent=\"");
-    escape_label_value(out, agent);
-    out.push('"');
-    if let Some(state) = state {
-        out.push_str(",state=\"");
-        escape_label_value(out, state);
-        out.push('"');
-    }
-    let _ = writeln!(out, "}} {value}");
-}
-
-/// Label values escape backslash, double quote and line feed (exposition format).
-fn escape_label_value(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
+        None,
+        MetricType::Gauge,
+    )?;
+    metric.encode_gauge(&affinities)
 }
 
 /// The series of one MetricsReport, ready for
@@ -334,25 +297,30 @@ mod tests {
     use crate::metrics::AgentMetricsStore;
     use std::time::Instant;
 
+    fn scrape(
+        encode: impl Fn(&mut DescriptorEncoder<'_>) -> fmt::Result + Send + Sync + 'static,
+    ) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(crate::metrics::EncodeFn::new(encode)));
+        crate::metrics::render_openmetrics(&registry)
+    }
+
     #[test]
     fn gauges_escape_and_sanitise() {
-        let mut out = String::new();
         let counts = ConnectionCounts {
             connections: 3,
             connected: 1,
             degraded: 1,
             ..Default::default()
         };
-        render_pool_gauges(
-            "9 bad-prefix",
-            &[AgentGauges {
+        let out = scrape(move |e| {
+            let agents = [AgentGauges {
                 agent: "a\"b\\c\nd",
                 counts,
                 circuit: CircuitState::HalfOpen,
-            }],
-            0,
-            &mut out,
-        );
+            }];
+            encode_pool_gauges("9 bad-prefix", &agents, 0, e)
+        });
         assert!(out.contains(
             "_9_bad_prefix_connections{agent=\"a\\\"b\\\\c\\nd\",state=\"disconnected\"} 2\n"
         ));
@@ -402,8 +370,7 @@ mod tests {
         let mut store = AgentMetricsStore::new();
         let summary = store.ingest("waf", &c, &g, Instant::now());
         assert_eq!(summary.accepted, 5);
-        let mut out = String::new();
-        store.render_prometheus(&mut out);
+        let out = scrape(move |e| store.encode(e));
         assert!(out.contains("lat_bucket{"), "{out}");
         assert!(out.contains("le=\"0.5\""), "{out}");
         assert!(out.contains("le=\"+Inf\""), "{out}");

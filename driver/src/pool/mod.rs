@@ -48,7 +48,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_protocol_core::metrics::PoolMetrics;
+use agent_protocol_core::metrics::prometheus_client::registry::Registry;
+use agent_protocol_core::metrics::{render_openmetrics, EncodeFn, PoolMetrics};
 use agent_protocol_core::{
     AgentResponse, CancelReason, ConfigureEvent, Event, GuardrailInspectEvent,
     RequestBodyChunkEvent, RequestCompleteEvent, RequestHeadersEvent, ResponseBodyChunkEvent,
@@ -349,15 +350,43 @@ impl<R: Runtime> AgentPool<R> {
         self.inner.stats()
     }
 
-    /// The pool's metrics in Prometheus text format: per agent (label `agent`) the
-    /// [`PoolMetrics`] families (`{prefix}_requests_total`, `_responses_total{decision}`,
-    /// `_errors_total{cause}`, `_timeouts_total`, `_in_flight_requests`,
-    /// `_request_duration_seconds`, flow-control and cancel counters) and the connection gauges
-    /// (`{prefix}_connections{state}`, `_paused_connections`, `_circuit_state`,
-    /// `_correlation_affinities`); then the series the agents reported in their MetricsReport
-    /// frames (label `agent_id`, set by the pool).
+    /// Puts the pool's metrics in `registry` (the proxy's own, beside its other metrics), read
+    /// at each scrape: per agent (label `agent`) the [`PoolMetrics`] families
+    /// (`{prefix}_requests_total`, `_responses_total{decision}`, `_errors_total{cause}`,
+    /// `_timeouts_total`, `_in_flight_requests`, `_request_duration_seconds`, flow-control and
+    /// cancel counters) and the connection gauges (`{prefix}_connections{state}`,
+    /// `_paused_connections`, `_circuit_state`, `_correlation_affinities`); then the series the
+    /// agents reported in their MetricsReport frames (label `agent_id`, set by the pool). The
+    /// registry holds the pool weakly: a pool shut down and dropped just stops appearing.
+    ///
+    /// ```
+    /// use agent_protocol_tokio::core::metrics::{prometheus_client::registry::Registry, render_openmetrics};
+    /// use agent_protocol_tokio::pool::{AgentPool, AgentPoolConfig};
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let pool = AgentPool::new(AgentPoolConfig::default());
+    /// let mut registry = Registry::default();
+    /// pool.register_metrics(&mut registry);
+    /// let text = render_openmetrics(&registry); // what GET /metrics serves
+    /// assert!(text.contains("# TYPE agent_protocol_correlation_affinities gauge"));
+    /// # pool.shutdown(std::time::Duration::ZERO).await;
+    /// # });
+    /// ```
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let pool = Arc::downgrade(&self.inner);
+        registry.register_collector(Box::new(EncodeFn::new(move |encoder| {
+            match pool.upgrade() {
+                Some(pool) => pool.encode_metrics(encoder),
+                None => Ok(()),
+            }
+        })));
+    }
+
+    /// [`register_metrics`](Self::register_metrics) on a registry of its own, as OpenMetrics
+    /// text: for a quick look, or a proxy without a registry.
     pub fn render_prometheus(&self) -> String {
-        self.inner.render_prometheus()
+        let mut registry = Registry::default();
+        self.register_metrics(&mut registry);
+        render_openmetrics(&registry)
     }
 
     /// Stops the pool: new calls fail with [`PoolError::ShuttingDown`] at once; calls in

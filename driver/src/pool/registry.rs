@@ -11,15 +11,17 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
+use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use agent_protocol_core::handshake::HandshakeError;
+use agent_protocol_core::metrics::prometheus_client::encoding::DescriptorEncoder;
 use agent_protocol_core::metrics::{AgentMetricsStore, ErrorCause, PoolMetrics};
 use agent_protocol_core::pool::{
-    render_pool_gauges, report_series, AgentGauges, CircuitState, Endpoint,
+    encode_pool_gauges, report_series, AgentGauges, CircuitState, Endpoint,
 };
 use agent_protocol_core::{ConfigUpdateRequest, ConnectionError};
 use arc_swap::ArcSwap;
@@ -371,11 +373,11 @@ impl<R: Runtime> PoolInner<R> {
         out
     }
 
-    /// The pool's metrics and the agents' reported series; see
-    /// [`AgentPool::render_prometheus`].
+    /// Encodes the pool's metrics and the agents' reported series; see
+    /// [`AgentPool::register_metrics`].
     ///
-    /// [`AgentPool::render_prometheus`]: super::AgentPool::render_prometheus
-    pub(super) fn render_prometheus(&self) -> String {
+    /// [`AgentPool::register_metrics`]: super::AgentPool::register_metrics
+    pub(super) fn encode_metrics(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let agents = self.agents.load();
         let mut entries: Vec<&Arc<AgentEntry>> = agents.values().collect();
         entries.sort_by(|a, b| a.id.cmp(&b.id));
@@ -385,8 +387,7 @@ impl<R: Runtime> PoolInner<R> {
             .zip(&labels)
             .map(|(e, l)| (&*e.metrics, &l[..]))
             .collect();
-        let mut out = String::new();
-        PoolMetrics::render_prometheus_group(&self.config.metrics_prefix, &members, &mut out);
+        PoolMetrics::encode_group(&self.config.metrics_prefix, &members, encoder)?;
         let gauges: Vec<AgentGauges<'_>> = entries
             .iter()
             .map(|e| AgentGauges {
@@ -395,14 +396,15 @@ impl<R: Runtime> PoolInner<R> {
                 circuit: e.circuit_state(),
             })
             .collect();
-        render_pool_gauges(
+        encode_pool_gauges(
             &self.config.metrics_prefix,
             &gauges,
             self.affinity.len(),
-            &mut out,
-        );
-        lock(&self.agent_metrics).render_prometheus(&mut out);
-        out
+            encoder,
+        )?;
+        // A copy, so that the scrape's writing happens outside the lock that reports take.
+        let reported = lock(&self.agent_metrics).clone();
+        reported.encode(encoder)
     }
 
     fn new_entry(&self, agent_id: &str, origin: Origin) -> AgentEntry {

@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use agent_protocol_core::metrics::{DecisionKind, ErrorCause};
 use agent_protocol_core::pool::{FlowControlMode, FlowDecision, SelectError};
-use agent_protocol_core::{
-    AgentResponse, ByteStr, CancelReason, Decision, Event, RequestError, SubmitError,
-};
+use agent_protocol_core::{AgentResponse, ByteStr, CancelReason, Event, RequestError, SubmitError};
 
 use super::affinity::ConnId;
 use super::entry::{AgentEntry, Candidates, PooledConnection};
@@ -354,7 +352,7 @@ impl<R: Runtime> PoolInner<R> {
         match result {
             Ok(response) => {
                 m.record_response(
-                    decision_kind(&response.decision),
+                    DecisionKind::from(&response.decision),
                     R::now().saturating_duration_since(submitted),
                 );
                 conn.errors.record(true);
@@ -510,14 +508,5 @@ fn classify(e: &ClientError) -> Class {
         ClientError::Request(_) => Class::Protocol,
         ClientError::Rejected(SubmitError::Encode(_)) => Class::Serialization,
         ClientError::Rejected(_) | ClientError::PingRefused => Class::Rejected,
-    }
-}
-
-fn decision_kind(d: &Decision) -> DecisionKind {
-    match d {
-        Decision::Allow => DecisionKind::Allow,
-        Decision::Block { .. } => DecisionKind::Block,
-        Decision::Redirect { .. } => DecisionKind::Redirect,
-        Decision::Challenge { .. } => DecisionKind::Challenge,
     }
 }

@@ -415,7 +415,7 @@ pub async fn prometheus_has_pool_and_agent_families<R: Harness>() {
 
     let text = pool.render_prometheus();
     for needle in [
-        "# TYPE agent_protocol_requests_total counter",
+        "# TYPE agent_protocol_requests counter",
         "agent_protocol_requests_total{agent=\"waf\"} 2",
         "agent_protocol_responses_total{agent=\"waf\",decision=\"allow\"} 1",
         "agent_protocol_responses_total{agent=\"waf\",decision=\"block\"} 1",
@@ -428,7 +428,7 @@ pub async fn prometheus_has_pool_and_agent_families<R: Harness>() {
         "agent_protocol_paused_connections{agent=\"waf\"} 0",
         "agent_protocol_circuit_state{agent=\"waf\"} 0",
         "agent_protocol_correlation_affinities 2",
-        "# TYPE agent_requests_blocked_total counter",
+        "# TYPE agent_requests_blocked counter",
         "agent_id=\"waf\"",
         "rule=\"sqli\"",
         "agent_queue_depth{agent_id=\"waf\"} 3",

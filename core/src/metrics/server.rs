@@ -1,0 +1,193 @@
+//! What an agent server observes about itself: [`ServerMetrics`].
+//!
+//! Plain atomics, like [`PoolMetrics`](super::PoolMetrics): every connection task updates them
+//! without a lock, and `exposition` encodes them at scrape time.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
+
+use super::counters::DecisionKind;
+use super::exposition::{encode_counter, encode_histogram, labelled, sanitize_metric_name, Labels};
+use super::histogram::LatencyHistogram;
+
+/// An agent server's counters: connections, requests in flight, answers by decision, handler
+/// latency, requests the proxy cancelled, and events the connection answered fail-closed
+/// itself (undecodable, or an answer too large to send) without the handler seeing them.
+///
+/// Handler latency needs two clock reads per request, so it is only measured once someone
+/// will read it ([`set_timed`](Self::set_timed), which registering the metrics does); the
+/// counters cost one atomic add each.
+///
+/// ```
+/// use std::time::Duration;
+/// use agent_protocol_core::metrics::{DecisionKind, ServerMetrics};
+/// let m = ServerMetrics::new();
+/// m.connection_opened();
+/// m.request_started();
+/// m.request_answered(DecisionKind::Block, Some(Duration::from_micros(80)));
+/// assert_eq!((m.connections(), m.in_flight(), m.answers(DecisionKind::Block)), (1, 0, 1));
+/// ```
+#[derive(Debug, Default)]
+pub struct ServerMetrics {
+    timed: AtomicBool,
+    connections_opened: AtomicU64,
+    connections: AtomicU64,
+    requests: AtomicU64,
+    in_flight: AtomicU64,
+    answers: [AtomicU64; 4],
+    cancelled: AtomicU64,
+    fail_closed: AtomicU64,
+    handler_latency: LatencyHistogram,
+}
+
+impl ServerMetrics {
+    /// All zero, handler latency not measured.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether handler latency is measured.
+    pub fn timed(&self) -> bool {
+        self.timed.load(Ordering::Relaxed)
+    }
+
+    /// Starts (or stops) measuring handler latency.
+    pub fn set_timed(&self, timed: bool) {
+        self.timed.store(timed, Ordering::Relaxed);
+    }
+
+    /// A connection completed its handshake.
+    pub fn connection_opened(&self) {
+        self.connections_opened.fetch_add(1, Ordering::Relaxed);
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection ended.
+    pub fn connection_closed(&self) {
+        saturating_dec(&self.connections);
+    }
+
+    /// A request reached the handler.
+    pub fn request_started(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The handler answered with `decision`, after `latency` when measured.
+    pub fn request_answered(&self, decision: DecisionKind, latency: Option<Duration>) {
+        saturating_dec(&self.in_flight);
+        self.answers[decision as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(latency) = latency {
+            self.handler_latency.record(latency);
+        }
+    }
+
+    /// The request ended without an answer from the handler (cancelled by the proxy, or its
+    /// connection closed).
+    pub fn request_cancelled(&self) {
+        saturating_dec(&self.in_flight);
+        self.cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` more events were answered fail-closed by the connection itself.
+    pub fn add_fail_closed(&self, n: u64) {
+        self.fail_closed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Requests in the handler now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Handler answers with `decision` so far.
+    pub fn answers(&self, decision: DecisionKind) -> u64 {
+        self.answers[decision as usize].load(Ordering::Relaxed)
+    }
+
+    /// Encodes these metrics: every name starts with `prefix_` (sanitised), every sample
+    /// carries `labels` (names sanitised, values escaped). Families:
+    /// `{prefix}_connections_opened_total`, `_connections`, `_requests_total`,
+    /// `_in_flight_requests`, `_answers_total{decision}`, `_cancelled_total`,
+    /// `_fail_closed_total`, `_handler_duration_seconds`.
+    pub fn encode(
+        &self,
+        prefix: &str,
+        labels: &[(&str, &str)],
+        encoder: &mut DescriptorEncoder<'_>,
+    ) -> fmt::Result {
+        let prefix = sanitize_metric_name(prefix);
+        let name = |base: &str| {
+            if prefix.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{prefix}_{base}")
+            }
+        };
+        let labels = Labels::new(labels.iter().copied());
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        for (base, help, value) in [
+            ("connections_opened", "Proxy connections that completed the handshake.", load(&self.connections_opened)),
+            ("requests", "Events handed to the handler.", load(&self.requests)),
+            ("cancelled", "Events that ended without the handler's answer (cancelled, or the connection closed).", load(&self.cancelled)),
+            ("fail_closed", "Events answered fail-closed by the connection without reaching the handler (undecodable, answer too large).", load(&self.fail_closed)),
+        ] {
+            let family = name(base);
+            let mut metric = encoder.encode_descriptor(&family, help, None, MetricType::Counter)?;
+            encode_counter(&mut metric, &labels.with(None), value)?;
+        }
+        for (base, help, value) in [
+            ("connections", "Proxy connections open.", self.connections()),
+            (
+                "in_flight_requests",
+                "Events in the handler.",
+                self.in_flight(),
+            ),
+        ] {
+            let family = name(base);
+            let mut metric = encoder.encode_descriptor(&family, help, None, MetricType::Gauge)?;
+            labelled(&mut metric, &labels.with(None), |g| g.encode_gauge(&value))?;
+        }
+        let family = name("answers");
+        let mut metric = encoder.encode_descriptor(
+            &family,
+            "Handler answers by decision.",
+            None,
+            MetricType::Counter,
+        )?;
+        for d in DecisionKind::ALL {
+            encode_counter(
+                &mut metric,
+                &labels.with(Some(("decision", d.as_str()))),
+                self.answers(d),
+            )?;
+        }
+        let family = name("handler_duration_seconds");
+        let mut metric = encoder.encode_descriptor(
+            &family,
+            "Time from handing an event to the handler to its answer.",
+            None,
+            MetricType::Histogram,
+        )?;
+        encode_histogram(
+            &mut metric,
+            &labels.with(None),
+            &self.handler_latency.snapshot(),
+        )
+    }
+}
+
+/// Decrements without wrapping: a gauge below zero would only mean a bookkeeping bug.
+fn saturating_dec(a: &AtomicU64) {
+    let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(1))
+    });
+}
