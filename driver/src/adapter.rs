@@ -26,8 +26,9 @@ macro_rules! adapter_modules {
         /// The agent side (see [`agent_protocol_driver::server`]).
         pub mod server {
             pub use agent_protocol_driver::server::{
-                dispatch, is_stale_socket, shutdown_signal, unix_ms, AgentHandler, Push,
-                ServerConfig, ServerHandle, MAX_IN_FLIGHT_BYTES, MAX_PENDING_TRANSMIT,
+                dispatch, is_stale_socket, shutdown_signal, unix_ms, AgentHandler, HandlerService,
+                Push, ServerConfig, ServerHandle, ServiceHandler, MAX_IN_FLIGHT_BYTES,
+                MAX_PENDING_TRANSMIT,
             };
 
             /// An agent server ([`agent_protocol_driver::server::AgentServer`]).

@@ -42,6 +42,11 @@ pub const MESSAGE_TOO_COMPLEX_REASON: &str = "MESSAGE_TOO_COMPLEX";
 /// Dropping it instead would leave the proxy waiting out its timeout.
 pub const HANDSHAKE_REQUIRED_REASON: &str = "HANDSHAKE_REQUIRED";
 
+/// Reason code of the block (status 503) an adapter sends when the handler could not answer: a
+/// middleware around it gave up (a timeout, a load shedder) or failed. An event is answered
+/// whatever happens inside the agent, and never with an allow nobody decided.
+pub const HANDLER_FAILED_REASON: &str = "HANDLER_FAILED";
+
 /// WebSocket close code for a refused frame (1011, internal error).
 const WS_CLOSE_INTERNAL: u16 = 1011;
 /// WebSocket close code for a frame refused under overload (1013, try again later).
@@ -64,6 +69,8 @@ pub(crate) enum FailClosed {
     AnswerTooLarge,
     /// The serializer refused the application's answer.
     AnswerUnencodable,
+    /// The handler (or a middleware around it) failed to answer.
+    HandlerFailed,
 }
 
 impl FailClosed {
@@ -132,6 +139,12 @@ impl FailClosed {
                 RESPONSE_UNENCODABLE_REASON,
                 WS_CLOSE_INTERNAL,
             ),
+            Self::HandlerFailed => (
+                503,
+                "agent handler failed",
+                HANDLER_FAILED_REASON,
+                WS_CLOSE_TRY_AGAIN,
+            ),
         };
         let mut response = AgentResponse::new(Decision::block(status, Some(body.to_owned())));
         response.audit.reason_codes.push(reason.to_owned());
@@ -161,4 +174,20 @@ impl FailClosed {
 /// ```
 pub fn unsendable_answer(error: &EncodeError) -> AgentResponse {
     FailClosed::for_encode_error(error).response(None)
+}
+
+/// The block answering an event carried by `frame_type` that the handler failed to answer (a
+/// middleware around it timed out, shed the load, or failed): status 503, reason code
+/// [`HANDLER_FAILED_REASON`], and a WebSocket close for a frame.
+///
+/// ```
+/// use agent_protocol_core::agent::{handler_failed_answer, HANDLER_FAILED_REASON};
+/// use agent_protocol_core::frame::FrameType;
+/// let block = handler_failed_answer(FrameType::RequestHeaders);
+/// assert_eq!(block.decision.kind(), "block");
+/// assert_eq!(block.audit.reason_codes, [HANDLER_FAILED_REASON]);
+/// assert!(handler_failed_answer(FrameType::WebSocketFrame).websocket_decision.is_some());
+/// ```
+pub fn handler_failed_answer(frame_type: FrameType) -> AgentResponse {
+    FailClosed::HandlerFailed.response(Some(frame_type))
 }

@@ -41,8 +41,8 @@ pub use connection::AgentConnection;
 pub use error::{RespondError, SendError};
 pub use event::AgentEvent;
 pub use fail_closed::{
-    unsendable_answer, AGENT_OVERLOADED_REASON, HANDSHAKE_REQUIRED_REASON, HEADER_LIMIT_REASON,
-    MALFORMED_EVENT_REASON, MESSAGE_TOO_COMPLEX_REASON, RESPONSE_TOO_LARGE_REASON,
-    RESPONSE_UNENCODABLE_REASON,
+    handler_failed_answer, unsendable_answer, AGENT_OVERLOADED_REASON, HANDLER_FAILED_REASON,
+    HANDSHAKE_REQUIRED_REASON, HEADER_LIMIT_REASON, MALFORMED_EVENT_REASON,
+    MESSAGE_TOO_COMPLEX_REASON, RESPONSE_TOO_LARGE_REASON, RESPONSE_UNENCODABLE_REASON,
 };
 pub use message::{AgentIncoming, AgentOutgoing};

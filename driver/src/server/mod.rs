@@ -14,10 +14,12 @@
 mod connection;
 mod framed;
 mod handler;
+mod tower;
 
 pub use connection::{serve_link, AgentLink, Received, MAX_IN_FLIGHT_BYTES};
 pub use framed::{FramedLink, MAX_PENDING_TRANSMIT};
 pub use handler::{dispatch, AgentHandler};
+pub use tower::{HandlerService, ServiceHandler};
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
