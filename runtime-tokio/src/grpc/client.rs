@@ -166,14 +166,44 @@ fn with_tls(
     ))
 }
 
-/// The error and its sources on one line (tonic's top-level message is just "transport error").
+/// The error and its sources on one line (tonic's top-level message is just "transport error"),
+/// each cause by its Display, and a cause that only repeats the text so far left out (hyper
+/// and tonic often wrap an error in one that says the same).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        push_cause(&mut text, &s.to_string());
         source = s.source();
+    }
+    text
+}
+
+/// Appends what `cause` adds to `text`: its leading `part: ` pieces that `text` already says
+/// are dropped.
+fn push_cause(text: &mut String, cause: &str) {
+    let mut rest = cause;
+    while let Some((head, tail)) = rest.split_once(": ") {
+        if !text.contains(head) {
+            break;
+        }
+        rest = tail;
+    }
+    if !text.contains(rest) {
+        text.push_str(": ");
+        text.push_str(rest);
+    }
+}
+
+/// A gRPC status as a sentence: what its code means, its message, then its causes
+/// ([`error_chain`]). tonic's own Display shows the cause in its Debug form.
+fn status_text(status: &tonic::Status) -> String {
+    let mut text = status.code().description().to_owned();
+    match std::error::Error::source(status) {
+        // A status made from an error carries that error's text as its message too.
+        Some(source) => push_cause(&mut text, &error_chain(source)),
+        None if !status.message().is_empty() => push_cause(&mut text, status.message()),
+        None => {}
     }
     text
 }
@@ -206,7 +236,8 @@ async fn start(
         Ok(Ok(response)) => response.into_inner(),
         Ok(Err(status)) => {
             return Err(ClientError::Closed(ConnectionError::transport(format!(
-                "ProcessStream refused: {status}"
+                "the gRPC stream could not be opened (is the endpoint a gRPC agent?): {}",
+                status_text(&status)
             ))))
         }
         Err(_) => {
@@ -339,7 +370,7 @@ fn stream_error(status: &tonic::Status) -> String {
             status.message()
         )
     } else {
-        format!("gRPC stream: {status}")
+        format!("gRPC stream: {}", status_text(status))
     }
 }
 
@@ -354,5 +385,46 @@ fn log_from_agent(log: &v2::LogMessage) {
             tracing::info!(correlation_id = cid, fields = ?log.fields, "agent: {}", log.message)
         }
         _ => tracing::debug!(correlation_id = cid, fields = ?log.fields, "agent: {}", log.message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn statuses_read_as_sentences_without_debug_dumps_or_repeats() {
+        let plain = tonic::Status::unavailable("agent draining");
+        assert_eq!(
+            status_text(&plain),
+            "The service is currently unavailable: agent draining"
+        );
+        let cause = Layer(
+            "transport error",
+            Some(Box::new(Layer("canceled: connection closed", None))),
+        );
+        let wrapped = tonic::Status::from_error(Box::new(Layer("canceled", Some(Box::new(cause)))));
+        let text = status_text(&wrapped);
+        assert_eq!(text.matches("canceled").count(), 1, "{text}");
+        assert!(
+            text.ends_with("transport error: connection closed"),
+            "{text}"
+        );
+        assert!(!text.contains("Layer("), "{text}");
     }
 }
