@@ -76,6 +76,25 @@ impl EventKind {
         })
     }
 
+    /// A short `snake_case` name, for logs and labels.
+    ///
+    /// ```
+    /// use agent_protocol_core::EventKind;
+    /// assert_eq!(EventKind::RequestBodyChunk.as_str(), "request_body_chunk");
+    /// ```
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::RequestHeaders => "request_headers",
+            Self::RequestBodyChunk => "request_body_chunk",
+            Self::ResponseHeaders => "response_headers",
+            Self::ResponseBodyChunk => "response_body_chunk",
+            Self::RequestComplete => "request_complete",
+            Self::WebSocketFrame => "websocket_frame",
+            Self::GuardrailInspect => "guardrail_inspect",
+            Self::Configure => "configure",
+        }
+    }
+
     fn bit(self) -> u8 {
         1 << (self.code() - 1)
     }
