@@ -1,7 +1,8 @@
 //! [`adapter_modules!`](crate::adapter_modules): the modules a runtime adapter exports, the
 //! driver's types with its runtime filled in, written once for every adapter.
 
-/// Declares the `client`, `server`, `pool` and `reverse` modules of a runtime adapter crate:
+/// Declares the `client`, `server`, `pool` and `reverse` modules of a runtime adapter crate
+/// (and re-exports [`spans`](crate::spans)):
 /// the driver's public items, with `$runtime` filled in where a type takes the runtime, so
 /// users write `pool::AgentPool` rather than `AgentPool<Tokio>`.
 ///
@@ -74,6 +75,7 @@ macro_rules! adapter_modules {
             pub type RegisteredAgent = agent_protocol_driver::reverse::RegisteredAgent<$runtime>;
         }
 
+        pub use agent_protocol_driver::spans;
         pub use client::{AgentClient, ClientConfig, ClientError, CHANNEL_BUFFER_SIZE};
         pub use pool::{AgentPool, AgentPoolConfig, AgentStats, PoolError};
     };

@@ -22,6 +22,7 @@ pub mod pool;
 pub mod reverse;
 pub mod runtime;
 pub mod server;
+pub mod spans;
 mod stream;
 
 pub use agent_protocol_core as core;

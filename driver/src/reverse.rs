@@ -24,10 +24,12 @@ use agent_protocol_core::{Capabilities, ConnectionError, Encoding};
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use crate::client::{AgentClient, ClientConfig, ControlMessage};
 use crate::runtime::{self, Runtime};
 use crate::server::{serve_stream, shutdown_signal, AgentHandler, Listener, ServerHandle};
+use crate::spans::{self, Peer};
 
 /// Where the proxy's reverse listener is.
 ///
@@ -39,6 +41,16 @@ pub enum ReverseTarget {
     Unix(std::path::PathBuf),
     /// A TCP address (`host:port`).
     Tcp(String),
+}
+
+/// `unix:PATH` or `tcp://ADDRESS`, as endpoints are written.
+impl std::fmt::Display for ReverseTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReverseTarget::Unix(path) => write!(f, "unix:{}", path.display()),
+            ReverseTarget::Tcp(address) => write!(f, "tcp://{address}"),
+        }
+    }
 }
 
 impl ReverseTarget {
@@ -218,12 +230,15 @@ impl<R: Runtime> ReverseListener<R> {
             protocol_version: PROTOCOL_VERSION,
         };
         let control = self.control.as_ref().map(|f| f(&request.agent_id));
-        let (client, gate) = AgentClient::from_established_gated(
-            stream,
-            self.client_config.clone(),
-            negotiated,
-            control,
-        );
+        let span = spans::proxy_connection(Some(&request.agent_id), Some(&"reverse"));
+        let (client, gate) = span.in_scope(|| {
+            AgentClient::from_established_gated(
+                stream,
+                self.client_config.clone(),
+                negotiated,
+                control,
+            )
+        });
         let connection_id = format!("{}-{:x}", request.agent_id, crate::server::unix_ms());
         let agent = RegisteredAgent {
             agent_id: request.agent_id.clone(),
@@ -492,6 +507,11 @@ impl<H: AgentHandler, R: Runtime> ReverseConnector<H, R> {
             );
         let codec = AgentCodec::registering(&config);
         let conn = AgentConnection::new_reverse(config, request, R::now());
+        let span = spans::agent_connection(
+            Peer::Reverse,
+            Some(&self.config.target),
+            &self.config.agent_id,
+        );
         let conn = serve_stream::<H, R>(
             stream,
             codec,
@@ -500,6 +520,7 @@ impl<H: AgentHandler, R: Runtime> ReverseConnector<H, R> {
             self.handle.clone(),
             self.config.drain_timeout,
         )
+        .instrument(span)
         .await;
         match (conn.registration(), conn.close_reason()) {
             (Some(accepted), _) => Ok(accepted.clone()),

@@ -26,6 +26,11 @@ use crate::runtime::{self, Runtime};
 /// [`ProxyCodec`](agent_protocol_core::proxy::ProxyCodec)) and by the tokio adapter's gRPC
 /// stream. Poll methods follow the usual contract: `Pending` registers the waker.
 pub trait ProxyLink: Send + 'static {
+    /// The encoding of every message on this transport when the transport chooses it rather
+    /// than the handshake (gRPC: `protobuf`); the connection's span records it as its
+    /// `encoding` instead of the negotiated one.
+    const TRANSPORT_ENCODING: Option<&'static str> = None;
+
     /// Reads from the transport once; what arrived comes out of [`ProxyLink::try_recv`].
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()>;
 

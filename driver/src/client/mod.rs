@@ -35,11 +35,13 @@ use agent_protocol_core::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use connection::ClientTask;
 use handle::GateDecision;
 
 use crate::runtime::{self, Connection, Runtime};
+use crate::spans;
 
 /// How long after a request's deadline its caller stops waiting for the connection task's
 /// outcome and reports the timeout itself: a backstop for a task that cannot run (the task
@@ -294,7 +296,24 @@ impl<R: Runtime> AgentClient<R> {
     }
 
     /// Like [`AgentClient::connect_with_control`], for an endpoint already parsed.
+    ///
+    /// The connection task runs in a [`CONNECTION`](crate::spans::CONNECTION) span naming
+    /// `endpoint` (or the current one, when the caller opened such a span: the pool's names
+    /// the agent too).
     pub async fn connect_endpoint(
+        endpoint: &Endpoint,
+        config: ClientConfig<R>,
+        control: Option<mpsc::Sender<ControlMessage>>,
+    ) -> Result<Self, ClientError> {
+        if spans::current_proxy_connection().is_some() {
+            Self::open(endpoint, config, control).await
+        } else {
+            let span = spans::proxy_connection(None, Some(endpoint));
+            Self::open(endpoint, config, control).instrument(span).await
+        }
+    }
+
+    async fn open(
         endpoint: &Endpoint,
         config: ClientConfig<R>,
         control: Option<mpsc::Sender<ControlMessage>>,
@@ -364,6 +383,10 @@ impl<R: Runtime> AgentClient<R> {
     /// Starts the connection task of `conn` over `link`, whatever the transport (a
     /// [`FramedLink`] on sockets; the tokio adapter's gRPC stream), and waits for the handshake
     /// to finish (the core enforces its deadline, so this resolves in bounded time).
+    ///
+    /// The task runs in the current span when it is a [`CONNECTION`](crate::spans::CONNECTION)
+    /// span of the proxy side (as [`connect_endpoint`](Self::connect_endpoint) opens), else in
+    /// one of its own; the negotiated encoding is recorded in it.
     pub async fn start<L: ProxyLink>(
         mut conn: ProxyConnection,
         link: L,
@@ -375,9 +398,15 @@ impl<R: Runtime> AgentClient<R> {
         let status = Arc::new(ConnectionStatus::starting_at(R::now()));
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = ClientTask::new(conn, rx, status.clone(), control, Some(ready_tx));
-        R::spawn(task.run::<L, R>(link));
+        let span = spans::current_proxy_connection()
+            .unwrap_or_else(|| spans::proxy_connection(None, None));
+        R::spawn(task.run::<L, R>(link).instrument(span.clone()));
         let negotiated = match ready_rx.await {
-            Ok(Ok(negotiated)) => negotiated,
+            Ok(Ok(negotiated)) => {
+                let encoding = L::TRANSPORT_ENCODING.unwrap_or(negotiated.encoding.as_str());
+                span.record("encoding", encoding);
+                negotiated
+            }
             Ok(Err(reason)) => return Err(ClientError::Closed(reason)),
             Err(_) => return Err(handle::closed_error(&status)),
         };
@@ -385,6 +414,7 @@ impl<R: Runtime> AgentClient<R> {
     }
 
     /// Wraps a stream whose setup happened elsewhere (a reverse connection after registration).
+    /// The connection task's span is found or opened as [`start`](Self::start)'s is.
     pub fn from_established(
         stream: R::Stream,
         config: ClientConfig<R>,
@@ -427,7 +457,10 @@ impl<R: Runtime> AgentClient<R> {
         }
         let (read, mut write) = stream.into_split();
         let mut task = ClientTask::new(conn, rx, status.clone(), control, None);
-        R::spawn(async move {
+        let span = spans::current_proxy_connection()
+            .unwrap_or_else(|| spans::proxy_connection(None, None));
+        span.record("encoding", negotiated.encoding.as_str());
+        let connection = async move {
             if let Some(gate) = gate {
                 // The registration answer goes first, written as it is.
                 let opened = match gate.await {
@@ -447,7 +480,8 @@ impl<R: Runtime> AgentClient<R> {
                 }
             }
             task.run::<_, R>(FramedLink::new(codec, read, write)).await
-        });
+        };
+        R::spawn(connection.instrument(span));
         Self::from_parts(tx, status, negotiated, request_timeout)
     }
 

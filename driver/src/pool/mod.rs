@@ -307,6 +307,9 @@ impl<R: Runtime> AgentPool<R> {
 
     /// Sends any event with its own timeout, counted from this call (queueing and flow-control
     /// waits included). Exactly one outcome is returned by then.
+    ///
+    /// The request runs in a [`REQUEST`](crate::spans::REQUEST) span (`debug`), naming the
+    /// agent, the correlation id and the event's kind.
     pub fn send_event_with_timeout<'a>(
         &'a self,
         agent_id: &'a str,

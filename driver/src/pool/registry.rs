@@ -27,12 +27,14 @@ use agent_protocol_core::{ConfigUpdateRequest, ConnectionError};
 use arc_swap::ArcSwap;
 use foldhash::{HashMap, HashMapExt};
 use tokio::sync::{mpsc, watch, Notify};
+use tracing::Instrument;
 
 use super::affinity::ShardedAffinity;
 use super::entry::{lock, AgentEntry, Origin, PooledConnection};
 use super::{maintenance, AgentPoolConfig, PoolError};
 use crate::client::{AgentClient, ClientConfig, ClientError, ControlMessage};
 use crate::runtime::{self, Runtime};
+use crate::spans;
 
 /// Capacity of the channel carrying agents' config-update requests to
 /// [`AgentPool::take_config_updates`]; beyond it requests are dropped (and logged).
@@ -567,9 +569,11 @@ pub(super) async fn open_client<R: Runtime>(
 ) -> Result<AgentClient<R>, ClientError> {
     // Socket (or channel) within the connect timeout, then the handshake within its own; the
     // outer limit only guards against a transport that ignores them.
+    let span = spans::proxy_connection(Some(&*agent), Some(endpoint));
     let control = control_channel(pool, agent);
     let limit = config.connect_timeout + config.connection.handshake.timeout;
-    let open = AgentClient::connect_endpoint(endpoint, config.clone(), Some(control));
+    let open =
+        AgentClient::connect_endpoint(endpoint, config.clone(), Some(control)).instrument(span);
     match runtime::timeout_at::<R, _>(R::now() + limit + HANDSHAKE_GRACE, open).await {
         Ok(r) => r,
         Err(_) => Err(ClientError::Closed(ConnectionError::Handshake(

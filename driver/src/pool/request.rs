@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use agent_protocol_core::metrics::{DecisionKind, ErrorCause};
 use agent_protocol_core::pool::{FlowControlMode, FlowDecision, SelectError};
 use agent_protocol_core::{AgentResponse, ByteStr, CancelReason, Event, RequestError, SubmitError};
+use tracing::Instrument;
 
 use super::affinity::ConnId;
 use super::entry::{AgentEntry, Candidates, PooledConnection};
@@ -26,6 +27,7 @@ use super::registry::{deadline_after, PoolInner};
 use super::PoolError;
 use crate::client::ClientError;
 use crate::runtime::{self, Runtime};
+use crate::spans;
 
 /// While waiting for a resume, re-check at least this often (a per-request resume or a credit
 /// update is not visible in the connection's status, only through its notification).
@@ -42,6 +44,7 @@ impl<R: Runtime> PoolInner<R> {
         event: Event,
         timeout: Duration,
     ) -> Result<AgentResponse, PoolError> {
+        let span = spans::pool_request(agent_id, &event);
         let submitted = R::now();
         let deadline = deadline_after(submitted, timeout);
         let _active = self.enter()?;
@@ -59,7 +62,16 @@ impl<R: Runtime> PoolInner<R> {
                 });
             }
         };
-        let (result, verdict) = self.run(&entry, event, submitted, deadline).await;
+        // Wrapping the request's future moves it, event and all, once more: worth it only
+        // when the span is enabled.
+        let (result, verdict) = if span.is_disabled() {
+            drop(span);
+            self.run(&entry, event, submitted, deadline).await
+        } else {
+            self.run(&entry, event, submitted, deadline)
+                .instrument(span)
+                .await
+        };
         match verdict {
             Verdict::Success => permit.success(R::now()),
             Verdict::Failure => permit.failure(R::now()),

@@ -18,9 +18,11 @@ use futures_util::future::{AbortHandle, Abortable, Aborted, BoxFuture, FutureExt
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use tokio::sync::broadcast::error::RecvError;
+use tracing::{Instrument, Span};
 
 use super::{dispatch, shutdown_signal, unix_ms, AgentHandler, Push, ServerHandle};
 use crate::runtime::{self, Runtime};
+use crate::spans;
 
 /// Bytes the unanswered events hold ([`AgentConnection::in_flight_bytes`]: bodies, headers,
 /// ids) past which an agent connection stops reading until handlers finish.
@@ -65,6 +67,11 @@ pub trait AgentLink: Send {
     /// Whether answers are sent with the time the handler took (gRPC's `processing_time_ms`);
     /// the task reads the clock around each handler only then.
     const TIMES_ANSWERS: bool = false;
+
+    /// The encoding of every message on this transport when the transport chooses it rather
+    /// than the handshake (gRPC: `protobuf`); the connection's span records it as its
+    /// `encoding` instead of the negotiated one.
+    const TRANSPORT_ENCODING: Option<&'static str> = None;
 
     /// Reads from the transport once; what arrived comes out of [`AgentLink::try_recv`].
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()>;
@@ -128,6 +135,10 @@ pub trait AgentLink: Send {
 /// one read's worth of decoding. Reading pauses while the link has too much unsent (see
 /// [`AgentLink::is_backlogged`]) and while the events handlers hold weigh more than
 /// [`MAX_IN_FLIGHT_BYTES`]; it resumes as the transport drains and handlers finish.
+///
+/// The task runs in a [`CONNECTION`](crate::spans::CONNECTION) span: the current one when it is
+/// such a span (see [`spans::agent_connection`]), else one of its own, which names no peer.
+/// The handshake's outcome is recorded in it.
 pub async fn serve_link<L: AgentLink, H: AgentHandler, R: Runtime>(
     conn: AgentConnection,
     link: L,
@@ -136,6 +147,9 @@ pub async fn serve_link<L: AgentLink, H: AgentHandler, R: Runtime>(
     drain_timeout: Duration,
 ) -> AgentConnection {
     handle.connection_opened();
+    let adopted = spans::current_agent_connection();
+    let own = adopted.is_none();
+    let span = adopted.unwrap_or_else(|| spans::agent_connection_unnamed(handle.agent_id()));
     let mut task = ConnectionTask {
         conn,
         link,
@@ -144,8 +158,13 @@ pub async fn serve_link<L: AgentLink, H: AgentHandler, R: Runtime>(
         aborts: HashMap::new(),
         configure: UnansweredConfigure::default(),
         link_closed: false,
+        span: span.clone(),
     };
-    task.run::<R>(drain_timeout).await;
+    if own {
+        task.run::<R>(drain_timeout).instrument(span).await;
+    } else {
+        task.run::<R>(drain_timeout).await;
+    }
     handle.connection_closed();
     task.conn
 }
@@ -169,6 +188,8 @@ struct ConnectionTask<L, H> {
     configure: UnansweredConfigure,
     /// Whether [`AgentLink::close`] was called.
     link_closed: bool,
+    /// The connection's span, for what the handshake settles.
+    span: Span,
 }
 
 /// What woke the connection task, in the order the task looks at them.
@@ -218,6 +239,15 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
                         if let Some((abort, _)) = self.aborts.remove(&id) {
                             abort.abort();
                         }
+                    }
+                    AgentEvent::Established { negotiated, proxy } => {
+                        let encoding =
+                            L::TRANSPORT_ENCODING.unwrap_or(negotiated.encoding.as_str());
+                        self.span.record("encoding", encoding);
+                        if let Some(proxy) = &proxy {
+                            self.span.record("proxy", proxy.proxy_id.as_str());
+                        }
+                        tracing::debug!(encoding, "proxy connection established");
                     }
                     AgentEvent::Closed(reason) => {
                         tracing::debug!(%reason, "proxy connection closed");

@@ -10,6 +10,9 @@ use agent_protocol_core::{
     RequestBodyChunkEvent, RequestCompleteEvent, RequestHeadersEvent, ResponseBodyChunkEvent,
     ResponseHeadersEvent, WebSocketDecision, WebSocketFrameEvent,
 };
+use tracing::Instrument;
+
+use crate::spans;
 
 /// What an agent does with each event. Every method has a default that allows, so an agent
 /// implements only what it inspects.
@@ -104,22 +107,64 @@ pub trait AgentHandler: Send + Sync + 'static {
     }
 }
 
-/// Routes an event to its handler method. One `async fn`, so every request's future has the
-/// same type and no boxing is needed to run them side by side.
+/// Calls the handler method for `$event`'s kind, then `$then` with that call's future as
+/// `$call`: the match is written once for both ways of awaiting it.
+macro_rules! on_event {
+    ($handler:ident, $event:ident, $call:ident => $then:expr) => {
+        match $event {
+            Event::RequestHeaders(e) => {
+                let $call = $handler.on_request_headers(e);
+                $then
+            }
+            Event::RequestBodyChunk(e) => {
+                let $call = $handler.on_request_body_chunk(e);
+                $then
+            }
+            Event::ResponseHeaders(e) => {
+                let $call = $handler.on_response_headers(e);
+                $then
+            }
+            Event::ResponseBodyChunk(e) => {
+                let $call = $handler.on_response_body_chunk(e);
+                $then
+            }
+            Event::RequestComplete(e) => {
+                let $call = $handler.on_request_complete(e);
+                $then
+            }
+            Event::WebSocketFrame(e) => {
+                let $call = $handler.on_websocket_frame(e);
+                $then
+            }
+            Event::GuardrailInspect(e) => {
+                let $call = $handler.on_guardrail_inspect(e);
+                $then
+            }
+            Event::Configure(e) => {
+                let $call = $handler.on_configure(e);
+                $then
+            }
+        }
+    };
+}
+
+/// Routes an event to its handler method, in the event's [`REQUEST`](crate::spans::REQUEST)
+/// span (see [`spans`](crate::spans)), so what the handler logs carries the request's
+/// correlation id. One `async fn`, so every request's future has the same type and no boxing is
+/// needed to run them side by side.
 pub async fn dispatch<H: AgentHandler>(
     handler: Arc<H>,
     id: RequestId,
     event: Event,
 ) -> (RequestId, AgentResponse) {
-    let response = match event {
-        Event::RequestHeaders(e) => handler.on_request_headers(e).await,
-        Event::RequestBodyChunk(e) => handler.on_request_body_chunk(e).await,
-        Event::ResponseHeaders(e) => handler.on_response_headers(e).await,
-        Event::ResponseBodyChunk(e) => handler.on_response_body_chunk(e).await,
-        Event::RequestComplete(e) => handler.on_request_complete(e).await,
-        Event::WebSocketFrame(e) => handler.on_websocket_frame(e).await,
-        Event::GuardrailInspect(e) => handler.on_guardrail_inspect(e).await,
-        Event::Configure(e) => handler.on_configure(e).await,
+    let span = spans::agent_request(&event);
+    // Wrapping the handler's future moves it, event and all, once more: worth it only when the
+    // span is enabled.
+    let response = if span.is_disabled() {
+        drop(span);
+        on_event!(handler, event, call => call.await)
+    } else {
+        on_event!(handler, event, call => call.instrument(span).await)
     };
     (id, response)
 }

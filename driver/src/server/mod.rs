@@ -37,8 +37,10 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::de::{self, Unexpected, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::{broadcast, mpsc, watch};
+use tracing::Instrument;
 
 use crate::runtime::{self, Connection, Runtime};
+use crate::spans::{self, Peer};
 
 /// Server settings.
 ///
@@ -505,6 +507,16 @@ impl<R: Runtime> Listener<R> {
             Listener::Tcp(l) => R::accept_tcp(l).await,
         }
     }
+
+    /// The span of a connection accepted here.
+    fn connection_span(&self, agent_id: &str) -> tracing::Span {
+        match self {
+            Listener::Unix(l) => {
+                spans::agent_connection(Peer::Unix, Some(&l.path.display()), agent_id)
+            }
+            Listener::Tcp(_) => spans::agent_connection(Peer::Tcp, None, agent_id),
+        }
+    }
 }
 
 impl<H: AgentHandler, R: Runtime> AgentServer<H, R> {
@@ -569,6 +581,7 @@ impl<H: AgentHandler, R: Runtime> AgentServer<H, R> {
                             let config = self.config.agent_config();
                             let codec = AgentCodec::new(&config);
                             let conn = AgentConnection::new(config, R::now());
+                            let span = listeners[index].connection_span(self.handle.agent_id());
                             let task = serve_stream::<H, R>(
                                 stream,
                                 codec,
@@ -576,7 +589,8 @@ impl<H: AgentHandler, R: Runtime> AgentServer<H, R> {
                                 self.handler.clone(),
                                 self.handle.clone(),
                                 self.config.drain_timeout,
-                            );
+                            )
+                            .instrument(span);
                             let alive = alive.clone();
                             R::spawn(async move {
                                 let _closed = task.await;

@@ -281,6 +281,8 @@ impl GrpcLink {
 }
 
 impl ProxyLink for GrpcLink {
+    const TRANSPORT_ENCODING: Option<&'static str> = Some("protobuf");
+
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let message = match Pin::new(&mut self.inbound).poll_next(cx) {
             Poll::Pending => return Poll::Pending,

@@ -45,6 +45,7 @@ use agent_protocol_core::handshake::HandshakeRequest;
 use agent_protocol_core::ConfigUpdateResponse;
 use agent_protocol_core::{AgentIncoming, ConnectionError, Encoding, Event};
 use agent_protocol_driver::server::{serve_link, AgentLink, Received};
+use agent_protocol_driver::spans::{self, Peer};
 use agent_protocol_driver::Runtime;
 use agent_protocol_proto::convert::{self, ProxyMessage};
 use agent_protocol_proto::v2::agent_service_v2_server::{AgentServiceV2, AgentServiceV2Server};
@@ -61,6 +62,7 @@ use tokio::sync::mpsc::{
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::{millis, unix_ms, CONNECTION_WINDOW, STREAM_BUFFER, STREAM_WINDOW};
 use crate::server::{dispatch, shutdown_signal, AgentHandler, AgentServer, Push, ServerHandle};
@@ -188,16 +190,23 @@ impl<H: AgentHandler> AgentServiceV2 for GrpcService<H> {
         &self,
         request: Request<Streaming<ProxyToAgent>>,
     ) -> Result<Response<Self::ProcessStreamStream>, Status> {
+        let remote = request.remote_addr();
+        let span = spans::agent_connection(
+            Peer::Grpc,
+            remote.as_ref().map(|a| a as &dyn std::fmt::Display),
+            self.handle.agent_id(),
+        );
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let link = GrpcLink::new(inbound, tx);
-        tokio::spawn(serve_link::<_, H, Tokio>(
+        let task = serve_link::<_, H, Tokio>(
             self.connection(),
             link,
             self.handler.clone(),
             self.handle.clone(),
             self.drain_timeout,
-        ));
+        );
+        tokio::spawn(task.instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -452,6 +461,7 @@ impl GrpcLink {
 
 impl AgentLink for GrpcLink {
     const TIMES_ANSWERS: bool = true;
+    const TRANSPORT_ENCODING: Option<&'static str> = Some("protobuf");
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let message = ready!(self.inbound.poll_next_unpin(cx));
