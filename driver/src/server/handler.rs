@@ -32,6 +32,39 @@ use crate::spans;
 ///     }
 /// }
 /// ```
+///
+/// # Logging and tracing
+///
+/// Each method's future runs inside two [`tracing`] spans (see [`spans`](crate::spans)):
+///
+/// - `agent_connection` (`info`, target `agent_protocol::connection`), one per connection:
+///   `peer` (`unix`, `tcp`, `grpc` or `reverse`), `address` when the transport knows it,
+///   `agent_id`, and once the handshake is done `encoding` (`msgpack`, `json`, `protobuf` on
+///   gRPC) and `proxy` (the proxy's id);
+/// - inside it, `agent_request` (`debug`, target `agent_protocol::request`), one per call:
+///   `correlation_id` and `event` (`request_headers`, `request_body_chunk`, ...).
+///
+/// So a handler logs with plain `tracing` macros and each line carries the request it belongs
+/// to, on every transport (Unix sockets, TCP, gRPC streams and unary calls, reverse
+/// connections), including after an `.await` and when a cancelled request's future is dropped.
+/// The request span is at `debug` so that it costs nothing while disabled; enable that one
+/// target (an `EnvFilter` or `Targets` directive `agent_protocol::request=debug`) to get the
+/// correlation id at any other level:
+///
+/// ```
+/// use agent_protocol_tokio::server::AgentHandler;
+/// use agent_protocol_core::{AgentResponse, RequestHeadersEvent};
+///
+/// struct Audit;
+/// impl AgentHandler for Audit {
+///     async fn on_request_headers(&self, event: RequestHeadersEvent) -> AgentResponse {
+///         // A `fmt` subscriber prints `agent_connection{peer="unix" ... encoding="msgpack"}:
+///         // agent_request{correlation_id="req-1" event="request_headers"}: audited uri=/x`.
+///         tracing::info!(uri = %event.uri, "audited");
+///         AgentResponse::allow()
+///     }
+/// }
+/// ```
 pub trait AgentHandler: Send + Sync + 'static {
     /// 0x10.
     fn on_request_headers(
