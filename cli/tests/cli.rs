@@ -234,3 +234,61 @@ fn async_std_agent_and_pools_of_both_runtimes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("tokio"));
 }
+
+/// `serve --metrics`: a Prometheus scrape of the agent over HTTP shows what it answered.
+#[test]
+fn serve_exposes_metrics_over_http() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (_serve, sock) = serve(dir.path(), &["--metrics", &addr.to_string()]);
+    let out = agentctl()
+        .arg("bench")
+        .arg(&sock)
+        .args(["-n", "120", "-c", "4", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let get = |path: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut stream = loop {
+            match std::net::TcpStream::connect(addr) {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "metrics endpoint: {e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    let response = get("/metrics");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains("content-type: application/openmetrics-text"),
+        "{response}"
+    );
+    for needle in [
+        "agent_protocol_agent_answers_total{agent_id=\"agentctl-waf\",decision=\"allow\"} 120\n",
+        "agent_protocol_agent_requests_total{agent_id=\"agentctl-waf\"} 120\n",
+        "agent_protocol_agent_handler_duration_seconds_count{agent_id=\"agentctl-waf\"} 120\n",
+        "agent_protocol_agent_fail_closed_total{agent_id=\"agentctl-waf\"} 0\n",
+        "# EOF\n",
+    ] {
+        assert!(
+            response.contains(needle),
+            "missing {needle:?} in\n{response}"
+        );
+    }
+    assert!(get("/").starts_with("HTTP/1.1 404"));
+}

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod metrics_http;
 pub mod probe;
 pub mod serve;
 

@@ -4,10 +4,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use agent_protocol_async_std::AsyncStd;
+use agent_protocol_core::metrics::prometheus_client::registry::Registry;
 use agent_protocol_core::Encoding;
 use agent_protocol_driver::Runtime;
 use agent_protocol_tokio::grpc::ServeGrpc;
@@ -31,6 +32,9 @@ pub struct ServeArgs {
     /// Also serve gRPC on this address (`127.0.0.1:50051`).
     #[arg(long)]
     pub grpc: Option<String>,
+    /// Serve the agent's metrics at `GET /metrics` on this address (`127.0.0.1:9100`).
+    #[arg(long)]
+    pub metrics: Option<String>,
     /// Rules file (JSON, see the README); without it everything is allowed.
     #[arg(long)]
     pub rules: Option<PathBuf>,
@@ -80,7 +84,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
 
 fn announce(args: &ServeArgs, adapter: &str) {
     eprintln!(
-        "agentctl: serving on {}{}{}{adapter}; Ctrl-C or SIGTERM to stop",
+        "agentctl: serving on {}{}{}{}{adapter}; Ctrl-C or SIGTERM to stop",
         args.uds.display(),
         args.tcp
             .as_ref()
@@ -89,6 +93,10 @@ fn announce(args: &ServeArgs, adapter: &str) {
         args.grpc
             .as_ref()
             .map(|a| format!(" and grpc {a}"))
+            .unwrap_or_default(),
+        args.metrics
+            .as_ref()
+            .map(|a| format!(" (metrics at http://{a}/metrics)"))
             .unwrap_or_default()
     );
 }
@@ -118,19 +126,15 @@ async fn serve_tokio(
         None => None,
     };
     announce(args, "");
-    let handle = server.handle();
-    let stopped = tokio::spawn(async move {
-        let signal = stop_signal().await;
-        handle.shutdown();
-        signal
-    });
+    serve_metrics(args, &server.handle()).await?;
+    let stopped = shutdown_on_signal(server.handle());
     match grpc {
         Some(grpc) => {
             tokio::try_join!(server.serve_all(listeners), server.serve_grpc(grpc))?;
         }
         None => server.serve_all(listeners).await?,
     }
-    Ok(signal_seen(stopped).await)
+    Ok(stopped.signal())
 }
 
 /// The same agent on the async-std adapter: the server runs on async-io and
@@ -155,26 +159,50 @@ async fn serve_async_std(
         listeners.push(Listener::tcp(tcp));
     }
     announce(args, " (async-std adapter)");
-    let handle = server.handle();
-    let stopped = tokio::spawn(async move {
-        let signal = stop_signal().await;
-        handle.shutdown();
-        signal
-    });
+    serve_metrics(args, &server.handle()).await?;
+    let stopped = shutdown_on_signal(server.handle());
     let (done, served) = tokio::sync::oneshot::channel();
     AsyncStd::spawn(async move {
         let _ = done.send(server.serve_all(listeners).await);
     });
     served.await.map_err(|_| "server task ended early")??;
-    Ok(signal_seen(stopped).await)
+    Ok(stopped.signal())
 }
 
-/// The signal that stopped the server, if one did.
-async fn signal_seen(stopped: tokio::task::JoinHandle<&'static str>) -> &'static str {
-    if stopped.is_finished() {
-        stopped.await.unwrap_or("shutdown")
-    } else {
-        stopped.abort();
-        "shutdown"
+/// `--metrics`: the server's metrics over HTTP.
+async fn serve_metrics(
+    args: &ServeArgs,
+    handle: &agent_protocol_driver::server::ServerHandle,
+) -> Result<()> {
+    let Some(addr) = &args.metrics else {
+        return Ok(());
+    };
+    let mut registry = Registry::default();
+    handle.register_metrics(&mut registry);
+    super::metrics_http::serve(addr, registry).await
+}
+
+/// Shuts the server down at Ctrl-C or SIGTERM, noting which.
+struct ShutdownOnSignal {
+    seen: Arc<OnceLock<&'static str>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn shutdown_on_signal(handle: agent_protocol_driver::server::ServerHandle) -> ShutdownOnSignal {
+    let seen = Arc::new(OnceLock::new());
+    let noted = seen.clone();
+    let task = tokio::spawn(async move {
+        // Noted before the shutdown starts, so it is known however fast the server drains.
+        let _ = noted.set(stop_signal().await);
+        handle.shutdown();
+    });
+    ShutdownOnSignal { seen, task }
+}
+
+impl ShutdownOnSignal {
+    /// The server ended: which signal stopped it, if one did.
+    fn signal(self) -> &'static str {
+        self.task.abort();
+        self.seen.get().copied().unwrap_or("shutdown")
     }
 }

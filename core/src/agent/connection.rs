@@ -114,6 +114,8 @@ pub struct AgentConnection {
     by_correlation: HashMap<ByteStr, SmallVec<[RequestId; 2]>>,
     next_id: RequestId,
     notices_dropped: u64,
+    /// Events answered with a block by the connection itself (see `answer_fail_closed`).
+    fail_closed_answers: u64,
     /// The proxy's acceptance of a reverse connection's registration.
     registration: Option<RegistrationResponse>,
 }
@@ -208,6 +210,7 @@ impl AgentConnection {
             by_correlation: HashMap::new(),
             next_id: RequestId::from_raw(0),
             notices_dropped: 0,
+            fail_closed_answers: 0,
             registration: None,
         }
     }
@@ -378,6 +381,7 @@ impl AgentConnection {
             correlation_id: correlation_id.into(),
             response: why.response(Some(frame_type)),
         });
+        self.fail_closed_answers += 1;
         true
     }
 
@@ -591,6 +595,12 @@ impl AgentConnection {
     /// Informational events dropped because [`MAX_QUEUED_NOTICES`] events were waiting.
     pub fn notices_dropped(&self) -> u64 {
         self.notices_dropped
+    }
+
+    /// Events this connection answered with a block itself, without the application seeing
+    /// them: undecodable, over a limit, over `max_in_flight`, or before the handshake.
+    pub fn fail_closed_answers(&self) -> u64 {
+        self.fail_closed_answers
     }
 
     fn notice(&mut self, event: AgentEvent) {

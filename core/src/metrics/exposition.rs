@@ -89,18 +89,12 @@ impl PoolMetrics {
         members: &[(&PoolMetrics, &[(&str, &str)])],
         encoder: &mut DescriptorEncoder<'_>,
     ) -> fmt::Result {
-        let prefix = sanitize_metric_name(prefix);
+        let names = FamilyNames::new(prefix);
+        let name = |base: &str| names.name(base);
         let labels: Vec<Labels<'_>> = members
             .iter()
             .map(|(_, l)| Labels::new(l.iter().copied()))
             .collect();
-        let name = |base: &str| {
-            if prefix.is_empty() {
-                base.to_owned()
-            } else {
-                format!("{prefix}_{base}")
-            }
-        };
         let counters: [Family; 7] = [
             (
                 "requests",
@@ -439,4 +433,25 @@ fn sanitize(name: &str, allow_colon: bool) -> String {
 /// A configured prefix or metric name made valid.
 pub fn sanitize_metric_name(name: &str) -> String {
     sanitize(name, true)
+}
+
+/// Family names under a configured prefix: `{prefix}_{base}`, or `base` alone when the prefix
+/// is empty; the prefix is sanitised once.
+#[derive(Debug)]
+pub struct FamilyNames(String);
+
+impl FamilyNames {
+    /// Names under `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        Self(sanitize_metric_name(prefix))
+    }
+
+    /// The family `base`.
+    pub fn name(&self, base: &str) -> String {
+        if self.0.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{}_{base}", self.0)
+        }
+    }
 }

@@ -50,7 +50,7 @@ mod tests;
 pub use counters::{DecisionKind, ErrorCause, InFlightGuard, PoolMetrics};
 pub use exposition::{
     is_valid_label_name, is_valid_metric_name, labelled, render_openmetrics, sanitize_metric_name,
-    EncodeFn, LabelCount, Labels, LabelsWith,
+    EncodeFn, FamilyNames, LabelCount, Labels, LabelsWith,
 };
 pub use histogram::{HistogramSnapshot, LatencyHistogram, LATENCY_BUCKETS_SECONDS};
 /// The Prometheus client library the metrics are encoded with: register them in a

@@ -11,7 +11,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 
 use super::counters::DecisionKind;
-use super::exposition::{encode_counter, encode_histogram, labelled, sanitize_metric_name, Labels};
+use super::exposition::{encode_counter, encode_histogram, labelled, FamilyNames, Labels};
 use super::histogram::LatencyHistogram;
 
 /// An agent server's counters: connections, requests in flight, answers by decision, handler
@@ -27,8 +27,9 @@ use super::histogram::LatencyHistogram;
 /// use agent_protocol_core::metrics::{DecisionKind, ServerMetrics};
 /// let m = ServerMetrics::new();
 /// m.connection_opened();
-/// m.request_started();
-/// m.request_answered(DecisionKind::Block, Some(Duration::from_micros(80)));
+/// m.requests_started(1);
+/// m.record_answer(DecisionKind::Block, Some(Duration::from_micros(80)));
+/// m.requests_finished(1);
 /// assert_eq!((m.connections(), m.in_flight(), m.answers(DecisionKind::Block)), (1, 0, 1));
 /// ```
 #[derive(Debug, Default)]
@@ -60,7 +61,7 @@ impl ServerMetrics {
         self.timed.store(timed, Ordering::Relaxed);
     }
 
-    /// A connection completed its handshake.
+    /// A connection was accepted (or dialed, for a reverse connection).
     pub fn connection_opened(&self) {
         self.connections_opened.fetch_add(1, Ordering::Relaxed);
         self.connections.fetch_add(1, Ordering::Relaxed);
@@ -68,28 +69,37 @@ impl ServerMetrics {
 
     /// A connection ended.
     pub fn connection_closed(&self) {
-        saturating_dec(&self.connections);
+        let _ = self
+            .connections
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(1))
+            });
     }
 
-    /// A request reached the handler.
-    pub fn request_started(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    /// `n` requests reached the handler.
+    pub fn requests_started(&self, n: u64) {
+        self.requests.fetch_add(n, Ordering::Relaxed);
+        self.in_flight.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` requests left the handler, answered or not; pairs with
+    /// [`requests_started`](Self::requests_started) (a plain subtraction: this is on every
+    /// request's path, and the drivers pair the calls).
+    pub fn requests_finished(&self, n: u64) {
+        self.in_flight.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// The handler answered with `decision`, after `latency` when measured.
-    pub fn request_answered(&self, decision: DecisionKind, latency: Option<Duration>) {
-        saturating_dec(&self.in_flight);
+    pub fn record_answer(&self, decision: DecisionKind, latency: Option<Duration>) {
         self.answers[decision as usize].fetch_add(1, Ordering::Relaxed);
         if let Some(latency) = latency {
             self.handler_latency.record(latency);
         }
     }
 
-    /// The request ended without an answer from the handler (cancelled by the proxy, or its
+    /// A request ended without the handler's answer (cancelled by the proxy, or its
     /// connection closed).
-    pub fn request_cancelled(&self) {
-        saturating_dec(&self.in_flight);
+    pub fn record_cancelled(&self) {
         self.cancelled.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -108,6 +118,11 @@ impl ServerMetrics {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Events answered fail-closed by the connections themselves so far.
+    pub fn fail_closed(&self) -> u64 {
+        self.fail_closed.load(Ordering::Relaxed)
+    }
+
     /// Handler answers with `decision` so far.
     pub fn answers(&self, decision: DecisionKind) -> u64 {
         self.answers[decision as usize].load(Ordering::Relaxed)
@@ -124,21 +139,15 @@ impl ServerMetrics {
         labels: &[(&str, &str)],
         encoder: &mut DescriptorEncoder<'_>,
     ) -> fmt::Result {
-        let prefix = sanitize_metric_name(prefix);
-        let name = |base: &str| {
-            if prefix.is_empty() {
-                base.to_owned()
-            } else {
-                format!("{prefix}_{base}")
-            }
-        };
+        let names = FamilyNames::new(prefix);
+        let name = |base: &str| names.name(base);
         let labels = Labels::new(labels.iter().copied());
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         for (base, help, value) in [
             ("connections_opened", "Proxy connections that completed the handshake.", load(&self.connections_opened)),
             ("requests", "Events handed to the handler.", load(&self.requests)),
             ("cancelled", "Events that ended without the handler's answer (cancelled, or the connection closed).", load(&self.cancelled)),
-            ("fail_closed", "Events answered fail-closed by the connection without reaching the handler (undecodable, answer too large).", load(&self.fail_closed)),
+            ("fail_closed", "Events answered fail-closed by the connection without reaching the handler (undecodable, over a limit, over max_in_flight).", load(&self.fail_closed)),
         ] {
             let family = name(base);
             let mut metric = encoder.encode_descriptor(&family, help, None, MetricType::Counter)?;
@@ -183,11 +192,4 @@ impl ServerMetrics {
             &self.handler_latency.snapshot(),
         )
     }
-}
-
-/// Decrements without wrapping: a gauge below zero would only mean a bookkeeping bug.
-fn saturating_dec(a: &AtomicU64) {
-    let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-        Some(v.saturating_sub(1))
-    });
 }

@@ -13,7 +13,7 @@ use prometheus_client::metrics::MetricType;
 use super::CircuitState;
 use crate::control::MetricsReport;
 use crate::metrics::{
-    is_valid_metric_name, labelled, sanitize_metric_name, Labels, ReportedCounter, ReportedGauge,
+    is_valid_metric_name, labelled, FamilyNames, Labels, ReportedCounter, ReportedGauge,
 };
 use crate::HealthState;
 
@@ -118,14 +118,8 @@ pub fn encode_pool_gauges(
     affinities: usize,
     encoder: &mut DescriptorEncoder<'_>,
 ) -> fmt::Result {
-    let prefix = sanitize_metric_name(prefix);
-    let name = |base: &str| {
-        if prefix.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{prefix}_{base}")
-        }
-    };
+    let names = FamilyNames::new(prefix);
+    let name = |base: &str| names.name(base);
     let labels: Vec<Labels<'_>> = agents
         .iter()
         .map(|a| Labels::new([("agent", a.agent)].into_iter()))

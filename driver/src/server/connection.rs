@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use agent_protocol_core::agent::{
     AgentConnection, AgentEvent, AgentIncoming, AgentOutgoing, RequestId,
 };
+use agent_protocol_core::metrics::DecisionKind;
 use agent_protocol_core::{
     AgentResponse, ConfigureEvent, ConnectionError, Event, HealthState, HealthStatus,
 };
@@ -159,6 +160,7 @@ pub async fn serve_link<L: AgentLink, H: AgentHandler, R: Runtime>(
         configure: UnansweredConfigure::default(),
         link_closed: false,
         span: span.clone(),
+        fail_closed_counted: 0,
     };
     if own {
         task.run::<R>(drain_timeout).instrument(span).await;
@@ -190,6 +192,8 @@ struct ConnectionTask<L, H> {
     link_closed: bool,
     /// The connection's span, for what the handshake settles.
     span: Span,
+    /// The connection's fail-closed answers already added to the server's metrics.
+    fail_closed_counted: u64,
 }
 
 /// What woke the connection task, in the order the task looks at them.
@@ -222,7 +226,8 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
             while let Some(event) = self.conn.poll_event() {
                 match event {
                     AgentEvent::Request { id, event } => {
-                        let started = L::TIMES_ANSWERS.then(Instant::now);
+                        let timed = L::TIMES_ANSWERS || self.handle.metrics().timed();
+                        let started = timed.then(Instant::now);
                         self.handle.requests_started(1);
                         let request = dispatch(self.handler.clone(), id, event);
                         match start(&mut first_poll, request) {
@@ -255,6 +260,7 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
                     other => tracing::debug!(?other, "agent connection event"),
                 }
             }
+            self.count_fail_closed();
             self.flush_messages(None);
             let closed = self.conn.is_closed();
             if closed && !self.link_closed {
@@ -376,6 +382,10 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
         }
         self.configure.abandon(&self.handle);
         self.handle.requests_finished(running.len());
+        for _ in 0..running.len() {
+            self.handle.metrics().record_cancelled();
+        }
+        self.count_fail_closed();
         self.link.shutdown().await;
     }
 
@@ -428,12 +438,27 @@ impl<L: AgentLink, H: AgentHandler> ConnectionTask<L, H> {
 
     fn finish(&mut self, done: Result<Answer, Aborted>, started: Option<Instant>) {
         self.handle.requests_finished(1);
+        let metrics = self.handle.metrics();
         let Ok((id, response)) = done else {
-            return; // cancelled: nothing is sent
+            metrics.record_cancelled();
+            return; // nothing is sent
         };
+        let took = started.map(|s| s.elapsed());
+        metrics.record_answer(DecisionKind::from(&response.decision), took);
         // UnknownRequest means it was cancelled meanwhile: nothing to send.
         if self.conn.respond(id, response).is_ok() {
-            self.flush_messages(started.map(|s| s.elapsed()));
+            self.flush_messages(took);
+        }
+    }
+
+    /// Adds the connection's fail-closed answers since the last call to the server's metrics.
+    fn count_fail_closed(&mut self) {
+        let total = self.conn.fail_closed_answers();
+        if total != self.fail_closed_counted {
+            self.handle
+                .metrics()
+                .add_fail_closed(total - self.fail_closed_counted);
+            self.fail_closed_counted = total;
         }
     }
 }

@@ -24,12 +24,13 @@ pub use tower::{HandlerService, ServiceHandler};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use agent_protocol_core::agent::{AgentCodec, AgentConfig, AgentConnection};
 use agent_protocol_core::handshake::AgentHandshakeConfig;
+use agent_protocol_core::metrics::prometheus_client::registry::Registry;
+use agent_protocol_core::metrics::{EncodeFn, ServerMetrics};
 use agent_protocol_core::{
     Capabilities, Encoding, FlowAction, FlowControl, HealthState, HealthStatus, MetricsReport,
 };
@@ -258,8 +259,7 @@ pub enum Push {
 pub struct ServerHandle {
     push: broadcast::Sender<Push>,
     shutdown: watch::Sender<bool>,
-    connections: Arc<AtomicUsize>,
-    in_flight: Arc<AtomicUsize>,
+    metrics: Arc<ServerMetrics>,
     agent_id: String,
 }
 
@@ -272,8 +272,7 @@ impl ServerHandle {
         Self {
             push,
             shutdown,
-            connections: Arc::new(AtomicUsize::new(0)),
-            in_flight: Arc::new(AtomicUsize::new(0)),
+            metrics: Arc::new(ServerMetrics::new()),
             agent_id: agent_id.into(),
         }
     }
@@ -296,23 +295,55 @@ impl ServerHandle {
     /// Counts a connection opened by a transport served outside this crate (see
     /// [`ServerHandle::connections`]); pair with [`ServerHandle::connection_closed`].
     pub fn connection_opened(&self) {
-        self.connections.fetch_add(1, Ordering::AcqRel);
+        self.metrics.connection_opened();
     }
 
     /// Counts a connection closed.
     pub fn connection_closed(&self) {
-        self.connections.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.connection_closed();
     }
 
     /// Counts `n` requests handed to the handler (see [`ServerHandle::in_flight`]); pair with
     /// [`ServerHandle::requests_finished`].
     pub fn requests_started(&self, n: usize) {
-        self.in_flight.fetch_add(n, Ordering::AcqRel);
+        self.metrics.requests_started(n as u64);
     }
 
     /// Counts `n` requests answered or abandoned.
     pub fn requests_finished(&self, n: usize) {
-        self.in_flight.fetch_sub(n, Ordering::AcqRel);
+        self.metrics.requests_finished(n as u64);
+    }
+
+    /// The server's counters, shared by its connections (and by reverse connectors given this
+    /// handle).
+    pub fn metrics(&self) -> &Arc<ServerMetrics> {
+        &self.metrics
+    }
+
+    /// Puts the server's metrics in `registry`, read at each scrape, and starts timing handlers
+    /// for `agent_protocol_agent_handler_duration_seconds` (two clock reads per request, spent
+    /// only once someone reads them). Families (prefix `agent_protocol_agent`, label `agent_id`):
+    /// `_connections`, `_connections_opened_total`, `_requests_total`, `_in_flight_requests`,
+    /// `_answers_total{decision}`, `_cancelled_total`, `_fail_closed_total`,
+    /// `_handler_duration_seconds`.
+    ///
+    /// ```
+    /// use agent_protocol_tokio::core::metrics::{prometheus_client::registry::Registry, render_openmetrics};
+    /// use agent_protocol_tokio::server::ServerHandle;
+    /// let handle = ServerHandle::new("waf");
+    /// let mut registry = Registry::default();
+    /// handle.register_metrics(&mut registry);
+    /// handle.requests_started(1);
+    /// let text = render_openmetrics(&registry);
+    /// assert!(text.contains("agent_protocol_agent_in_flight_requests{agent_id=\"waf\"} 1"));
+    /// ```
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        self.metrics.set_timed(true);
+        let metrics = self.metrics.clone();
+        let agent_id = self.agent_id.clone();
+        registry.register_collector(Box::new(EncodeFn::new(move |encoder| {
+            metrics.encode("agent_protocol_agent", &[("agent_id", &agent_id)], encoder)
+        })));
     }
 
     /// Sends a frame to every connected proxy.
@@ -351,12 +382,12 @@ impl ServerHandle {
 
     /// Open connections.
     pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Acquire)
+        usize::try_from(self.metrics.connections()).unwrap_or(usize::MAX)
     }
 
     /// Requests being processed, over all connections.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        usize::try_from(self.metrics.in_flight()).unwrap_or(usize::MAX)
     }
 
     /// Starts graceful shutdown: stop accepting, finish in-flight requests, close.
@@ -549,6 +580,11 @@ impl<H: AgentHandler, R: Runtime> AgentServer<H, R> {
     /// Handle for pushing control frames and shutting down.
     pub fn handle(&self) -> ServerHandle {
         self.handle.clone()
+    }
+
+    /// Puts the server's metrics in `registry` (see [`ServerHandle::register_metrics`]).
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        self.handle.register_metrics(registry);
     }
 
     /// Binds the Unix socket with the configured mode (see [`bind_unix_socket`]).

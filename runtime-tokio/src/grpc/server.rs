@@ -42,6 +42,7 @@ use agent_protocol_core::agent::{
 use agent_protocol_core::encoding::EncodeError;
 use agent_protocol_core::frame::PayloadTooLarge;
 use agent_protocol_core::handshake::HandshakeRequest;
+use agent_protocol_core::metrics::DecisionKind;
 use agent_protocol_core::ConfigUpdateResponse;
 use agent_protocol_core::{AgentIncoming, ConnectionError, Encoding, Event};
 use agent_protocol_driver::server::{serve_link, AgentLink, Received};
@@ -258,6 +259,10 @@ impl<H: AgentHandler> AgentServiceV2 for GrpcService<H> {
                     Event::Configure(event),
                 )
                 .await;
+                handle.metrics().record_answer(
+                    DecisionKind::from(&response.decision),
+                    Some(started.elapsed()),
+                );
                 let mut answer = AgentToProxy {
                     message: Some(v2::agent_to_proxy::Message::Response(
                         convert::response_to_proto(String::new(), response),
@@ -280,6 +285,10 @@ impl<H: AgentHandler> AgentServiceV2 for GrpcService<H> {
                 let _guard = InFlightGuard(handle);
                 let started = Instant::now();
                 let (id, response) = dispatch(self.handler.clone(), id, event).await;
+                handle.metrics().record_answer(
+                    DecisionKind::from(&response.decision),
+                    Some(started.elapsed()),
+                );
                 let _ = conn.respond(id, response);
                 let mut answer = next_answer(&mut conn)
                     .ok_or_else(|| Status::internal("the agent produced no answer"))?;

@@ -562,7 +562,53 @@ pub async fn caller_wait_ends_when_the_connection_task_never_answers<R: Harness>
     assert_eq!(queued, 2);
 }
 
+/// Malformed events from a raw proxy are answered with blocks by the connection itself, and
+/// the server's metrics say so: counted as fail-closed, not as handler answers.
+pub async fn malformed_events_are_answered_and_counted_fail_closed<R: Harness>() {
+    use agent_protocol_core::metrics::prometheus_client::registry::Registry;
+    use agent_protocol_core::metrics::{render_openmetrics, DecisionKind};
+    let agent = serve_uds::<_, R>(AllowAll);
+    let mut registry = Registry::default();
+    agent.handle.register_metrics(&mut registry);
+    let mut proxy = raw_proxy(&agent.path);
+    let malformed = raw_frame(0x10, br#"{"correlation_id":"bad"}"#);
+    for _ in 0..3 {
+        proxy.write_all(&malformed).unwrap();
+    }
+    for i in 0..2 {
+        let event = Event::RequestHeaders(headers(&format!("ok{i}")));
+        proxy.write_all(&event_frame(&event)).unwrap();
+    }
+    let mut decisions = Vec::new();
+    for _ in 0..5 {
+        let (ty, payload) = read_frame(&mut proxy).unwrap();
+        assert_eq!(ty, FrameType::AgentResponse.as_byte());
+        let response: AgentResponse =
+            decode_payload(FrameType::AgentResponse, Encoding::Json, &payload).unwrap();
+        decisions.push(response.decision.kind());
+    }
+    decisions.sort_unstable();
+    assert_eq!(decisions, ["allow", "allow", "block", "block", "block"]);
+    let metrics = agent.handle.metrics().clone();
+    eventually::<R>("answers counted", WAIT, || {
+        metrics.answers(DecisionKind::Allow) == 2 && metrics.fail_closed() == 3
+    })
+    .await;
+    let text = render_openmetrics(&registry);
+    for needle in [
+        "agent_protocol_agent_fail_closed_total{agent_id=\"agent\"} 3\n",
+        "agent_protocol_agent_answers_total{agent_id=\"agent\",decision=\"allow\"} 2\n",
+        "agent_protocol_agent_answers_total{agent_id=\"agent\",decision=\"block\"} 0\n",
+        "agent_protocol_agent_requests_total{agent_id=\"agent\"} 2\n",
+        "agent_protocol_agent_handler_duration_seconds_count{agent_id=\"agent\"} 2\n",
+        "agent_protocol_agent_connections{agent_id=\"agent\"} 1\n",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+}
+
 on_both_runtimes!(
+    malformed_events_are_answered_and_counted_fail_closed,
     caller_wait_ends_when_the_connection_task_never_answers,
     flooding_agent_cannot_hold_client_requests_past_their_timeout,
     flooding_agent_cannot_hold_pool_requests_past_their_timeout,
