@@ -295,11 +295,13 @@ pub fn notes(config: &BenchConfig, caps: &Capabilities) -> Vec<String> {
     if config.concurrency > takes {
         notes.push(format!(
             "the agent takes at most {per_connection} requests in flight per connection; \
-             {} connection{} take {takes}, fewer than --concurrency {}: the pool will refuse \
-             the rest at once (errors of kind `saturated`); use --connections {} or lower \
-             --concurrency",
-            config.connections,
-            if config.connections == 1 { "" } else { "s" },
+             {} take {takes}, fewer than --concurrency {}: the pool will refuse the rest at \
+             once (errors of kind `saturated`); use --connections {} or lower --concurrency",
+            if config.connections == 1 {
+                "1 connection".to_owned()
+            } else {
+                format!("{} connections", config.connections)
+            },
             config.concurrency,
             config.concurrency.div_ceil(per_connection.max(1)),
         ));
