@@ -241,7 +241,7 @@ impl ClientTask {
                     return;
                 }
                 let timeout = Some(deadline - now);
-                match self.conn.send_event(now, event, timeout, |m| link.send(m)) {
+                match self.conn.send_event(now, *event, timeout, |m| link.send(m)) {
                     Ok(id) => {
                         self.waiters.insert(id, reply);
                     }

@@ -29,7 +29,9 @@ impl std::fmt::Debug for Command {
 #[allow(clippy::large_enum_variant)]
 pub(super) enum CommandKind {
     Send {
-        event: Event,
+        /// Boxed, so a command is a few words: it is written into the channel and read out of
+        /// it, and an event is some 500 bytes.
+        event: Box<Event>,
         deadline: Instant,
         reply: Reply,
     },
@@ -96,7 +98,7 @@ impl ClientHandle {
 
     pub(crate) async fn send_until<R: Runtime>(
         &self,
-        event: Event,
+        event: Box<Event>,
         deadline: Instant,
     ) -> Result<AgentResponse, ClientError> {
         let submitted = R::now();

@@ -531,7 +531,7 @@ impl<R: Runtime> AgentClient<R> {
         event: Event,
         deadline: Instant,
     ) -> Result<AgentResponse, ClientError> {
-        self.handle.send_until::<R>(event, deadline).await
+        self.handle.send_until::<R>(Box::new(event), deadline).await
     }
 
     /// Cancels a pending request; the agent is told and the caller gets `Cancelled` at once.

@@ -66,9 +66,9 @@ impl<R: Runtime> PoolInner<R> {
         // when the span is enabled.
         let (result, verdict) = if span.is_disabled() {
             drop(span);
-            self.run(&entry, event, submitted, deadline).await
+            self.run(&entry, Box::new(event), submitted, deadline).await
         } else {
-            self.run(&entry, event, submitted, deadline)
+            self.run(&entry, Box::new(event), submitted, deadline)
                 .instrument(span)
                 .await
         };
@@ -142,7 +142,9 @@ impl<R: Runtime> PoolInner<R> {
     async fn run(
         &self,
         entry: &AgentEntry,
-        mut event: Event,
+        // Boxed once here, the event moves as a pointer through the request's future and the
+        // connection's command channel instead of being copied at each step.
+        mut event: Box<Event>,
         submitted: Instant,
         deadline: Instant,
     ) -> (Result<AgentResponse, PoolError>, Verdict) {
