@@ -11,6 +11,8 @@
 #[macro_export]
 macro_rules! adapter_modules {
     ($runtime:ty) => {
+        pub use agent_protocol_driver::metrics;
+
         /// One proxy->agent connection (see [`agent_protocol_driver::client`]).
         pub mod client {
             pub use agent_protocol_driver::client::{

@@ -18,6 +18,7 @@
 
 mod adapter;
 pub mod client;
+pub mod metrics;
 pub mod pool;
 pub mod reverse;
 pub mod runtime;

@@ -5,8 +5,8 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use agent_protocol_core::metrics::prometheus_client::registry::Registry;
-use agent_protocol_core::metrics::render_openmetrics;
+use agent_protocol_driver::metrics::prometheus_client::registry::Registry;
+use agent_protocol_driver::metrics::render_openmetrics;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};

@@ -8,8 +8,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use agent_protocol_async_std::AsyncStd;
-use agent_protocol_core::metrics::prometheus_client::registry::Registry;
 use agent_protocol_core::Encoding;
+use agent_protocol_driver::metrics::prometheus_client::registry::Registry;
 use agent_protocol_driver::Runtime;
 use agent_protocol_tokio::grpc::ServeGrpc;
 use agent_protocol_tokio::server::{AgentServer, Listener, ServerConfig};

@@ -1,12 +1,12 @@
 //! The series agents report about themselves in their MetricsReport frames, kept in a bounded,
 //! validated, expiring [`AgentMetricsStore`] until the next scrape.
 //!
-//! The store only holds the series; `exposition` encodes them.
+//! The store only holds the series; the driver's exporter reads them ([`AgentMetricsStore::families`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::exposition::{is_valid_label_name, is_valid_metric_name};
+use super::names::{is_valid_label_name, is_valid_metric_name};
 
 /// A counter as an agent reported it (cumulative value).
 ///
@@ -95,18 +95,47 @@ pub struct IngestSummary {
     pub over_limit: usize,
 }
 
-/// The type of a metric family; one name has one type across all agents.
+/// The type of a reported metric family; one name has one type across all agents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Kind {
+pub enum ReportedKind {
+    /// A cumulative counter.
     Counter,
+    /// A gauge.
     Gauge,
 }
 
-/// A series' latest value, of its family's [`Kind`].
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Value {
+/// A reported series' latest value, of its family's [`ReportedKind`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ReportedValue {
+    /// A counter's value.
     Counter(u64),
+    /// A gauge's value.
     Gauge(f64),
+}
+
+use ReportedKind as Kind;
+use ReportedValue as Value;
+
+/// One stored family, as an exporter reads it.
+#[derive(Clone, Copy, Debug)]
+pub struct ReportedFamily<'a> {
+    /// Its metric name, as reported (valid).
+    pub name: &'a str,
+    /// Counter or gauge.
+    pub kind: ReportedKind,
+    /// Help text, if an agent gave one (not escaped).
+    pub help: Option<&'a str>,
+    series: &'a BTreeMap<Vec<(String, String)>, Sample>,
+}
+
+impl<'a> ReportedFamily<'a> {
+    /// Its series: the full label set (names valid, sorted, `agent_id` included; values not
+    /// escaped) and the latest value.
+    pub fn series(&self) -> impl Iterator<Item = (&'a [(String, String)], ReportedValue)> + 'a {
+        self.series
+            .iter()
+            .map(|(labels, s)| (labels.as_slice(), s.value))
+    }
 }
 
 /// One stored series: its value and when it was last reported (for expiry).
@@ -140,7 +169,7 @@ pub(super) struct Family {
 /// behind a lock that is never on the request path.
 ///
 /// ```
-/// use agent_protocol_core::metrics::{AgentMetricsStore, ReportedCounter};
+/// use agent_protocol_core::metrics::{AgentMetricsStore, ReportedCounter, ReportedValue};
 /// use std::time::Instant;
 ///
 /// let now = Instant::now();
@@ -153,12 +182,12 @@ pub(super) struct Family {
 /// };
 /// let summary = store.ingest("waf-1", &[c], &[], now);
 /// assert_eq!(summary.accepted, 1);
-/// let mut registry = agent_protocol_core::metrics::prometheus_client::registry::Registry::default();
-/// registry.register_collector(Box::new(agent_protocol_core::metrics::EncodeFn::new(
-///     move |encoder| store.encode(encoder),
-/// )));
-/// let out = agent_protocol_core::metrics::render_openmetrics(&registry);
-/// assert!(out.contains("agent_requests_total{agent_id=\"waf-1\"} 7\n"));
+/// let family = store.families().next().unwrap();
+/// let (labels, value) = family.series().next().unwrap();
+/// assert_eq!(family.name, "agent_requests_total");
+/// // The agent's own agent_id label is replaced by the id the pool knows.
+/// assert_eq!(labels, [("agent_id".to_string(), "waf-1".to_string())]);
+/// assert_eq!(value, ReportedValue::Counter(7));
 /// ```
 #[derive(Clone, Debug)]
 pub struct AgentMetricsStore {
@@ -235,9 +264,14 @@ impl AgentMetricsStore {
         self.over_limit_total
     }
 
-    /// The stored families by metric name, for rendering.
-    pub(super) fn families(&self) -> &BTreeMap<String, Family> {
-        &self.families
+    /// The stored families, by metric name.
+    pub fn families(&self) -> impl Iterator<Item = ReportedFamily<'_>> {
+        self.families.iter().map(|(name, f)| ReportedFamily {
+            name,
+            kind: f.kind,
+            help: f.help.as_deref(),
+            series: &f.series,
+        })
     }
 
     /// Stores one report's counters and gauges for `agent_id` (the pool's id for the connection).

@@ -1,17 +1,12 @@
 //! What an agent server observes about itself: [`ServerMetrics`].
 //!
 //! Plain atomics, like [`PoolMetrics`](super::PoolMetrics): every connection task updates them
-//! without a lock, and `exposition` encodes them at scrape time.
+//! without a lock, and the driver's exporter reads them at scrape time.
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::metrics::MetricType;
-
 use super::counters::DecisionKind;
-use super::exposition::{encode_counter, encode_histogram, labelled, FamilyNames, Labels};
 use super::histogram::LatencyHistogram;
 
 /// An agent server's counters: connections, requests in flight, answers by decision, handler
@@ -128,68 +123,23 @@ impl ServerMetrics {
         self.answers[decision as usize].load(Ordering::Relaxed)
     }
 
-    /// Encodes these metrics: every name starts with `prefix_` (sanitised), every sample
-    /// carries `labels` (names sanitised, values escaped). Families:
-    /// `{prefix}_connections_opened_total`, `_connections`, `_requests_total`,
-    /// `_in_flight_requests`, `_answers_total{decision}`, `_cancelled_total`,
-    /// `_fail_closed_total`, `_handler_duration_seconds`.
-    pub fn encode(
-        &self,
-        prefix: &str,
-        labels: &[(&str, &str)],
-        encoder: &mut DescriptorEncoder<'_>,
-    ) -> fmt::Result {
-        let names = FamilyNames::new(prefix);
-        let name = |base: &str| names.name(base);
-        let labels = Labels::new(labels.iter().copied());
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        for (base, help, value) in [
-            ("connections_opened", "Proxy connections that completed the handshake.", load(&self.connections_opened)),
-            ("requests", "Events handed to the handler.", load(&self.requests)),
-            ("cancelled", "Events that ended without the handler's answer (cancelled, or the connection closed).", load(&self.cancelled)),
-            ("fail_closed", "Events answered fail-closed by the connection without reaching the handler (undecodable, over a limit, over max_in_flight).", load(&self.fail_closed)),
-        ] {
-            let family = name(base);
-            let mut metric = encoder.encode_descriptor(&family, help, None, MetricType::Counter)?;
-            encode_counter(&mut metric, &labels.with(None), value)?;
-        }
-        for (base, help, value) in [
-            ("connections", "Proxy connections open.", self.connections()),
-            (
-                "in_flight_requests",
-                "Events in the handler.",
-                self.in_flight(),
-            ),
-        ] {
-            let family = name(base);
-            let mut metric = encoder.encode_descriptor(&family, help, None, MetricType::Gauge)?;
-            labelled(&mut metric, &labels.with(None), |g| g.encode_gauge(&value))?;
-        }
-        let family = name("answers");
-        let mut metric = encoder.encode_descriptor(
-            &family,
-            "Handler answers by decision.",
-            None,
-            MetricType::Counter,
-        )?;
-        for d in DecisionKind::ALL {
-            encode_counter(
-                &mut metric,
-                &labels.with(Some(("decision", d.as_str()))),
-                self.answers(d),
-            )?;
-        }
-        let family = name("handler_duration_seconds");
-        let mut metric = encoder.encode_descriptor(
-            &family,
-            "Time from handing an event to the handler to its answer.",
-            None,
-            MetricType::Histogram,
-        )?;
-        encode_histogram(
-            &mut metric,
-            &labels.with(None),
-            &self.handler_latency.snapshot(),
-        )
+    /// Proxy connections accepted (or dialed) so far.
+    pub fn connections_opened(&self) -> u64 {
+        self.connections_opened.load(Ordering::Relaxed)
+    }
+
+    /// Events handed to the handler so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Events that ended without the handler's answer so far.
+    pub fn cancelled(&self) -> u64 {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Time from handing an event to the handler to its answer, when measured.
+    pub fn handler_latency(&self) -> &LatencyHistogram {
+        &self.handler_latency
     }
 }

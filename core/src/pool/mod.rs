@@ -13,7 +13,7 @@
 //! - [`backoff`]: when to try reconnecting ([`Backoff`], [`ReconnectSchedule`]).
 //! - [`endpoint`]: what an endpoint string in the configuration means ([`Endpoint`]).
 //! - [`telemetry`]: the pool's connection gauges and the conversion of agent metric reports
-//!   ([`encode_pool_gauges`], [`report_series`]).
+//!   ([`AgentGauges`], [`report_series`]).
 //!
 //! Nothing here reads the clock, sleeps, spawns or locks: time comes in as [`std::time::Instant`]
 //! and randomness as plain `u64` values. The types meant to be shared between threads without a
@@ -49,9 +49,7 @@ pub use selection::{
     CandidateInfo, CandidateSet, ErrorRate, IneligibleReason, LoadBalanceStrategy, SelectError,
     Selector,
 };
-pub use telemetry::{
-    circuit_state_value, encode_pool_gauges, report_series, AgentGauges, ConnectionCounts,
-};
+pub use telemetry::{circuit_state_value, report_series, AgentGauges, ConnectionCounts};
 
 /// `instant + duration`, but never panics: `Instant + Duration` panics on overflow, and durations
 /// here come from configuration (a user may write an absurd timeout). On overflow the duration is

@@ -5,16 +5,9 @@
 //! Pure functions over plain values, shared by every runtime adapter so their `/metrics` output is
 //! identical.
 
-use std::fmt;
-
-use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::metrics::MetricType;
-
 use super::CircuitState;
 use crate::control::MetricsReport;
-use crate::metrics::{
-    is_valid_metric_name, labelled, FamilyNames, Labels, ReportedCounter, ReportedGauge,
-};
+use crate::metrics::{is_valid_metric_name, ReportedCounter, ReportedGauge};
 use crate::HealthState;
 
 /// How one agent's connections stand, as counted by the adapter from its live connection state.
@@ -80,7 +73,7 @@ pub fn circuit_state_value(state: CircuitState) -> u8 {
     }
 }
 
-/// One agent's line in [`encode_pool_gauges`].
+/// One agent's connection gauges, as the pool exports them.
 #[derive(Clone, Copy, Debug)]
 pub struct AgentGauges<'a> {
     /// The agent id (the label value; escaped when encoded).
@@ -89,97 +82,6 @@ pub struct AgentGauges<'a> {
     pub counts: ConnectionCounts,
     /// Its breaker.
     pub circuit: CircuitState,
-}
-
-/// Encodes the pool's connection gauges: `{prefix}_connections{agent,state}` (state =
-/// `healthy`, `degraded`, `unavailable`, `disconnected`), `{prefix}_paused_connections{agent}`,
-/// `{prefix}_circuit_state{agent}` and the pool-wide `{prefix}_correlation_affinities`. An
-/// invalid prefix is sanitised; label values are escaped.
-///
-/// ```
-/// use agent_protocol_core::metrics::{render_openmetrics, EncodeFn};
-/// use agent_protocol_core::pool::{encode_pool_gauges, AgentGauges, CircuitState, ConnectionCounts};
-/// use prometheus_client::registry::Registry;
-/// let mut counts = ConnectionCounts::default();
-/// counts.add(true, agent_protocol_core::HealthState::Healthy, false);
-/// let mut registry = Registry::default();
-/// registry.register_collector(Box::new(EncodeFn::new(move |encoder| {
-///     let agents = [AgentGauges { agent: "waf", counts, circuit: CircuitState::Closed }];
-///     encode_pool_gauges("agent_protocol", &agents, 7, encoder)
-/// })));
-/// let out = render_openmetrics(&registry);
-/// assert!(out.contains("agent_protocol_connections{agent=\"waf\",state=\"healthy\"} 1\n"));
-/// assert!(out.contains("agent_protocol_circuit_state{agent=\"waf\"} 0\n"));
-/// assert!(out.contains("agent_protocol_correlation_affinities 7\n"));
-/// ```
-pub fn encode_pool_gauges(
-    prefix: &str,
-    agents: &[AgentGauges<'_>],
-    affinities: usize,
-    encoder: &mut DescriptorEncoder<'_>,
-) -> fmt::Result {
-    let names = FamilyNames::new(prefix);
-    let name = |base: &str| names.name(base);
-    let labels: Vec<Labels<'_>> = agents
-        .iter()
-        .map(|a| Labels::new([("agent", a.agent)].into_iter()))
-        .collect();
-
-    let family = name("connections");
-    let mut metric = encoder.encode_descriptor(
-        &family,
-        "Agent connections by state.",
-        None,
-        MetricType::Gauge,
-    )?;
-    for (a, l) in agents.iter().zip(&labels) {
-        let c = &a.counts;
-        let disconnected = c.connections.saturating_sub(c.connected);
-        for (state, value) in [
-            ("healthy", c.healthy),
-            ("degraded", c.degraded),
-            ("unavailable", c.unavailable),
-            ("disconnected", disconnected),
-        ] {
-            labelled(&mut metric, &l.with(Some(("state", state))), |g| {
-                g.encode_gauge(&value)
-            })?;
-        }
-    }
-
-    let family = name("paused_connections");
-    let mut metric = encoder.encode_descriptor(
-        &family,
-        "Connections paused by the agent's flow control.",
-        None,
-        MetricType::Gauge,
-    )?;
-    for (a, l) in agents.iter().zip(&labels) {
-        labelled(&mut metric, &l.with(None), |g| {
-            g.encode_gauge(&a.counts.paused)
-        })?;
-    }
-
-    let family = name("circuit_state");
-    let mut metric = encoder.encode_descriptor(
-        &family,
-        "Circuit breaker state (0 closed, 1 half-open, 2 open).",
-        None,
-        MetricType::Gauge,
-    )?;
-    for (a, l) in agents.iter().zip(&labels) {
-        let value = u32::from(circuit_state_value(a.circuit));
-        labelled(&mut metric, &l.with(None), |g| g.encode_gauge(&value))?;
-    }
-
-    let family = name("correlation_affinities");
-    let mut metric = encoder.encode_descriptor(
-        &family,
-        "Correlation affinity entries (body chunks pinned to a connection).",
-        None,
-        MetricType::Gauge,
-    )?;
-    metric.encode_gauge(&affinities)
 }
 
 /// The series of one MetricsReport, ready for
@@ -291,38 +193,6 @@ mod tests {
     use crate::metrics::AgentMetricsStore;
     use std::time::Instant;
 
-    fn scrape(
-        encode: impl Fn(&mut DescriptorEncoder<'_>) -> fmt::Result + Send + Sync + 'static,
-    ) -> String {
-        let mut registry = prometheus_client::registry::Registry::default();
-        registry.register_collector(Box::new(crate::metrics::EncodeFn::new(encode)));
-        crate::metrics::render_openmetrics(&registry)
-    }
-
-    #[test]
-    fn gauges_escape_and_sanitise() {
-        let counts = ConnectionCounts {
-            connections: 3,
-            connected: 1,
-            degraded: 1,
-            ..Default::default()
-        };
-        let out = scrape(move |e| {
-            let agents = [AgentGauges {
-                agent: "a\"b\\c\nd",
-                counts,
-                circuit: CircuitState::HalfOpen,
-            }];
-            encode_pool_gauges("9 bad-prefix", &agents, 0, e)
-        });
-        assert!(out.contains(
-            "_9_bad_prefix_connections{agent=\"a\\\"b\\\\c\\nd\",state=\"disconnected\"} 2\n"
-        ));
-        assert!(out.contains("_9_bad_prefix_circuit_state{agent=\"a\\\"b\\\\c\\nd\"} 1\n"));
-        // Every family header appears once.
-        assert_eq!(out.matches("# TYPE _9_bad_prefix_connections ").count(), 1);
-    }
-
     #[test]
     fn report_series_feed_the_store() {
         let mut labels = std::collections::HashMap::new();
@@ -364,10 +234,20 @@ mod tests {
         let mut store = AgentMetricsStore::new();
         let summary = store.ingest("waf", &c, &g, Instant::now());
         assert_eq!(summary.accepted, 5);
-        let out = scrape(move |e| store.encode(e));
-        assert!(out.contains("lat_bucket{"), "{out}");
-        assert!(out.contains("le=\"0.5\""), "{out}");
-        assert!(out.contains("le=\"+Inf\""), "{out}");
-        assert!(out.contains("agent_queue_depth{"), "{out}");
+        let names: Vec<&str> = store.families().map(|f| f.name).collect();
+        assert!(names.contains(&"lat_bucket"), "{names:?}");
+        assert!(names.contains(&"agent_queue_depth"), "{names:?}");
+        let bucket = store.families().find(|f| f.name == "lat_bucket").unwrap();
+        let les: Vec<String> = bucket
+            .series()
+            .filter_map(|(labels, _)| {
+                labels
+                    .iter()
+                    .find(|(n, _)| n == "le")
+                    .map(|(_, v)| v.clone())
+            })
+            .collect();
+        assert!(les.contains(&"0.5".to_owned()), "{les:?}");
+        assert!(les.contains(&"+Inf".to_owned()), "{les:?}");
     }
 }

@@ -48,8 +48,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_protocol_core::metrics::prometheus_client::registry::Registry;
-use agent_protocol_core::metrics::{render_openmetrics, EncodeFn, PoolMetrics};
+use agent_protocol_core::metrics::PoolMetrics;
 use agent_protocol_core::{
     AgentResponse, CancelReason, ConfigureEvent, Event, GuardrailInspectEvent,
     RequestBodyChunkEvent, RequestCompleteEvent, RequestHeadersEvent, ResponseBodyChunkEvent,
@@ -363,7 +362,7 @@ impl<R: Runtime> AgentPool<R> {
     /// registry holds the pool weakly: a pool shut down and dropped just stops appearing.
     ///
     /// ```
-    /// use agent_protocol_tokio::core::metrics::{prometheus_client::registry::Registry, render_openmetrics};
+    /// use agent_protocol_tokio::metrics::{prometheus_client::registry::Registry, render_openmetrics};
     /// use agent_protocol_tokio::pool::{AgentPool, AgentPoolConfig};
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
     /// let pool = AgentPool::new(AgentPoolConfig::default());
@@ -374,22 +373,25 @@ impl<R: Runtime> AgentPool<R> {
     /// # pool.shutdown(std::time::Duration::ZERO).await;
     /// # });
     /// ```
-    pub fn register_metrics(&self, registry: &mut Registry) {
+    pub fn register_metrics(
+        &self,
+        registry: &mut crate::metrics::prometheus_client::registry::Registry,
+    ) {
         let pool = Arc::downgrade(&self.inner);
-        registry.register_collector(Box::new(EncodeFn::new(move |encoder| {
-            match pool.upgrade() {
+        registry.register_collector(Box::new(crate::metrics::EncodeFn::new(
+            move |encoder| match pool.upgrade() {
                 Some(pool) => pool.encode_metrics(encoder),
                 None => Ok(()),
-            }
-        })));
+            },
+        )));
     }
 
     /// [`register_metrics`](Self::register_metrics) on a registry of its own, as OpenMetrics
     /// text: for a quick look, or a proxy without a registry.
     pub fn render_prometheus(&self) -> String {
-        let mut registry = Registry::default();
+        let mut registry = crate::metrics::prometheus_client::registry::Registry::default();
         self.register_metrics(&mut registry);
-        render_openmetrics(&registry)
+        crate::metrics::render_openmetrics(&registry)
     }
 
     /// Stops the pool: new calls fail with [`PoolError::ShuttingDown`] at once; calls in

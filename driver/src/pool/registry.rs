@@ -18,11 +18,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use agent_protocol_core::handshake::HandshakeError;
-use agent_protocol_core::metrics::prometheus_client::encoding::DescriptorEncoder;
 use agent_protocol_core::metrics::{AgentMetricsStore, ErrorCause, PoolMetrics};
-use agent_protocol_core::pool::{
-    encode_pool_gauges, report_series, AgentGauges, CircuitState, Endpoint,
-};
+use agent_protocol_core::pool::{report_series, AgentGauges, CircuitState, Endpoint};
 use agent_protocol_core::{ConfigUpdateRequest, ConnectionError};
 use arc_swap::ArcSwap;
 use foldhash::{HashMap, HashMapExt};
@@ -33,6 +30,7 @@ use super::affinity::ShardedAffinity;
 use super::entry::{lock, AgentEntry, Origin, PooledConnection};
 use super::{maintenance, AgentPoolConfig, PoolError};
 use crate::client::{AgentClient, ClientConfig, ClientError, ControlMessage};
+use crate::metrics::{self, prometheus_client::encoding::DescriptorEncoder};
 use crate::runtime::{self, Runtime};
 use crate::spans;
 
@@ -389,7 +387,7 @@ impl<R: Runtime> PoolInner<R> {
             .zip(&labels)
             .map(|(e, l)| (&*e.metrics, &l[..]))
             .collect();
-        PoolMetrics::encode_group(&self.config.metrics_prefix, &members, encoder)?;
+        metrics::encode_pool_metrics(&self.config.metrics_prefix, &members, encoder)?;
         let gauges: Vec<AgentGauges<'_>> = entries
             .iter()
             .map(|e| AgentGauges {
@@ -398,7 +396,7 @@ impl<R: Runtime> PoolInner<R> {
                 circuit: e.circuit_state(),
             })
             .collect();
-        encode_pool_gauges(
+        metrics::encode_pool_gauges(
             &self.config.metrics_prefix,
             &gauges,
             self.affinity.len(),
@@ -406,7 +404,7 @@ impl<R: Runtime> PoolInner<R> {
         )?;
         // A copy, so that the scrape's writing happens outside the lock that reports take.
         let reported = lock(&self.agent_metrics).clone();
-        reported.encode(encoder)
+        metrics::encode_reported(&reported, encoder)
     }
 
     fn new_entry(&self, agent_id: &str, origin: Origin) -> AgentEntry {

@@ -29,8 +29,7 @@ use std::time::Duration;
 
 use agent_protocol_core::agent::{AgentCodec, AgentConfig, AgentConnection};
 use agent_protocol_core::handshake::AgentHandshakeConfig;
-use agent_protocol_core::metrics::prometheus_client::registry::Registry;
-use agent_protocol_core::metrics::{EncodeFn, ServerMetrics};
+use agent_protocol_core::metrics::ServerMetrics;
 use agent_protocol_core::{
     Capabilities, Encoding, FlowAction, FlowControl, HealthState, HealthStatus, MetricsReport,
 };
@@ -328,7 +327,7 @@ impl ServerHandle {
     /// `_handler_duration_seconds`.
     ///
     /// ```
-    /// use agent_protocol_tokio::core::metrics::{prometheus_client::registry::Registry, render_openmetrics};
+    /// use agent_protocol_tokio::metrics::{prometheus_client::registry::Registry, render_openmetrics};
     /// use agent_protocol_tokio::server::ServerHandle;
     /// let handle = ServerHandle::new("waf");
     /// let mut registry = Registry::default();
@@ -337,12 +336,20 @@ impl ServerHandle {
     /// let text = render_openmetrics(&registry);
     /// assert!(text.contains("agent_protocol_agent_in_flight_requests{agent_id=\"waf\"} 1"));
     /// ```
-    pub fn register_metrics(&self, registry: &mut Registry) {
+    pub fn register_metrics(
+        &self,
+        registry: &mut crate::metrics::prometheus_client::registry::Registry,
+    ) {
         self.metrics.set_timed(true);
         let metrics = self.metrics.clone();
         let agent_id = self.agent_id.clone();
-        registry.register_collector(Box::new(EncodeFn::new(move |encoder| {
-            metrics.encode("agent_protocol_agent", &[("agent_id", &agent_id)], encoder)
+        registry.register_collector(Box::new(crate::metrics::EncodeFn::new(move |encoder| {
+            crate::metrics::encode_server_metrics(
+                &metrics,
+                "agent_protocol_agent",
+                &[("agent_id", &agent_id)],
+                encoder,
+            )
         })));
     }
 
@@ -583,7 +590,10 @@ impl<H: AgentHandler, R: Runtime> AgentServer<H, R> {
     }
 
     /// Puts the server's metrics in `registry` (see [`ServerHandle::register_metrics`]).
-    pub fn register_metrics(&self, registry: &mut Registry) {
+    pub fn register_metrics(
+        &self,
+        registry: &mut crate::metrics::prometheus_client::registry::Registry,
+    ) {
         self.handle.register_metrics(registry);
     }
 

@@ -565,8 +565,9 @@ pub async fn caller_wait_ends_when_the_connection_task_never_answers<R: Harness>
 /// Malformed events from a raw proxy are answered with blocks by the connection itself, and
 /// the server's metrics say so: counted as fail-closed, not as handler answers.
 pub async fn malformed_events_are_answered_and_counted_fail_closed<R: Harness>() {
-    use agent_protocol_core::metrics::prometheus_client::registry::Registry;
-    use agent_protocol_core::metrics::{render_openmetrics, DecisionKind};
+    use agent_protocol_core::metrics::DecisionKind;
+    use agent_protocol_driver::metrics::prometheus_client::registry::Registry;
+    use agent_protocol_driver::metrics::render_openmetrics;
     let agent = serve_uds::<_, R>(AllowAll);
     let mut registry = Registry::default();
     agent.handle.register_metrics(&mut registry);

@@ -1,4 +1,4 @@
-//! Tests of the metrics as a scrape sees them (a prometheus-client registry holding them,
+//! Tests of the exposition as a scrape sees it (a prometheus-client registry holding them,
 //! encoded as OpenMetrics text): every family there, names sanitised, values escaped, families
 //! kept together, and the agent-reported store's validation, limits and expiry.
 
@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use prometheus_client::encoding::DescriptorEncoder;
+use agent_protocol_core::metrics::{
+    is_valid_metric_name, IngestSummary, ReportedCounter, ReportedGauge, SeriesRejected,
+};
 use prometheus_client::registry::Registry;
 use proptest::prelude::*;
 
@@ -27,13 +29,13 @@ fn pool_text(
     labels: &'static [(&str, &str)],
 ) -> String {
     let m = m.clone();
-    scrape(move |e| PoolMetrics::encode_group(prefix, &[(&*m, labels)], e))
+    scrape(move |e| encode_pool_metrics(prefix, &[(&*m, labels)], e))
 }
 
 /// A scrape of the store as it is now.
 fn store_text(s: &AgentMetricsStore) -> String {
     let s = s.clone();
-    scrape(move |e| s.encode(e))
+    scrape(move |e| encode_reported(&s, e))
 }
 
 /// Minimal exposition-format checker: every line is a comment or `name{labels} value`, each
@@ -164,7 +166,7 @@ fn group_rendering_keeps_families_together() {
     b.request_finished();
     b.request_finished(); // unmatched: saturates
     let out = scrape(move |e| {
-        PoolMetrics::encode_group("", &[(&*a, &[("agent", "a")]), (&*b, &[("agent", "b")])], e)
+        encode_pool_metrics("", &[(&*a, &[("agent", "a")]), (&*b, &[("agent", "b")])], e)
     });
     check_exposition(&out);
     assert!(out.contains("requests_total{agent=\"a\"} 1\nrequests_total{agent=\"b\"} 2\n"));
@@ -376,5 +378,53 @@ proptest! {
         let out = store_text(&s);
         check_exposition(&out);
         prop_assert_eq!(out.lines().filter(|l| !l.starts_with('#')).count(), s.len());
+    }
+}
+
+#[test]
+fn gauges_escape_and_sanitise() {
+    use agent_protocol_core::pool::{CircuitState, ConnectionCounts};
+    let counts = ConnectionCounts {
+        connections: 3,
+        connected: 1,
+        degraded: 1,
+        ..Default::default()
+    };
+    let out = scrape(move |e| {
+        let agents = [AgentGauges {
+            agent: "a\"b\\c\nd",
+            counts,
+            circuit: CircuitState::HalfOpen,
+        }];
+        encode_pool_gauges("9 bad-prefix", &agents, 0, e)
+    });
+    check_exposition(&out);
+    assert!(out.contains(
+        "_9_bad_prefix_connections{agent=\"a\\\"b\\\\c\\nd\",state=\"disconnected\"} 2\n"
+    ));
+    assert!(out.contains("_9_bad_prefix_circuit_state{agent=\"a\\\"b\\\\c\\nd\"} 1\n"));
+    assert_eq!(out.matches("# TYPE _9_bad_prefix_connections ").count(), 1);
+}
+
+#[test]
+fn server_metrics_families() {
+    let m = Arc::new(ServerMetrics::new());
+    m.connection_opened();
+    m.requests_started(2);
+    m.record_answer(DecisionKind::Block, Some(Duration::from_micros(70)));
+    m.requests_finished(1);
+    m.add_fail_closed(4);
+    let seen = m.clone();
+    let out = scrape(move |e| encode_server_metrics(&seen, "ag", &[("agent_id", "w\"1")], e));
+    check_exposition(&out);
+    for needle in [
+        "ag_connections{agent_id=\"w\\\"1\"} 1\n",
+        "ag_requests_total{agent_id=\"w\\\"1\"} 2\n",
+        "ag_in_flight_requests{agent_id=\"w\\\"1\"} 1\n",
+        "ag_answers_total{agent_id=\"w\\\"1\",decision=\"block\"} 1\n",
+        "ag_fail_closed_total{agent_id=\"w\\\"1\"} 4\n",
+        "ag_handler_duration_seconds_count{agent_id=\"w\\\"1\"} 1\n",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
     }
 }
