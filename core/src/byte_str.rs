@@ -87,12 +87,11 @@ impl ByteStr {
     }
 
     /// `payload[range]` as a slice of it, if it is UTF-8 (panics if the range is out of
-    /// bounds). Most header text is ASCII, which is checked a word at a time.
+    /// bounds).
     #[inline]
     pub(crate) fn from_payload(payload: &Bytes, range: std::ops::Range<usize>) -> Option<Self> {
-        let bytes = &payload[range.clone()];
-        if !bytes.is_ascii() {
-            std::str::from_utf8(bytes).ok()?;
+        if !is_utf8(&payload[range.clone()]) {
+            return None;
         }
         Some(Self::from_str_bytes(payload.slice(range)))
     }
@@ -294,5 +293,45 @@ mod tests {
         let outside: HashMap<String, ByteStr> = serde_json::from_slice(&frame).unwrap();
         assert!(!within(&outside["a"]));
         assert!(!within(&decoded["a"].detached()));
+    }
+}
+
+/// Whether `bytes` is UTF-8. Decoded text is short (a header name, a value, an id) and nearly
+/// always ASCII, so ASCII is checked first eight bytes at a time, the last eight read again
+/// where the length is not a multiple of eight: no per-byte tail loop, no alignment prologue.
+#[inline]
+pub(crate) fn is_utf8(bytes: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let word = |chunk: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        u64::from_ne_bytes(w)
+    };
+    let ascii = if bytes.len() >= 8 {
+        let chunks = bytes.chunks_exact(8);
+        let last = word(&bytes[bytes.len() - 8..]);
+        chunks.fold(last, |acc, c| acc | word(c)) & HIGH == 0
+    } else {
+        bytes.iter().fold(0u8, |acc, b| acc | b) < 0x80
+    };
+    ascii || std::str::from_utf8(bytes).is_ok()
+}
+
+#[cfg(test)]
+mod utf8_tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn is_utf8_agrees_with_std(bytes in proptest::collection::vec(any::<u8>(), 0..40), ascii in "[ -~]{0,40}") {
+            prop_assert_eq!(super::is_utf8(&bytes), std::str::from_utf8(&bytes).is_ok());
+            prop_assert!(super::is_utf8(ascii.as_bytes()));
+            // One high byte anywhere in ASCII text is caught, in the word loop or the tail.
+            for i in 0..ascii.len() {
+                let mut b = ascii.clone().into_bytes();
+                b[i] = 0xff;
+                prop_assert!(!super::is_utf8(&b));
+            }
+        }
     }
 }

@@ -43,12 +43,11 @@ pub(crate) struct Span {
 
 impl Span {
     /// `text[range]` as a span of the shared text, if it is UTF-8 (and within 4 GiB, as every
-    /// frame is). Most header text is ASCII, which is checked a word at a time.
+    /// frame is).
     #[inline]
     pub(crate) fn checked(text: &[u8], range: Range<usize>) -> Option<Self> {
-        let bytes = text.get(range.clone())?;
-        if !bytes.is_ascii() {
-            std::str::from_utf8(bytes).ok()?;
+        if !crate::byte_str::is_utf8(text.get(range.clone())?) {
+            return None;
         }
         Self::shared(range)
     }
