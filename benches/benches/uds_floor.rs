@@ -8,6 +8,10 @@
 //!
 //! Each variant is followed by a `cpu ...` line: wall and CPU time per round trip of the
 //! calling side and of the echo side.
+//!
+//! `uds_floor_bulk_copy/tokio_cross_thread_8x1mib_64k`: the floor of `body_chunk_streaming`'s
+//! `64k_c8`, eight 1 MiB bodies at once in 64 KiB writes over eight socket pairs, each
+//! acknowledged by one byte once wholly read on the other thread; `thrpt` is bytes per second.
 
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -118,5 +122,90 @@ fn floor(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, floor);
+/// Bodies in flight at once, their size and the size of each write, as in `64k_c8`.
+const STREAMS: usize = 8;
+const BODY: usize = 1024 * 1024;
+const CHUNK: usize = 64 * 1024;
+
+/// Reads whole bodies and acknowledges each with one byte.
+async fn sink(mut s: UnixStream) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let mut left = BODY;
+        while left > 0 {
+            match s.read(&mut buf[..left.min(CHUNK)]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left -= n,
+            }
+        }
+        if s.write_all(&[1]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends one body in `CHUNK` writes and waits for its acknowledgement.
+async fn send_body(mut s: UnixStream, body: std::sync::Arc<Vec<u8>>) -> UnixStream {
+    for chunk in body.chunks(CHUNK) {
+        s.write_all(chunk).await.expect("write");
+    }
+    let mut ack = [0u8; 1];
+    s.read_exact(&mut ack).await.expect("ack");
+    s
+}
+
+fn bulk(c: &mut Criterion) {
+    let mut g = c.benchmark_group("uds_floor_bulk_copy");
+    g.throughput(criterion::Throughput::Bytes((STREAMS * BODY) as u64));
+    let rt = current_thread_runtime();
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..STREAMS {
+        let (a, b) = StdUnixStream::pair().expect("socket pair");
+        a.set_nonblocking(true).expect("nonblocking");
+        b.set_nonblocking(true).expect("nonblocking");
+        senders.push(a);
+        receivers.push(b);
+    }
+    let sink_thread = std::thread::spawn(move || {
+        current_thread_runtime().block_on(async move {
+            let tasks: Vec<_> = receivers
+                .into_iter()
+                .map(|b| tokio::spawn(sink(UnixStream::from_std(b).expect("tokio stream"))))
+                .collect();
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+    });
+    let mut streams: Vec<UnixStream> = rt.block_on(async {
+        senders
+            .into_iter()
+            .map(|a| UnixStream::from_std(a).expect("tokio stream"))
+            .collect()
+    });
+    let body = std::sync::Arc::new(vec![7u8; BODY]);
+    g.bench_function("tokio_cross_thread_8x1mib_64k", |bench| {
+        bench.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let sending: Vec<_> = streams
+                        .drain(..)
+                        .map(|s| tokio::spawn(send_body(s, body.clone())))
+                        .collect();
+                    for t in sending {
+                        streams.push(t.await.expect("sender"));
+                    }
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.finish();
+    drop(streams);
+    sink_thread.join().expect("sink thread");
+}
+
+criterion_group!(benches, floor, bulk);
 criterion_main!(benches);
