@@ -10,6 +10,7 @@ use std::time::Instant;
 use agent_protocol_async_std::AsyncStd;
 use agent_protocol_core::Encoding;
 use agent_protocol_driver::metrics::prometheus_client::registry::Registry;
+use agent_protocol_driver::server::AgentHandler;
 use agent_protocol_driver::Runtime;
 use agent_protocol_tokio::grpc::ServeGrpc;
 use agent_protocol_tokio::server::{AgentServer, Listener, ServerConfig};
@@ -107,10 +108,7 @@ async fn serve_tokio(
     config: ServerConfig,
 ) -> Result<&'static str> {
     let server = AgentServer::with_shared_handler(agent, config);
-    let uds = server
-        .bind_uds(&args.uds)
-        .map_err(|e| format!("--uds {}: {e}", args.uds.display()))?;
-    let mut listeners = vec![Listener::from(uds)];
+    let mut listeners = vec![bind_uds(&server, &args.uds)?];
     if let Some(addr) = &args.tcp {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
@@ -146,10 +144,7 @@ async fn serve_async_std(
 ) -> Result<&'static str> {
     use agent_protocol_async_std::server::{AgentServer, Listener};
     let server = AgentServer::with_shared_handler(agent, config);
-    let uds = server
-        .bind_uds(&args.uds)
-        .map_err(|e| format!("--uds {}: {e}", args.uds.display()))?;
-    let mut listeners = vec![Listener::from(uds)];
+    let mut listeners = vec![bind_uds(&server, &args.uds)?];
     if let Some(addr) = &args.tcp {
         let parsed: std::net::SocketAddr = addr
             .parse()
@@ -167,6 +162,17 @@ async fn serve_async_std(
     });
     served.await.map_err(|_| "server task ended early")??;
     Ok(stopped.signal())
+}
+
+/// `--uds`: the socket, with an error that names the flag.
+fn bind_uds<H: AgentHandler, R: Runtime>(
+    server: &agent_protocol_driver::server::AgentServer<H, R>,
+    path: &std::path::Path,
+) -> Result<agent_protocol_driver::server::Listener<R>> {
+    let listener = server
+        .bind_uds(path)
+        .map_err(|e| format!("--uds {}: {e}", path.display()))?;
+    Ok(listener.into())
 }
 
 /// `--metrics`: the server's metrics over HTTP.
