@@ -74,6 +74,10 @@ pub enum SeriesRejected {
     /// The name is already stored as the other metric type.
     #[error("metric type conflicts with an existing series of the same name")]
     TypeConflict,
+    /// The name is in the namespace the pool's own metrics use (see
+    /// [`AgentMetricsStore::reserving`]): an agent cannot write series there.
+    #[error("metric name in the pool's reserved namespace")]
+    ReservedName,
     /// The store holds its maximum number of series, none of them expired.
     #[error("series limit reached")]
     OverLimit,
@@ -197,6 +201,8 @@ pub struct AgentMetricsStore {
     ttl: Duration,
     invalid_total: u64,
     over_limit_total: u64,
+    /// Names starting with this (the pool's prefix and `_`) are refused.
+    reserved: Option<String>,
     /// Lower bound on the next time any series can expire (see `AffinityTable`'s equivalent): a
     /// full store does not rescan on every rejected series.
     next_expiry: Option<Instant>,
@@ -241,7 +247,27 @@ impl AgentMetricsStore {
             invalid_total: 0,
             over_limit_total: 0,
             next_expiry: None,
+            reserved: None,
         }
+    }
+
+    /// Refuses series whose name starts with `prefix_` ([`SeriesRejected::ReservedName`]): the
+    /// pool's own metrics live there, and a series an agent reported under one of their names
+    /// would both pass for the pool's and make the scrape carry one family twice, which
+    /// scrapers reject whole. An empty prefix reserves nothing.
+    ///
+    /// ```
+    /// use agent_protocol_core::metrics::{AgentMetricsStore, ReportedCounter, SeriesRejected};
+    /// use std::time::Instant;
+    /// let mut store = AgentMetricsStore::new().reserving("agent_protocol");
+    /// let spoof = ReportedCounter { name: "agent_protocol_requests_total".into(), ..Default::default() };
+    /// assert_eq!(store.record_counter("waf", &spoof, Instant::now()), Err(SeriesRejected::ReservedName));
+    /// ```
+    #[must_use]
+    pub fn reserving(mut self, prefix: &str) -> Self {
+        let prefix = super::names::sanitize_metric_name(prefix);
+        self.reserved = (!prefix.is_empty()).then(|| prefix + "_");
+        self
     }
 
     /// Number of stored series.
@@ -364,6 +390,13 @@ impl AgentMetricsStore {
         };
         if name.len() > Self::MAX_NAME_LEN || !is_valid_metric_name(name) {
             return Err(SeriesRejected::InvalidName);
+        }
+        if self
+            .reserved
+            .as_deref()
+            .is_some_and(|r| name.starts_with(r))
+        {
+            return Err(SeriesRejected::ReservedName);
         }
         let key = Self::label_key(agent_id, labels)?;
         if let Some(family) = self.families.get(name) {

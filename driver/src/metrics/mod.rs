@@ -288,6 +288,9 @@ pub fn encode_reported(
     store: &AgentMetricsStore,
     encoder: &mut DescriptorEncoder<'_>,
 ) -> fmt::Result {
+    // Two stored names can be one family in the exposition (a counter `x_total` and a gauge
+    // `x`): a family twice makes scrapers reject the whole scrape, so the first one wins.
+    let mut emitted = std::collections::HashSet::new();
     for family in store.families() {
         let name = family.name;
         let (kind, base) = match family.kind {
@@ -297,6 +300,9 @@ pub fn encode_reported(
             },
             ReportedKind::Gauge => (MetricType::Gauge, name),
         };
+        if !emitted.insert(base) {
+            continue;
+        }
         let help = family.help.map(escape_help).unwrap_or_default();
         let mut metric = encoder.encode_descriptor(base, &help, None, kind)?;
         for (labels, value) in family.series() {

@@ -428,3 +428,28 @@ fn server_metrics_families() {
         assert!(out.contains(needle), "missing {needle:?} in\n{out}");
     }
 }
+
+/// An agent cannot make the scrape carry one family twice, which scrapers reject whole: not by
+/// reporting under the pool's names (refused when stored), nor with a counter `x_total` beside
+/// a gauge `x` (one family in the exposition: the first is kept).
+#[test]
+fn reported_names_never_duplicate_a_family() {
+    let t = Instant::now();
+    let mut s = AgentMetricsStore::new().reserving("agent_protocol");
+    assert_eq!(
+        s.record_counter("a", &counter("agent_protocol_requests_total", &[], 1), t),
+        Err(SeriesRejected::ReservedName)
+    );
+    s.record_counter("a", &counter("x_total", &[], 1), t)
+        .unwrap();
+    let gauge = ReportedGauge {
+        name: "x".into(),
+        value: 2.0,
+        ..Default::default()
+    };
+    s.record_gauge("a", &gauge, t).unwrap();
+    let out = store_text(&s);
+    check_exposition(&out);
+    assert_eq!(out.matches("# TYPE x ").count(), 1, "{out}");
+    assert!(!out.contains("agent_protocol_requests"), "{out}");
+}

@@ -152,7 +152,7 @@ impl<R: Runtime> PoolInner<R> {
             writer: Mutex::new(HashSet::new()),
             next_agent_index: AtomicU32::new(0),
             next_conn_id: AtomicU64::new(0),
-            agent_metrics: Mutex::new(AgentMetricsStore::new()),
+            agent_metrics: Mutex::new(AgentMetricsStore::new().reserving(&config.metrics_prefix)),
             config_updates: updates_tx,
             config_updates_rx: Mutex::new(Some(updates_rx)),
             closing: AtomicBool::new(false),
