@@ -220,7 +220,6 @@ async fn worker_request<R: Runtime>(
     let outcome = one_request(pool, spec, &cid, request, &mut body_bytes).await;
     let elapsed = from.elapsed();
     if let Err(e) = &outcome {
-        shared.counters.errors.fetch_add(1, Ordering::Relaxed);
         if matches!(e, PoolError::CircuitOpen { .. }) {
             // Every request after this one would be refused in microseconds and counted as
             // served: stop and say why instead.
@@ -233,6 +232,10 @@ async fn worker_request<R: Runtime>(
         }
     }
     if measured {
+        shared.counters.done.fetch_add(1, Ordering::Relaxed);
+        if outcome.is_err() {
+            shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
         shared.recorders.with(|rec| {
             rec.body_bytes += body_bytes;
             match &outcome {
@@ -241,7 +244,6 @@ async fn worker_request<R: Runtime>(
             }
         });
     }
-    shared.counters.done.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Sends one request's headers and, unless already decided, its body chunks. The decision is

@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// What the workers count while a run goes on; read by the bar (and by a Ctrl-C handler).
 #[derive(Debug, Default)]
 pub struct LiveCounters {
-    /// Requests finished (answered or failed), warm-up included.
+    /// Measured requests finished (answered or failed); the warm-up's are not counted, so a
+    /// bar of `--requests` fills exactly.
     pub done: AtomicU64,
     /// Of those, failed.
     pub errors: AtomicU64,

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::{agentctl, json, serve, wait_within};
+use support::{agentctl, json, run_failing, run_json, serve, wait_within};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -245,34 +245,47 @@ fn custom_requests_reach_the_rules() {
             "POST",
         ),
     ];
+    let sock = sock.to_str().unwrap();
     for (flags, decision, method) in cases {
-        let out = agentctl()
-            .arg("bench")
-            .arg(&sock)
-            .args(["-n", "20", "-c", "4", "--json"])
-            .args(flags)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{flags:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report = json(&out);
+        let base = ["bench", sock, "-n", "20", "-c", "4", "--json"];
+        let report = run_json(base.iter().chain(flags));
         assert_eq!(report["config"]["method"], method, "{flags:?}");
         assert_eq!(
             report["result"]["decisions"][decision], 20,
             "{flags:?}: {report}"
         );
     }
+    run_failing(["bench", sock, "-H", "no colon here"], 2, &["--header"]);
+    let missing = dir.path().join("no-such-body.txt");
+    let missing = missing.to_str().unwrap();
+    run_failing(
+        ["bench", sock, "--body-file", missing],
+        2,
+        &["--body-file", "no-such-body.txt"],
+    );
+}
+
+/// A body over the agent's advertised `max_body_size` is announced before the run, and every
+/// request then fails as `body_too_large` (refused by the pool, never half-sent).
+#[test]
+fn a_body_over_the_agents_limit_is_announced_and_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_serve, sock) = serve(dir.path(), &[]);
     let out = agentctl()
         .arg("bench")
         .arg(&sock)
-        .args(["-H", "no colon here"])
+        .args(["-n", "5", "-c", "1", "--body-bytes", "11000000", "--json"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--header"));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("larger than the agent's max_body_size (10485760)"),
+        "{stderr}"
+    );
+    let r = &json(&out)["result"];
+    assert_eq!(r["errors"], 5, "{r}");
+    assert_eq!(r["error_kinds"]["body_too_large"], 5, "{r}");
 }
 
 /// `serve --tcp` is reachable by the pool as `tcp://host:port`.

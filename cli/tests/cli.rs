@@ -5,7 +5,7 @@ mod support;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use support::{agentctl, serve};
+use support::{agentctl, run_failing, serve};
 
 #[test]
 fn demo_runs_every_transport_and_exits_zero() {
@@ -291,4 +291,42 @@ fn serve_exposes_metrics_over_http() {
         );
     }
     assert!(get("/").starts_with("HTTP/1.1 404"));
+}
+
+/// Setup errors name the flag or the path at fault.
+#[test]
+fn setup_errors_name_their_flag_or_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let sock = sock.to_str().unwrap();
+    run_failing(
+        ["serve", "--uds", sock, "--rules", "/nonexistent/rules.json"],
+        2,
+        &["--rules", "/nonexistent/rules.json"],
+    );
+    run_failing(
+        ["serve", "--uds", "/nonexistent/dir/a.sock"],
+        2,
+        &["--uds", "/nonexistent/dir/a.sock"],
+    );
+    // A TCP port already taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    run_failing(
+        ["serve", "--uds", sock, "--tcp", &addr],
+        2,
+        &["--tcp", &addr],
+    );
+    // A temporary directory that cannot be used.
+    let out = agentctl()
+        .args(["demo", "-n", "1"])
+        .env("TMPDIR", "/nonexistent/tmp")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("TMPDIR") && stderr.contains("/nonexistent/tmp"),
+        "{stderr}"
+    );
 }

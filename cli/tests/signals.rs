@@ -89,3 +89,32 @@ fn sigterm_makes_serve_drain_remove_its_socket_and_summarise() {
         "{stderr}"
     );
 }
+
+/// A second Ctrl-C quits at once, even while requests in flight wait on an agent that never
+/// answers (SIGSTOPped) and would hold the first Ctrl-C's orderly stop for their whole timeout.
+#[test]
+fn a_second_ctrl_c_quits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, sock) = serve(dir.path(), &[]);
+    let bench = agentctl()
+        .arg("bench")
+        .arg(&sock)
+        .args(["-z", "60s", "-c", "4", "--timeout", "60s", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    agent.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(300));
+    send_signal(&bench, libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    send_signal(&bench, libc::SIGINT);
+    let started = std::time::Instant::now();
+    let out = wait_within(bench, Duration::from_secs(20));
+    agent.signal(libc::SIGCONT);
+    assert_eq!(out.status.code(), Some(130));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("again to quit at once"), "{stderr}");
+}

@@ -242,7 +242,12 @@ async fn bench_on<R: Runtime>(
     cancel_on_signal(cancel.clone(), || {});
     let counters = Arc::new(LiveCounters::default());
     let label = format!("{} {}", config.transport, config.encoding);
-    let progress = Progress::start(&label, extent, counters.clone());
+    // A run by time shows the warm-up on its bar too (the bar follows the clock).
+    let bar = match extent {
+        Extent::Duration(d) => Extent::Duration(d + args.warmup),
+        requests => requests,
+    };
+    let progress = Progress::start(&label, bar, counters.clone());
     let LoadResult {
         recorder,
         elapsed,

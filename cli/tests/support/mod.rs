@@ -95,3 +95,31 @@ pub fn json(out: &Output) -> serde_json::Value {
         )
     })
 }
+
+/// Runs `agentctl ARGS`, which must succeed; its stdout as JSON.
+pub fn run_json<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> serde_json::Value {
+    let out = agentctl().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json(&out)
+}
+
+/// Runs `agentctl ARGS`, which must exit with `code` and say every one of `needles` on stderr;
+/// returns that stderr.
+pub fn run_failing<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+    code: i32,
+    needles: &[&str],
+) -> String {
+    let out = agentctl().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{needle:?} missing: {stderr}");
+    }
+    stderr
+}
