@@ -36,6 +36,7 @@ mod enums;
 mod error;
 mod header;
 mod request_headers;
+mod room;
 #[cfg(test)]
 mod tests;
 

@@ -16,6 +16,7 @@ use rmp::Marker;
 
 use super::deserializer::Deserializer;
 use super::header::Header;
+use super::room::{len_head, str_head, uint_head, Room, MAX_HEAD};
 use crate::byte_str::ByteStr;
 use crate::event::{RequestHeadersEvent, RequestMetadata};
 use crate::headers::{ExactBuilder, Span};
@@ -192,114 +193,98 @@ impl<'a> Syntax<'a> for Reader<'a> {
     }
 }
 
+/// Bytes of a RequestHeaders message besides its values: field names with their markers, the
+/// three maps' headers, the port and nil markers (about 190; the rest is margin).
+const FIXED_BOUND: usize = 256;
+
 /// Appends `event` as the general encoder writes it (rmp-serde, structs as maps of their fields
-/// in declaration order, `None` as nil, an absent traceparent left out).
+/// in declaration order, `None` as nil, an absent traceparent left out), into room taken once.
 pub(crate) fn write_request_headers(out: &mut BytesMut, event: &RequestHeadersEvent) {
     let m = &event.metadata;
-    out.reserve(256 + event.uri.len() + event.headers.load().1 + 4 * event.headers.value_count());
-    put_map_len(out, 5);
-    put_str(out, "correlation_id");
-    put_str(out, &event.correlation_id);
-    put_str(out, "metadata");
-    put_map_len(out, 11 + usize::from(m.traceparent.is_some()));
-    for (key, value) in [
-        ("correlation_id", &m.correlation_id),
-        ("request_id", &m.request_id),
-        ("client_ip", &m.client_ip),
-    ] {
-        put_str(out, key);
-        put_str(out, value);
-    }
-    put_str(out, "client_port");
-    put_uint(out, u32::from(m.client_port));
-    put_str(out, "server_name");
-    put_optional_str(out, m.server_name.as_deref());
-    put_str(out, "protocol");
-    put_str(out, &m.protocol);
-    for (key, value) in [
-        ("tls_version", &m.tls_version),
-        ("tls_cipher", &m.tls_cipher),
-        ("route_id", &m.route_id),
-        ("upstream_id", &m.upstream_id),
-    ] {
-        put_str(out, key);
-        put_optional_str(out, value.as_deref());
-    }
-    put_str(out, "timestamp");
-    put_str(out, &m.timestamp);
-    if let Some(traceparent) = &m.traceparent {
-        put_str(out, "traceparent");
-        put_str(out, traceparent);
-    }
-    put_str(out, "method");
-    put_str(out, &event.method);
-    put_str(out, "uri");
-    put_str(out, &event.uri);
-    put_str(out, "headers");
-    put_map_len(out, event.headers.len());
-    for (name, values) in event.headers.entries() {
-        put_str(out, name);
-        put_len(out, values.len(), 0x90, 0xdc);
-        for value in values {
-            put_str(out, value);
+    let strings = [
+        Some(&event.correlation_id),
+        Some(&m.correlation_id),
+        Some(&m.request_id),
+        Some(&m.client_ip),
+        m.server_name.as_ref(),
+        Some(&m.protocol),
+        m.tls_version.as_ref(),
+        m.tls_cipher.as_ref(),
+        m.route_id.as_ref(),
+        m.upstream_id.as_ref(),
+        Some(&m.timestamp),
+        m.traceparent.as_ref(),
+        Some(&event.method),
+        Some(&event.uri),
+    ];
+    let text: usize = strings.iter().flatten().map(|s| s.len() + MAX_HEAD).sum();
+    let headers = &event.headers;
+    let (values, header_bytes) = headers.load();
+    let bound = FIXED_BOUND + text + header_bytes + MAX_HEAD * (2 * headers.len() + values + 1);
+    Room::write(out, bound, |out| {
+        out.byte(0x85);
+        out.bytes(b"\xaecorrelation_id");
+        out.str(&event.correlation_id);
+        out.bytes(b"\xa8metadata");
+        out.byte(0x8b + u8::from(m.traceparent.is_some()));
+        out.bytes(b"\xaecorrelation_id");
+        out.str(&m.correlation_id);
+        out.bytes(b"\xaarequest_id");
+        out.str(&m.request_id);
+        out.bytes(b"\xa9client_ip");
+        out.str(&m.client_ip);
+        out.bytes(b"\xabclient_port");
+        out.head(uint_head(u32::from(m.client_port)));
+        out.bytes(b"\xabserver_name");
+        out.optional_str(m.server_name.as_deref());
+        out.bytes(b"\xa8protocol");
+        out.str(&m.protocol);
+        out.bytes(b"\xabtls_version");
+        out.optional_str(m.tls_version.as_deref());
+        out.bytes(b"\xaatls_cipher");
+        out.optional_str(m.tls_cipher.as_deref());
+        out.bytes(b"\xa8route_id");
+        out.optional_str(m.route_id.as_deref());
+        out.bytes(b"\xabupstream_id");
+        out.optional_str(m.upstream_id.as_deref());
+        out.bytes(b"\xa9timestamp");
+        out.str(&m.timestamp);
+        if let Some(traceparent) = &m.traceparent {
+            out.bytes(b"\xabtraceparent");
+            out.str(traceparent);
         }
-    }
-}
-
-fn put_map_len(out: &mut BytesMut, n: usize) {
-    put_len(out, n, 0x80, 0xde);
+        out.bytes(b"\xa6method");
+        out.str(&event.method);
+        out.bytes(b"\xa3uri");
+        out.str(&event.uri);
+        out.bytes(b"\xa7headers");
+        out.head(len_head(headers.len(), 0x80, 0xde));
+        for (name, values) in headers.entries() {
+            out.str(name);
+            out.head(len_head(values.len(), 0x90, 0xdc));
+            for value in values {
+                out.str(value);
+            }
+        }
+    });
 }
 
 /// An array's or map's length: the fix form up to 15, else the 16- or 32-bit form.
 pub(super) fn put_len(out: &mut BytesMut, n: usize, fix: u8, wide16: u8) {
-    if n < 16 {
-        out.put_u8(fix | n as u8);
-    } else if let Ok(n) = u16::try_from(n) {
-        out.put_u8(wide16);
-        out.put_u16(n);
-    } else {
-        out.put_u8(wide16 + 1);
-        out.put_u32(n as u32);
-    }
+    put_head(out, len_head(n, fix, wide16));
 }
 
 /// A string in the narrowest form, as rmp writes strings.
 pub(super) fn put_str(out: &mut BytesMut, text: &str) {
-    let n = text.len();
-    if n < 32 {
-        out.put_u8(0xa0 | n as u8);
-    } else if let Ok(n) = u8::try_from(n) {
-        out.put_u8(0xd9);
-        out.put_u8(n);
-    } else if let Ok(n) = u16::try_from(n) {
-        out.put_u8(0xda);
-        out.put_u16(n);
-    } else {
-        out.put_u8(0xdb);
-        out.put_u32(n as u32);
-    }
+    put_head(out, str_head(text.len()));
     out.put_slice(text.as_bytes());
-}
-
-fn put_optional_str(out: &mut BytesMut, text: Option<&str>) {
-    match text {
-        Some(text) => put_str(out, text),
-        None => out.put_u8(Marker::Null.to_u8()),
-    }
 }
 
 /// The smallest unsigned form, as rmp writes integers.
 pub(super) fn put_uint(out: &mut BytesMut, v: u32) {
-    if v < 128 {
-        out.put_u8(v as u8);
-    } else if let Ok(v) = u8::try_from(v) {
-        out.put_u8(0xcc);
-        out.put_u8(v);
-    } else if let Ok(v) = u16::try_from(v) {
-        out.put_u8(0xcd);
-        out.put_u16(v);
-    } else {
-        out.put_u8(0xce);
-        out.put_u32(v);
-    }
+    put_head(out, uint_head(v));
+}
+
+fn put_head(out: &mut BytesMut, (head, n): ([u8; MAX_HEAD], usize)) {
+    out.put_slice(&head[..n]);
 }
