@@ -88,7 +88,7 @@ impl ByteStr {
 
     /// `payload[range]` as a slice of it, if it is UTF-8 (panics if the range is out of
     /// bounds).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn from_payload(payload: &Bytes, range: std::ops::Range<usize>) -> Option<Self> {
         if !is_utf8(&payload[range.clone()]) {
             return None;
@@ -96,15 +96,15 @@ impl ByteStr {
         Some(Self::from_str_bytes(payload.slice(range)))
     }
 
-    /// `text[range]`, where `text` holds only whole strings copied from `str`s and `range`
-    /// is one of them (panics if out of bounds).
+    /// `text[range]`, which the caller knows to be UTF-8 (whole strings copied from `str`s,
+    /// text checked as it was scanned); panics if out of bounds.
     #[inline]
-    pub(crate) fn from_copied_text(text: &Bytes, range: std::ops::Range<usize>) -> Self {
+    pub(crate) fn from_utf8_slice(text: &Bytes, range: std::ops::Range<usize>) -> Self {
         debug_assert!(std::str::from_utf8(&text[range.clone()]).is_ok());
         Self::from_str_bytes(text.slice(range))
     }
 
-    /// Bytes that are UTF-8: `decoded` and `from_copied_text` slice them from a `str`'s
+    /// Bytes that are UTF-8: `decoded` and `from_utf8_slice` slice them from a `str`'s
     /// bytes, `from_payload` checks them just before.
     #[allow(unsafe_code)]
     #[inline]
@@ -299,7 +299,7 @@ mod tests {
 /// Whether `bytes` is UTF-8. Decoded text is short (a header name, a value, an id) and nearly
 /// always ASCII, so ASCII is checked first eight bytes at a time, the last eight read again
 /// where the length is not a multiple of eight: no per-byte tail loop, no alignment prologue.
-#[inline]
+#[inline(always)]
 pub(crate) fn is_utf8(bytes: &[u8]) -> bool {
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let word = |chunk: &[u8]| {

@@ -44,17 +44,17 @@ pub(crate) struct Span {
 impl Span {
     /// `text[range]` as a span of the shared text, if it is UTF-8 (and within 4 GiB, as every
     /// frame is).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn checked(text: &[u8], range: Range<usize>) -> Option<Self> {
         if !crate::byte_str::is_utf8(text.get(range.clone())?) {
             return None;
         }
-        Self::shared(range)
+        Self::of_utf8(range)
     }
 
     /// A span of the shared text, whose UTF-8 the caller has made sure of.
     #[inline]
-    fn shared(range: Range<usize>) -> Option<Self> {
+    pub(crate) fn of_utf8(range: Range<usize>) -> Option<Self> {
         Some(Self {
             start: u32::try_from(range.start).ok()?,
             len: u32::try_from(range.len()).ok()?,
@@ -262,7 +262,7 @@ struct IntoFlat {
 impl IntoFlat {
     fn shared(&self, span: Span) -> ByteStr {
         let source = if span.own { &self.own } else { &self.text };
-        ByteStr::from_copied_text(source, span.range())
+        ByteStr::from_utf8_slice(source, span.range())
     }
 }
 
@@ -477,6 +477,7 @@ impl Headers {
     }
 
     /// Adds an entry for `name` with no value yet, counting the name; returns its position.
+    #[inline(always)]
     fn new_entry(&mut self, name: Span) -> usize {
         self.bytes += name.len();
         let at = self.entries.len();
@@ -496,7 +497,7 @@ impl Headers {
     }
 
     /// Adds `value` after the values of the entry at `at`, counting it.
-    #[inline]
+    #[inline(always)]
     fn push_value(&mut self, at: usize, value: Span) {
         self.values += 1;
         self.bytes += value.len();
@@ -710,7 +711,7 @@ impl ExactBuilder {
         let shared = &self.headers.text;
         let start = (text.as_ptr() as usize).wrapping_sub(shared.as_ptr() as usize);
         if start <= shared.len() && text.len() <= shared.len() - start {
-            if let Some(span) = Span::shared(start..start + text.len()) {
+            if let Some(span) = Span::of_utf8(start..start + text.len()) {
                 return span;
             }
         }
@@ -718,7 +719,7 @@ impl ExactBuilder {
     }
 
     /// Starts a name: the values that follow go after any earlier values of exactly `name`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn name(&mut self, name: Span) {
         let headers = &mut self.headers;
         let bit = 1u128 << filter_slot(headers.str(name).as_bytes());
@@ -735,7 +736,7 @@ impl ExactBuilder {
     }
 
     /// Adds a value to the current name.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn value(&mut self, value: Span) {
         self.headers.push_value(self.current, value);
     }
@@ -811,7 +812,7 @@ impl Headers {
         let mut next = |headers: &mut ExactBuilder, len: usize| {
             let range = at..at + len;
             at = range.end;
-            Span::shared(range.clone()).unwrap_or_else(|| {
+            Span::of_utf8(range.clone()).unwrap_or_else(|| {
                 // Past 4 GiB of text (never, for real headers): a copy of its own. The range
                 // holds a whole `str` copied above, so this never fails.
                 let part = std::str::from_utf8(&text[range]).unwrap_or_default();

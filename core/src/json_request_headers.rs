@@ -80,43 +80,56 @@ pub(crate) fn write_request_headers(out: &mut BytesMut, event: &RequestHeadersEv
 /// A JSON string, escaped as serde_json escapes it.
 pub(crate) fn put_str(out: &mut BytesMut, text: &str) {
     if needs_escape(text.as_bytes()) {
-        // Writing a `str` into a BytesMut cannot fail.
-        let written = serde_json::to_writer(out.writer(), text);
-        debug_assert!(written.is_ok());
-        return;
+        return put_escaped_str(out, text);
     }
+    out.reserve(text.len() + 2);
     out.put_u8(b'"');
     out.put_slice(text.as_bytes());
     out.put_u8(b'"');
 }
 
-/// Whether `bytes` hold a `"`, a `\` or a control character, eight bytes at a time.
+/// A string that needs escaping, written by serde_json itself so that the bytes cannot differ.
+#[cold]
+fn put_escaped_str(out: &mut BytesMut, text: &str) {
+    // Writing a `str` into a BytesMut cannot fail.
+    let written = serde_json::to_writer(out.writer(), text);
+    debug_assert!(written.is_ok());
+}
+
+/// Whether `bytes` hold a `"`, a `\` or a control character, eight bytes at a time: the
+/// words OR-ed without an early exit (header text almost never needs escaping), the last eight
+/// bytes read again where the length is not a multiple of eight.
+#[inline(always)]
 fn needs_escape(bytes: &[u8]) -> bool {
-    let mut words = bytes.chunks_exact(8);
-    if words.by_ref().any(word_needs_escape) {
-        return true;
+    let n = bytes.len();
+    if n < 8 {
+        return bytes.iter().copied().any(byte_needs_escape);
     }
-    words.remainder().iter().copied().any(byte_needs_escape)
+    let word = |chunk: &[u8]| {
+        let mut le = [0u8; 8];
+        le.copy_from_slice(chunk);
+        escape_mask(u64::from_le_bytes(le))
+    };
+    let last = word(&bytes[n - 8..]);
+    bytes.chunks_exact(8).fold(last, |acc, c| acc | word(c)) != 0
 }
 
 fn byte_needs_escape(b: u8) -> bool {
     b == b'"' || b == b'\\' || b < 0x20
 }
 
-/// Whether eight bytes hold a `"`, a `\` or a control character. (The word tests find every
-/// such byte; were one ever to flag a clean word, the bytes would only be looked at one by one,
-/// or a string written by serde_json, which writes the same bytes.)
-fn word_needs_escape(word: &[u8]) -> bool {
+/// The high bit of each byte of `w` (read little-endian) that may be a `"`, a `\` or a control
+/// character. Every such byte is flagged; a borrow can also flag a byte above a flagged one,
+/// never below, so the lowest flag is always a real one.
+#[inline(always)]
+fn escape_mask(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let zero_byte = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS;
-    let mut le = [0u8; 8];
-    le.copy_from_slice(word);
-    let w = u64::from_le_bytes(le);
     let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
     let quote = zero_byte(w ^ (ONES * u64::from(b'"')));
     let backslash = zero_byte(w ^ (ONES * u64::from(b'\\')));
-    control | quote | backslash != 0
+    control | quote | backslash
 }
 
 fn put_optional_str(out: &mut BytesMut, text: Option<&str>) {
@@ -190,14 +203,20 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The next byte after any whitespace, not consumed.
-    #[inline]
+    /// The next byte after any whitespace, not consumed. (Compact JSON, what proxies send,
+    /// has no whitespace: the next byte is looked at first.)
+    #[inline(always)]
     fn peek(&mut self) -> Option<u8> {
-        self.skip_space();
-        self.input.get(self.pos).copied()
+        match self.input.get(self.pos) {
+            Some(&b) if b > b' ' => Some(b),
+            _ => {
+                self.skip_space();
+                self.input.get(self.pos).copied()
+            }
+        }
     }
 
-    #[inline]
+    #[inline(always)]
     fn eat(&mut self, byte: u8) -> Option<()> {
         (self.peek()? == byte).then(|| self.pos += 1)
     }
@@ -233,29 +252,51 @@ impl<'a> Reader<'a> {
         let raw = std::str::from_utf8(&self.input[raw]).ok()?;
         unescape(raw, &mut self.unescaped)?;
         let text = self.unescaped.split().freeze();
-        Some(ByteStr::from_copied_text(&text, 0..text.len()))
+        Some(ByteStr::from_utf8_slice(&text, 0..text.len()))
     }
 
-    /// A string's raw contents (between the quotes), and whether they hold escapes. Control
-    /// characters are not allowed in JSON strings.
-    #[inline]
-    fn raw_string(&mut self) -> Option<(Range<usize>, bool)> {
+    /// A string's raw contents (between the quotes). Control characters are not allowed in
+    /// JSON strings.
+    ///
+    /// One pass, eight bytes at a time, finds the closing quote, whether there were escapes and
+    /// whether the text is ASCII, so that plain ASCII text (nearly all header text) is not
+    /// looked at again to check its UTF-8.
+    #[inline(always)]
+    fn raw_string(&mut self) -> Option<Raw> {
         self.eat(b'"')?;
         let start = self.pos;
         let mut escaped = false;
+        // Every byte of the text, OR-ed: a high bit means the text is not ASCII.
+        let mut seen = 0u64;
         loop {
-            // Plain text goes by eight bytes at a time, then byte by byte up to the quote,
-            // backslash or control character that stopped it.
-            while let Some(word) = self.input.get(self.pos..self.pos + 8) {
-                if word_needs_escape(word) {
-                    break;
+            let stop = match self.input.get(self.pos..self.pos + 8) {
+                Some(word) => {
+                    let w = u64::from_le_bytes(word.try_into().ok()?);
+                    let stops = escape_mask(w);
+                    if stops == 0 {
+                        seen |= w;
+                        self.pos += 8;
+                        continue;
+                    }
+                    // The lowest flagged byte is a real one (see `escape_mask`); the bytes
+                    // before it are text.
+                    let before = stops.trailing_zeros() / 8;
+                    seen |= w & ((1u64 << (8 * before)) - 1);
+                    self.pos += before as usize;
+                    self.input[self.pos]
                 }
-                self.pos += 8;
-            }
-            while !byte_needs_escape(*self.input.get(self.pos)?) {
-                self.pos += 1;
-            }
-            match self.input[self.pos] {
+                // The last few bytes of the payload, one at a time.
+                None => {
+                    let b = *self.input.get(self.pos)?;
+                    if !byte_needs_escape(b) {
+                        seen |= u64::from(b);
+                        self.pos += 1;
+                        continue;
+                    }
+                    b
+                }
+            };
+            match stop {
                 b'"' => break,
                 b'\\' => {
                     escaped = true;
@@ -266,8 +307,20 @@ impl<'a> Reader<'a> {
         }
         let end = self.pos;
         self.pos += 1;
-        Some((start..end, escaped))
+        Some(Raw {
+            range: start..end,
+            escaped,
+            ascii: seen & 0x8080_8080_8080_8080 == 0,
+        })
     }
+}
+
+/// A string's raw contents, as [`Reader::raw_string`] found them.
+struct Raw {
+    range: Range<usize>,
+    escaped: bool,
+    /// Every byte is ASCII, so the text is UTF-8 without a further check.
+    ascii: bool,
 }
 
 impl<'a> Syntax<'a> for Reader<'a> {
@@ -282,12 +335,13 @@ impl<'a> Syntax<'a> for Reader<'a> {
     fn fields(&mut self, mut field: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
         self.each(b'{', b'}', |r| {
             // A field name with escapes is left to the general decoder.
-            let (name, false) = r.raw_string()? else {
+            let name = r.raw_string()?;
+            if name.escaped {
                 return None;
-            };
+            }
             r.eat(b':')?;
             let input = r.input;
-            field(r, &input[name])
+            field(r, &input[name.range])
         })
     }
 
@@ -311,24 +365,42 @@ impl<'a> Syntax<'a> for Reader<'a> {
         self.each(b'[', b']', |r| r.value(headers))
     }
 
-    #[inline]
+    #[inline(always)]
     fn text(&mut self) -> Option<ByteStr> {
-        let (range, escaped) = self.raw_string()?;
-        if !escaped {
-            return ByteStr::from_payload(self.payload, range);
+        match self.raw_string()? {
+            Raw {
+                range,
+                escaped: false,
+                ascii: true,
+            } => Some(ByteStr::from_utf8_slice(self.payload, range)),
+            Raw {
+                range,
+                escaped: false,
+                ascii: false,
+            } => ByteStr::from_payload(self.payload, range),
+            Raw { range, .. } => self.unescaped(range),
         }
-        self.unescaped(range)
     }
 
-    #[inline]
+    #[inline(always)]
     fn header_text(&mut self, headers: &mut ExactBuilder) -> Option<Span> {
-        let (range, escaped) = self.raw_string()?;
-        if !escaped {
-            return Span::checked(self.payload, range);
+        match self.raw_string()? {
+            Raw {
+                range,
+                escaped: false,
+                ascii: true,
+            } => Span::of_utf8(range),
+            Raw {
+                range,
+                escaped: false,
+                ascii: false,
+            } => Span::checked(self.payload, range),
+            Raw { range, .. } => {
+                // Rewritten text goes to the headers' own buffer.
+                let raw = std::str::from_utf8(&self.input[range]).ok()?;
+                headers.own(|own| unescape(raw, own))
+            }
         }
-        // Rewritten text goes to the headers' own buffer.
-        let raw = std::str::from_utf8(&self.input[range]).ok()?;
-        headers.own(|own| unescape(raw, own))
     }
 
     #[inline]
@@ -402,9 +474,60 @@ fn unescape(raw: &str, out: &mut impl BufMut) -> Option<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::needs_escape;
+    use super::{needs_escape, Budget, MessageLimits, Reader};
+
+    /// What `raw_string` should find in `input` (which starts after an opening quote), byte by
+    /// byte: the end of the text, whether it held escapes and whether it is ASCII.
+    fn raw_string_by_bytes(input: &[u8]) -> Option<(usize, bool, bool)> {
+        let (mut at, mut escaped, mut ascii) = (0, false, true);
+        loop {
+            match *input.get(at)? {
+                b'"' => return Some((at, escaped, ascii)),
+                b'\\' => {
+                    escaped = true;
+                    at += 2;
+                }
+                b if b < 0x20 => return None,
+                b => {
+                    ascii &= b < 0x80;
+                    at += 1;
+                }
+            }
+        }
+    }
 
     proptest::proptest! {
+        /// The word-at-a-time scan finds the same end, escapes and ASCII-ness as a byte-by-byte
+        /// one, wherever the stopping byte sits in a word and however near the payload's end.
+        #[test]
+        fn raw_string_agrees_with_a_byte_by_byte_scan(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    b'a', b'a', b'a', b'a', b'a', b'a', b'a', b'a', 0x21, 0x7f, 0x80, 0xc3, 0xa9,
+                    0xff, 0x1f, 0x00, b'"', b'\\',
+                ]),
+                0..40,
+            )
+        ) {
+            let mut payload = vec![b'"'];
+            payload.extend_from_slice(&bytes);
+            let payload = bytes::Bytes::from(payload);
+            let limits = MessageLimits::default();
+            let mut reader = Reader {
+                input: &payload,
+                pos: 0,
+                payload: &payload,
+                budget: Budget::new(&limits),
+                unescaped: bytes::BytesMut::new(),
+            };
+            let found = reader.raw_string().map(|raw| {
+                proptest::prop_assert_eq!(raw.range.start, 1);
+                Ok((raw.range.end - 1, raw.escaped, raw.ascii))
+            });
+            let found = found.transpose()?;
+            proptest::prop_assert_eq!(found, raw_string_by_bytes(&bytes));
+        }
+
         /// The word-at-a-time test never misses a byte that needs escaping, wherever it sits.
         #[test]
         fn finds_every_byte_that_needs_escaping(

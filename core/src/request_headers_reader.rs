@@ -85,7 +85,7 @@ pub(crate) trait Syntax<'a>: Sized {
     fn header_text(&mut self, headers: &mut ExactBuilder) -> Option<Span>;
 
     /// A header name, charged to the header limits; the values that follow are its.
-    #[inline]
+    #[inline(always)]
     fn header_name(&mut self, headers: &mut ExactBuilder) -> Option<()> {
         let name = self.header_text(headers)?;
         self.budget().charge(0, name.len())?;
@@ -94,7 +94,7 @@ pub(crate) trait Syntax<'a>: Sized {
     }
 
     /// One header value, charged to the header limits.
-    #[inline]
+    #[inline(always)]
     fn value(&mut self, headers: &mut ExactBuilder) -> Option<()> {
         let value = self.header_text(headers)?;
         self.budget().charge(1, value.len())?;
@@ -188,7 +188,7 @@ impl MetadataField {
         Self::Optional(5), // traceparent
     ];
 
-    #[inline]
+    #[inline(always)]
     fn named(name: &[u8]) -> Option<Self> {
         let at = match name {
             b"correlation_id" => 0,
@@ -219,6 +219,7 @@ pub(crate) struct MetadataFields {
 
 impl MetadataFields {
     /// Reads the value of `field`.
+    #[inline(always)]
     pub(crate) fn read<'a, S: Syntax<'a>>(
         &mut self,
         s: &mut S,

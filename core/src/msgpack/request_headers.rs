@@ -69,7 +69,7 @@ impl<'a> Reader<'a> {
     /// Where the bytes of a `str` value lie in the payload; `None` for any other type. A
     /// fixstr or str8 (what names and short values are) is read here; the general header
     /// reader takes the rest.
-    #[inline]
+    #[inline(always)]
     fn str_range(&mut self) -> Option<Range<usize>> {
         let input = self.de.input;
         let at = self.de.pos;
@@ -148,19 +148,19 @@ impl<'a> Syntax<'a> for Reader<'a> {
         Some(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn text(&mut self) -> Option<ByteStr> {
         let range = self.str_range()?;
         ByteStr::from_payload(self.payload, range)
     }
 
-    #[inline]
+    #[inline(always)]
     fn header_text(&mut self, _: &mut ExactBuilder) -> Option<Span> {
         let range = self.str_range()?;
         Span::checked(self.payload, range)
     }
 
-    #[inline]
+    #[inline(always)]
     fn optional_text(&mut self) -> Option<Option<ByteStr>> {
         if self.de.peek_byte() == Some(Marker::Null.to_u8()) {
             self.de.pos += 1;
