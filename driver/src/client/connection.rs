@@ -16,6 +16,7 @@ use agent_protocol_core::{CancelReason, ConnectionError, FlowAction, RequestErro
 use foldhash::{HashMap, HashMapExt};
 use tokio::sync::{mpsc, oneshot};
 
+use super::exchange::Exchange;
 use super::handle::{closed_error, Command, CommandKind, Reply};
 use super::{ClientError, ConnectionStatus, ControlMessage, CHANNEL_BUFFER_SIZE};
 use crate::runtime::{self, Runtime};
@@ -61,7 +62,8 @@ pub(super) struct ClientTask {
     pub(super) conn: ProxyConnection,
     pub(super) rx: mpsc::Receiver<Command>,
     pub(super) status: Arc<ConnectionStatus>,
-    waiters: HashMap<RequestId, Reply>,
+    /// Each pending request's reply and the box its answer goes back in.
+    waiters: HashMap<RequestId, (Reply, Box<Exchange>)>,
     ping_waiter: Option<(u64, oneshot::Sender<Result<Duration, ClientError>>)>,
     control: Option<mpsc::Sender<ControlMessage>>,
     /// Told when the handshake completes, or the connection closes first.
@@ -232,7 +234,7 @@ impl ClientTask {
     fn handle_command<L: ProxyLink>(&mut self, now: Instant, command: Command, link: &mut L) {
         match command.0 {
             CommandKind::Send {
-                event,
+                mut exchange,
                 deadline,
                 reply,
             } => {
@@ -240,10 +242,14 @@ impl ClientTask {
                     let _ = reply.send(Err(ClientError::QueueTimeout(Duration::ZERO)));
                     return;
                 }
+                // A handle sends each exchange once, with its event in it.
+                let Some(event) = exchange.take_event() else {
+                    return;
+                };
                 let timeout = Some(deadline - now);
-                match self.conn.send_event(now, *event, timeout, |m| link.send(m)) {
+                match self.conn.send_event(now, event, timeout, |m| link.send(m)) {
                     Ok(id) => {
-                        self.waiters.insert(id, reply);
+                        self.waiters.insert(id, (reply, exchange));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(match e {
@@ -272,7 +278,7 @@ impl ClientTask {
                     .conn
                     .pending_id(&correlation_id)
                     .and_then(|id| self.waiters.get(&id))
-                    .is_some_and(|reply| reply.is_closed());
+                    .is_some_and(|(reply, _)| reply.is_closed());
                 if abandoned {
                     self.conn
                         .cancel(now, &correlation_id, CancelReason::ClientDisconnect);
@@ -297,12 +303,12 @@ impl ClientTask {
                     }
                 }
                 ProxyEvent::Response { id, response, .. } => {
-                    if let Some(reply) = self.waiters.remove(&id) {
-                        let _ = reply.send(Ok(response));
+                    if let Some((reply, exchange)) = self.waiters.remove(&id) {
+                        let _ = reply.send(Ok(exchange.answer(response)));
                     }
                 }
                 ProxyEvent::Failed { id, error, .. } => {
-                    if let Some(reply) = self.waiters.remove(&id) {
+                    if let Some((reply, _)) = self.waiters.remove(&id) {
                         let _ = reply.send(Err(match error {
                             RequestError::ConnectionClosed(c) => ClientError::Closed(c),
                             other => ClientError::Request(other),

@@ -5,16 +5,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_protocol_core::handshake::Negotiated;
-use agent_protocol_core::{
-    AgentResponse, ByteStr, CancelReason, ConnectionError, Event, RequestError,
-};
+use agent_protocol_core::{ByteStr, CancelReason, ConnectionError, RequestError};
 use tokio::sync::{mpsc, oneshot};
 
+use super::exchange::{Answered, Exchange};
 use super::{ClientError, ConnectionStatus, REPLY_GRACE};
 use crate::runtime::{self, Runtime};
 
-/// Where a request's outcome goes.
-pub(super) type Reply = oneshot::Sender<Result<AgentResponse, ClientError>>;
+/// Where a request's outcome goes: its exchange, holding the answer, or why there is none.
+pub(super) type Reply = oneshot::Sender<Result<Answered, ClientError>>;
 
 /// A caller's request to a connection task, queued on the client's channel. Opaque.
 pub struct Command(pub(super) CommandKind);
@@ -25,13 +24,11 @@ impl std::fmt::Debug for Command {
     }
 }
 
-// `Send` is the common, hot variant; boxing its event would cost an allocation per request.
-#[allow(clippy::large_enum_variant)]
 pub(super) enum CommandKind {
     Send {
-        /// Boxed, so a command is a few words: it is written into the channel and read out of
-        /// it, and an event is some 500 bytes.
-        event: Box<Event>,
+        /// The event, boxed in the exchange that brings the answer back: a command is a few
+        /// words, written into the channel and read out of it.
+        exchange: Box<Exchange>,
         deadline: Instant,
         reply: Reply,
     },
@@ -96,18 +93,19 @@ impl ClientHandle {
         closed_error(&self.status)
     }
 
+    /// Sends the event in `exchange`; the answer comes back in the same box.
     pub(crate) async fn send_until<R: Runtime>(
         &self,
-        event: Box<Event>,
+        exchange: Box<Exchange>,
         deadline: Instant,
-    ) -> Result<AgentResponse, ClientError> {
+    ) -> Result<Answered, ClientError> {
         let submitted = R::now();
         self.status.touch(submitted);
         let (reply, rx) = oneshot::channel();
         // Shares the event's bytes, as the connection's own table does: no copy.
-        let correlation_id = event.shared_correlation_id().clone();
+        let correlation_id = exchange.event().map(|e| e.shared_correlation_id().clone());
         let command = Command(CommandKind::Send {
-            event,
+            exchange,
             deadline,
             reply,
         });
@@ -131,7 +129,7 @@ impl ClientHandle {
         // the in-flight slot frees now rather than at the deadline.
         let mut guard = AbandonGuard {
             tx: &self.tx,
-            correlation_id: Some(correlation_id),
+            correlation_id,
         };
         // The connection task answers by the deadline; this wait has its own deadline anyway,
         // a little later so the task's answer (the informative one) normally wins, in case the

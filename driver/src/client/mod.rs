@@ -11,6 +11,7 @@
 
 mod connect;
 mod connection;
+mod exchange;
 mod framed;
 mod handle;
 mod status;
@@ -38,6 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use connection::ClientTask;
+pub(crate) use exchange::{Answered, Exchange};
 use handle::GateDecision;
 
 use crate::runtime::{self, Connection, Runtime};
@@ -531,7 +533,8 @@ impl<R: Runtime> AgentClient<R> {
         event: Event,
         deadline: Instant,
     ) -> Result<AgentResponse, ClientError> {
-        self.handle.send_until::<R>(Box::new(event), deadline).await
+        let answered = self.handle.send_until::<R>(Exchange::new(event), deadline);
+        answered.await.map(Answered::into_response)
     }
 
     /// Cancels a pending request; the agent is told and the caller gets `Cancelled` at once.

@@ -25,7 +25,7 @@ use super::affinity::ConnId;
 use super::entry::{AgentEntry, Candidates, PooledConnection};
 use super::registry::{deadline_after, PoolInner};
 use super::PoolError;
-use crate::client::ClientError;
+use crate::client::{Answered, ClientError, Exchange};
 use crate::runtime::{self, Runtime};
 use crate::spans;
 
@@ -62,13 +62,18 @@ impl<R: Runtime> PoolInner<R> {
                 });
             }
         };
-        // Wrapping the request's future moves it, event and all, once more: worth it only
-        // when the span is enabled.
+        let route = Route::of(&event);
+        // Shares the event's bytes: the pin and the connection's table keep it without a copy.
+        let cid = event.shared_correlation_id().clone();
+        let exchange = Exchange::new(event);
+        // Wrapping the request's future moves it once more: worth it only when the span is
+        // enabled.
         let (result, verdict) = if span.is_disabled() {
             drop(span);
-            self.run(&entry, Box::new(event), submitted, deadline).await
+            self.run(&entry, exchange, route, cid, submitted, deadline)
+                .await
         } else {
-            self.run(&entry, Box::new(event), submitted, deadline)
+            self.run(&entry, exchange, route, cid, submitted, deadline)
                 .instrument(span)
                 .await
         };
@@ -77,7 +82,8 @@ impl<R: Runtime> PoolInner<R> {
             Verdict::Failure => permit.failure(R::now()),
             Verdict::Neutral => permit.abandon(),
         }
-        result
+        // The answer leaves its box here, once, rather than at every layer.
+        result.map(Answered::into_response)
     }
 
     /// Cancels a pending event of a request, on its pinned connection or on all; see
@@ -142,16 +148,15 @@ impl<R: Runtime> PoolInner<R> {
     async fn run(
         &self,
         entry: &AgentEntry,
-        // Boxed once here, the event moves as a pointer through the request's future and the
-        // connection's command channel instead of being copied at each step.
-        mut event: Box<Event>,
+        // The event, boxed once: it moves as a pointer through the request's future and the
+        // connection's command channel, and the answer comes back in the same box.
+        mut exchange: Box<Exchange>,
+        route: Route,
+        cid: ByteStr,
         submitted: Instant,
         deadline: Instant,
-    ) -> (Result<AgentResponse, PoolError>, Verdict) {
-        let route = Route::of(&event);
+    ) -> (Result<Answered, PoolError>, Verdict) {
         let retry = self.config.flow_control.mode == FlowControlMode::WaitAndRetry;
-        // Shares the event's bytes: the pin and the connection's table keep it without a copy.
-        let cid = event.shared_correlation_id().clone();
         loop {
             let conn = match self.pick(entry, route, &cid, R::now()) {
                 Ok(c) => c,
@@ -195,10 +200,12 @@ impl<R: Runtime> PoolInner<R> {
             // Under wait-and-retry, a pause that races the selection means sending the event
             // again: a copy is kept. Otherwise the event itself goes, saving the copy (and each
             // move of it: an event is some 500 bytes).
-            let kept = retry.then(|| event.clone());
+            let kept = retry
+                .then(|| exchange.event().cloned().map(Exchange::new))
+                .flatten();
             let result = {
                 let _pending = conn.begin();
-                conn.client.send_until::<R>(event, deadline).await
+                conn.client.send_until::<R>(exchange, deadline).await
             };
             if result.as_ref().is_err_and(ClientError::is_flow_control) {
                 let flow = self
@@ -212,7 +219,7 @@ impl<R: Runtime> PoolInner<R> {
                     .await;
                 match (flow, kept) {
                     (Flow::Retry, Some(again)) => {
-                        event = again;
+                        exchange = again;
                         continue;
                     }
                     (Flow::Done(r), _) => return (r, Verdict::Neutral),
@@ -330,7 +337,7 @@ impl<R: Runtime> PoolInner<R> {
             FlowDecision::Reject => reject(),
             FlowDecision::AllowWithoutAgent => {
                 entry.metrics.record_flow_control_rejection();
-                Flow::Done(Ok(AgentResponse::allow()))
+                Flow::Done(Ok(Answered::local(AgentResponse::allow())))
             }
             FlowDecision::WaitUntil(limit) => {
                 let until = limit.min(deadline);
@@ -359,14 +366,14 @@ impl<R: Runtime> PoolInner<R> {
         &self,
         entry: &AgentEntry,
         conn: &PooledConnection,
-        result: Result<AgentResponse, ClientError>,
+        result: Result<Answered, ClientError>,
         submitted: Instant,
-    ) -> (Result<AgentResponse, PoolError>, Verdict) {
+    ) -> (Result<Answered, PoolError>, Verdict) {
         let m = &entry.metrics;
         match result {
             Ok(response) => {
                 m.record_response(
-                    DecisionKind::from(&response.decision),
+                    DecisionKind::from(&response.response().decision),
                     R::now().saturating_duration_since(submitted),
                 );
                 conn.errors.record(true);
@@ -492,7 +499,7 @@ enum Verdict {
 #[allow(clippy::large_enum_variant)]
 enum Flow {
     Retry,
-    Done(Result<AgentResponse, PoolError>),
+    Done(Result<Answered, PoolError>),
 }
 
 /// How a client error counts.
