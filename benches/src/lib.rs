@@ -303,7 +303,7 @@ impl MemoryPair {
         let wire = std::mem::take(&mut self.wire);
         self.agent.handle_input(self.now, &wire);
         match self.agent.poll_event() {
-            Some(AgentEvent::Request { id, event }) => (id, event),
+            Some(AgentEvent::Request { id, event }) => (id, *event),
             other => panic!("expected a request, got {other:?}"),
         }
     }

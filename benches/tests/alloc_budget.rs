@@ -129,13 +129,15 @@ const HEADERS_PROXY_BUDGET: [(Encoding, f64, f64); 2] = [
 ];
 
 /// Budgets: the whole in-memory round trip, agent side included, answered with a plain allow.
-/// Measured: 3 in both encodings (4 while a plain allow's routing id was copied out of the
-/// frame); they were 70 and 63 (JSON, MessagePack) when the agent
+/// Measured: 4 in both encodings, all on the agent side: the payload copy, its shared reference
+/// count, the header list, and the box the event is decoded into (3 before the event was boxed,
+/// which saves a dozen copies of it on its way to the handler; 4 while a plain allow's routing
+/// id was copied out of the frame); they were 70 and 63 (JSON, MessagePack) when the agent
 /// decoded every header name and value into a String of its own, 18 and 11 while the routing
 /// id travelled in memory inside `audit.custom`, 10 (JSON) while each escaped value was
 /// unescaped into a string of its own.
 const HEADERS_WHOLE_BUDGET: [(Encoding, f64); 2] =
-    [(Encoding::Json, 4.0), (Encoding::MsgPack, 4.0)];
+    [(Encoding::Json, 5.0), (Encoding::MsgPack, 5.0)];
 
 #[test]
 fn proxy_side_allocations_per_request_round_trip() {
@@ -232,10 +234,12 @@ fn proxy_side_allocations_per_body_chunk() {
 const POOL_BUDGET: [(Encoding, f64); 2] = [(Encoding::Json, 2.0), (Encoding::MsgPack, 2.0)];
 
 /// Budgets: allocations on the agent's thread for the same requests (its own current-thread
-/// runtime, the allow-all handler). Measured: 3 in both encodings, the event's payload copy,
-/// its header list and the frame's read buffer share (5 before a handler that answers at its
-/// first poll stopped costing an abort handle and a task in the running set).
-const POOL_AGENT_BUDGET: [(Encoding, f64); 2] = [(Encoding::Json, 4.0), (Encoding::MsgPack, 4.0)];
+/// runtime, the allow-all handler). Measured: 4 in both encodings, the event's payload copy, its
+/// shared reference count, its header list and the box it is decoded into (3 before the event
+/// was boxed, which saves a dozen copies of it on its way to the handler, some 500 instructions
+/// net; 5 before a handler that answers at its first poll stopped costing an abort handle and a
+/// task in the running set).
+const POOL_AGENT_BUDGET: [(Encoding, f64); 2] = [(Encoding::Json, 5.0), (Encoding::MsgPack, 5.0)];
 
 #[test]
 fn pool_allocations_per_request_round_trip() {

@@ -264,7 +264,10 @@ impl AgentCodec {
         let message = match frame.frame_type {
             ty if ty.is_event() => {
                 match encoding::decode_shared_event(ty, encoding, payload, self.limits)? {
-                    Ok((event, shared)) => AgentIncoming::Event { event, shared },
+                    Ok((event, shared)) => AgentIncoming::Event {
+                        event: Box::new(event),
+                        shared,
+                    },
                     Err(error) => AgentIncoming::MalformedEvent {
                         correlation_id: encoding::salvage_correlation_id(encoding, payload),
                         error,

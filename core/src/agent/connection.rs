@@ -287,7 +287,7 @@ impl AgentConnection {
 
     /// Holds an event to the limits, then tracks it and hands it to the application, or answers
     /// it at once with a block.
-    fn on_event(&mut self, event: Event, shared: usize) {
+    fn on_event(&mut self, event: Box<Event>, shared: usize) {
         let frame_type = event.frame_type();
         let encoding = self.encoding.unwrap_or_default();
         if matches!(self.state, State::Handshaking(_) | State::Registering(_)) {

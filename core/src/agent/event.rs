@@ -9,8 +9,6 @@ use crate::handshake::{HandshakeRequest, Negotiated};
 use crate::request_id::RequestId;
 
 /// What the connection has to tell the application.
-// Requests dominate; boxing them would cost an allocation per event.
-#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum AgentEvent {
@@ -27,8 +25,10 @@ pub enum AgentEvent {
     Request {
         /// Handle for the answer.
         id: RequestId,
-        /// The event.
-        event: Event,
+        /// The event, in the box it was decoded into (see [`AgentIncoming::Event`]).
+        ///
+        /// [`AgentIncoming::Event`]: super::AgentIncoming::Event
+        event: Box<Event>,
     },
     /// The proxy cancelled this request: stop working on it. It is no longer tracked, and
     /// [`AgentConnection::respond`](super::AgentConnection::respond) for it returns

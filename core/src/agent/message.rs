@@ -14,8 +14,6 @@ use crate::registration::{RegistrationRequest, RegistrationResponse};
 use crate::response::AgentResponse;
 
 /// A message from the proxy.
-// Events dominate; boxing them would cost an allocation per message.
-#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum AgentIncoming {
     /// The proxy's handshake request.
@@ -24,8 +22,10 @@ pub enum AgentIncoming {
     Registered(RegistrationResponse),
     /// An event to answer.
     Event {
-        /// The event.
-        event: Event,
+        /// The event, boxed once where it is decoded: an event is some 600 bytes, and it moves
+        /// from the transport through the connection to the handler's call as a pointer
+        /// rather than being copied at each of a dozen steps.
+        event: Box<Event>,
         /// Bytes of the received payload that the event's strings share and keep alive beyond
         /// its own fields (0 when it owns them all), weighed with it in
         /// [`AgentConnection::in_flight_bytes`](super::AgentConnection::in_flight_bytes).
@@ -81,6 +81,9 @@ pub enum AgentOutgoing {
 impl From<Event> for AgentIncoming {
     /// An event that owns its strings.
     fn from(event: Event) -> Self {
-        AgentIncoming::Event { event, shared: 0 }
+        AgentIncoming::Event {
+            event: Box::new(event),
+            shared: 0,
+        }
     }
 }

@@ -246,7 +246,7 @@ fn handshake_negotiates_msgpack_and_later_frames_use_it() {
     let AgentEvent::Request { id, event } = &evs[1] else {
         panic!("{evs:?}")
     };
-    assert_eq!(event, &complete("m-1"));
+    assert_eq!(**event, complete("m-1"));
     let answer: HandshakeResponse =
         serde_json::from_slice(&transmitted(&mut conn)[0].payload).unwrap();
     assert_eq!(answer.encoding, "msgpack");
@@ -357,7 +357,7 @@ fn every_event_type_is_a_request_answered_with_its_correlation_id() {
             let [AgentEvent::Request { id, event }] = &evs[..] else {
                 panic!("{encoding} #{i}: {evs:?}")
             };
-            assert_eq!(event, &sent, "{encoding} #{i}");
+            assert_eq!(&**event, &sent, "{encoding} #{i}");
             assert_eq!(conn.in_flight(), 1);
             // The handler's own value is overwritten.
             let mut answer = AgentResponse::allow().with_correlation_id("wrong");

@@ -143,7 +143,7 @@ pub trait AgentHandler: Send + Sync + 'static {
 /// Calls the handler method for `$event`'s kind, then `$then` with that call's future as
 /// `$call`: the match is written once for both ways of awaiting it.
 macro_rules! on_event {
-    ($handler:ident, $event:ident, $call:ident => $then:expr) => {
+    ($handler:ident, $event:expr, $call:ident => $then:expr) => {
         match $event {
             Event::RequestHeaders(e) => {
                 let $call = $handler.on_request_headers(e);
@@ -185,19 +185,50 @@ macro_rules! on_event {
 /// span (see [`spans`](crate::spans)), so what the handler logs carries the request's
 /// correlation id. One `async fn`, so every request's future has the same type and no boxing is
 /// needed to run them side by side.
+///
+/// The event comes by value or, as the connection task holds it, boxed
+/// ([`AgentEvent::Request`](agent_protocol_core::agent::AgentEvent::Request)): a boxed event
+/// leaves its box only into the handler's call.
 pub async fn dispatch<H: AgentHandler>(
     handler: Arc<H>,
     id: RequestId,
-    event: Event,
+    event: impl HeldEvent,
 ) -> (RequestId, AgentResponse) {
-    let span = spans::agent_request(&event);
-    // Wrapping the handler's future moves it, event and all, once more: worth it only when the
-    // span is enabled.
+    let span = spans::agent_request(event.event());
+    // Wrapping the handler's future moves it once more: worth it only when the span is enabled.
     let response = if span.is_disabled() {
         drop(span);
-        on_event!(handler, event, call => call.await)
+        on_event!(handler, event.into_event(), call => call.await)
     } else {
-        on_event!(handler, event, call => call.instrument(span).await)
+        on_event!(handler, event.into_event(), call => call.instrument(span).await)
     };
     (id, response)
+}
+
+/// An event as [`dispatch`] takes it: an [`Event`], or a `Box<Event>`.
+pub trait HeldEvent: Send + 'static {
+    /// The event, to look at.
+    fn event(&self) -> &Event;
+    /// The event, for the handler's call.
+    fn into_event(self) -> Event;
+}
+
+impl HeldEvent for Event {
+    fn event(&self) -> &Event {
+        self
+    }
+
+    fn into_event(self) -> Event {
+        self
+    }
+}
+
+impl HeldEvent for Box<Event> {
+    fn event(&self) -> &Event {
+        self
+    }
+
+    fn into_event(self) -> Event {
+        *self
+    }
 }

@@ -18,7 +18,7 @@ mod tower;
 
 pub use connection::{serve_link, AgentLink, Received, MAX_IN_FLIGHT_BYTES};
 pub use framed::{FramedLink, MAX_PENDING_TRANSMIT};
-pub use handler::{dispatch, AgentHandler};
+pub use handler::{dispatch, AgentHandler, HeldEvent};
 pub use tower::{HandlerService, ServiceHandler};
 
 use std::io;

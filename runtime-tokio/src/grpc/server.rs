@@ -44,7 +44,7 @@ use agent_protocol_core::frame::PayloadTooLarge;
 use agent_protocol_core::handshake::HandshakeRequest;
 use agent_protocol_core::metrics::DecisionKind;
 use agent_protocol_core::ConfigUpdateResponse;
-use agent_protocol_core::{AgentIncoming, ConnectionError, Encoding, Event};
+use agent_protocol_core::{AgentIncoming, ConfigureEvent, ConnectionError, Encoding, Event};
 use agent_protocol_driver::server::{serve_link, AgentLink, Received};
 use agent_protocol_driver::spans::{self, Peer};
 use agent_protocol_driver::Runtime;
@@ -238,39 +238,37 @@ impl<H: AgentHandler> AgentServiceV2 for GrpcService<H> {
         let handle = &self.handle;
         let mut conn = self.connection();
         let now = Tokio::now();
+        let mut incoming = incoming;
+        if let Some(event) = take_unanswered_configure(&mut incoming) {
+            // The call itself carries the answer: nothing needs correlating.
+            handle.requests_started(1);
+            let _guard = InFlightGuard(handle);
+            let started = Instant::now();
+            let (_, response) = dispatch(
+                self.handler.clone(),
+                RequestId::from_raw(0),
+                Event::Configure(event),
+            )
+            .await;
+            handle.metrics().record_answer(
+                DecisionKind::from(&response.decision),
+                Some(started.elapsed()),
+            );
+            let mut answer = AgentToProxy {
+                message: Some(v2::agent_to_proxy::Message::Response(
+                    convert::response_to_proto(String::new(), response),
+                )),
+            };
+            bound_response(&mut answer);
+            set_processing_time(&mut answer, started.elapsed());
+            return Ok(Response::new(answer));
+        }
         match incoming {
             handshake @ AgentIncoming::Handshake(_) => conn.handle_message(now, handshake),
             AgentIncoming::Cancel(_) => {
                 return Err(Status::invalid_argument(
                     "cancel applies to requests in flight on ProcessStream",
                 ))
-            }
-            AgentIncoming::Event {
-                event: Event::Configure(event),
-                ..
-            } if event.correlation_id.is_empty() => {
-                // The call itself carries the answer: nothing needs correlating.
-                handle.requests_started(1);
-                let _guard = InFlightGuard(handle);
-                let started = Instant::now();
-                let (_, response) = dispatch(
-                    self.handler.clone(),
-                    RequestId::from_raw(0),
-                    Event::Configure(event),
-                )
-                .await;
-                handle.metrics().record_answer(
-                    DecisionKind::from(&response.decision),
-                    Some(started.elapsed()),
-                );
-                let mut answer = AgentToProxy {
-                    message: Some(v2::agent_to_proxy::Message::Response(
-                        convert::response_to_proto(String::new(), response),
-                    )),
-                };
-                bound_response(&mut answer);
-                set_processing_time(&mut answer, started.elapsed());
-                return Ok(Response::new(answer));
             }
             other => {
                 // A unary call needs no handshake (as in the reference): open one implicitly.
@@ -442,11 +440,12 @@ impl GrpcLink {
     fn on_message(&mut self, message: Option<Result<ProxyToAgent, Status>>) -> Option<Received> {
         match message {
             Some(Ok(message)) => match ProxyMessage::from(message) {
-                ProxyMessage::Protocol(AgentIncoming::Event {
-                    event: Event::Configure(event),
-                    ..
-                }) if event.correlation_id.is_empty() => Some(Received::Unanswered(event)),
-                ProxyMessage::Protocol(incoming) => Some(Received::Message(incoming)),
+                ProxyMessage::Protocol(mut incoming) => {
+                    Some(match take_unanswered_configure(&mut incoming) {
+                        Some(event) => Received::Unanswered(event),
+                        None => Received::Message(incoming),
+                    })
+                }
                 ProxyMessage::Unknown => {
                     tracing::debug!("skipped a ProxyToAgent message of unknown type");
                     None
@@ -628,5 +627,18 @@ async fn control_stream(
         {
             break;
         }
+    }
+}
+
+/// The Configure in `incoming` when it has no correlation id, taken out (what is left is
+/// dropped): the reference's gRPC schema gives Configure no id and its proxy waits for no
+/// answer, so such a Configure runs without one.
+fn take_unanswered_configure(incoming: &mut AgentIncoming) -> Option<ConfigureEvent> {
+    match incoming {
+        AgentIncoming::Event { event, .. } => match &mut **event {
+            Event::Configure(c) if c.correlation_id.is_empty() => Some(std::mem::take(c)),
+            _ => None,
+        },
+        _ => None,
     }
 }
