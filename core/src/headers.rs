@@ -806,8 +806,9 @@ impl Headers {
                 lengths.push(part.len());
             }
         }
-        let text = text.freeze();
-        let mut headers = ExactBuilder::over(text.clone(), lengths.len() / 2);
+        // Filled exactly to its capacity, the buffer freezes into a `Bytes` without a reference
+        // count of its own; none is allocated unless the headers are cloned.
+        let mut headers = ExactBuilder::over(text.freeze(), lengths.len() / 2);
         let mut at = 0;
         let mut next = |headers: &mut ExactBuilder, len: usize| {
             let range = at..at + len;
@@ -815,7 +816,8 @@ impl Headers {
             Span::of_utf8(range.clone()).unwrap_or_else(|| {
                 // Past 4 GiB of text (never, for real headers): a copy of its own. The range
                 // holds a whole `str` copied above, so this never fails.
-                let part = std::str::from_utf8(&text[range]).unwrap_or_default();
+                let shared = headers.headers.text.clone();
+                let part = std::str::from_utf8(&shared[range]).unwrap_or_default();
                 headers.headers.own_copy(part)
             })
         };

@@ -273,6 +273,36 @@ fn request_headers_allocation_budgets() {
         budget: 0,
     });
 
+    // (f) Building the headers from a proxy's own borrowed pairs, as a proxy builds an event:
+    // 2, the text and the entry list (3 while the builder cloned the text, which gave it a
+    // reference count before anything shared it). Encoding never clones them.
+    let pairs: Vec<(String, String)> = e
+        .headers
+        .iter_flat()
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect();
+    let (built, allocs, bytes) =
+        measure(|| Headers::copy_from(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str()))));
+    assert_eq!(built, e.headers);
+    rows.push(Row {
+        what: "(f) Headers::copy_from, 20 pairs",
+        allocs,
+        bytes,
+        budget: 2,
+    });
+    let event = Event::RequestHeaders(RequestHeadersEvent::new(
+        RequestMetadata::default(),
+        "GET",
+        "/",
+        built,
+    ));
+    let mut buf = BytesMut::with_capacity(4096);
+    let ((), allocs, _) = measure(|| encode_event(&mut buf, Encoding::MsgPack, &event).unwrap());
+    assert_eq!(
+        allocs, 0,
+        "writing built headers allocates (a reference count?)"
+    );
+
     println!(
         "{:<45} {:>7} {:>8} {:>7}",
         "measurement", "allocs", "bytes", "budget"
