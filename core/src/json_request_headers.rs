@@ -158,7 +158,7 @@ pub(crate) fn put_uint(out: &mut BytesMut, v: u32) {
 /// How much room to leave after a copy of `payload` for its unescaped text: none without a
 /// backslash, else the payload's length (unescaped text is never longer than its escaped form).
 pub(crate) fn unescape_room(payload: &[u8]) -> usize {
-    if payload.contains(&b'\\') {
+    if memchr::memchr(b'\\', payload).is_some() {
         payload.len()
     } else {
         0
@@ -442,7 +442,7 @@ fn unescape(raw: &str, out: &mut impl BufMut) -> Option<()> {
     let mut rest = raw.as_bytes();
     let mut utf8 = [0; 4];
     // Runs between escapes are copied whole (a backslash is ASCII, so they are whole UTF-8).
-    while let Some(at) = rest.iter().position(|&b| b == b'\\') {
+    while let Some(at) = memchr::memchr(b'\\', rest) {
         out.put_slice(&rest[..at]);
         let (&kind, after) = rest[at + 1..].split_first()?;
         rest = after;
