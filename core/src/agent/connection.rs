@@ -641,9 +641,9 @@ impl AgentConnection {
 }
 
 /// What an event weighs in [`AgentConnection::in_flight_bytes`], before the payload it shares:
-/// the bytes of what the sender chose (correlation id, header names and values, body, URI,
-/// inspected text, configuration), not counting per-allocation overhead. `header_bytes` is the second half of
-/// [`Event::header_load`], already computed by the caller.
+/// its box, and the bytes of what the sender chose (correlation id, header names and values,
+/// body, URI, inspected text, configuration), not counting per-allocation overhead.
+/// `header_bytes` is the second half of [`Event::header_load`], already computed by the caller.
 fn event_weight(event: &Event, header_bytes: usize) -> usize {
     let strings = |v: &[String]| v.iter().map(String::len).sum::<usize>();
     let own = match event {
@@ -660,7 +660,12 @@ fn event_weight(event: &Event, header_bytes: usize) -> usize {
         }
         _ => 0,
     };
-    event.correlation_id().len() + header_bytes + event.body_len() + own
+    // The box the event was decoded into counts too: a connection holds one per request.
+    std::mem::size_of::<Event>()
+        + event.correlation_id().len()
+        + header_bytes
+        + event.body_len()
+        + own
 }
 
 /// A writer that only counts what it is given.

@@ -1643,8 +1643,8 @@ fn in_flight_bytes_count_admitted_payloads_until_answered_or_cancelled() {
             .zip([1000, 20_000, 300])
             .map(|(cid, len)| event_frame(encoding, &body_chunk(cid, len)))
             .collect();
-        // What each event holds: its correlation id and its body, and the copy of its payload
-        // that its strings share when the payload is small enough to be shared.
+        // What each event holds: its box, its correlation id and its body, and the copy of its
+        // payload that its strings share when the payload is small enough to be shared.
         let shared = |i: usize| {
             let len = frames[i].len() - 5;
             if len <= SHARED_PAYLOAD_MAX {
@@ -1653,7 +1653,7 @@ fn in_flight_bytes_count_admitted_payloads_until_answered_or_cancelled() {
                 0
             }
         };
-        let payload = |i: usize| 1 + [1000, 20_000, 300][i] + shared(i);
+        let payload = |i: usize| size_of::<Event>() + 1 + [1000, 20_000, 300][i] + shared(i);
         let mut expected = 0;
         let mut ids = Vec::new();
         for (i, frame) in frames.iter().enumerate() {
@@ -1700,8 +1700,11 @@ fn refused_events_weigh_nothing() {
     let first = event_frame(Encoding::Json, &body_chunk("kept", 5000));
     conn.handle_input(t0(), &first);
     let held = conn.in_flight_bytes();
-    // The id, the body, and the payload copy the id shares.
-    assert_eq!(held, "kept".len() + 5000 + first.len() - 5);
+    // The event's box, the id, the body, and the payload copy the id shares.
+    assert_eq!(
+        held,
+        size_of::<Event>() + "kept".len() + 5000 + first.len() - 5
+    );
     // Over max_in_flight (answered 503), malformed (500), unknown type: none is tracked.
     conn.handle_input(
         t0(),
@@ -1771,6 +1774,8 @@ fn message_transports_weigh_events_by_their_contents() {
         before = conn.in_flight_bytes();
     }
     assert_eq!(before, 0);
+    // Each weighs its box, and what the sender chose to put in it.
+    let weights: Vec<usize> = weights.iter().map(|w| w - size_of::<Event>()).collect();
     assert!((10_000..10_100).contains(&weights[0]), "{weights:?}");
     assert!((3030..3100).contains(&weights[1]), "{weights:?}");
     assert!((2000..2100).contains(&weights[2]), "{weights:?}");

@@ -25,8 +25,9 @@ use super::{dispatch, shutdown_signal, unix_ms, AgentHandler, Push, ServerHandle
 use crate::runtime::{self, Runtime};
 use crate::spans;
 
-/// Bytes the unanswered events hold ([`AgentConnection::in_flight_bytes`]: bodies, headers,
-/// ids) past which an agent connection stops reading until handlers finish.
+/// Bytes the unanswered events hold ([`AgentConnection::in_flight_bytes`]: each event's box,
+/// bodies, headers, ids, the payload copies they share) past which an agent connection stops
+/// reading until handlers finish.
 ///
 /// A handler holds its event until it answers, and the in-flight limit bounds only how many
 /// events that is, not their size: 4096 body chunks of up to 16 MiB each would be 64 GiB, so a
