@@ -242,7 +242,8 @@ impl ClientTask {
                     let _ = reply.send(Err(ClientError::QueueTimeout(Duration::ZERO)));
                     return;
                 }
-                // A handle sends each exchange once, with its event in it.
+                // A handle sends each exchange once, with its event in it. (Were one ever sent
+                // empty, dropping `reply` fails that caller as if the connection had closed.)
                 let Some(event) = exchange.take_event() else {
                     return;
                 };
