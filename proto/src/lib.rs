@@ -6,7 +6,11 @@
 //!   `protoc` is needed. Every message, field number and enum value of the reference schema is
 //!   kept; fields numbered 100 and up are this implementation's extensions (ignored by reference
 //!   peers) for what the reference schema cannot carry. `bytes` fields are [`bytes::Bytes`], so
-//!   decoding a body chunk slices the received buffer instead of copying it.
+//!   decoding a body chunk slices the received buffer instead of copying it. The header lists
+//!   of `RequestHeadersEvent` and `ResponseHeadersEvent` are generated as [`v2::RawHeader`]:
+//!   `Header` with `bytes` for its `string`s, the same bytes on the wire, so a request's header
+//!   names and values are slices too rather than a `String` each (the conversion checks their
+//!   UTF-8, and an event whose header text is not UTF-8 is malformed, answered fail-closed).
 //! - [`convert`]: core <-> proto, moving strings and bytes rather than copying them.
 //!
 //! ```

@@ -737,15 +737,15 @@ fn a_reference_style_event_reads_with_defaults() {
         uri: "/".into(),
         http_version: "HTTP/1.1".into(),
         headers: vec![
-            v2::Header {
+            v2::RawHeader {
                 name: "a".into(),
                 value: "1".into(),
             },
-            v2::Header {
+            v2::RawHeader {
                 name: "b".into(),
                 value: "2".into(),
             },
-            v2::Header {
+            v2::RawHeader {
                 name: "a".into(),
                 value: "3".into(),
             },
@@ -758,6 +758,64 @@ fn a_reference_style_event_reads_with_defaults() {
     // Regrouped by name, value order kept (as the reference agent does).
     let flat: Vec<_> = e.headers.iter_flat().collect();
     assert_eq!(flat, [("a", "1"), ("a", "3"), ("b", "2")]);
+}
+
+/// Event header lists are generated as `RawHeader` (bytes) while the schema says `Header`
+/// (strings): the two must be the same bytes on the wire, both ways.
+#[test]
+fn raw_headers_are_header_strings_on_the_wire() {
+    let header = v2::Header {
+        name: "x-name".into(),
+        value: "välue".into(),
+    };
+    let raw = v2::RawHeader {
+        name: "x-name".into(),
+        value: bytes::Bytes::from("välue"),
+    };
+    assert_eq!(header.encode_to_vec(), raw.encode_to_vec());
+    let back = v2::RawHeader::decode(header.encode_to_vec().as_slice()).unwrap();
+    assert_eq!(back, raw);
+    let back = v2::Header::decode(raw.encode_to_vec().as_slice()).unwrap();
+    assert_eq!(back, header);
+}
+
+/// A header name or value that is not UTF-8 (which prost would refuse in a `string`) makes the
+/// event malformed, with its correlation id kept for the fail-closed answer; the stream goes on.
+#[test]
+fn non_utf8_header_text_is_a_malformed_event_that_keeps_its_id() {
+    for (name, value) in [(&b"x-ok"[..], &b"\xff\xfe"[..]), (&b"\xc3"[..], &b"ok"[..])] {
+        let headers = vec![v2::RawHeader {
+            name: bytes::Bytes::copy_from_slice(name),
+            value: bytes::Bytes::copy_from_slice(value),
+        }];
+        let request = v2::proxy_to_agent::Message::RequestHeaders(v2::RequestHeadersEvent {
+            metadata: Some(v2::RequestMetadata {
+                correlation_id: "bad-utf8".into(),
+                ..Default::default()
+            }),
+            method: "GET".into(),
+            uri: "/".into(),
+            headers: headers.clone(),
+            ..Default::default()
+        });
+        let response = v2::proxy_to_agent::Message::ResponseHeaders(v2::ResponseHeadersEvent {
+            correlation_id: "bad-utf8".into(),
+            status_code: 200,
+            headers,
+        });
+        for m in [request, response] {
+            match ProxyMessage::from(v2::ProxyToAgent { message: Some(m) }) {
+                ProxyMessage::Protocol(AgentIncoming::MalformedEvent {
+                    correlation_id,
+                    error,
+                }) => {
+                    assert_eq!(correlation_id.as_deref(), Some("bad-utf8"));
+                    assert!(error.message.contains("not UTF-8"), "{error}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }
 
 #[test]

@@ -204,12 +204,14 @@ impl TryFrom<v2::RequestHeadersEvent> for RequestHeadersEvent {
         if metadata.protocol.is_empty() {
             metadata.protocol = e.http_version.into();
         }
+        let headers = headers_from_proto("RequestHeadersEvent", e.headers)
+            .map_err(|err| err.with_id(&metadata.correlation_id))?;
         Ok(RequestHeadersEvent {
             correlation_id: metadata.correlation_id.clone(),
             metadata,
             method: e.method.into(),
             uri: e.uri.into(),
-            headers: headers_from_proto(e.headers),
+            headers,
         })
     }
 }
@@ -231,10 +233,12 @@ impl TryFrom<v2::ResponseHeadersEvent> for ResponseHeadersEvent {
     fn try_from(e: v2::ResponseHeadersEvent) -> Result<Self, ConvertError> {
         let status = u16_field("ResponseHeadersEvent", "status_code", e.status_code)
             .map_err(|err| err.with_id(&e.correlation_id))?;
+        let headers = headers_from_proto("ResponseHeadersEvent", e.headers)
+            .map_err(|err| err.with_id(&e.correlation_id))?;
         Ok(ResponseHeadersEvent {
             correlation_id: e.correlation_id.into(),
             status,
-            headers: headers_from_proto(e.headers),
+            headers,
         })
     }
 }
