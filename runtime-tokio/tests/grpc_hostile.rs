@@ -364,6 +364,50 @@ async fn an_uncorrelated_event_on_process_event_is_blocked_not_handled() {
     assert_eq!(agent.started.load(Ordering::SeqCst), 0);
 }
 
+/// Header text that is not UTF-8 (the schema says `string`; an attacker can send any bytes): on
+/// ProcessStream and on ProcessEvent the event is answered with the malformed block under its
+/// own correlation id, never reaches the handler, and the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_utf8_header_text_is_blocked_under_its_id_not_handled() {
+    let _serial = SERIAL.lock().await;
+    let (addr, _handle, agent) = start_grpc(ServerConfig::default()).await;
+    let mut raw = raw(addr).await;
+    let hostile = |cid: &str| {
+        let mut message = ProxyToAgent::from(headers_event(cid, "/"));
+        let Some(v2::proxy_to_agent::Message::RequestHeaders(e)) = &mut message.message else {
+            unreachable!()
+        };
+        e.headers.push(v2::RawHeader {
+            name: Bytes::from_static(b"x-evil"),
+            value: Bytes::from_static(b"caf\xe9"),
+        });
+        message
+    };
+    let (tx, mut inbound) = open_stream(&mut raw).await;
+    tx.send(hostile("latin-1")).await.unwrap();
+    let r = response(inbound.message().await.unwrap().unwrap());
+    assert_eq!(r.correlation_id, "latin-1");
+    assert_malformed_block(&r, "non-UTF-8 header on ProcessStream");
+    let r = raw
+        .process_event(hostile("latin-1-unary"))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = response(r);
+    assert_eq!(r.correlation_id, "latin-1-unary");
+    assert_malformed_block(&r, "non-UTF-8 header on ProcessEvent");
+    assert_eq!(agent.started.load(Ordering::SeqCst), 0);
+    tx.send(ProxyToAgent::from(headers_event("ok", "/")))
+        .await
+        .unwrap();
+    let r = response(inbound.message().await.unwrap().unwrap());
+    assert_eq!(r.correlation_id, "ok");
+    assert!(matches!(
+        r.decision,
+        Some(v2::agent_response::Decision::Allow(_))
+    ));
+}
+
 // ----- 5. a pipelining proxy (agent side) -----------------------------------------------------
 
 /// A proxy pipelining without pause cannot keep the agent from noticing a shutdown: it is told
