@@ -31,6 +31,9 @@ const EVENTS: usize = 3 * MAX_IN_FLIGHT_BYTES / CHUNK + 8;
 /// Hang guard.
 const WAIT: Duration = Duration::from_secs(60);
 
+/// One test at a time in this binary: each measures this process's RSS.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Holds every body chunk until `release` turns true, then allows it.
 struct HoldingAgent {
     held: Arc<AtomicUsize>,
@@ -72,6 +75,7 @@ fn chunk(i: usize) -> ProxyToAgent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_events_held_by_handlers_stop_the_stream_reading() {
+    let _serial = SERIAL.lock().await;
     let held = Arc::new(AtomicUsize::new(0));
     let (release, release_rx) = watch::channel(false);
     let server = AgentServer::new(
@@ -187,6 +191,134 @@ async fn large_events_held_by_handlers_stop_the_stream_reading() {
     let deadline = Instant::now() + WAIT;
     while handle.in_flight() != 0 || handle.connections() != 0 {
         assert!(Instant::now() < deadline, "the stream's task never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Holds the body chunks whose correlation id starts with `held-` until `release` turns true;
+/// answers every other one at once.
+struct HoldingSmall {
+    held: Arc<AtomicUsize>,
+    release: watch::Receiver<bool>,
+}
+
+impl AgentHandler for HoldingSmall {
+    async fn on_request_body_chunk(&self, event: RequestBodyChunkEvent) -> AgentResponse {
+        if event.0.correlation_id.starts_with("held-") {
+            self.held.fetch_add(1, Ordering::SeqCst);
+            let mut release = self.release.clone();
+            let _ = release.wait_for(|go| *go).await;
+        }
+        drop(event);
+        AgentResponse::allow()
+    }
+}
+
+/// A proxy that follows each large message with a one-byte chunk held by the handler: were the
+/// small chunk's bytes a slice of the message buffer the large one was read into, each would
+/// keep megabytes alive while weighing one byte. Held small events must cost about their own
+/// size, whatever was received around them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_held_events_do_not_keep_large_receive_buffers_alive() {
+    const BIG: usize = 8 << 20;
+    const CYCLES: usize = 20;
+    let _serial = SERIAL.lock().await;
+    let held = Arc::new(AtomicUsize::new(0));
+    let (release, release_rx) = watch::channel(false);
+    let server = AgentServer::new(
+        HoldingSmall {
+            held: held.clone(),
+            release: release_rx,
+        },
+        ServerConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { server.serve_grpc(listener).await });
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = AgentServiceV2Client::new(channel).max_encoding_message_size(16 << 20);
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(ProxyToAgent {
+        message: Some(v2::proxy_to_agent::Message::Handshake(
+            v2::HandshakeRequest {
+                supported_versions: vec![2],
+                proxy_id: "raw".into(),
+                proxy_version: "1".into(),
+                config_json: String::new(),
+                supported_encodings: vec![],
+            },
+        )),
+    })
+    .await
+    .unwrap();
+    let mut inbound = raw
+        .process_stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    inbound.message().await.unwrap().unwrap();
+    // The first cycles settle what the transports keep (a large message's buffers on the
+    // client and server side, in this one process); the later ones must add nothing like a
+    // buffer per held chunk.
+    big_then_small(&tx, &mut inbound, &held, 0..5, BIG).await;
+    let settled = rss();
+    big_then_small(&tx, &mut inbound, &held, 5..5 + CYCLES, BIG).await;
+    let grown = rss().saturating_sub(settled);
+    eprintln!(
+        "{CYCLES} more one-byte chunks held, each after an {} MiB message: RSS +{} MiB",
+        BIG >> 20,
+        grown >> 20
+    );
+    let bound = 2 * BIG;
+    assert!(
+        grown < bound,
+        "RSS grew by {} MiB holding {CYCLES} more one-byte chunks (bound {} MiB)",
+        grown >> 20,
+        bound >> 20
+    );
+    release.send(true).unwrap();
+    for _ in 0..5 + CYCLES {
+        inbound.message().await.unwrap().unwrap();
+    }
+}
+
+/// For each `i` in `cycles`: a `big`-byte body chunk `big-i`, waited for, then a one-byte chunk
+/// `held-i`; returns once the handler holds every `held-` chunk so far.
+async fn big_then_small(
+    tx: &mpsc::Sender<ProxyToAgent>,
+    inbound: &mut tonic::Streaming<AgentToProxy>,
+    held: &AtomicUsize,
+    cycles: std::ops::Range<usize>,
+    big: usize,
+) {
+    let body = |cid: String, len: usize| {
+        ProxyToAgent::from(Event::RequestBodyChunk(RequestBodyChunkEvent(BodyChunk {
+            correlation_id: cid.into(),
+            data: Bytes::from(vec![b'a'; len]),
+            ..Default::default()
+        })))
+    };
+    let end = cycles.end;
+    for i in cycles {
+        tx.send(body(format!("big-{i}"), big)).await.unwrap();
+        // Answered before the next cycle, so only the small ones are held.
+        let answer = inbound.message().await.unwrap().unwrap();
+        assert!(matches!(
+            answer.message,
+            Some(v2::agent_to_proxy::Message::Response(_))
+        ));
+        tx.send(body(format!("held-{i}"), 1)).await.unwrap();
+    }
+    let deadline = Instant::now() + WAIT;
+    while held.load(Ordering::SeqCst) < end {
+        assert!(
+            Instant::now() < deadline,
+            "the small chunks never reached the handler"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

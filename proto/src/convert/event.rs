@@ -2,7 +2,7 @@
 
 use super::headers::{headers_from_proto, headers_to_proto};
 use super::time::{timestamp_from_proto, timestamp_to_proto};
-use super::{json_text, u16_field, ConvertError};
+use super::{json_text, owned, u16_field, ConvertError};
 use crate::v2;
 use agent_protocol_core::{
     BodyChunk, ConfigureEvent, Event, GuardrailInspectEvent, GuardrailInspectionType,
@@ -219,7 +219,7 @@ impl TryFrom<v2::RequestHeadersEvent> for RequestHeadersEvent {
 fn chunk_from_proto(c: v2::BodyChunkEvent) -> BodyChunk {
     BodyChunk {
         correlation_id: c.correlation_id.into(),
-        data: c.data,
+        data: owned(c.data),
         is_last: c.is_last,
         total_size: c.total_size,
         chunk_index: c.chunk_index,
@@ -290,7 +290,7 @@ impl TryFrom<v2::WebSocketFrameEvent> for WebSocketFrameEvent {
         Ok(WebSocketFrameEvent {
             correlation_id: e.correlation_id.into(),
             opcode,
-            data: e.payload,
+            data: owned(e.payload),
             client_to_server: e.client_to_server,
             frame_index: e.frame_index,
             fin: e.fin.unwrap_or(true),

@@ -75,6 +75,15 @@ impl ConvertError {
     }
 }
 
+/// Bytes decoded from a message, in an allocation of their own. prost hands `bytes` fields over
+/// as slices of the buffer tonic read the message into, which grows to the largest message the
+/// stream has carried: kept as they are, a one-byte body chunk held by a handler would keep
+/// megabytes alive while weighing one byte. This copy is the payload's one copy on this side (a
+/// framed transport copies out of its read buffer alike).
+fn owned(bytes: bytes::Bytes) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(&bytes)
+}
+
 fn u16_field(message: &'static str, field: &str, value: u32) -> Result<u16, ConvertError> {
     u16::try_from(value)
         .map_err(|_| ConvertError::new(message, format!("{field} {value} is above 65535")))

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::ConvertError;
+use super::{owned, ConvertError};
 use crate::v2;
 use agent_protocol_core::{
     AgentResponse, AuditMetadata, BodyMutation, Decision, HeaderOp, WebSocketDecision,
@@ -38,7 +38,7 @@ fn mutation_to_proto(m: BodyMutation) -> v2::BodyMutation {
 
 fn mutation_from_proto(m: v2::BodyMutation) -> BodyMutation {
     BodyMutation {
-        data: m.data,
+        data: m.data.map(owned),
         chunk_index: m.chunk_index,
     }
 }
