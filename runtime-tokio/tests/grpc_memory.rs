@@ -17,7 +17,7 @@ use agent_protocol_driver::server::MAX_IN_FLIGHT_BYTES;
 use agent_protocol_proto::v2::agent_service_v2_client::AgentServiceV2Client;
 use agent_protocol_proto::v2::{self, AgentToProxy, ProxyToAgent};
 use agent_protocol_tokio::grpc::ServeGrpc;
-use agent_protocol_tokio::server::{AgentHandler, AgentServer, ServerConfig};
+use agent_protocol_tokio::server::{AgentHandler, AgentServer, ServerConfig, ServerHandle};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
@@ -78,48 +78,11 @@ async fn large_events_held_by_handlers_stop_the_stream_reading() {
     let _serial = SERIAL.lock().await;
     let held = Arc::new(AtomicUsize::new(0));
     let (release, release_rx) = watch::channel(false);
-    let server = AgentServer::new(
-        HoldingAgent {
-            held: held.clone(),
-            release: release_rx,
-        },
-        ServerConfig::default(),
-    );
-    let handle = server.handle();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { server.serve_grpc(listener).await });
-
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut raw = AgentServiceV2Client::new(channel);
-    // Capacity 1: the test itself keeps at most a couple of events in memory.
-    let (tx, rx) = mpsc::channel(1);
-    tx.send(ProxyToAgent {
-        message: Some(v2::proxy_to_agent::Message::Handshake(
-            v2::HandshakeRequest {
-                supported_versions: vec![2],
-                proxy_id: "raw".into(),
-                proxy_version: "1".into(),
-                config_json: String::new(),
-                supported_encodings: vec![],
-            },
-        )),
+    let (handle, tx, mut inbound) = serve_and_open(HoldingAgent {
+        held: held.clone(),
+        release: release_rx,
     })
-    .await
-    .unwrap();
-    let mut inbound = raw
-        .process_stream(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let answer = inbound.message().await.unwrap().unwrap();
-    assert!(
-        matches!(answer.message, Some(v2::agent_to_proxy::Message::Handshake(ref h)) if h.success)
-    );
+    .await;
     let before = rss();
 
     let sent = Arc::new(AtomicUsize::new(0));
@@ -225,42 +188,11 @@ async fn small_held_events_do_not_keep_large_receive_buffers_alive() {
     let _serial = SERIAL.lock().await;
     let held = Arc::new(AtomicUsize::new(0));
     let (release, release_rx) = watch::channel(false);
-    let server = AgentServer::new(
-        HoldingSmall {
-            held: held.clone(),
-            release: release_rx,
-        },
-        ServerConfig::default(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { server.serve_grpc(listener).await });
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut raw = AgentServiceV2Client::new(channel).max_encoding_message_size(16 << 20);
-    let (tx, rx) = mpsc::channel(1);
-    tx.send(ProxyToAgent {
-        message: Some(v2::proxy_to_agent::Message::Handshake(
-            v2::HandshakeRequest {
-                supported_versions: vec![2],
-                proxy_id: "raw".into(),
-                proxy_version: "1".into(),
-                config_json: String::new(),
-                supported_encodings: vec![],
-            },
-        )),
+    let (_handle, tx, mut inbound) = serve_and_open(HoldingSmall {
+        held: held.clone(),
+        release: release_rx,
     })
-    .await
-    .unwrap();
-    let mut inbound = raw
-        .process_stream(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    inbound.message().await.unwrap().unwrap();
+    .await;
     // The first cycles settle what the transports keep (a large message's buffers on the
     // client and server side, in this one process); the later ones must add nothing like a
     // buffer per held chunk.
@@ -321,4 +253,51 @@ async fn big_then_small(
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Serves `handler` over gRPC on a loopback port and opens a raw `ProcessStream` to it, past
+/// the handshake. The request side holds one message at a time: the test itself keeps at most
+/// a couple of events in memory.
+async fn serve_and_open<H: AgentHandler>(
+    handler: H,
+) -> (
+    ServerHandle,
+    mpsc::Sender<ProxyToAgent>,
+    tonic::Streaming<AgentToProxy>,
+) {
+    let server = AgentServer::new(handler, ServerConfig::default());
+    let handle = server.handle();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { server.serve_grpc(listener).await });
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = AgentServiceV2Client::new(channel).max_encoding_message_size(16 << 20);
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(ProxyToAgent {
+        message: Some(v2::proxy_to_agent::Message::Handshake(
+            v2::HandshakeRequest {
+                supported_versions: vec![2],
+                proxy_id: "raw".into(),
+                proxy_version: "1".into(),
+                config_json: String::new(),
+                supported_encodings: vec![],
+            },
+        )),
+    })
+    .await
+    .unwrap();
+    let mut inbound = raw
+        .process_stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = inbound.message().await.unwrap().unwrap();
+    assert!(
+        matches!(answer.message, Some(v2::agent_to_proxy::Message::Handshake(ref h)) if h.success)
+    );
+    (handle, tx, inbound)
 }
