@@ -96,6 +96,22 @@ fn response(message: AgentToProxy) -> v2::AgentResponse {
     }
 }
 
+/// The stream still answers a good event, with an allow.
+async fn assert_still_allows(
+    tx: &mpsc::Sender<ProxyToAgent>,
+    inbound: &mut Streaming<AgentToProxy>,
+) {
+    tx.send(ProxyToAgent::from(headers_event("ok", "/")))
+        .await
+        .unwrap();
+    let r = response(inbound.message().await.unwrap().unwrap());
+    assert_eq!(r.correlation_id, "ok");
+    assert!(matches!(
+        r.decision,
+        Some(v2::agent_response::Decision::Allow(_))
+    ));
+}
+
 fn assert_malformed_block(r: &v2::AgentResponse, what: &str) {
     assert!(
         matches!(r.decision, Some(v2::agent_response::Decision::Block(ref b)) if b.status == 500),
@@ -335,15 +351,7 @@ async fn an_uncorrelated_event_on_process_stream_is_blocked_not_handled() {
     }
     assert_eq!(agent.started.load(Ordering::SeqCst), 0);
     // The stream lives on for correlated events.
-    tx.send(ProxyToAgent::from(headers_event("ok", "/")))
-        .await
-        .unwrap();
-    let r = response(inbound.message().await.unwrap().unwrap());
-    assert_eq!(r.correlation_id, "ok");
-    assert!(matches!(
-        r.decision,
-        Some(v2::agent_response::Decision::Allow(_))
-    ));
+    assert_still_allows(&tx, &mut inbound).await;
 }
 
 /// On unary ProcessEvent alike.
@@ -397,15 +405,7 @@ async fn non_utf8_header_text_is_blocked_under_its_id_not_handled() {
     assert_eq!(r.correlation_id, "latin-1-unary");
     assert_malformed_block(&r, "non-UTF-8 header on ProcessEvent");
     assert_eq!(agent.started.load(Ordering::SeqCst), 0);
-    tx.send(ProxyToAgent::from(headers_event("ok", "/")))
-        .await
-        .unwrap();
-    let r = response(inbound.message().await.unwrap().unwrap());
-    assert_eq!(r.correlation_id, "ok");
-    assert!(matches!(
-        r.decision,
-        Some(v2::agent_response::Decision::Allow(_))
-    ));
+    assert_still_allows(&tx, &mut inbound).await;
 }
 
 // ----- 5. a pipelining proxy (agent side) -----------------------------------------------------
