@@ -147,6 +147,14 @@ impl Capture {
             .collect()
     }
 
+    /// The spans named `name` that record `field` (the proxy's spans record `endpoint` or
+    /// `agent`, the agent's do not).
+    fn spans_with(&self, name: &str, field: &str) -> Vec<SpanSeen> {
+        let mut spans = self.spans(name);
+        spans.retain(|s| s.fields.contains_key(field));
+        spans
+    }
+
     /// The one event logged with `message` in the request `correlation_id`.
     fn handler_event(&self, message: &str, correlation_id: &str) -> EventSeen {
         let found: Vec<_> = self
@@ -273,11 +281,7 @@ async fn handler_logs_on_a_unix_socket_carry_the_request_and_the_connection() {
     );
 
     // The proxy's side of the same connection: a client used alone names no agent.
-    let proxy: Vec<_> = capture
-        .spans(spans::CONNECTION)
-        .into_iter()
-        .filter(|s| s.fields.contains_key("endpoint"))
-        .collect();
+    let proxy: Vec<_> = capture.spans_with(spans::CONNECTION, "endpoint");
     assert_eq!(proxy.len(), 1, "{proxy:#?}");
     assert_eq!(
         proxy[0].field("endpoint"),
@@ -308,11 +312,7 @@ async fn pool_connections_name_the_agent_and_pool_requests_have_spans() {
     assert_eq!(connection.field("encoding"), Some("json"));
     assert_eq!(connection.field("agent_id"), Some("waf-pool"));
 
-    let proxy: Vec<_> = capture
-        .spans(spans::CONNECTION)
-        .into_iter()
-        .filter(|s| s.fields.contains_key("endpoint"))
-        .collect();
+    let proxy: Vec<_> = capture.spans_with(spans::CONNECTION, "endpoint");
     assert_eq!(proxy.len(), 2, "one per pooled connection: {proxy:#?}");
     for span in &proxy {
         assert_eq!(span.field("agent"), Some("waf"));
@@ -322,11 +322,7 @@ async fn pool_connections_name_the_agent_and_pool_requests_have_spans() {
         );
         assert_eq!(span.field("encoding"), Some("json"));
     }
-    let requests: Vec<_> = capture
-        .spans(spans::REQUEST)
-        .into_iter()
-        .filter(|s| s.fields.contains_key("agent"))
-        .collect();
+    let requests: Vec<_> = capture.spans_with(spans::REQUEST, "agent");
     assert_eq!(requests.len(), 1, "{requests:#?}");
     assert_eq!(requests[0].field("agent"), Some("waf"));
     assert_eq!(requests[0].field("correlation_id"), Some("pool-1"));
@@ -369,11 +365,7 @@ async fn handler_logs_on_grpc_carry_the_request_on_streams_and_unary_calls() {
         let address = connection.field("address").unwrap();
         assert!(address.starts_with("127.0.0.1:"), "{address}");
     }
-    let proxy: Vec<_> = capture
-        .spans(spans::CONNECTION)
-        .into_iter()
-        .filter(|s| s.fields.contains_key("endpoint"))
-        .collect();
+    let proxy: Vec<_> = capture.spans_with(spans::CONNECTION, "endpoint");
     assert_eq!(proxy.len(), 1, "{proxy:#?}");
     assert_eq!(proxy[0].field("encoding"), Some("protobuf"));
 
@@ -449,11 +441,7 @@ async fn reverse_connections_have_spans_on_both_sides() {
     );
     assert_eq!(connection.field("agent_id"), Some("rev-agent"));
     assert_eq!(connection.field("encoding"), Some("json"));
-    let proxy: Vec<_> = capture
-        .spans(spans::CONNECTION)
-        .into_iter()
-        .filter(|s| s.fields.contains_key("endpoint"))
-        .collect();
+    let proxy: Vec<_> = capture.spans_with(spans::CONNECTION, "endpoint");
     assert_eq!(proxy.len(), 1, "{proxy:#?}");
     assert_eq!(proxy[0].field("agent"), Some("rev-agent"));
     assert_eq!(proxy[0].field("endpoint"), Some("reverse"));
