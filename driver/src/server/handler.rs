@@ -206,6 +206,35 @@ pub async fn dispatch<H: AgentHandler>(
 }
 
 /// An event as [`dispatch`] takes it: an [`Event`], or a `Box<Event>`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use agent_protocol_core::agent::RequestId;
+/// use agent_protocol_core::{AgentResponse, Event, RequestHeadersEvent};
+/// use agent_protocol_driver::server::{dispatch, AgentHandler};
+///
+/// struct Deny;
+/// impl AgentHandler for Deny {
+///     async fn on_request_headers(&self, _: RequestHeadersEvent) -> AgentResponse {
+///         AgentResponse::block(403, "no")
+///     }
+/// }
+/// let event = Event::RequestHeaders(RequestHeadersEvent::default());
+/// let id = RequestId::from_raw(7);
+/// let by_value = dispatch(Arc::new(Deny), id, event.clone());
+/// let boxed = dispatch(Arc::new(Deny), id, Box::new(event));
+/// for answer in [block_on(by_value), block_on(boxed)] {
+///     assert_eq!(answer.0, id);
+///     assert_eq!(answer.1.decision.kind(), "block");
+/// }
+/// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     let mut f = std::pin::pin!(f);
+/// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+/// #     loop {
+/// #         if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; }
+/// #     }
+/// # }
+/// ```
 pub trait HeldEvent: Send + 'static {
     /// The event, to look at.
     fn event(&self) -> &Event;
